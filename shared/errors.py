@@ -1,0 +1,118 @@
+"""The exception tree. The API maps it to RFC 9457 problem+json in one place (``api_service/errors.py``).
+
+    StrongroomError                 code, status, title; ``detail`` is safe to show to a client
+    +-- ConfigError                 a bad environment variable; stops the process at start-up
+    +-- ValidationFailed (422)      bad request input; ``code`` names the field (``agent_unknown``...)
+    +-- AuthError (401)             signature_missing, signature_malformed, signature_expired,
+    |   |                           signature_invalid, digest_mismatch, nonce_replayed, chain_not_allowed,
+    |   |                           contract_wallet_unsupported
+    |   +-- NotGrantee (403)        a valid signature, but not the operation's grantee
+    +-- RateLimited (429)           carries ``retry_after`` seconds
+    +-- NotFound (404)              unknown operation or artifact
+    |   +-- Expired (404)           past ``expires_at``: ``code`` is ``expired``
+    +-- Conflict (409)              e.g. cancelling a finished operation
+    +-- Unavailable (503)           a dependency (Redis, S3, RPC) is down: fail closed
+    +-- StorageError (502)          S3 answered with an unexpected error
+    +-- CryptoError                 decryption, integrity or key-wrap failures (never carry key material)
+        +-- IntegrityError          a checksum or authentication tag did not match
+        +-- KeyringError            missing key id, no primary, a key still in use
+
+Messages never contain keys, signatures or plaintext: they are shown to clients and written to logs.
+"""
+
+from __future__ import annotations
+
+
+class StrongroomError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+    title: str = "Internal error"
+
+    def __init__(self, detail: str = "", *, code: str | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(StrongroomError):
+    code = "config_invalid"
+    title = "Invalid configuration"
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable} {problem}")
+        self.variable = variable
+
+
+class ValidationFailed(StrongroomError):
+    status = 422
+    code = "validation_failed"
+    title = "Invalid request"
+
+
+class AuthError(StrongroomError):
+    status = 401
+    code = "signature_invalid"
+    title = "Signature not accepted"
+
+
+class NotGrantee(AuthError):
+    status = 403
+    code = "not_grantee"
+    title = "Forbidden"
+
+
+class RateLimited(StrongroomError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str = "", *, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class NotFound(StrongroomError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class Expired(NotFound):
+    code = "expired"
+    title = "Expired"
+
+
+class Conflict(StrongroomError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class Unavailable(StrongroomError):
+    status = 503
+    code = "unavailable"
+    title = "Service unavailable"
+
+
+class StorageError(StrongroomError):
+    status = 502
+    code = "storage_error"
+    title = "Storage error"
+
+
+class CryptoError(StrongroomError):
+    status = 422
+    code = "crypto_error"
+    title = "Cryptographic failure"
+
+
+class IntegrityError(CryptoError):
+    code = "integrity_error"
+    title = "Integrity check failed"
+
+
+class KeyringError(CryptoError):
+    status = 500
+    code = "keyring_error"
+    title = "Keyring error"

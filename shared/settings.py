@@ -1,0 +1,343 @@
+"""One typed settings object, read from the environment in one place.
+
+Every option is an environment variable (``STRONGROOM_*``, plus ``REDIS_URL`` and the usual ``AWS_*`` names that
+boto3 users expect). ``Settings.from_env()`` validates everything up front so a process with a bad value stops at
+start-up with one line naming the variable, instead of failing on the first request. Settings are never created at
+import time: callers build them and pass them down, which keeps tests free to inject their own mapping.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from shared.errors import ConfigError
+
+T = TypeVar("T")
+
+DeliveryMode = Literal["presigned", "proxy"]
+EmbeddedMode = Literal["on", "deprecated", "off"]
+LogFormat = Literal["json", "console"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """Documentation for one environment variable; README's configuration table is generated from these."""
+
+    name: str
+    default: str
+    help: str
+
+
+def _opt(name: str, default: str, help: str) -> Any:
+    return field(metadata={"option": Option(name, default, help)})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- process and logging ---
+    env: Literal["development", "production"] = _opt(
+        "STRONGROOM_ENV", "production", "`development` or `production`; picks defaults such as log format."
+    )
+    log_level: str = _opt("STRONGROOM_LOG_LEVEL", "INFO", "Minimum log level (DEBUG, INFO, WARNING, ERROR).")
+    log_format: LogFormat = _opt(
+        "STRONGROOM_LOG_FORMAT", "", "`json` or `console`; default json in production, console in development."
+    )
+
+    # --- Redis ---
+    redis_url: str = _opt("REDIS_URL", "", "Redis URL for tasks, nonces, rate limits and events (required).")
+
+    # --- S3 ---
+    s3_endpoint_url: str | None = _opt(
+        "STRONGROOM_S3_ENDPOINT_URL", "", "S3 endpoint (MinIO, SeaweedFS...); empty means AWS."
+    )
+    s3_public_endpoint_url: str | None = _opt(
+        "STRONGROOM_S3_PUBLIC_ENDPOINT_URL",
+        "",
+        "Endpoint used in presigned URLs when clients reach S3 by another address; default the endpoint.",
+    )
+    s3_bucket: str = _opt("STRONGROOM_S3_BUCKET", "strongroom", "Bucket holding every durable byte.")
+    s3_region: str = _opt("AWS_REGION", "us-east-1", "S3 region.")
+    s3_access_key_id: str | None = _opt(
+        "AWS_ACCESS_KEY_ID", "", "S3 access key; empty uses boto3's default credential chain."
+    )
+    s3_secret_access_key: str | None = _opt("AWS_SECRET_ACCESS_KEY", "", "S3 secret key.")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = _opt(
+        "STRONGROOM_S3_ADDRESSING_STYLE", "path", "`path`, `virtual` or `auto`."
+    )
+    s3_sse: Literal["none", "AES256", "aws:kms"] = _opt(
+        "STRONGROOM_S3_SSE", "none", "S3 server-side encryption as a second layer: `none`, `AES256`, `aws:kms`."
+    )
+    s3_sse_kms_key_id: str | None = _opt(
+        "STRONGROOM_S3_SSE_KMS_KEY_ID", "", "KMS key id when STRONGROOM_S3_SSE=aws:kms."
+    )
+    s3_cors_origins: tuple[str, ...] = _opt(
+        "STRONGROOM_S3_CORS_ORIGINS",
+        "",
+        "Comma-separated origins allowed to fetch presigned URLs from a browser (bucket CORS rule).",
+    )
+
+    # --- server keyring (metadata encryption at rest) ---
+    keyring: str | None = _opt(
+        "STRONGROOM_KEYRING",
+        "",
+        'Server keyring JSON `{"primary": "<id>", "keys": {"<id>": "<base64 32 bytes>"}}`. Never logged.',
+    )
+    keyring_file: Path | None = _opt(
+        "STRONGROOM_KEYRING_FILE", "", "Path of a file holding the keyring JSON (a mounted secret)."
+    )
+
+    # --- API ---
+    api_host: str = _opt("STRONGROOM_API_HOST", "127.0.0.1", "Address the API listens on.")
+    api_port: int = _opt("STRONGROOM_API_PORT", "8080", "Port the API listens on.")
+    public_authorities: tuple[str, ...] = _opt(
+        "STRONGROOM_PUBLIC_AUTHORITIES",
+        "",
+        "Comma-separated `host[:port]` clients may sign as `@authority` (empty: the request's Host).",
+    )
+    public_path_prefix: str = _opt(
+        "STRONGROOM_PUBLIC_PATH_PREFIX", "", "Path prefix an ingress strips before the API (e.g. `/strongroom`)."
+    )
+    trusted_proxies: tuple[str, ...] = _opt(
+        "STRONGROOM_TRUSTED_PROXIES",
+        "",
+        "Comma-separated CIDRs whose X-Forwarded-Host/-Proto/-Prefix headers are trusted.",
+    )
+    cors_origins: tuple[str, ...] = _opt(
+        "STRONGROOM_CORS_ORIGINS", "", "Comma-separated browser origins allowed to call the API."
+    )
+    delivery_mode: DeliveryMode = _opt(
+        "STRONGROOM_DELIVERY_MODE", "presigned", "`presigned` (307 to S3) or `proxy` (stream through the API)."
+    )
+    presign_ttl: int = _opt("STRONGROOM_PRESIGN_TTL", "300", "Lifetime of presigned download URLs, seconds.")
+    max_input_bytes: int = _opt(
+        "STRONGROOM_MAX_INPUT_BYTES", "1048576", "Largest accepted request body for creating an operation."
+    )
+    embedded_artifacts: EmbeddedMode = _opt(
+        "STRONGROOM_EMBEDDED_ARTIFACTS", "off", "Legacy base64 artifacts in status: `on`, `deprecated`, `off`."
+    )
+    embedded_max_size: int = _opt(
+        "STRONGROOM_EMBEDDED_MAX_SIZE", "1048576", "Largest artifact embedded as base64 (legacy modes)."
+    )
+    embedded_sunset: str = _opt(
+        "STRONGROOM_EMBEDDED_SUNSET",
+        "Fri, 01 Jan 2027 00:00:00 GMT",
+        "HTTP date sent in the Sunset header in `deprecated` mode.",
+    )
+
+    # --- signed requests ---
+    signature_max_window: int = _opt(
+        "STRONGROOM_SIGNATURE_MAX_WINDOW", "300", "Largest accepted `expires - created`, seconds."
+    )
+    signature_clock_skew: int = _opt(
+        "STRONGROOM_SIGNATURE_CLOCK_SKEW", "60", "Accepted clock skew for `created`, seconds."
+    )
+    allowed_chain_ids: tuple[int, ...] = _opt(
+        "STRONGROOM_ALLOWED_CHAIN_IDS", "1", "Comma-separated chain ids accepted in `keyid`."
+    )
+    eth_rpc_url: str | None = _opt(
+        "STRONGROOM_ETH_RPC_URL", "", "JSON-RPC endpoint for ERC-1271 contract wallets; empty refuses them."
+    )
+    eth_rpc_timeout: float = _opt("STRONGROOM_ETH_RPC_TIMEOUT", "3", "ERC-1271 call timeout, seconds.")
+    rate_limit_per_minute: int = _opt(
+        "STRONGROOM_RATE_LIMIT_PER_MINUTE", "600", "Signed requests per address per minute (0 disables)."
+    )
+
+    # --- agent limits (the design's AGENT_RESOURCE_LIMITS) ---
+    max_execution_time: int = _opt("STRONGROOM_MAX_EXECUTION_TIME", "600", "Agent wall-clock limit, seconds.")
+    max_disk_usage: int = _opt("STRONGROOM_MAX_DISK_USAGE", "1073741824", "Agent working-directory limit, bytes.")
+    max_artifact_count: int = _opt("STRONGROOM_MAX_ARTIFACT_COUNT", "50", "Most artifacts per operation.")
+    max_artifact_size: int = _opt("STRONGROOM_MAX_ARTIFACT_SIZE", "104857600", "Largest artifact, bytes.")
+    artifact_retention_days: int = _opt(
+        "STRONGROOM_ARTIFACT_RETENTION_DAYS", "7", "Default and maximum retention of an operation, days."
+    )
+    agents: str = _opt(
+        "STRONGROOM_AGENTS",
+        "",
+        'Command agents, JSON `{"<name>": {"command": ["gemini", "-p", "{prompt}", "-y"]}}`.',
+    )
+    work_dir: Path | None = _opt(
+        "STRONGROOM_WORK_DIR", "", "Where agents get their fresh working directories (default: system temp)."
+    )
+
+    # --- background jobs and quotas ---
+    cleanup_interval: int = _opt("STRONGROOM_CLEANUP_INTERVAL", "3600", "Seconds between expiry sweeps.")
+    monitor_interval: int = _opt("STRONGROOM_MONITOR_INTERVAL", "300", "Seconds between resource checks.")
+    rotation_interval: int = _opt("STRONGROOM_ROTATION_INTERVAL", "86400", "Seconds between key rotations.")
+    quota_per_operation: int = _opt(
+        "STRONGROOM_QUOTA_PER_OPERATION", "1073741824", "Stored bytes per operation before an alert."
+    )
+    quota_per_grantee: int = _opt(
+        "STRONGROOM_QUOTA_PER_GRANTEE", "10737418240", "Stored bytes per grantee before an alert."
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read and validate every option; raise ``ConfigError`` naming the first bad variable."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            opt: Option = f.metadata["option"]
+            if f.name in overrides:
+                values[f.name] = overrides[f.name]
+                continue
+            raw = env.get(opt.name)
+            if raw is None and f.name == "redis_url":
+                raw = env.get("STRONGROOM_REDIS_URL")
+            raw = (opt.default if raw is None else raw).strip()
+            values[f.name] = _parse(f.name, opt.name, raw)
+        settings = cls(**values)
+        settings._validate()
+        return settings
+
+    def _validate(self) -> None:
+        if not self.redis_url:
+            raise ConfigError("REDIS_URL", "is required (e.g. redis://127.0.0.1:6379/0)")
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("REDIS_URL", "must start with redis://, rediss:// or unix://")
+        for name, url in (
+            ("STRONGROOM_S3_ENDPOINT_URL", self.s3_endpoint_url),
+            ("STRONGROOM_S3_PUBLIC_ENDPOINT_URL", self.s3_public_endpoint_url),
+        ):
+            if url and not url.startswith(("http://", "https://")):
+                raise ConfigError(name, "must be an http:// or https:// URL")
+        for cidr in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError("STRONGROOM_TRUSTED_PROXIES", f"{cidr!r} is not an IP network") from None
+        if self.public_path_prefix and (
+            not self.public_path_prefix.startswith("/") or self.public_path_prefix.endswith("/")
+        ):
+            raise ConfigError("STRONGROOM_PUBLIC_PATH_PREFIX", "must start with '/' and not end with '/'")
+        if self.s3_sse == "aws:kms" and not self.s3_sse_kms_key_id:
+            raise ConfigError("STRONGROOM_S3_SSE_KMS_KEY_ID", "is required when STRONGROOM_S3_SSE=aws:kms")
+        if self.agents:
+            try:
+                agents = json.loads(self.agents)
+            except ValueError as exc:
+                raise ConfigError("STRONGROOM_AGENTS", f"is not valid JSON ({exc.msg})") from None
+            if not isinstance(agents, dict) or not all(
+                isinstance(v, dict) and isinstance(v.get("command"), list) and v["command"]
+                for v in agents.values()
+            ):
+                raise ConfigError("STRONGROOM_AGENTS", 'must map names to {"command": [<argv>...]}')
+        if self.keyring and self.keyring_file:
+            raise ConfigError("STRONGROOM_KEYRING", "set either STRONGROOM_KEYRING or STRONGROOM_KEYRING_FILE")
+        if self.signature_max_window > 3600:
+            raise ConfigError("STRONGROOM_SIGNATURE_MAX_WINDOW", "must be at most 3600 seconds")
+        if not 1 <= self.presign_ttl <= 7 * 24 * 3600:
+            raise ConfigError("STRONGROOM_PRESIGN_TTL", "must be between 1 and 604800 seconds")
+
+    @property
+    def resolved_log_format(self) -> LogFormat:
+        if self.log_format:
+            return self.log_format
+        return "console" if self.env == "development" else "json"
+
+    def keyring_json(self) -> str | None:
+        """The keyring document, from the variable or the mounted file."""
+        if self.keyring_file:
+            try:
+                return self.keyring_file.read_text()
+            except OSError as exc:
+                raise ConfigError("STRONGROOM_KEYRING_FILE", f"cannot be read ({exc.strerror})") from None
+        return self.keyring or None
+
+    def agent_commands(self) -> dict[str, list[str]]:
+        """Operator-configured command agents, by name."""
+        if not self.agents:
+            return {}
+        return {name: list(spec["command"]) for name, spec in json.loads(self.agents).items()}
+
+    def __repr__(self) -> str:  # secrets stay out of reprs, tracebacks and logs
+        return f"Settings(env={self.env!r}, redis=<set>, bucket={self.s3_bucket!r})"
+
+
+def options() -> list[Option]:
+    """Every documented environment variable, in declaration order."""
+    return [f.metadata["option"] for f in fields(Settings)]
+
+
+def _split(raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _int(var: str, raw: str, minimum: int = 0) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(var, f"must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(var, f"must be at least {minimum}, got {value}")
+    return value
+
+
+def _choice(var: str, raw: str, choices: tuple[str, ...]) -> str:
+    if raw not in choices:
+        raise ConfigError(var, f"must be one of {', '.join(choices)}; got {raw!r}")
+    return raw
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "env": ("development", "production"),
+    "log_format": ("", "json", "console"),
+    "s3_addressing_style": ("auto", "path", "virtual"),
+    "s3_sse": ("none", "AES256", "aws:kms"),
+    "delivery_mode": ("presigned", "proxy"),
+    "embedded_artifacts": ("on", "deprecated", "off"),
+}
+_POSITIVE_INTS = {
+    "api_port",
+    "presign_ttl",
+    "max_input_bytes",
+    "signature_max_window",
+    "max_execution_time",
+    "max_disk_usage",
+    "max_artifact_count",
+    "max_artifact_size",
+    "artifact_retention_days",
+    "cleanup_interval",
+    "monitor_interval",
+    "rotation_interval",
+    "quota_per_operation",
+    "quota_per_grantee",
+}
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "log_level": lambda var, raw: _choice(var, raw.upper(), ("DEBUG", "INFO", "WARNING", "ERROR")),
+    "s3_cors_origins": lambda var, raw: tuple(_split(raw)),
+    "public_authorities": lambda var, raw: tuple(a.lower() for a in _split(raw)),
+    "trusted_proxies": lambda var, raw: tuple(_split(raw)),
+    "cors_origins": lambda var, raw: tuple(_split(raw)),
+    "allowed_chain_ids": lambda var, raw: tuple(_int(var, part, 1) for part in _split(raw)),
+    "eth_rpc_timeout": lambda var, raw: _float(var, raw),
+    "signature_clock_skew": lambda var, raw: _int(var, raw, 0),
+    "rate_limit_per_minute": lambda var, raw: _int(var, raw, 0),
+    "keyring_file": lambda var, raw: Path(raw) if raw else None,
+    "work_dir": lambda var, raw: Path(raw) if raw else None,
+}
+
+
+def _float(var: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(var, f"must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(var, "must be positive")
+    return value
+
+
+def _parse(attr: str, var: str, raw: str) -> Any:
+    if attr in _CHOICES:
+        return _choice(var, raw, _CHOICES[attr])
+    if attr in _POSITIVE_INTS:
+        return _int(var, raw, 1)
+    if attr in _PARSERS:
+        return _PARSERS[attr](var, raw)
+    return raw or (None if attr.startswith(("s3_", "keyring", "eth_")) else raw)
