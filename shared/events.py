@@ -1,0 +1,40 @@
+"""Audit events on their way from the process that decides to the worker that persists them.
+
+Events go to a Redis Stream (bounded, approximate trim) and the worker's consumer group appends them to the
+operation's hash-chained access log in S3. ``new_event`` gives every event a unique id so the consumer can
+deduplicate an at-least-once delivery.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from shared.layout import REDIS_AUDIT_STREAM
+from shared.models import AuditEvent, utcnow
+
+STREAM_MAXLEN = 1_000_000
+
+
+def new_event(**fields: Any) -> AuditEvent:
+    return AuditEvent(id=uuid.uuid4().hex, time=utcnow(), **fields)
+
+
+def _fields(event: AuditEvent) -> dict[str, str]:
+    return {"event": event.model_dump_json()}
+
+
+def decode(fields: dict[bytes, bytes] | dict[str, str]) -> AuditEvent:
+    raw = fields.get(b"event") or fields.get("event")  # type: ignore[call-overload]
+    return AuditEvent.model_validate_json(raw)
+
+
+def publish(client: redis.Redis, event: AuditEvent) -> None:
+    client.xadd(REDIS_AUDIT_STREAM, _fields(event), maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]
+
+
+async def apublish(client: aioredis.Redis, event: AuditEvent) -> None:
+    await client.xadd(REDIS_AUDIT_STREAM, _fields(event), maxlen=STREAM_MAXLEN, approximate=True)  # type: ignore[arg-type]

@@ -1,0 +1,168 @@
+"""The only place that builds S3 keys and Redis keys, and validates the names that go into them.
+
+Bucket layout (the design's directory structure)::
+
+    operations/{id}/record.json            the operation record (keyring-encrypted): status, result, artifacts
+    operations/{id}/input.json             the agent input (keyring-encrypted)
+    operations/{id}/artifacts/{name}.enc   Cobblestone-256 ciphertext, readable only by the grantee
+    operations/{id}/embedded/{name}        legacy copy for embedded base64 (keyring-encrypted; only if enabled)
+    operations/{id}/access_log/{seq}.json  hash-chained audit batches
+    grantees/{address}/{inverted time}_{id} empty index object: a grantee's operations, newest first
+
+The record is written last: until it names an artifact, the artifact does not exist for the API.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import unicodedata
+from base64 import b32encode
+
+from shared.errors import ValidationFailed
+
+OPERATIONS = "operations/"
+GRANTEES = "grantees/"
+REDIS_PREFIX = "strongroom:"
+
+MAX_NAME_BYTES = 255
+_AGENT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+_OPERATION_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}_[a-z2-7]{26}$")
+_ADDRESS_RE = re.compile(r"^0x[0-9a-f]{40}$")
+_INVERTED_BASE = 10**12
+
+
+# --- validation -------------------------------------------------------------------------------------------
+
+
+def new_operation_id(agent: str) -> str:
+    """``<agent>_<128 random bits, base32>``: unguessable, and readable in logs."""
+    validate_agent_name(agent)
+    return f"{agent}_{b32encode(secrets.token_bytes(16)).decode().rstrip('=').lower()}"
+
+
+def validate_agent_name(agent: str) -> str:
+    if not _AGENT_RE.fullmatch(agent):
+        raise ValidationFailed("agent must be lowercase letters, digits and '-'", code="agent_invalid")
+    return agent
+
+
+def is_operation_id(value: str) -> bool:
+    return bool(_OPERATION_ID_RE.fullmatch(value))
+
+
+def normalize_address(address: str) -> str:
+    """Lowercase 0x address; ``ValidationFailed`` otherwise. Addresses are compared in this form only."""
+    lowered = address.lower()
+    if not _ADDRESS_RE.fullmatch(lowered):
+        raise ValidationFailed("not an Ethereum address", code="address_invalid")
+    return lowered
+
+
+def validate_artifact_name(name: str) -> str:
+    """Refuse anything that could escape the operation's prefix or confuse a filesystem or a header.
+
+    No path separators, no ``.``/``..``, no control or format characters, no leading/trailing spaces, NFC only,
+    at most 255 UTF-8 bytes.
+    """
+    problem = _artifact_name_problem(name)
+    if problem:
+        raise ValidationFailed(f"artifact name {problem}", code="artifact_name_invalid")
+    return name
+
+
+def _artifact_name_problem(name: str) -> str | None:
+    if not name or name in {".", ".."}:
+        return "is empty or a dot name"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if ".." in name:
+        return "contains '..'"
+    if name != name.strip() or name.startswith("-"):
+        return "starts or ends with a space, or starts with '-'"
+    if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"} for ch in name):
+        return "contains a control or unassigned character"
+    if unicodedata.normalize("NFC", name) != name:
+        return "is not NFC-normalized"
+    return None
+
+
+# --- S3 keys ----------------------------------------------------------------------------------------------
+
+
+def operation_prefix(operation_id: str) -> str:
+    if not is_operation_id(operation_id):
+        raise ValidationFailed("malformed operation id", code="operation_id_invalid")
+    return f"{OPERATIONS}{operation_id}/"
+
+
+def record_key(operation_id: str) -> str:
+    return operation_prefix(operation_id) + "record.json"
+
+
+def input_key(operation_id: str) -> str:
+    return operation_prefix(operation_id) + "input.json"
+
+
+def artifacts_prefix(operation_id: str) -> str:
+    return operation_prefix(operation_id) + "artifacts/"
+
+
+def artifact_key(operation_id: str, name: str) -> str:
+    return artifacts_prefix(operation_id) + validate_artifact_name(name) + ".enc"
+
+
+def embedded_key(operation_id: str, name: str) -> str:
+    return operation_prefix(operation_id) + "embedded/" + validate_artifact_name(name)
+
+
+def access_log_prefix(operation_id: str) -> str:
+    return operation_prefix(operation_id) + "access_log/"
+
+
+def access_log_key(operation_id: str, sequence: int) -> str:
+    return f"{access_log_prefix(operation_id)}{sequence:012d}.json"
+
+
+def grantee_prefix(address: str) -> str:
+    return f"{GRANTEES}{normalize_address(address)}/"
+
+
+def grantee_index_key(address: str, created_unix: int, operation_id: str) -> str:
+    """Newest first under S3's ascending listing: the time part counts down."""
+    return f"{grantee_prefix(address)}{_INVERTED_BASE - created_unix:012d}_{operation_id}"
+
+
+def operation_id_from_index_key(key: str) -> str:
+    return key.rsplit("/", 1)[-1].split("_", 1)[1]
+
+
+# --- Redis keys -------------------------------------------------------------------------------------------
+
+
+def redis_nonce_key(keyid: str, nonce: str) -> str:
+    return f"{REDIS_PREFIX}nonce:{keyid.lower()}:{nonce}"
+
+
+def redis_rate_key(address: str, window: int) -> str:
+    return f"{REDIS_PREFIX}rate:{address.lower()}:{window}"
+
+
+def redis_cancel_key(operation_id: str) -> str:
+    return f"{REDIS_PREFIX}cancel:{operation_id}"
+
+
+def redis_operation_lock(operation_id: str) -> str:
+    return f"{REDIS_PREFIX}lock:operation:{operation_id}"
+
+
+def redis_job_lock(job: str) -> str:
+    return f"{REDIS_PREFIX}lock:job:{job}"
+
+
+REDIS_WORKERS = f"{REDIS_PREFIX}workers"  # sorted set: worker name -> last heartbeat (unix seconds)
+REDIS_AUDIT_STREAM = f"{REDIS_PREFIX}audit:events"
+REDIS_AUDIT_GROUP = "strongroom-audit"
+REDIS_AUDIT_SEEN = f"{REDIS_PREFIX}audit:seen"  # set of event ids already persisted (dedup)
