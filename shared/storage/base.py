@@ -1,0 +1,74 @@
+"""The storage contract. Every method's docstring is the contract both backends honour.
+
+Keys come from ``shared.layout`` only. Missing objects raise ``shared.errors.NotFound``; any other backend failure
+raises ``StorageError`` (or ``Unavailable`` when the endpoint cannot be reached), never a boto exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    last_modified: datetime
+    etag: str = ""
+    checksum_sha256: str | None = None  # base64, as S3 reports it, when known
+
+
+@dataclass(frozen=True)
+class PresignedUrl:
+    url: str
+    expires_at: datetime
+
+
+class ObjectStore(Protocol):
+    bucket: str
+
+    def ensure_bucket(self, *, cors_origins: tuple[str, ...] = (), expire_after_days: int | None = None) -> None:
+        """Create the bucket if missing and apply CORS and the lifecycle backstop rule. Idempotent."""
+
+    def ping(self) -> None:
+        """Raise ``Unavailable`` unless the bucket is reachable with our credentials."""
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+        """Store a small object in one PUT, with a SHA-256 checksum the server verifies."""
+
+    def put_file(
+        self, key: str, src: BinaryIO, *, size: int, sha256_hex: str, content_type: str = "application/octet-stream"
+    ) -> None:
+        """Stream ``size`` bytes from ``src`` (at position 0) to ``key``; the server verifies ``sha256_hex``.
+
+        Large files go multipart (each part checksummed); memory stays bounded by the part size.
+        The object appears atomically when the upload completes; an aborted upload leaves nothing.
+        """
+
+    def get_bytes(self, key: str) -> bytes:
+        """Read a small object whole."""
+
+    def open_range(self, key: str, first: int | None = None, last: int | None = None) -> Iterator[bytes]:
+        """Stream an object, or the inclusive byte range ``first..last`` of it, in chunks."""
+
+    def head(self, key: str) -> ObjectInfo:
+        """Size and checksum of an object; ``NotFound`` if absent."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str, *, start_after: str | None = None, limit: int | None = None) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix`` in ascending key order, after ``start_after``, at most ``limit``."""
+
+    def delete(self, key: str) -> None:
+        """Delete one object; deleting a missing object is not an error (idempotent)."""
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Delete objects in batches of up to 1000; idempotent."""
+
+    def presign_get(
+        self, key: str, *, ttl: int, filename: str | None = None, content_type: str | None = None
+    ) -> PresignedUrl:
+        """A GET URL valid for ``ttl`` seconds; ``filename`` sets a safe ``Content-Disposition: attachment``."""
