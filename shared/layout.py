@@ -8,6 +8,7 @@ Bucket layout (the design's directory structure)::
     operations/{id}/embedded/{name}        legacy copy for embedded base64 (keyring-encrypted; only if enabled)
     operations/{id}/access_log/{seq}.json  hash-chained audit batches
     grantees/{address}/{inverted time}_{id} empty index object: a grantee's operations, newest first
+    audit/{seq}.json                       hash-chained audit batches of events that name no operation
 
 The record is written last: until it names an artifact, the artifact does not exist for the API.
 """
@@ -126,6 +127,13 @@ def access_log_key(operation_id: str, sequence: int) -> str:
     return f"{access_log_prefix(operation_id)}{sequence:012d}.json"
 
 
+GLOBAL_AUDIT = "audit/"
+
+
+def global_access_log_key(sequence: int) -> str:
+    return f"{GLOBAL_AUDIT}{sequence:012d}.json"
+
+
 def grantee_prefix(address: str) -> str:
     return f"{GRANTEES}{normalize_address(address)}/"
 
@@ -156,6 +164,11 @@ def redis_cancel_key(operation_id: str) -> str:
 
 def redis_operation_lock(operation_id: str) -> str:
     return f"{REDIS_PREFIX}lock:operation:{operation_id}"
+
+
+def redis_run_lease(operation_id: str) -> str:
+    """Held (and refreshed) by the worker running the operation; gone means that worker died."""
+    return f"{REDIS_PREFIX}lease:run:{operation_id}"
 
 
 def redis_job_lock(job: str) -> str:

@@ -1,0 +1,38 @@
+"""The clients a worker process needs, built once per process from settings (never at import time).
+
+Tasks and pipeline functions take a ``Services`` and nothing global, so tests can build one against real
+servers or in-memory stores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+
+from shared.crypto.keyring import Keyring
+from shared.errors import ConfigError
+from shared.records import OperationStore
+from shared.settings import Settings
+from shared.storage import ObjectStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    store: ObjectStore
+    keyring: Keyring
+    records: OperationStore
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        from shared.storage.s3 import S3ObjectStore
+
+        keyring_json = settings.keyring_json()
+        if not keyring_json:
+            raise ConfigError("STRONGROOM_KEYRING", "is required (or STRONGROOM_KEYRING_FILE)")
+        keyring = Keyring.from_json(keyring_json)
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
+        store = S3ObjectStore.from_settings(settings)
+        return cls(settings, client, store, keyring, OperationStore(store, keyring, client))
