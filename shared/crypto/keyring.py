@@ -116,9 +116,7 @@ class Keyring:
         keys: dict[str, bytes] = {}
         for key_id, encoded in raw_keys.items():
             if not _KEY_ID.fullmatch(key_id):
-                raise ConfigError(
-                    _ENV, f"key id {key_id[:64]!r} must be 1-64 characters of A-Z a-z 0-9 . _ -"
-                )
+                raise ConfigError(_ENV, f"key id {key_id[:64]!r} must be 1-64 characters of A-Z a-z 0-9 . _ -")
             keys[key_id] = _decode_key(key_id, encoded)
         if not isinstance(primary, str) or primary not in keys:
             raise ConfigError(_ENV, '"primary" must name one of the keys')

@@ -18,9 +18,7 @@ KEY_B = bytes(range(32, 64))
 
 def _doc(primary: str = "a", **keys: bytes) -> str:
     keys = keys or {"a": KEY_A}
-    return json.dumps(
-        {"primary": primary, "keys": {k: base64.b64encode(v).decode() for k, v in keys.items()}}
-    )
+    return json.dumps({"primary": primary, "keys": {k: base64.b64encode(v).decode() for k, v in keys.items()}})
 
 
 def test_round_trip_and_blob_names_its_key() -> None:
