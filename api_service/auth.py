@@ -1,0 +1,123 @@
+"""Starlette glue for ERC-8128 signed requests: rebuild what the client signed, verify it, audit the decision.
+
+Endpoints call ``await authenticate(request)`` first. The verifier itself (``shared.auth``) knows nothing about
+Starlette; this module only decides which ``@authority`` and ``@path`` the client saw, which depends on the
+ingress: forwarded headers are believed only from ``settings.trusted_proxies``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from functools import lru_cache
+
+import structlog
+from redis.exceptions import RedisError
+from starlette.requests import Request
+
+from shared.auth.base import normalize_authority
+from shared.auth.headers import claimed_address
+from shared.auth.replay import store_unavailable
+from shared.auth.verifier import SignedRequest, VerifiedSigner, Verifier
+from shared.errors import StrongroomError, ValidationFailed
+from shared.events import apublish, new_event
+from shared.layout import is_operation_id
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+_OPERATION_IN_PATH = re.compile(r"/operations/([^/?]+)")
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+async def authenticate(request: Request) -> VerifiedSigner:
+    """Verify the request's signature and return the signer; raise the typed error otherwise.
+
+    Every decision is published as an ``auth`` audit event. The proven signer is also left on
+    ``request.state.signer`` for later middleware or logging.
+    """
+    settings: Settings = request.app.state.settings
+    verifier: Verifier = request.app.state.verifier
+    headers = _joined_headers(request)
+    try:
+        signed = await signed_request(request, settings, headers)
+        signer = await verifier.verify(signed)
+    except StrongroomError as exc:
+        await _audit(request, result="denied", reason=exc.code, actor=claimed_address(headers), strict=False)
+        raise
+    await _audit(request, result="allowed", reason=None, actor=signer.address, strict=True)
+    request.state.signer = signer
+    return signer
+
+
+async def signed_request(request: Request, settings: Settings, headers: dict[str, str]) -> SignedRequest:
+    """The request as its client saw it: public authority and path prefix, raw target, exact body bytes."""
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > settings.max_input_bytes:
+        raise ValidationFailed("the request body is too large", code="body_too_large")
+    trusted = _from_trusted_proxy(request, settings.trusted_proxies)
+    scheme = request.url.scheme
+    host = headers.get("host", "")
+    prefix = settings.public_path_prefix
+    if trusted:
+        scheme = _first(headers.get("x-forwarded-proto")) or scheme
+        host = _first(headers.get("x-forwarded-host")) or host
+        prefix = _first(headers.get("x-forwarded-prefix")).rstrip("/") or prefix
+    raw_path = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+    return SignedRequest(
+        method=request.method,
+        authority=normalize_authority(host, scheme),
+        path=prefix + raw_path.decode("latin-1"),
+        query="?" + request.scope.get("query_string", b"").decode("latin-1"),
+        headers=headers,
+        body=await request.body(),
+    )
+
+
+def _joined_headers(request: Request) -> dict[str, str]:
+    """RFC 9110 section 5.3: repeated field lines are one value joined with ", " (RFC 9421 section 2.1 too)."""
+    joined: dict[str, str] = {}
+    for raw_name, raw_value in request.scope.get("headers", []):
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        joined[name] = f"{joined[name]}, {value}" if name in joined else value
+    return joined
+
+
+def _first(value: str | None) -> str:
+    """The client-facing entry of a forwarded header that each proxy in a chain appended to."""
+    return (value or "").split(",")[0].strip()
+
+
+def _from_trusted_proxy(request: Request, proxies: tuple[str, ...]) -> bool:
+    if not proxies or request.client is None:
+        return False
+    try:
+        peer = ipaddress.ip_address(request.client.host)
+    except ValueError:
+        return False
+    return any(peer in network for network in _networks(proxies))
+
+
+@lru_cache(maxsize=8)
+def _networks(proxies: tuple[str, ...]) -> tuple[_Network, ...]:
+    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in proxies)
+
+
+async def _audit(request: Request, *, result: str, reason: str | None, actor: str | None, strict: bool) -> None:
+    """Publish the decision. An access that cannot be recorded is refused (``strict``); a refusal is only logged."""
+    match = _OPERATION_IN_PATH.search(request.url.path)
+    operation_id = match.group(1) if match and is_operation_id(match.group(1)) else None
+    event = new_event(
+        action="auth",
+        result=result,
+        reason=reason,
+        actor=actor,
+        operation_id=operation_id,
+        request_id=getattr(request.state, "request_id", None),
+    )
+    try:
+        await apublish(request.app.state.redis, event)
+    except (RedisError, OSError):
+        log.warning("auth.audit_unpublished", result=result, reason=reason)
+        if strict:
+            raise store_unavailable() from None

@@ -1,0 +1,97 @@
+"""RFC 9421 signature bases and RFC 9530 digests: the bytes both the signer and the verifier must agree on.
+
+Both sides call the same functions so the client and the server cannot drift apart. Only what strongroom needs is
+implemented: the derived components ``@method``, ``@authority``, ``@path`` and ``@query`` (RFC 9421 section 2.2)
+and plain HTTP fields without component parameters (section 2.1).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from http_sf.innerlist import ser_innerlist
+
+REQUIRED_COMPONENTS: tuple[str, ...] = ("@method", "@authority", "@path", "@query", "content-digest")
+DERIVED_COMPONENTS: frozenset[str] = frozenset({"@method", "@authority", "@path", "@query"})
+DEFAULT_PORTS: Mapping[str, int] = {"http": 80, "https": 443}
+
+# RFC 9530 algorithms this server can check; sha-256 is the one signers must send.
+DIGEST_ALGORITHMS: Mapping[str, str] = {"sha-256": "sha256", "sha-512": "sha512"}
+
+
+@dataclass(frozen=True)
+class RequestParts:
+    """The request as the signer sent it (or as the server reconstructs it): the inputs of a signature base.
+
+    ``path`` and ``query`` are the raw, still percent-encoded request target (``query`` starts with ``?``);
+    ``headers`` must have lowercase names.
+    """
+
+    method: str
+    authority: str
+    path: str
+    query: str
+    headers: Mapping[str, str]
+
+
+class ComponentError(ValueError):
+    """A covered component cannot be resolved from the request (absent field, unsupported derived component)."""
+
+
+def normalize_authority(host: str, scheme: str) -> str:
+    """RFC 9421 section 2.2.3: lowercase host, port only when it is not the scheme's default."""
+    host = host.strip().lower()
+    if host.startswith("["):  # IPv6 literal: the port, if any, follows the closing bracket
+        end = host.find("]")
+        name, _, port = host[: end + 1], host[end + 1 : end + 2], host[end + 2 :]
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+    else:
+        name, port = host, ""
+    if port and port.isdigit() and DEFAULT_PORTS.get(scheme.lower()) != int(port):
+        return f"{name}:{int(port)}"
+    return name
+
+
+def normalize_query(query: str) -> str:
+    """``@query`` is ``?`` followed by the raw query, and just ``?`` when there is none (section 2.2.7)."""
+    return query if query.startswith("?") else f"?{query}"
+
+
+def content_digest(body: bytes) -> str:
+    """The ``Content-Digest`` value strongroom signers send: ``sha-256=:<base64>:`` (also for an empty body)."""
+    return f"sha-256=:{base64.b64encode(hashlib.sha256(body).digest()).decode('ascii')}:"
+
+
+def component_value(name: str, request: RequestParts) -> str:
+    """The canonical value of one covered component (RFC 9421 sections 2.1 and 2.2)."""
+    if name == "@method":
+        return request.method.upper()
+    if name == "@authority":
+        return request.authority
+    if name == "@path":
+        return request.path or "/"
+    if name == "@query":
+        return normalize_query(request.query)
+    if name.startswith("@"):
+        raise ComponentError(f"derived component {name} is not supported")
+    value = request.headers.get(name)
+    if value is None:
+        raise ComponentError(f"covered field {name} is absent")
+    # Section 2.1: strip leading/trailing whitespace; obs-fold is not accepted by HTTP parsers we run behind.
+    return value.strip()
+
+
+def serialize_params(covered: Sequence[str], params: Mapping[str, object]) -> str:
+    """``@signature-params``: the inner list exactly as it is serialized into ``Signature-Input`` (section 2.3)."""
+    return ser_innerlist(([(name, {}) for name in covered], dict(params)))  # type: ignore[arg-type]
+
+
+def signature_base(covered: Sequence[str], params: Mapping[str, object], request: RequestParts) -> str:
+    """RFC 9421 section 2.5: one ``"name": value`` line per component, then ``"@signature-params"``; no final LF."""
+    lines = [f'"{name}": {component_value(name, request)}' for name in covered]
+    lines.append(f'"@signature-params": {serialize_params(covered, params)}')
+    return "\n".join(lines)

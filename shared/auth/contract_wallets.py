@@ -1,0 +1,106 @@
+"""ERC-1271 verification for smart-contract wallets, behind a small protocol the verifier depends on.
+
+The verifier only needs "does the contract at ``address`` accept ``signature`` over ``digest``?". Production builds
+``Web3ContractWallets`` from ``STRONGROOM_ETH_RPC_URL``; tests pass the same class built on web3's
+``EthereumTesterProvider``, so the code under test is the code that runs. web3 is an optional dependency
+(``strongroom[contracts]``) and is imported only when an RPC URL is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from shared.errors import AuthError, Unavailable
+from shared.settings import Settings
+
+ERC1271_MAGIC = bytes.fromhex("1626ba7e")  # bytes4(keccak256("isValidSignature(bytes32,bytes)"))
+CACHE_TTL_SECONDS = 30.0
+CACHE_SIZE = 4096
+
+
+class ContractWallets(Protocol):
+    """Answers ERC-1271 questions for one chain. Raises ``Unavailable`` when the chain cannot be asked."""
+
+    async def is_valid_signature(self, chain_id: int, address: str, digest: bytes, signature: bytes) -> bool: ...
+
+
+def encode_is_valid_signature(digest: bytes, signature: bytes) -> bytes:
+    """Calldata for ``isValidSignature(bytes32 hash, bytes signature)``."""
+    from eth_abi import encode
+
+    return ERC1271_MAGIC + encode(["bytes32", "bytes"], [digest, signature])
+
+
+class Web3ContractWallets:
+    """ERC-1271 through a synchronous ``web3.Web3`` run in a worker thread, with a timeout and a short cache.
+
+    A sync client is used because the test chain (``EthereumTesterProvider``) is sync-only; the thread also keeps
+    a slow RPC from blocking the event loop. The cache holds results for ``cache_ttl`` seconds: a contract may
+    change its mind (owner rotation), so entries stay short-lived.
+    """
+
+    def __init__(
+        self,
+        w3: Any,
+        *,
+        timeout: float,
+        cache_ttl: float = CACHE_TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._w3 = w3
+        self._timeout = timeout
+        self._cache_ttl = cache_ttl
+        self._clock = clock
+        self._cache: OrderedDict[bytes, tuple[float, bool]] = OrderedDict()
+        self._chain_id: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Web3ContractWallets | None:
+        """``None`` when no RPC URL is configured: the verifier then refuses contract wallets."""
+        if not settings.eth_rpc_url:
+            return None
+        from web3 import HTTPProvider, Web3
+
+        provider = HTTPProvider(settings.eth_rpc_url, request_kwargs={"timeout": settings.eth_rpc_timeout})
+        return cls(Web3(provider), timeout=settings.eth_rpc_timeout)
+
+    async def is_valid_signature(self, chain_id: int, address: str, digest: bytes, signature: bytes) -> bool:
+        key = hashlib.sha256(b"|".join([str(chain_id).encode(), address.lower().encode(), digest, signature])).digest()
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            result = await asyncio.wait_for(
+                asyncio.to_thread(self._ask, chain_id, address, digest, signature), self._timeout
+            )
+        except (AuthError, Unavailable):
+            raise
+        except Exception:  # timeouts, connection errors, malformed RPC answers: never a yes
+            raise Unavailable("the Ethereum RPC endpoint is unavailable", code="rpc_unavailable") from None
+        self._cache[key] = (now + self._cache_ttl, result)
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return result
+
+    def _ask(self, chain_id: int, address: str, digest: bytes, signature: bytes) -> bool:
+        from web3 import Web3
+        from web3.exceptions import ContractLogicError
+
+        if self._chain_id is None:
+            self._chain_id = int(self._w3.eth.chain_id)
+        if chain_id != self._chain_id:
+            raise AuthError(
+                f"contract wallets are verified on chain {self._chain_id} only", code="contract_wallet_unsupported"
+            )
+        call = {"to": Web3.to_checksum_address(address), "data": encode_is_valid_signature(digest, signature)}
+        try:
+            answer = bytes(self._w3.eth.call(call))
+        except ContractLogicError:  # reverted: the contract does not accept it (or is not a 1271 wallet)
+            return False
+        return len(answer) >= 4 and answer[:4] == ERC1271_MAGIC
