@@ -27,8 +27,11 @@ def _fields(event: AuditEvent) -> dict[str, str]:
     return {"event": event.model_dump_json()}
 
 
-def decode(fields: dict[bytes, bytes] | dict[str, str]) -> AuditEvent:
-    raw = fields.get(b"event") or fields.get("event")  # type: ignore[call-overload]
+def decode(fields: dict[Any, Any]) -> AuditEvent:
+    """Parse a stream entry written by ``publish`` (bytes or str keys, depending on the client)."""
+    raw = fields.get(b"event", fields.get("event"))
+    if raw is None:
+        raise ValueError("stream entry has no event field")
     return AuditEvent.model_validate_json(raw)
 
 

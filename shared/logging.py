@@ -87,9 +87,7 @@ def configure(log_format: str = "json", level: str = "INFO", process: str | None
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=_shared_processors(), processors=final)
-    )
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(foreign_pre_chain=_shared_processors(), processors=final))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 OperationStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-ENCRYPTION_SCHEME = "cobblestone-256"
+ENCRYPTION_SCHEME: Literal["cobblestone-256"] = "cobblestone-256"
 
 
 def utcnow() -> datetime:
@@ -38,7 +38,7 @@ class WrappedKey(Model):
 
     version: Literal["x25519-xsalsa20-poly1305"]
     nonce: str
-    ephemPublicKey: str  # noqa: N815 - the wire name
+    ephemPublicKey: str
     ciphertext: str
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import redis
@@ -88,10 +88,8 @@ class OperationStore:
         try:
             yield
         finally:
-            try:
+            with suppress(redis.RedisError):  # expired or Redis gone: the lock times out by itself
                 lock.release()
-            except redis.RedisError:
-                pass  # expired or Redis gone: the lock times out by itself
 
     # --- listing ------------------------------------------------------------------------------------------
 

@@ -220,11 +220,10 @@ class Settings:
         if self.agents:
             try:
                 agents = json.loads(self.agents)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise ConfigError("STRONGROOM_AGENTS", f"is not valid JSON ({exc.msg})") from None
             if not isinstance(agents, dict) or not all(
-                isinstance(v, dict) and isinstance(v.get("command"), list) and v["command"]
-                for v in agents.values()
+                isinstance(v, dict) and isinstance(v.get("command"), list) and v["command"] for v in agents.values()
             ):
                 raise ConfigError("STRONGROOM_AGENTS", 'must map names to {"command": [<argv>...]}')
         if self.keyring and self.keyring_file:

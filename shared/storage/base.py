@@ -6,7 +6,7 @@ raises ``StorageError`` (or ``Unavailable`` when the endpoint cannot be reached)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Protocol
@@ -65,7 +65,7 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None:
         """Delete one object; deleting a missing object is not an error (idempotent)."""
 
-    def delete_many(self, keys: list[str]) -> None:
+    def delete_many(self, keys: Sequence[str]) -> None:
         """Delete objects in batches of up to 1000; idempotent."""
 
     def presign_get(

@@ -1,0 +1,79 @@
+"""The design's shapes serialise exactly as documented."""
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from shared.models import (
+    ArtifactCollection,
+    ArtifactMetadata,
+    Encryption,
+    OperationRecord,
+    StoredArtifact,
+    WrappedKey,
+)
+
+pytestmark = pytest.mark.unit
+
+WRAP = WrappedKey(version="x25519-xsalsa20-poly1305", nonce="bm9uY2U=", ephemPublicKey="ZXBo", ciphertext="Y3Q=")
+
+
+def _artifact(name: str, size: int) -> StoredArtifact:
+    return StoredArtifact(
+        name=name,
+        size=size,
+        content_type="text/markdown",
+        created_at=datetime(2026, 11, 26, 1, 2, 3, tzinfo=UTC),
+        checksum="sha256:" + "a" * 64,
+        ciphertext_checksum="sha256:" + "b" * 64,
+        ciphertext_size=size + 48,
+        encryption=Encryption(wrapped_key=WRAP),
+    )
+
+
+def test_artifact_metadata_has_the_design_fields_and_an_encoded_download_url() -> None:
+    meta = ArtifactMetadata.from_stored("privacy-audit_abc", _artifact("a b#?.md", 10))
+    body = json.loads(meta.model_dump_json())
+    assert set(body) == {
+        "name",
+        "size",
+        "content_type",
+        "created_at",
+        "download_url",
+        "checksum",
+        "ciphertext_checksum",
+        "encryption",
+    }
+    assert body["download_url"] == "/api/v1/operations/privacy-audit_abc/artifacts/a%20b%23%3F.md"
+    assert body["created_at"] == "2026-11-26T01:02:03Z"
+    assert body["encryption"]["scheme"] == "cobblestone-256"
+    assert body["encryption"]["wrapped_key"]["ephemPublicKey"] == "ZXBo"
+
+
+def test_collection_counts_and_sums() -> None:
+    items = [ArtifactMetadata.from_stored("op_x", _artifact(n, s)) for n, s in [("a", 3), ("b", 4)]]
+    collection = ArtifactCollection.build(items)
+    assert (collection.count, collection.total_size) == (2, 7)
+
+
+def test_record_round_trips_and_rejects_unknown_fields() -> None:
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    record = OperationRecord(
+        id="privacy-audit_x",
+        agent="privacy-audit",
+        grantee="0x" + "1" * 40,
+        encryption_public_key="k",
+        created_at=now,
+        expires_at=now,
+        artifacts=[_artifact("a", 1)],
+    )
+    again = OperationRecord.model_validate_json(record.model_dump_json())
+    assert again == record
+    assert again.artifact("a") is not None and again.artifact("b") is None
+    assert record.evolve(status="running").status == "running"
+    with pytest.raises(ValidationError):
+        OperationRecord.model_validate({**record.model_dump(), "surprise": 1})
+    with pytest.raises(ValidationError):
+        record.evolve(status="exploded")
