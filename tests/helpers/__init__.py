@@ -1,0 +1,1 @@
+"""Fixture code shared by the test suite (importable as ``tests.helpers``)."""
