@@ -1,0 +1,610 @@
+"""``ObjectStore`` on S3 (AWS, SeaweedFS, MinIO...) through one boto3 client built once per process.
+
+Environment variables used (read by ``shared.settings.Settings.from_env``, never here):
+
+    STRONGROOM_S3_ENDPOINT_URL          S3 endpoint; empty means AWS
+    STRONGROOM_S3_PUBLIC_ENDPOINT_URL   host put into presigned URLs when clients reach S3 by another address
+    STRONGROOM_S3_BUCKET                the bucket
+    STRONGROOM_S3_ADDRESSING_STYLE      path | virtual | auto
+    STRONGROOM_S3_SSE                   none | AES256 | aws:kms (sent on every write)
+    STRONGROOM_S3_SSE_KMS_KEY_ID        KMS key for aws:kms
+    AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+                                        empty credentials fall back to boto3's default chain (IAM role, profile)
+
+Every boto exception is translated at this boundary by ``translate_errors`` (the table ``_CODE_TABLE``), so code
+above the storage layer only ever sees ``shared.errors``.
+
+Integrity: every write carries a ``ChecksumSHA256`` the server verifies. Multipart uploads checksum each part; as
+S3 has no full-object SHA-256 for multipart objects, the whole-object digest is computed locally in the same pass
+that hashes the parts and compared with the caller's before the upload is completed; any failure aborts the
+upload, so no partial object or pending upload remains.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import hashlib
+import hmac
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, cast
+from urllib.parse import quote
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from shared.errors import NotFound, StorageError, StrongroomError, Unavailable, ValidationFailed
+from shared.logging import get_logger
+from shared.storage.base import ObjectInfo, PresignedUrl
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+    from shared.settings import Settings
+
+log = get_logger(__name__)
+
+MiB = 1024 * 1024
+MULTIPART_THRESHOLD = 16 * MiB
+PART_SIZE = 8 * MiB
+MIN_PART_SIZE = 5 * MiB  # S3 refuses smaller non-final parts (EntityTooSmall)
+DELETE_BATCH = 1000  # DeleteObjects limit
+READ_CHUNK = 64 * 1024
+NO_CORS_ORIGIN = "https://no-cors.invalid"  # RFC 2606 name: matches no real origin
+
+SSE = Literal["none", "AES256", "aws:kms"]
+
+# --- boto error codes -> shared errors --------------------------------------------------------------------
+
+_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
+_CHECKSUM = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"})
+_DENIED = frozenset({"AccessDenied", "403", "Forbidden", "SignatureDoesNotMatch", "InvalidAccessKeyId", "ExpiredToken"})
+_UNAVAILABLE = frozenset(
+    {"SlowDown", "ServiceUnavailable", "503", "InternalError", "500", "RequestTimeout", "RequestTimeTooSkewed"}
+)
+_CODE_TABLE: dict[frozenset[str], tuple[type[StrongroomError], str, str]] = {
+    # codes: (exception, our code, message template; {op} and {key} are filled in)
+    _NOT_FOUND: (NotFound, "not_found", "object {key} not found"),
+    frozenset({"NoSuchBucket"}): (
+        StorageError,
+        "bucket_missing",
+        "bucket does not exist (run `strongroom init` to create it) during {op}",
+    ),
+    _CHECKSUM: (StorageError, "checksum_mismatch", "S3 rejected {key}: checksum mismatch"),
+    _DENIED: (StorageError, "access_denied", "S3 denied {op} on {key} (check credentials and bucket policy)"),
+    frozenset({"InvalidRange", "416"}): (
+        ValidationFailed,
+        "range_not_satisfiable",
+        "requested range is outside {key}",
+    ),
+    frozenset({"EntityTooSmall"}): (StorageError, "part_too_small", "multipart part too small for {key}"),
+    _UNAVAILABLE: (Unavailable, "unavailable", "S3 is unavailable ({op})"),
+}
+_CONNECTION_ERRORS = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError)
+
+
+def map_client_error(exc: ClientError, op: str, key: str = "") -> StrongroomError:
+    """The shared error for one ``ClientError``; messages name the operation and key, never credentials."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    for codes, (kind, our_code, template) in _CODE_TABLE.items():
+        if code in codes:
+            return kind(template.format(op=op, key=key or "-"), code=our_code)
+    if isinstance(status, int) and status >= 500:
+        return Unavailable(f"S3 is unavailable ({op}: HTTP {status})")
+    return StorageError(f"S3 {op} failed on {key or '-'} ({code or status})")
+
+
+@contextmanager
+def translate_errors(op: str, key: str = "") -> Iterator[None]:
+    """Turn any boto/botocore exception raised inside into a ``shared.errors`` exception."""
+    try:
+        yield
+    except ClientError as exc:
+        raise map_client_error(exc, op, key) from None
+    except _CONNECTION_ERRORS as exc:
+        raise Unavailable(f"S3 endpoint unreachable ({op}: {type(exc).__name__})") from None
+    except NoCredentialsError:
+        raise StorageError("no S3 credentials configured", code="credentials_missing") from None
+    except BotoCoreError as exc:
+        raise StorageError(f"S3 {op} failed ({type(exc).__name__})") from None
+
+
+# --- helpers ----------------------------------------------------------------------------------------------
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII fallback and the exact name in RFC 8187 ``filename*`` (RFC 6266 section 4.3).
+
+    Quotes, backslashes and control characters never reach the header: S3 echoes this value verbatim, so it must
+    not be able to end the parameter or inject another header.
+    """
+    cleaned = "".join(ch for ch in filename if ch.isprintable())
+    fallback = "".join(ch if " " <= ch <= "~" and ch not in '"\\%' else "_" for ch in cleaned).strip() or "download"
+    encoded = quote(cleaned, safe="!#$&+-.^_`|~")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _sse_args(sse: SSE, kms_key_id: str | None) -> dict[str, str]:
+    if sse == "none":
+        return {}
+    args: dict[str, str] = {"ServerSideEncryption": sse}
+    if sse == "aws:kms" and kms_key_id:
+        args["SSEKMSKeyId"] = kms_key_id
+    return args
+
+
+class _FileSlice(io.RawIOBase):
+    """A seekable read-only window ``[start, start+length)`` of a file, so botocore can stream (and rewind for
+    payload signing or a retry) one part without the part ever being held in memory."""
+
+    def __init__(self, src: IO[bytes], start: int, length: int) -> None:
+        super().__init__()
+        self._src, self._start, self._length, self._pos = src, start, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return self._length
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = max(0, min(self._length, base + offset))
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        remaining = self._length - self._pos
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        if size == 0:
+            return b""
+        self._src.seek(self._start + self._pos)
+        data = self._src.read(size)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def digest(self) -> tuple[bytes, int]:
+        """SHA-256 of the window and the number of bytes actually available; rewinds afterwards."""
+        hasher, total = hashlib.sha256(), 0
+        self.seek(0)
+        while chunk := self.read(READ_CHUNK):
+            hasher.update(chunk)
+            total += len(chunk)
+        self.seek(0)
+        return hasher.digest(), total
+
+
+def _hash_window(window: _FileSlice, expected_size: int, key: str) -> bytes:
+    digest, got = window.digest()
+    if got != expected_size:
+        raise StorageError(f"source for {key} is shorter than its declared size", code="source_truncated")
+    return digest
+
+
+# --- the store --------------------------------------------------------------------------------------------
+
+
+class S3ObjectStore:
+    """``ObjectStore`` on S3. Thread-safe: boto3 clients are, and the store keeps no other mutable state."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        *,
+        presign_client: S3Client | None = None,
+        sse: SSE = "none",
+        sse_kms_key_id: str | None = None,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        part_size: int = PART_SIZE,
+    ) -> None:
+        if part_size < MIN_PART_SIZE or multipart_threshold < part_size:
+            raise ValueError("part_size must be >= 5 MiB and multipart_threshold >= part_size")
+        self.client = client
+        self.bucket = bucket
+        self.presign_client = presign_client or client
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
+        self._sse = _sse_args(sse, sse_kms_key_id)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3ObjectStore:
+        """Build the client once (and a second, network-free one for presigning at the public endpoint)."""
+        client = _make_client(settings, settings.s3_endpoint_url)
+        presign = None
+        if settings.s3_public_endpoint_url and settings.s3_public_endpoint_url != settings.s3_endpoint_url:
+            presign = _make_client(settings, settings.s3_public_endpoint_url)
+        return cls(
+            client,
+            settings.s3_bucket,
+            presign_client=presign,
+            sse=settings.s3_sse,
+            sse_kms_key_id=settings.s3_sse_kms_key_id,
+        )
+
+    # --- bucket ---------------------------------------------------------------------------------------
+
+    def ensure_bucket(self, *, cors_origins: tuple[str, ...] = (), expire_after_days: int | None = None) -> None:
+        """Create the bucket if missing and apply CORS and the lifecycle backstop rule. Idempotent."""
+        self._create_bucket()
+        with translate_errors("PutBucketCors"):
+            self.client.put_bucket_cors(Bucket=self.bucket, CORSConfiguration={"CORSRules": [_cors_rule(cors_origins)]})
+        with translate_errors("PutBucketLifecycleConfiguration"):
+            self.client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": _lifecycle_rules(expire_after_days)}
+            )
+        log.info("bucket configured", bucket=self.bucket, cors_origins=list(cors_origins))
+
+    def _create_bucket(self) -> None:
+        try:
+            with translate_errors("HeadBucket"):
+                self.client.head_bucket(Bucket=self.bucket)
+            return
+        except NotFound:
+            pass  # HeadBucket has no body, so a missing bucket is a bare 404
+        except StorageError as exc:
+            if exc.code != "bucket_missing":
+                raise
+        region = self.client.meta.region_name
+        args: dict[str, Any] = {"Bucket": self.bucket}
+        if region and region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self.client.create_bucket(**args)
+            log.info("bucket created", bucket=self.bucket)
+        except ClientError as exc:
+            # A concurrent `init` won the race: that is success. BucketAlreadyExists (someone else's) is not.
+            if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                raise map_client_error(exc, "CreateBucket") from None
+        except BotoCoreError:
+            with translate_errors("CreateBucket"):
+                raise
+
+    def ping(self) -> None:
+        """Raise ``Unavailable`` unless the bucket is reachable with our credentials."""
+        try:
+            with translate_errors("HeadBucket"):
+                self.client.head_bucket(Bucket=self.bucket)
+        except StrongroomError as exc:
+            raise Unavailable(f"S3 bucket not reachable: {exc.detail}") from None
+
+    # --- writes ---------------------------------------------------------------------------------------
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+        """Store a small object in one PUT, with a SHA-256 checksum the server verifies."""
+        with translate_errors("PutObject", key):
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                ChecksumSHA256=_b64(hashlib.sha256(data).digest()),
+                **self._sse,  # type: ignore[arg-type]
+            )
+
+    def put_file(
+        self, key: str, src: BinaryIO, *, size: int, sha256_hex: str, content_type: str = "application/octet-stream"
+    ) -> None:
+        """Stream ``size`` bytes from ``src`` (at position 0) to ``key``; the server verifies ``sha256_hex``.
+
+        Large files go multipart (each part checksummed); memory stays bounded by the part size.
+        The object appears atomically when the upload completes; an aborted upload leaves nothing.
+        """
+        try:
+            expected = bytes.fromhex(sha256_hex)
+        except ValueError:
+            raise ValidationFailed("sha256_hex is not hexadecimal", code="checksum_invalid") from None
+        if size <= self.multipart_threshold:
+            expected_b64 = self._put_single(key, src, size, expected, content_type)
+        else:
+            expected_b64 = self._put_multipart(key, src, size, expected, content_type)
+        self._verify_stored(key, size, expected_b64)
+
+    def _put_single(self, key: str, src: BinaryIO, size: int, expected: bytes, content_type: str) -> str:
+        window = _FileSlice(src, 0, size)
+        # Hash locally too: some S3-compatible servers accept a wrong checksum without a word.
+        if not hmac.compare_digest(_hash_window(window, size, key), expected):
+            raise StorageError(f"{key}: source does not match its SHA-256", code="checksum_mismatch")
+        with translate_errors("PutObject", key):
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=cast(IO[bytes], window),
+                ContentLength=size,
+                ContentType=content_type,
+                ChecksumSHA256=_b64(expected),
+                **self._sse,  # type: ignore[arg-type]
+            )
+        return _b64(expected)
+
+    def _put_multipart(self, key: str, src: BinaryIO, size: int, expected: bytes, content_type: str) -> str:
+        with translate_errors("CreateMultipartUpload", key):
+            upload_id = self.client.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                ContentType=content_type,
+                ChecksumAlgorithm="SHA256",
+                **self._sse,  # type: ignore[arg-type]
+            )["UploadId"]
+        try:
+            parts, part_digests = self._upload_parts(key, upload_id, src, size, expected)
+            with translate_errors("CompleteMultipartUpload", key):
+                self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+        except BaseException:
+            self._abort(key, upload_id)
+            raise
+        composite = hashlib.sha256(b"".join(part_digests)).digest()
+        return f"{_b64(composite)}-{len(part_digests)}"
+
+    def _upload_parts(
+        self, key: str, upload_id: str, src: BinaryIO, size: int, expected: bytes
+    ) -> tuple[list[Any], list[bytes]]:
+        whole = hashlib.sha256()
+        parts: list[Any] = []
+        digests: list[bytes] = []
+        for number, start in enumerate(range(0, size, self.part_size), start=1):
+            length = min(self.part_size, size - start)
+            window = _FileSlice(src, start, length)
+            digest = _part_digest(window, length, key, whole)
+            with translate_errors("UploadPart", key):
+                response = self.client.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=cast(IO[bytes], window),
+                    ContentLength=length,
+                    ChecksumSHA256=_b64(digest),
+                )
+            parts.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": _b64(digest)})
+            digests.append(digest)
+        if not hmac.compare_digest(whole.digest(), expected):
+            raise StorageError(f"{key}: source does not match its SHA-256", code="checksum_mismatch")
+        return parts, digests
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            with translate_errors("AbortMultipartUpload", key):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except StrongroomError as exc:
+            # The lifecycle rule aborts it after a day; the original error is the one worth raising.
+            log.warning("multipart abort failed", key=key, error=exc.code)
+
+    def _verify_stored(self, key: str, size: int, expected_b64: str) -> None:
+        """Compare what the server reports with what we sent; servers that report no checksum are trusted on the
+        per-request checksums they verified (SeaweedFS's GetObjectAttributes, for one, omits it)."""
+        info = self.head(key)
+        reported = info.checksum_sha256
+        matches = info.size == size and (reported is None or hmac.compare_digest(reported, expected_b64))
+        if not matches:
+            self.delete(key)
+            raise StorageError(f"stored {key} does not match what was sent", code="checksum_mismatch")
+
+    # --- reads ----------------------------------------------------------------------------------------
+
+    def get_bytes(self, key: str) -> bytes:
+        """Read a small object whole."""
+        return b"".join(self.open_range(key))
+
+    def open_range(self, key: str, first: int | None = None, last: int | None = None) -> Iterator[bytes]:
+        """Stream an object, or the inclusive byte range ``first..last`` of it, in chunks."""
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        byte_range = _range_header(first, last)
+        if byte_range:
+            args["Range"] = byte_range
+        with translate_errors("GetObject", key):
+            body = self.client.get_object(**args)["Body"]
+        return self._stream(body, key)
+
+    @staticmethod
+    def _stream(body: Any, key: str) -> Iterator[bytes]:
+        try:
+            with translate_errors("GetObject", key):
+                yield from body.iter_chunks(READ_CHUNK)
+        finally:
+            body.close()
+
+    def head(self, key: str) -> ObjectInfo:
+        """Size and checksum of an object; ``NotFound`` if absent."""
+        with translate_errors("HeadObject", key):
+            r = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        return ObjectInfo(
+            key=key,
+            size=r["ContentLength"],
+            last_modified=r["LastModified"],
+            etag=r.get("ETag", "").strip('"'),
+            checksum_sha256=r.get("ChecksumSHA256") or None,
+        )
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.head(key)
+        except NotFound:
+            return False
+        return True
+
+    def list(self, prefix: str, *, start_after: str | None = None, limit: int | None = None) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix`` in ascending key order, after ``start_after``, at most ``limit``."""
+        if limit is not None and limit <= 0:
+            return
+        args: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if start_after:
+            args["StartAfter"] = start_after
+        page_size = min(limit or 1000, 1000)
+        pages = self.client.get_paginator("list_objects_v2").paginate(**args, PaginationConfig={"PageSize": page_size})
+        remaining = limit
+        with translate_errors("ListObjectsV2", prefix):
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(
+                        key=obj["Key"],
+                        size=obj["Size"],
+                        last_modified=obj["LastModified"],
+                        etag=obj.get("ETag", "").strip('"'),
+                    )
+                    if remaining is not None:
+                        remaining -= 1
+                        if remaining == 0:
+                            return
+
+    # --- deletes --------------------------------------------------------------------------------------
+
+    def delete(self, key: str) -> None:
+        """Delete one object; deleting a missing object is not an error (idempotent)."""
+        with suppress(NotFound), translate_errors("DeleteObject", key):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_many(self, keys: builtins.list[str]) -> None:
+        """Delete objects in batches of up to 1000; idempotent.
+
+        Raises one ``StorageError`` after trying every batch if any key could not be deleted, naming the first few.
+        """
+        failures: builtins.list[str] = []
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start : start + DELETE_BATCH]
+            with translate_errors("DeleteObjects", batch[0]):
+                response = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+                )
+            failures.extend(
+                f"{e.get('Key')} ({e.get('Code')})"
+                for e in response.get("Errors", [])
+                if e.get("Code") not in _NOT_FOUND
+            )
+        if failures:
+            shown = ", ".join(failures[:5])
+            raise StorageError(f"{len(failures)} of {len(keys)} objects not deleted: {shown}", code="delete_failed")
+
+    # --- presigning -----------------------------------------------------------------------------------
+
+    def presign_get(
+        self, key: str, *, ttl: int, filename: str | None = None, content_type: str | None = None
+    ) -> PresignedUrl:
+        """A GET URL valid for ``ttl`` seconds; ``filename`` sets a safe ``Content-Disposition: attachment``."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if filename is not None:
+            params["ResponseContentDisposition"] = content_disposition(filename)
+        if content_type is not None:
+            params["ResponseContentType"] = content_type
+        expires_at = datetime.now(UTC) + timedelta(seconds=ttl)
+        with translate_errors("PresignGetObject", key):
+            url = self.presign_client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl)
+        return PresignedUrl(url=url, expires_at=expires_at)
+
+
+# --- configuration builders -------------------------------------------------------------------------------
+
+
+def _make_client(settings: Settings, endpoint_url: str | None) -> S3Client:
+    config = Config(
+        signature_version="s3v4",
+        s3={"addressing_style": settings.s3_addressing_style},
+        retries={"mode": "standard", "max_attempts": 4},
+        connect_timeout=5,
+        read_timeout=60,
+        max_pool_connections=32,
+        # Non-AWS servers (SeaweedFS, MinIO) do not all speak the aws-chunked CRC trailers botocore now adds by
+        # default; we send explicit ChecksumSHA256 values instead.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    client: S3Client = boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url or None,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id or None,
+        aws_secret_access_key=settings.s3_secret_access_key or None,
+        config=config,
+    )
+    return client
+
+
+def _cors_rule(origins: tuple[str, ...]) -> Any:
+    """Browsers may GET/HEAD (with Range) from the listed origins. With none, a rule naming an origin that cannot
+    exist: some servers (SeaweedFS) treat a bucket with no rules as open to every origin."""
+    return {
+        "ID": "strongroom-download",
+        "AllowedMethods": ["GET", "HEAD"],
+        "AllowedOrigins": list(origins) or [NO_CORS_ORIGIN],
+        "AllowedHeaders": ["Range", "If-Match", "If-None-Match"],
+        "ExposeHeaders": ["Content-Length", "Content-Range", "Content-Disposition", "Content-Type", "ETag"],
+        "MaxAgeSeconds": 3600,
+    }
+
+
+def _lifecycle_rules(expire_after_days: int | None) -> Any:
+    rules: list[Any] = [
+        {
+            "ID": "strongroom-abort-incomplete-uploads",
+            "Filter": {"Prefix": ""},
+            "Status": "Enabled",
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+        }
+    ]
+    if expire_after_days is not None:
+        rules.append(
+            {
+                "ID": "strongroom-expire-operations",
+                "Filter": {"Prefix": "operations/"},
+                "Status": "Enabled",
+                "Expiration": {"Days": expire_after_days},
+            }
+        )
+    return rules
+
+
+def _range_header(first: int | None, last: int | None) -> str | None:
+    """``None`` for the whole object (an empty object has no satisfiable range)."""
+    if (first is not None and first < 0) or (last is not None and last < 0):
+        raise ValidationFailed("range bounds must be non-negative", code="range_not_satisfiable")
+    start = first or 0
+    if last is None:
+        return None if start == 0 else f"bytes={start}-"
+    if last < start:
+        raise ValidationFailed("range end before its start", code="range_not_satisfiable")
+    return f"bytes={start}-{last}"
+
+
+def _part_digest(window: _FileSlice, length: int, key: str, whole: Any) -> bytes:
+    """Hash one part and feed the whole-object hash in the same pass."""
+    part = hashlib.sha256()
+    got = 0
+    while chunk := window.read(READ_CHUNK):
+        part.update(chunk)
+        whole.update(chunk)
+        got += len(chunk)
+    window.seek(0)
+    if got != length:
+        raise StorageError(f"source for {key} is shorter than its declared size", code="source_truncated")
+    return part.digest()
