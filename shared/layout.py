@@ -6,7 +6,7 @@ Bucket layout (the design's directory structure)::
     operations/{id}/input.json             the agent input (keyring-encrypted)
     operations/{id}/artifacts/{name}.enc   Cobblestone-256 ciphertext, readable only by the grantee
     operations/{id}/embedded/{name}        legacy copy for embedded base64 (keyring-encrypted; only if enabled)
-    operations/{id}/access_log/{seq}.json  hash-chained audit batches
+    operations/{id}/access_log/{seq}.json  hash-chained audit batches (+ head.json, the newest batch digest)
     grantees/{address}/{inverted time}_{id} empty index object: a grantee's operations, newest first
     audit/{seq}.json                       hash-chained audit batches of events that name no operation
 
@@ -127,11 +127,20 @@ def access_log_key(operation_id: str, sequence: int) -> str:
     return f"{access_log_prefix(operation_id)}{sequence:012d}.json"
 
 
+def access_log_head_key(operation_id: str) -> str:
+    """Sealed pointer to the newest batch, so removing the tail of a log is detectable."""
+    return access_log_prefix(operation_id) + "head.json"
+
+
 GLOBAL_AUDIT = "audit/"
 
 
 def global_access_log_key(sequence: int) -> str:
     return f"{GLOBAL_AUDIT}{sequence:012d}.json"
+
+
+def global_access_log_head_key() -> str:
+    return f"{GLOBAL_AUDIT}head.json"
 
 
 def grantee_prefix(address: str) -> str:
@@ -178,4 +187,5 @@ def redis_job_lock(job: str) -> str:
 REDIS_WORKERS = f"{REDIS_PREFIX}workers"  # sorted set: worker name -> last heartbeat (unix seconds)
 REDIS_AUDIT_STREAM = f"{REDIS_PREFIX}audit:events"
 REDIS_AUDIT_GROUP = "strongroom-audit"
-REDIS_AUDIT_SEEN = f"{REDIS_PREFIX}audit:seen"  # set of event ids already persisted (dedup)
+REDIS_AUDIT_SEEN = f"{REDIS_PREFIX}audit:seen"  # sorted set: event id -> persisted at (unix seconds; dedup)
+REDIS_MONITOR_SNAPSHOT = f"{REDIS_PREFIX}monitor:snapshot"  # last resource report (JSON) for any metrics endpoint
