@@ -1,9 +1,216 @@
-"""`strongroom api|worker|beat|init|dev` (filled in by the foundation work)."""
+"""`strongroom api|worker|beat|init|dev|keyring`: the server-side processes.
+
+``api``, ``worker`` and ``beat`` each run one process against the configured Redis and S3 (what containers run);
+``init`` prepares the bucket idempotently; ``dev`` runs everything on one machine with embedded servers
+(``shared.cli.dev``). Settings are validated before anything starts: a bad value prints one line naming the
+variable and exits 2, with no traceback. Imports of api_service/worker_service are lazy, so each process loads
+only the side it runs.
+"""
 
 from __future__ import annotations
 
+import argparse
+import functools
+import inspect
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from shared.contracts import QUEUE
+from shared.errors import ConfigError, StrongroomError
+from shared.logging import configure, get_logger
+from shared.settings import Settings
+
+CONFIG_EXIT = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def fails_cleanly(handler: Handler) -> Handler:
+    """Turn configuration and dependency errors into one line on stderr and a non-zero exit (no traceback)."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except ConfigError as exc:
+            print(f"strongroom {args.command}: configuration error: {exc.detail}", file=sys.stderr)
+            return CONFIG_EXIT
+        except StrongroomError as exc:
+            print(f"strongroom {args.command}: {exc.detail}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def load_settings(process: str, **overrides: Any) -> Settings:
+    """Validate the environment, then configure logging for this process."""
+    settings = Settings.from_env(**overrides)
+    settings.keyring_json()  # a missing keyring file is a start-up error, not a first-request error
+    configure(settings.resolved_log_format, settings.log_level, process=process)
+    return settings
+
+
+# --- api ---------------------------------------------------------------------------------------------------------
+
+
+@fails_cleanly
+def run_api(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["api_host"] = args.host
+    if args.port:
+        overrides["api_port"] = args.port
+    settings = load_settings("api", **overrides)
+    import uvicorn
+    from api_service.app import create_app
+
+    app = create_app(settings) if inspect.signature(create_app).parameters else create_app()
+    get_logger(__name__).info("api starting", host=settings.api_host, port=settings.api_port)
+    uvicorn.run(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,  # our structlog handler on the root logger formats uvicorn's lines too
+        access_log=False,  # the API's middleware logs each request with its request id
+        proxy_headers=False,  # forwarded headers are honoured only from STRONGROOM_TRUSTED_PROXIES, in the app
+        server_header=False,
+        timeout_graceful_shutdown=8,
+    )
+    return 0
+
+
+# --- worker and beat ---------------------------------------------------------------------------------------------
+
+
+def _celery_app() -> Any:
+    from worker_service.celery_app import app
+
+    return app
+
+
+@fails_cleanly
+def run_worker(args: argparse.Namespace) -> int:
+    settings = load_settings("worker")
+    argv = [
+        "worker",
+        "--loglevel",
+        settings.log_level,
+        "-Q",
+        QUEUE,
+        "--pool",
+        args.pool,
+        "--concurrency",
+        str(args.concurrency),
+        "--without-mingle",  # start-up sync with peers only slows small deployments down
+        "--without-gossip",
+    ]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    _celery_app().worker_main(argv=argv)
+    return 0
+
+
+@fails_cleanly
+def run_beat(args: argparse.Namespace) -> int:
+    settings = load_settings("beat")
+    schedule = args.schedule or str(Path(tempfile.gettempdir()) / "strongroom-celerybeat-schedule")
+    _celery_app().start(argv=["beat", "--loglevel", settings.log_level, "--schedule", schedule])
+    return 0
+
+
+# --- init --------------------------------------------------------------------------------------------------------
+
+
+def initialise(settings: Settings) -> None:
+    """Create the bucket and apply CORS and the lifecycle backstop; safe to run any number of times.
+
+    Nothing secret is generated here: production must bring its own keyring (``strongroom keyring generate``).
+    """
+    from shared.crypto.keyring import Keyring
+    from shared.storage.s3 import S3ObjectStore
+
+    keyring = settings.keyring_json()
+    if keyring:
+        Keyring.from_json(keyring)
+    elif settings.env == "production":
+        raise ConfigError(
+            "STRONGROOM_KEYRING", "is required in production (create one with `strongroom keyring generate`)"
+        )
+    store = S3ObjectStore.from_settings(settings)
+    # The backstop outlives the longest retention by a day: the cleanup job, not S3, normally deletes.
+    store.ensure_bucket(cors_origins=settings.s3_cors_origins, expire_after_days=settings.artifact_retention_days + 1)
+    store.ping()
+    get_logger(__name__).info("bucket ready", bucket=settings.s3_bucket)
+
+
+@fails_cleanly
+def run_init(args: argparse.Namespace) -> int:
+    initialise(load_settings("init"))
+    return 0
+
+
+# --- keyring helpers ---------------------------------------------------------------------------------------------
+
+
+@fails_cleanly
+def run_keyring(args: argparse.Namespace) -> int:
+    """``generate`` prints a new keyring; ``rotate FILE`` adds a new primary key to a keyring file in place."""
+    from shared.crypto.keyring import Keyring
+    from shared.devstack import write_private
+
+    if args.keyring_command == "generate":
+        text = Keyring.generate_json()
+        if args.output:
+            write_private(Path(args.output), text)
+        else:
+            print(text)
+        return 0
+    path = Path(args.file)
+    try:
+        current = Keyring.from_json(path.read_text())
+    except OSError as exc:
+        raise ConfigError("STRONGROOM_KEYRING_FILE", f"cannot be read ({exc.strerror})") from None
+    rotated = current.add_primary()
+    write_private(path, rotated.to_json())
+    print(f"new primary key {rotated.primary_id}; older keys kept for decryption", file=sys.stderr)
+    return 0
+
+
+# --- registration ------------------------------------------------------------------------------------------------
 
 
 def register(sub: Any) -> None:
-    return None
+    from shared.cli import dev
+
+    api = sub.add_parser("api", help="run the HTTP API (uvicorn)")
+    api.add_argument("--host", help="listen address (default STRONGROOM_API_HOST)")
+    api.add_argument("--port", type=int, help="listen port (default STRONGROOM_API_PORT)")
+    api.set_defaults(handler=run_api)
+
+    worker = sub.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
+    worker.add_argument("--concurrency", type=int, default=2)
+    worker.add_argument("--hostname", help="Celery node name, e.g. worker1@%%h")
+    worker.set_defaults(handler=run_worker)
+
+    beat = sub.add_parser("beat", help="run Celery beat (exactly one per deployment)")
+    beat.add_argument("--schedule", help="beat state file (default: in the temp directory)")
+    beat.set_defaults(handler=run_beat)
+
+    init = sub.add_parser("init", help="create the bucket and apply its configuration (idempotent)")
+    init.set_defaults(handler=run_init)
+
+    keyring = sub.add_parser("keyring", help="generate or rotate a server keyring")
+    keyring_sub = keyring.add_subparsers(dest="keyring_command", required=True)
+    generate = keyring_sub.add_parser("generate", help="print a new one-key keyring (a secret)")
+    generate.add_argument("--output", help="write it to this file (mode 0600) instead of stdout")
+    rotate = keyring_sub.add_parser("rotate", help="add a new primary key to a keyring file")
+    rotate.add_argument("file")
+    keyring.set_defaults(handler=run_keyring)
+
+    dev.register(sub, fails_cleanly)

@@ -1,0 +1,209 @@
+"""`strongroom dev`: the whole system on one machine, with embedded Redis and S3 unless configured otherwise.
+
+State lives under ``--data-dir``: Valkey's append-only file, SeaweedFS's volumes, a generated keyring and
+generated S3 credentials (both 0600), so stopping and starting again finds every operation and artifact. Each
+child runs in its own process group with a parent-death signal; SIGINT/SIGTERM stop them all within 10 seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from shared.devstack import (
+    EmbeddedServerError,
+    ManagedProcess,
+    S3Credentials,
+    SeaweedServer,
+    ValkeyServer,
+    wait_for,
+    write_private,
+)
+from shared.logging import configure, get_logger
+from shared.settings import Settings
+
+STOP_BUDGET = 9.0  # seconds for SIGTERM-then-SIGKILL of every child; the issue allows 10
+READY_TIMEOUT = 120.0
+
+log = get_logger("strongroom.dev")
+
+
+def _prepare_env(args: argparse.Namespace, data_dir: Path, base: Mapping[str, str]) -> dict[str, str]:
+    env = dict(base)
+    env.setdefault("STRONGROOM_ENV", "development")
+    env["STRONGROOM_API_HOST"] = args.host
+    env["STRONGROOM_API_PORT"] = str(args.port)
+    env.setdefault("STRONGROOM_S3_CORS_ORIGINS", f"http://{args.host}:{args.port}")
+    env.setdefault("STRONGROOM_WORK_DIR", str(data_dir / "work"))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if not env.get("STRONGROOM_KEYRING") and not env.get("STRONGROOM_KEYRING_FILE"):
+        env["STRONGROOM_KEYRING_FILE"] = str(_dev_keyring(data_dir / "keyring.json"))
+    return env
+
+
+def _dev_keyring(path: Path) -> Path:
+    """A development keyring kept next to the data it protects (never generated in production)."""
+    if not path.exists():
+        from shared.crypto.keyring import Keyring
+
+        write_private(path, Keyring.generate_json())
+        log.info("generated a development keyring", path=str(path))
+    return path
+
+
+class DevStack:
+    """The embedded servers (when needed) and the api/worker/beat children of one `strongroom dev` run."""
+
+    def __init__(self, args: argparse.Namespace, data_dir: Path) -> None:
+        self.args = args
+        self.data_dir = data_dir
+        self.servers: list[ValkeyServer | SeaweedServer] = []
+        self.children: list[ManagedProcess] = []
+        self.env = _prepare_env(args, data_dir, os.environ)
+
+    def start_servers(self) -> None:
+        if not (self.env.get("REDIS_URL") or self.env.get("STRONGROOM_REDIS_URL")):
+            redis = ValkeyServer(self.data_dir / "valkey", port=_remembered_port(self.data_dir / "valkey.port"))
+            self.servers.append(redis)
+            redis.start()
+            (self.data_dir / "valkey.port").write_text(str(redis.port))
+            self.env["REDIS_URL"] = redis.url
+            log.info("embedded valkey started", url=redis.url, pid=redis.pid)
+        if not self.env.get("STRONGROOM_S3_ENDPOINT_URL"):
+            creds = S3Credentials.load_or_create(self.data_dir / "s3-credentials.json")
+            region = self.env.get("AWS_REGION", "us-east-1")
+            origins = tuple(o for o in self.env["STRONGROOM_S3_CORS_ORIGINS"].split(",") if o.strip())
+            s3 = SeaweedServer(self.data_dir / "seaweedfs", creds, region=region, cors_origins=origins)
+            self.servers.append(s3)
+            s3.start()
+            self.env.update(
+                STRONGROOM_S3_ENDPOINT_URL=s3.endpoint_url,
+                AWS_ACCESS_KEY_ID=creds.access_key,
+                AWS_SECRET_ACCESS_KEY=creds.secret_key,
+                AWS_REGION=region,
+            )
+            log.info("embedded seaweedfs started", endpoint=s3.endpoint_url, pid=s3.pid)
+
+    def start_children(self) -> None:
+        python = [sys.executable, "-m", "shared"]
+        commands = {
+            "api": [*python, "api"],
+            "worker": [*python, "worker", "--pool", "threads", "--concurrency", str(self.args.concurrency)],
+            "beat": [*python, "beat", "--schedule", str(self.data_dir / "celerybeat-schedule")],
+        }
+        for name, argv in commands.items():
+            child = ManagedProcess(argv, log_path=None, env=self.env, name=name)
+            self.children.append(child)  # registered first: a signal between the two lines still stops it
+            child.start()
+            log.info("started", child=name, pid=child.pid)
+
+    def dead_child(self) -> ManagedProcess | None:
+        return next((c for c in self.children if not c.running()), None)
+
+    def stop(self) -> None:
+        """SIGTERM every child and server at once, then SIGKILL whatever is left when the budget runs out."""
+        deadline = time.monotonic() + STOP_BUDGET
+        for child in self.children:
+            child.signal_group(signal.SIGTERM)
+        for child in self.children:
+            child.stop(max(0.1, deadline - 3 - time.monotonic()))
+        for server in reversed(self.servers):
+            server.stop(max(0.1, deadline - time.monotonic()))
+
+
+def _remembered_port(path: Path) -> int | None:
+    """Reuse the last Valkey port so REDIS_URL stays the same across restarts when the port is still free."""
+    from shared.devstack import port_is_free
+
+    try:
+        port = int(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return port if port_is_free(port) else None
+
+
+def _api_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stack = DevStack(args, data_dir)
+    settings = Settings.from_env(stack.env)  # fail fast on bad values before starting anything
+    configure(settings.resolved_log_format, settings.log_level, process="dev")
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+        raise _Stop
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        code = _serve(stack, stopping)
+    except _Stop:
+        code = 0
+    except EmbeddedServerError as exc:
+        log.error("dev failed", error=exc.detail)
+        code = 1
+    finally:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the shutdown
+        log.info("stopping")
+        stack.stop()
+        log.info("stopped")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
+
+
+def _serve(stack: DevStack, stopping: threading.Event) -> int:
+    from shared.cli.server import initialise
+
+    stack.start_servers()
+    settings = Settings.from_env(stack.env)
+    initialise(settings)
+    stack.start_children()
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    print(f"strongroom API: {url}", flush=True)
+
+    def alive() -> bool:
+        return stack.dead_child() is None
+
+    wait_for(lambda: _api_ready(url), timeout=READY_TIMEOUT, what="strongroom (GET /readyz)", alive=alive)
+    log.info("ready", api=url, data_dir=str(stack.data_dir))
+    print(f"strongroom ready: {url} (Ctrl-C stops everything)", flush=True)
+    while not stopping.is_set():
+        dead = stack.dead_child()
+        if dead is not None:
+            log.error("child exited; stopping everything", child=dead.name, code=dead.returncode())
+            return 1
+        time.sleep(0.5)
+    return 0
+
+
+def register(sub: Any, wrap: Callable[[Callable[[argparse.Namespace], int]], Any]) -> None:
+    parser = sub.add_parser("dev", help="run everything locally with embedded Redis and S3")
+    parser.add_argument("--data-dir", default="./.strongroom", help="where all state lives (default ./.strongroom)")
+    parser.add_argument("--host", default="127.0.0.1", help="API listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="API port (default 8080)")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker threads (default 2)")
+    parser.set_defaults(handler=wrap(run_dev))
