@@ -115,8 +115,12 @@ def artifact_key(operation_id: str, name: str) -> str:
     return artifacts_prefix(operation_id) + validate_artifact_name(name) + ".enc"
 
 
+def embedded_prefix(operation_id: str) -> str:
+    return operation_prefix(operation_id) + "embedded/"
+
+
 def embedded_key(operation_id: str, name: str) -> str:
-    return operation_prefix(operation_id) + "embedded/" + validate_artifact_name(name)
+    return embedded_prefix(operation_id) + validate_artifact_name(name)
 
 
 def access_log_prefix(operation_id: str) -> str:
