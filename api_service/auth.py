@@ -10,16 +10,18 @@ from __future__ import annotations
 import ipaddress
 import re
 from functools import lru_cache
+from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
 from starlette.requests import Request
 
+from api_service.errors import PayloadTooLarge
 from shared.auth.base import normalize_authority
 from shared.auth.headers import claimed_address
 from shared.auth.replay import store_unavailable
 from shared.auth.verifier import SignedRequest, VerifiedSigner, Verifier
-from shared.errors import StrongroomError, ValidationFailed
+from shared.errors import StrongroomError
 from shared.events import apublish, new_event
 from shared.layout import is_operation_id
 from shared.settings import Settings
@@ -36,8 +38,8 @@ async def authenticate(request: Request) -> VerifiedSigner:
     Every decision is published as an ``auth`` audit event. The proven signer is also left on
     ``request.state.signer`` for later middleware or logging.
     """
-    settings: Settings = request.app.state.settings
-    verifier: Verifier = request.app.state.verifier
+    settings: Settings = _state(request, "settings")
+    verifier: Verifier = _state(request, "verifier")
     headers = _joined_headers(request)
     try:
         signed = await signed_request(request, settings, headers)
@@ -54,7 +56,7 @@ async def signed_request(request: Request, settings: Settings, headers: dict[str
     """The request as its client saw it: public authority and path prefix, raw target, exact body bytes."""
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > settings.max_input_bytes:
-        raise ValidationFailed("the request body is too large", code="body_too_large")
+        raise PayloadTooLarge("the request body is larger than the input limit")
     trusted = _from_trusted_proxy(request, settings.trusted_proxies)
     scheme = request.url.scheme
     host = headers.get("host", "")
@@ -72,6 +74,13 @@ async def signed_request(request: Request, settings: Settings, headers: dict[str
         headers=headers,
         body=await request.body(),
     )
+
+
+def _state(request: Request, name: str) -> Any:
+    """``app.state.<name>``, or the same attribute of ``app.state.services`` (the API's service container)."""
+    state = request.app.state
+    value = getattr(state, name, None)
+    return value if value is not None else getattr(state.services, name)
 
 
 def _joined_headers(request: Request) -> dict[str, str]:
@@ -116,7 +125,7 @@ async def _audit(request: Request, *, result: str, reason: str | None, actor: st
         request_id=getattr(request.state, "request_id", None),
     )
     try:
-        await apublish(request.app.state.redis, event)
+        await apublish(_state(request, "redis"), event)
     except (RedisError, OSError):
         log.warning("auth.audit_unpublished", result=result, reason=reason)
         if strict:

@@ -1,0 +1,290 @@
+"""Signed requests over HTTP: a small Starlette app around ``api_service.auth`` on a real Valkey.
+
+Every refusal is checked as the client sees it: status, ``application/problem+json`` and the stable ``code``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis as sync_redis
+import redis.asyncio as aioredis
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from api_service.auth import authenticate
+from api_service.errors import exception_handlers
+from shared.auth.base import REQUIRED_COMPONENTS, RequestParts, content_digest, serialize_params, signature_base
+from shared.auth.signer import sign_request
+from shared.auth.verifier import Verifier
+from shared.devstack import free_port
+from shared.events import decode
+from shared.layout import REDIS_AUDIT_STREAM, new_operation_id
+from shared.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+ORIGIN = "http://testserver"
+OPERATIONS = f"{ORIGIN}/api/v1/operations"
+
+
+async def whoami(request: Request) -> JSONResponse:
+    signer = await authenticate(request)
+    return JSONResponse({"address": signer.address, "chain_id": signer.chain_id})
+
+
+def build_app(settings: Settings, clock: Callable[[], float]) -> Starlette:
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        app.state.settings = settings
+        app.state.redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        app.state.verifier = Verifier(settings, app.state.redis, clock=clock)
+        yield
+        await app.state.redis.aclose()
+
+    routes = [
+        Route("/api/v1/operations", whoami, methods=["GET", "POST"]),
+        Route("/api/v1/operations/{operation_id}", whoami, methods=["GET", "DELETE"]),
+        Route("/api/v1/operations/{operation_id}/artifacts/{name:path}", whoami, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers())
+
+
+class Api:
+    """A running test app, a fresh key, and the clock the verifier reads."""
+
+    def __init__(self, redis_url: str, client: tuple[str, int] = ("testclient", 50000), **overrides: Any) -> None:
+        overrides.setdefault("rate_limit_per_minute", 0)
+        self.settings = Settings.from_env({"REDIS_URL": redis_url}, **overrides)
+        self.now = int(time.time())
+        self.key = "0x" + secrets.token_hex(32)
+        self.address = Account.from_key(self.key).address.lower()
+        self.client = TestClient(build_app(self.settings, lambda: self.now), client=client)
+
+    def headers(self, method: str, url: str, body: bytes = b"", **kwargs: Any) -> dict[str, str]:
+        kwargs.setdefault("created", self.now)
+        return sign_request(self.key, method, url, body, **kwargs)
+
+    def send(self, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Any:
+        return self.client.request(method, url, content=body, headers=headers)
+
+    def custom(self, covered: tuple[str, ...] = REQUIRED_COMPONENTS, body: bytes = b"{}", **params: Any) -> dict:
+        """Correct headers for ``POST /api/v1/operations`` with any parameters (``None`` drops one)."""
+        base_params = {
+            "created": self.now,
+            "expires": self.now + 60,
+            "nonce": base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("="),
+            "keyid": f"erc8128:1:{self.address}",
+        } | params
+        base_params = {k: v for k, v in base_params.items() if v is not None}
+        digest = content_digest(body)
+        parts = RequestParts("POST", "testserver", "/api/v1/operations", "?", {"content-digest": digest})
+        base = signature_base(covered, base_params, parts)
+        signature = Account.from_key(self.key).sign_message(encode_defunct(text=base)).signature
+        return {
+            "Content-Digest": digest,
+            "Signature-Input": "eth=" + serialize_params(covered, base_params),
+            "Signature": f"eth=:{base64.b64encode(bytes(signature)).decode()}:",
+        }
+
+
+@pytest.fixture
+def api(redis_url: str) -> Iterator[Api]:
+    instance = Api(redis_url)
+    with instance.client:
+        yield instance
+
+
+def assert_problem(response: Any, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert (problem["status"], problem["code"]) == (status, code)
+    assert {"type", "title", "detail"} <= set(problem)
+
+
+def test_signed_post_is_accepted(api: Api) -> None:
+    body = b'{"agent":"privacy-audit"}'
+    response = api.send("POST", OPERATIONS, body, api.headers("POST", OPERATIONS, body))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"address": api.address, "chain_id": 1}
+
+
+def test_raw_percent_encoded_target_is_what_is_signed(api: Api) -> None:
+    url = f"{OPERATIONS}/{new_operation_id('demo')}/artifacts/a%20b%2Fc.txt?x=%C3%A9&y=1"
+    assert api.send("GET", url, headers=api.headers("GET", url)).status_code == 200
+    forged = api.headers("GET", url.replace("a%20b%2Fc.txt", "a b/c.txt"))
+    assert_problem(api.send("GET", url, headers=forged), 401, "signature_invalid")
+
+
+def test_replay_is_refused(api: Api) -> None:
+    headers = api.headers("GET", OPERATIONS)
+    assert api.send("GET", OPERATIONS, headers=headers).status_code == 200
+    assert_problem(api.send("GET", OPERATIONS, headers=headers), 401, "nonce_replayed")
+
+
+def _negative_cases(api: Api) -> list[tuple[str, Callable[[], tuple[str, bytes, dict[str, str]]], int, str]]:
+    body = b'{"a":1}'
+
+    def post(headers: dict[str, str], sent_body: bytes = body) -> tuple[str, bytes, dict[str, str]]:
+        return OPERATIONS, sent_body, headers
+
+    def signed() -> dict[str, str]:
+        return api.headers("POST", OPERATIONS, body)
+
+    def without(*names: str) -> dict[str, str]:
+        return {k: v for k, v in signed().items() if k not in names}
+
+    def replace(**changes: str) -> dict[str, str]:
+        return signed() | {k.replace("_", "-"): v for k, v in changes.items()}
+
+    other = Account.from_key("0x" + "07" * 32).address.lower()
+    return [
+        ("no headers", lambda: post({}), 401, "signature_missing"),
+        ("only Signature-Input", lambda: post(without("Signature")), 401, "signature_missing"),
+        ("only Signature", lambda: post(without("Signature-Input")), 401, "signature_missing"),
+        (
+            "unknown label",
+            lambda: post(replace(Signature=signed()["Signature"].replace("eth=", "sig2=", 1))),
+            401,
+            "signature_malformed",
+        ),
+        (
+            "missing component",
+            lambda: (OPERATIONS, b"{}", api.custom(covered=("@method", "@authority", "@path", "content-digest"))),
+            401,
+            "signature_malformed",
+        ),
+        ("missing nonce", lambda: (OPERATIONS, b"{}", api.custom(nonce=None)), 401, "signature_malformed"),
+        (
+            "expires in the past",
+            lambda: (OPERATIONS, b"{}", api.custom(created=api.now - 100, expires=api.now - 1)),
+            401,
+            "signature_expired",
+        ),
+        (
+            "created in the future beyond skew",
+            lambda: (OPERATIONS, b"{}", api.custom(created=api.now + 61, expires=api.now + 100)),
+            401,
+            "signature_expired",
+        ),
+        ("window too long", lambda: (OPERATIONS, b"{}", api.custom(expires=api.now + 301)), 401, "signature_expired"),
+        (
+            "wrong digest",
+            lambda: post(replace(Content_Digest=content_digest(b"something else"))),
+            401,
+            "digest_mismatch",
+        ),
+        ("body changed", lambda: post(signed(), b'{"a":2}'), 401, "digest_mismatch"),
+        (
+            "another address's signature",
+            lambda: (OPERATIONS, b"{}", api.custom(keyid=f"erc8128:1:{other}")),
+            401,
+            "signature_invalid",
+        ),
+        (
+            "keyid chain not allowed",
+            lambda: (OPERATIONS, b"{}", api.custom(keyid=f"erc8128:137:{api.address}")),
+            401,
+            "chain_not_allowed",
+        ),
+        ("malformed base64", lambda: post(replace(Signature="eth=:%%%%:")), 401, "signature_malformed"),
+        ("oversized header", lambda: post(replace(Signature="eth=:" + "A" * 8000 + ":")), 401, "signature_malformed"),
+        (
+            "non-ASCII in headers",
+            lambda: post(replace(Signature_Input=signed()["Signature-Input"] + ';x="\xe9"')),
+            401,
+            "signature_malformed",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("index", range(16))
+def test_refusals_over_http(api: Api, index: int) -> None:
+    name, case, status, code = _negative_cases(api)[index]
+    url, body, headers = case()
+    encoded = {k: v.encode("latin-1") for k, v in headers.items()}  # lets the non-ASCII case reach the server
+    response = api.client.request("POST", url, content=body, headers=encoded)  # type: ignore[arg-type]
+    assert_problem(response, status, code)
+    assert headers.get("Signature", "##").split("=:", 1)[-1].rstrip(":") not in response.text, name
+
+
+def test_redis_down_is_503(redis_url: str) -> None:
+    api = Api(f"redis://127.0.0.1:{free_port()}/0")
+    with api.client:
+        response = api.send("GET", OPERATIONS, headers=api.headers("GET", OPERATIONS))
+    assert_problem(response, 503, "nonce_store_unavailable")
+
+
+def test_rate_limit_answers_429_with_retry_after(redis_url: str) -> None:
+    api = Api(redis_url, rate_limit_per_minute=2)
+    with api.client:
+        for _ in range(2):
+            assert api.send("GET", OPERATIONS, headers=api.headers("GET", OPERATIONS)).status_code == 200
+        response = api.send("GET", OPERATIONS, headers=api.headers("GET", OPERATIONS))
+    assert_problem(response, 429, "rate_limited")
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+
+
+def test_decisions_are_audited(api: Api, redis_url: str) -> None:
+    operation_id = new_operation_id("demo")
+    url = f"{OPERATIONS}/{operation_id}"
+    headers = api.headers("GET", url)
+    assert api.send("GET", url, headers=headers | {"X-Request-Id": "r1"}).status_code == 200
+    assert api.send("GET", url, headers=headers).status_code == 401
+    client = sync_redis.Redis.from_url(redis_url)
+    events = [decode(fields) for _, fields in client.xrevrange(REDIS_AUDIT_STREAM, count=500)]
+    mine = [e for e in events if e.operation_id == operation_id]
+    assert [(e.action, e.result, e.reason, e.actor) for e in reversed(mine)] == [
+        ("auth", "allowed", None, api.address),
+        ("auth", "denied", "nonce_replayed", api.address),
+    ]
+    payload = json.dumps([e.model_dump(mode="json") for e in mine])
+    assert headers["Signature"].split("=:", 1)[1].rstrip(":") not in payload
+
+
+def test_forwarded_headers_from_untrusted_peers_are_ignored(api: Api) -> None:
+    spoofed = {"X-Forwarded-Host": "public.example", "X-Forwarded-Proto": "https"}
+    url_public = "https://public.example/api/v1/operations"
+    response = api.send("GET", OPERATIONS, headers=api.headers("GET", url_public) | spoofed)
+    assert_problem(response, 401, "signature_invalid")
+    assert api.send("GET", OPERATIONS, headers=api.headers("GET", OPERATIONS) | spoofed).status_code == 200
+
+
+def test_trusted_proxy_forwarded_host_proto_and_prefix(redis_url: str) -> None:
+    api = Api(redis_url, client=("10.1.2.3", 4000), trusted_proxies=("10.0.0.0/8",))
+    forwarded = {"X-Forwarded-Host": "Public.Example:443", "X-Forwarded-Proto": "https", "X-Forwarded-Prefix": "/sr"}
+    public = "https://public.example/sr/api/v1/operations?limit=5"
+    with api.client:
+        ok = api.send("GET", f"{OPERATIONS}?limit=5", headers=api.headers("GET", public) | forwarded)
+        assert ok.status_code == 200, ok.text
+        internal = api.send(
+            "GET", f"{OPERATIONS}?limit=5", headers=api.headers("GET", f"{OPERATIONS}?limit=5") | forwarded
+        )
+        assert_problem(internal, 401, "signature_invalid")
+
+
+def test_public_prefix_and_authorities_from_settings(redis_url: str) -> None:
+    api = Api(redis_url, public_path_prefix="/strongroom", public_authorities=("testserver",))
+    with api.client:
+        prefixed = f"{ORIGIN}/strongroom/api/v1/operations"
+        assert api.send("GET", OPERATIONS, headers=api.headers("GET", prefixed)).status_code == 200
+        other_host = api.client.request(
+            "GET",
+            OPERATIONS,
+            headers=api.headers("GET", "http://elsewhere/strongroom/api/v1/operations") | {"Host": "elsewhere"},
+        )
+        assert_problem(other_host, 401, "authority_not_allowed")
