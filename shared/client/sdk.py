@@ -1,0 +1,445 @@
+"""``StrongroomClient``: a small synchronous SDK for the strongroom API (issue 6), used by the CLI.
+
+Every request is signed (ERC-8128) over the exact URL and body bytes that go on the wire, with a fresh nonce per
+attempt, so a retry is never a replay. Errors arrive as the typed exceptions of ``shared.errors`` (see
+``shared.client.errors``); ``429`` answers are retried a bounded number of times, honouring ``Retry-After``.
+
+Usage::
+
+    with StrongroomClient("http://127.0.0.1:8080", load_identity(path)) as client:
+        created = client.create("privacy-audit", {"text": "..."})
+        done = client.wait(created.id, timeout=120)
+        for artifact in done.artifacts.artifacts:
+            client.download(created.id, artifact.name, Path(artifact.name))
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from shared.auth.signer import sign_request
+from shared.client.download import (
+    DownloadResult,
+    DownloadTicket,
+    Progress,
+    RangeAnswer,
+    RangeSource,
+    download_artifact,
+    fetch_range,
+)
+from shared.client.errors import (
+    ProtocolError,
+    WaitTimeout,
+    error_from_response,
+    unreachable,
+)
+from shared.client.identity import Identity
+from shared.errors import NotFound, RateLimited, StorageError, StrongroomError, Unavailable
+from shared.models import (
+    ENCRYPTION_SCHEME,
+    TERMINAL_STATUSES,
+    ArtifactCollection,
+    CreateOperationResponse,
+    GetOperationResponse,
+)
+
+API_PREFIX = "/api/v1"
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+API_URL_ENV = "STRONGROOM_API_URL"
+JSON = "application/json"
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class OperationSummary:
+    """One row of ``GET /operations``; ``raw`` keeps any field this SDK version does not know yet."""
+
+    id: str
+    status: str
+    created_at: str | None
+    expires_at: str | None
+    raw: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class OperationPage:
+    operations: list[OperationSummary]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class AccessLog:
+    events: list[dict[str, Any]]
+    chain_verified: bool | None  # None when the server did not say
+    raw: dict[str, Any] = field(repr=False)
+
+
+class StrongroomClient:
+    """Synchronous client; one ``httpx.Client`` underneath (pass ``transport`` to test against a mock)."""
+
+    def __init__(
+        self,
+        api_url: str,
+        identity: Identity,
+        *,
+        chain_id: int = 1,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        max_retry_after: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.identity = identity
+        self.chain_id = chain_id
+        self.max_retries = max_retries
+        self.max_retry_after = max_retry_after
+        self._sleep = sleep
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def __enter__(self) -> StrongroomClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- operations ---
+
+    def create(
+        self, agent: str, input: Mapping[str, Any] | None = None, *, retention_days: int | None = None
+    ) -> CreateOperationResponse:
+        """Start an operation; its artifacts will be wrapped for this identity's public encryption key."""
+        body: dict[str, Any] = {
+            "agent": agent,
+            "input": dict(input or {}),
+            "encryption_public_key": self.identity.encryption_public_key,
+        }
+        if retention_days is not None:
+            body["retention_days"] = retention_days
+        response = self._request("POST", "/operations", json_body=body)
+        return _model(CreateOperationResponse, response)
+
+    def get(self, operation_id: str) -> GetOperationResponse:
+        return _model(GetOperationResponse, self._request("GET", _op(operation_id)))
+
+    def wait(
+        self,
+        operation_id: str,
+        *,
+        timeout: float = 300.0,
+        initial_interval: float = 0.5,
+        max_interval: float = 5.0,
+        on_poll: Callable[[GetOperationResponse], None] | None = None,
+    ) -> GetOperationResponse:
+        """Poll until a terminal status, backing off exponentially with jitter; ``WaitTimeout`` past ``timeout``."""
+        deadline = time.monotonic() + timeout
+        interval = initial_interval
+        while True:
+            operation = self.get(operation_id)
+            if on_poll:
+                on_poll(operation)
+            if operation.status in TERMINAL_STATUSES:
+                return operation
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(
+                    f"operation {operation_id} is still {operation.status} after {timeout:g}s; "
+                    f"`strongroom client wait {operation_id}` keeps waiting"
+                )
+            # Jitter spreads many clients' polls apart; never sleep past the deadline.
+            self._sleep(min(remaining, interval * random.uniform(0.5, 1.0)))
+            interval = min(max_interval, interval * 2)
+
+    def list(self, *, status: str | None = None, limit: int = 50, cursor: str | None = None) -> OperationPage:
+        """One page of this identity's operations, newest first."""
+        params: dict[str, str] = {"limit": str(limit)}
+        if status:
+            params["status"] = status
+        if cursor:
+            params["cursor"] = cursor
+        data = _json_object(self._request("GET", "/operations", params=params))
+        rows = data.get("operations", data.get("items"))
+        if not isinstance(rows, list):
+            raise ProtocolError("the operations list has no 'operations' array")
+        next_cursor = data.get("next_cursor")
+        return OperationPage([_summary(row) for row in rows], str(next_cursor) if next_cursor else None)
+
+    def iter_operations(self, *, status: str | None = None, page_size: int = 50) -> Iterator[OperationSummary]:
+        """Every operation of this identity across all pages."""
+        cursor: str | None = None
+        while True:
+            page = self.list(status=status, limit=page_size, cursor=cursor)
+            yield from page.operations
+            if not page.next_cursor or page.next_cursor == cursor:
+                return
+            cursor = page.next_cursor
+
+    def cancel(self, operation_id: str) -> dict[str, Any]:
+        """Cancel a pending or running operation; ``Conflict`` if it already finished."""
+        response = self._request("POST", f"{_op(operation_id)}/cancel", json_body=None)
+        return _json_object(response) if response.content else {}
+
+    def access_log(self, operation_id: str) -> AccessLog:
+        data = _json_object(self._request("GET", f"{_op(operation_id)}/access-log"))
+        events = data.get("events")
+        if not isinstance(events, list):
+            raise ProtocolError("the access log has no 'events' array")
+        verified = next(
+            (data[k] for k in ("chain_verified", "verified", "chain_valid") if isinstance(data.get(k), bool)), None
+        )
+        return AccessLog([e for e in events if isinstance(e, dict)], verified, data)
+
+    # --- artifacts ---
+
+    def artifacts(self, operation_id: str) -> ArtifactCollection:
+        return _model(ArtifactCollection, self._request("GET", f"{_op(operation_id)}/artifacts"))
+
+    def delete(self, operation_id: str, name: str) -> None:
+        self._request("DELETE", _artifact(operation_id, name))
+
+    def ticket(self, operation_id: str, name: str) -> DownloadTicket:
+        """Where and how to fetch one artifact: the JSON download answer, or the metadata in proxy mode."""
+        path = _artifact(operation_id, name)
+        with self._stream("GET", path, headers={"Accept": JSON}) as response:
+            kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            location = response.headers.get("location")
+            if response.status_code == 200 and kind == JSON:
+                response.read()
+                return _ticket(operation_id, name, _json_object(response), self.api_url)
+        if response.status_code in (301, 302, 303, 307, 308) and location:
+            return self._ticket_from_metadata(operation_id, name, str(response.url.join(location)))
+        # Proxy mode answering the bytes directly: the API itself is the source.
+        return self._ticket_from_metadata(operation_id, name, None)
+
+    def download(
+        self, operation_id: str, name: str, dest: Path | str, *, progress: Progress | None = None
+    ) -> DownloadResult:
+        """Fetch, verify and decrypt one artifact into ``dest`` atomically; resumes an interrupted download."""
+        ticket = self.ticket(operation_id, name)
+        return download_artifact(
+            ticket, self.identity.encryption_secret_key, Path(dest), self._source(ticket), progress=progress
+        )
+
+    def fetch_range(self, operation_id: str, name: str, start: int, end: int) -> bytes:
+        """Plaintext bytes ``start..end`` inclusive, fetching only the chunks that cover them."""
+        ticket = self.ticket(operation_id, name)
+        return fetch_range(ticket, self.identity.encryption_secret_key, start, end, self._source(ticket))
+
+    # --- plumbing ---
+
+    def _ticket_from_metadata(self, operation_id: str, name: str, url: str | None) -> DownloadTicket:
+        for meta in self.artifacts(operation_id).artifacts:
+            if meta.name == name:
+                return _ticket(operation_id, name, meta.model_dump(mode="json") | {"url": url}, self.api_url)
+        raise NotFound(f"no artifact named {name!r} in operation {operation_id}")
+
+    def _source(self, ticket: DownloadTicket) -> RangeSource:
+        @contextmanager
+        def open_range(first: int, last: int | None) -> Iterator[RangeAnswer]:
+            headers = {"Range": f"bytes={first}-{'' if last is None else last}"} if first or last is not None else {}
+            if ticket.url is None:
+                context = self._stream("GET", _artifact(ticket.operation_id, ticket.name), headers=headers)
+            else:
+                context = self._plain_stream(ticket.url, headers)
+            with context as response:
+                yield RangeAnswer(*_range_of(response), _body(response, ticket.name))
+
+        return open_range
+
+    @contextmanager
+    def _plain_stream(self, url: str, headers: Mapping[str, str]) -> Iterator[httpx.Response]:
+        """An unsigned GET of a presigned URL: S3 errors are storage errors, not API errors."""
+        try:
+            with self._http.stream("GET", url, headers=dict(headers)) as response:
+                if response.status_code == 404:
+                    raise NotFound("the artifact's object is missing from storage")
+                if response.status_code == 403:
+                    raise StorageError("storage refused the presigned URL (expired? clock skew?); try again")
+                if response.status_code not in (200, 206):
+                    raise StorageError(f"storage answered HTTP {response.status_code} for the presigned URL")
+                yield response
+        except httpx.TransportError as exc:
+            raise Unavailable(f"cannot reach storage for the download: {type(exc).__name__}") from None
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        body = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
+        with self._stream(method, path, body=body, params=params, headers=headers) as response:
+            response.read()
+            return response
+
+    @contextmanager
+    def _stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Iterator[httpx.Response]:
+        """Send a signed request (re-signed on every retry) and yield the successful, still-open response."""
+        attempt = 0
+        while True:
+            response = self._send_signed(method, path, body, params, headers)
+            try:
+                if response.status_code < 400 or response.status_code in (301, 302, 303, 307, 308):
+                    yield response
+                    return
+                response.read()
+                error = error_from_response(response.status_code, response.content, response.headers)
+            finally:
+                response.close()
+            delay = self._retry_delay(error, method, attempt)
+            if delay is None:
+                raise error
+            attempt += 1
+            self._sleep(delay)
+
+    def _send_signed(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+    ) -> httpx.Response:
+        base_headers = {"Accept": JSON, **(headers or {})}
+        if body:
+            base_headers["Content-Type"] = JSON
+        request = self._http.build_request(
+            method, f"{self.api_url}{API_PREFIX}{path}", content=body, params=params, headers=base_headers
+        )
+        # Sign the URL httpx will actually send, so encoding differences cannot break @path or @query.
+        request.headers.update(
+            sign_request(bytes(self.identity.account.key), method, str(request.url), body, chain_id=self.chain_id)
+        )
+        try:
+            return self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise unreachable(self.api_url, type(exc).__name__) from None
+
+    def _retry_delay(self, error: StrongroomError, method: str, attempt: int) -> float | None:
+        if attempt >= self.max_retries:
+            return None
+        if isinstance(error, RateLimited):
+            wait = float(max(error.retry_after, 1))
+        elif isinstance(error, Unavailable) and method == "GET":
+            wait = min(2.0**attempt, self.max_retry_after)
+        else:
+            return None
+        return wait if wait <= self.max_retry_after else None
+
+
+# --- response parsing ---
+
+
+def _op(operation_id: str) -> str:
+    return f"/operations/{quote(operation_id, safe='')}"
+
+
+def _artifact(operation_id: str, name: str) -> str:
+    return f"{_op(operation_id)}/artifacts/{quote(name, safe='')}"
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any]:
+    try:
+        data = response.json()
+    except ValueError:
+        raise ProtocolError(f"expected JSON from {response.request.url.path}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"expected a JSON object from {response.request.url.path}")
+    return data
+
+
+def _model(model: type[M], response: httpx.Response) -> M:
+    try:
+        return model.model_validate(_json_object(response))
+    except ValidationError as exc:
+        problems = exc.error_count()
+        raise ProtocolError(f"the API's answer is not a valid {model.__name__}: {problems} problem(s)") from None
+
+
+def _summary(row: Any) -> OperationSummary:
+    if not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("status"), str):
+        raise ProtocolError("an operations list row has no id or status")
+    created, expires = row.get("created_at"), row.get("expires_at")
+    return OperationSummary(
+        row["id"], row["status"], str(created) if created else None, str(expires) if expires else None, row
+    )
+
+
+def _ticket(operation_id: str, name: str, data: Mapping[str, Any], api_url: str) -> DownloadTicket:
+    encryption = data.get("encryption")
+    if not isinstance(encryption, dict) or encryption.get("scheme") != ENCRYPTION_SCHEME:
+        raise ProtocolError(f"artifact {name!r} uses an encryption scheme this client does not support")
+    try:
+        url = data.get("url")
+        if isinstance(url, str) and url.startswith("/"):
+            url = f"{api_url}{url}"
+        if isinstance(url, str) and url.startswith(api_url):
+            url = None  # proxy mode: the API serves the bytes, with a signed request
+        return DownloadTicket(
+            operation_id=operation_id,
+            name=name,
+            size=int(data["size"]),
+            content_type=str(data.get("content_type") or "application/octet-stream"),
+            checksum=str(data["checksum"]),
+            ciphertext_checksum=str(data["ciphertext_checksum"]),
+            wrapped_key=dict(encryption["wrapped_key"]),
+            url=url if isinstance(url, str) else None,
+        )
+    except (KeyError, TypeError, ValueError):
+        raise ProtocolError(f"the download answer for {name!r} is missing fields") from None
+
+
+def _range_of(response: httpx.Response) -> tuple[int, int | None]:
+    """(where the body starts, the whole object's size if known): ``Content-Range`` for a 206, else 0 and
+    ``Content-Length``."""
+    if response.status_code != 206:
+        length = response.headers.get("content-length", "")
+        return 0, int(length) if length.isdigit() else None
+    unit, _, spec = response.headers.get("content-range", "").partition(" ")
+    span, _, size = spec.partition("/")
+    try:
+        if unit.strip().lower() != "bytes":
+            raise ValueError(unit)
+        return int(span.split("-", 1)[0]), int(size) if size.isdigit() else None
+    except ValueError:
+        raise ProtocolError("a 206 answer without a valid Content-Range") from None
+
+
+def _body(response: httpx.Response, name: str) -> Iterator[bytes]:
+    """The body's pieces; a connection lost midway keeps the partial file for a resume."""
+    try:
+        yield from response.iter_bytes()
+    except httpx.TransportError as exc:
+        raise Unavailable(
+            f"download of {name!r} was interrupted ({type(exc).__name__}); run it again to resume",
+            code="download_incomplete",
+        ) from None
