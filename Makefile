@@ -1,0 +1,59 @@
+# Two commands get a newcomer from clone to running: `make dev` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+JS := tests/interop/js
+PYTEST_ARGS ?=
+
+.PHONY: dev test lint typecheck pytest unit bench docs system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Reinstall only when the dependency list changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[embedded,contracts,test]'
+	touch $@
+
+$(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: install Node.js 20 (apt-get install -y nodejs npm)"; exit 1; }
+	cd $(JS) && npm ci --no-audit --no-fund --silent
+
+## dev: create the venv, install, and run everything locally (embedded Redis and S3)
+dev: $(STAMP)
+	$(BIN)/strongroom dev
+
+## test: install everything the suite needs, then lint, type-check and run every test
+test: $(STAMP) $(JS)/node_modules/.package-lock.json system-deps lint typecheck pytest
+
+system-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "browser tests need Chromium: sudo apt-get install -y chromium"; fi; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+## docs: regenerate README.md's configuration table from shared.settings.options()
+docs: $(STAMP)
+	$(BIN)/python -m tests.helpers.config_table
+
+clean:
+	rm -rf .strongroom .pytest_cache .mypy_cache .ruff_cache
