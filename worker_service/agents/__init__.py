@@ -1,0 +1,1 @@
+"""Agents: the registry, the sandboxed runner and the built-in privacy-audit agent."""

@@ -1,0 +1,303 @@
+"""Run one agent as a sandboxed child process group and report what happened.
+
+The agent protocol (documented for operators writing command agents):
+
+* the agent starts in a fresh working directory (its ``HOME``); ``input.json`` there holds the operation input,
+  ``in/`` holds the input files (``{"files": {name: base64}}``), and the agent writes its artifacts into ``out/``;
+* its environment is scrubbed: ``PATH``, ``HOME``, ``LANG``, ``TMPDIR`` and the ``AGENT_*`` variables below, and
+  nothing else (no strongroom, S3 or Redis credentials);
+* it may print, as its last JSON line on stdout, ``{"status": "ok"|"error", "summary": "..."}``;
+* it is killed (the whole process group: SIGTERM, then SIGKILL) when it exceeds the wall-clock time or the disk
+  usage of its working directory, or when the operation is cancelled; kernel limits cap file size, CPU time,
+  open files and core dumps.
+
+Why a process group and a watchdog rather than a container: the worker must run anywhere Celery runs (including
+``strongroom dev`` on a laptop) and the limits the issue asks for are all enforceable from here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import structlog
+
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+Outcome = Literal["exited", "timeout", "disk", "cancelled"]
+
+LOG_LINES = 50  # lines of agent output kept for result.logs
+LOG_LINE_BYTES = 1000  # longer lines are cut: memory stays bounded by LOG_LINES * LOG_LINE_BYTES
+KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL
+FSIZE_MARGIN = 1024 * 1024  # lets the out/ check name the limit instead of the agent dying on EFBIG
+OPEN_FILES = 1024
+_SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
+_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The design's AGENT_RESOURCE_LIMITS, as the runner and the out/ check enforce them."""
+
+    max_execution_time: float
+    max_disk_usage: int
+    max_artifact_count: int
+    max_artifact_size: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            max_execution_time=float(settings.max_execution_time),
+            max_disk_usage=settings.max_disk_usage,
+            max_artifact_count=settings.max_artifact_count,
+            max_artifact_size=settings.max_artifact_size,
+        )
+
+
+@dataclass(frozen=True)
+class Workdir:
+    """The agent's fresh directory: ``input.json``, ``in/``, ``out/``, ``tmp/``."""
+
+    root: Path
+
+    @property
+    def input_file(self) -> Path:
+        return self.root / "input.json"
+
+    @property
+    def in_dir(self) -> Path:
+        return self.root / "in"
+
+    @property
+    def out_dir(self) -> Path:
+        return self.root / "out"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+
+@dataclass
+class AgentRun:
+    """What the runner observed; the pipeline turns it into a status and ``result``."""
+
+    outcome: Outcome
+    exit_code: int | None
+    execution_time: float
+    logs: list[str] = field(default_factory=list)
+    reported: dict[str, Any] | None = None  # the agent's final JSON line, if any
+    disk_usage: int = 0
+
+    @property
+    def reported_status(self) -> str | None:
+        value = (self.reported or {}).get("status")
+        return value if isinstance(value, str) else None
+
+    @property
+    def reported_summary(self) -> str | None:
+        value = (self.reported or {}).get("summary")
+        return value[:2000] if isinstance(value, str) else None
+
+
+@contextmanager
+def fresh_workdir(base: Path | None) -> Iterator[Workdir]:
+    """A private (0700) directory for one run, removed afterwards whatever happened."""
+    if base is not None:
+        base.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="strongroom-agent-", dir=base))
+    workdir = Workdir(root)
+    for sub in (workdir.in_dir, workdir.out_dir, workdir.tmp_dir):
+        sub.mkdir(mode=0o700)
+    try:
+        yield workdir
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def agent_environment(workdir: Workdir, parent: dict[str, str] | None = None) -> dict[str, str]:
+    """Only harmless variables reach the agent: never STRONGROOM_*, AWS_*, REDIS_* or anything else."""
+    source = os.environ if parent is None else parent
+    env = {name: source[name] for name in _SAFE_ENV if name in source}
+    env.setdefault("PATH", _DEFAULT_PATH)
+    env.setdefault("LANG", "C.UTF-8")
+    env.update(
+        HOME=str(workdir.root),
+        TMPDIR=str(workdir.tmp_dir),
+        AGENT_WORKDIR=str(workdir.root),
+        AGENT_INPUT=str(workdir.input_file),
+        AGENT_INPUT_DIR=str(workdir.in_dir),
+        AGENT_OUTPUT_DIR=str(workdir.out_dir),
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _rlimits(limits: Limits) -> Callable[[], None]:
+    """Kernel limits applied in the child between fork and exec (only async-signal-safe work there)."""
+    cpu = max(1, int(limits.max_execution_time))
+    fsize = limits.max_artifact_size + FSIZE_MARGIN
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+
+    return apply
+
+
+def disk_usage(root: Path) -> int:
+    """Bytes under ``root`` (like ``du``, but a sparse file counts at its apparent size: it could be uploaded)."""
+    total = 0
+    stack = [str(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # vanished while we looked
+                    total += max(st.st_size, st.st_blocks * 512)
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return total
+
+
+class _Tail:
+    """The last LOG_LINES lines of a pipe, each cut to LOG_LINE_BYTES: bounded memory however much is printed."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._lines: deque[str] = deque(maxlen=LOG_LINES)
+        self._thread = threading.Thread(target=self._pump, name="agent-output", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        skipping = False
+        for raw in iter(lambda: self._stream.readline(LOG_LINE_BYTES), b""):
+            complete = raw.endswith(b"\n")
+            if not skipping:
+                text = raw.decode("utf-8", "replace").rstrip("\r\n")
+                self._lines.append(text if complete else text + " [...]")
+            skipping = not complete  # drop the rest of an overlong line
+        self._stream.close()
+
+    def lines(self, timeout: float = 2.0) -> list[str]:
+        self._thread.join(timeout)  # a grandchild that escaped the group may keep the pipe open: do not hang
+        return list(self._lines)
+
+
+def final_report(lines: list[str]) -> dict[str, Any] | None:
+    """The last line that is a JSON object with a ``status`` or ``summary``: the agent's own verdict."""
+    for line in reversed(lines):
+        stripped = line.strip()
+        if not stripped.startswith("{"):
+            continue
+        try:
+            value = json.loads(stripped)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and ("status" in value or "summary" in value):
+            return value
+    return None
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE) -> None:
+    """SIGTERM the whole group, SIGKILL it after ``grace``: an agent ignoring SIGTERM still dies."""
+    pgid = proc.pid  # start_new_session makes the child a group leader
+    if not _signal_group(pgid, signal.SIGTERM):
+        return
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    _signal_group(pgid, signal.SIGKILL)  # also reaps members that outlived the leader
+    proc.wait()
+
+
+def run_agent(
+    argv: list[str],
+    workdir: Workdir,
+    limits: Limits,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    poll_interval: float = 0.5,
+    parent_env: dict[str, str] | None = None,
+) -> AgentRun:
+    """Run ``argv`` (never through a shell) in ``workdir`` under ``limits`` and wait for it.
+
+    ``should_stop`` is called every ``poll_interval`` seconds (the pipeline refreshes its lease and reads the
+    cancel flag there); returning True kills the agent's process group and reports ``cancelled``.
+    """
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        cwd=workdir.root,
+        env=agent_environment(workdir, parent_env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_rlimits(limits),  # only setrlimit runs between fork and exec
+        close_fds=True,
+    )
+    assert proc.stdout is not None
+    tail = _Tail(proc.stdout)
+    log.info("agent.started", pid=proc.pid, program=Path(argv[0]).name)
+    outcome, usage = _watch(proc, workdir, limits, should_stop, poll_interval, started)
+    kill_group(proc, grace=KILL_GRACE if outcome != "exited" else 0.0)
+    elapsed = time.monotonic() - started
+    lines = tail.lines()
+    exit_code = proc.returncode if outcome == "exited" else None
+    log.info("agent.ended", outcome=outcome, exit_code=exit_code, seconds=round(elapsed, 3))
+    return AgentRun(outcome, exit_code, elapsed, lines, final_report(lines), usage)
+
+
+def _watch(
+    proc: subprocess.Popen[bytes],
+    workdir: Workdir,
+    limits: Limits,
+    should_stop: Callable[[], bool],
+    poll_interval: float,
+    started: float,
+) -> tuple[Outcome, int]:
+    """The watchdog loop: returns why the agent stopped (or must be stopped) and the last disk usage seen."""
+    usage = 0
+    while True:
+        try:
+            proc.wait(timeout=poll_interval)
+            return "exited", usage
+        except subprocess.TimeoutExpired:
+            pass
+        usage = disk_usage(workdir.root)
+        if usage > limits.max_disk_usage:
+            return "disk", usage
+        if time.monotonic() - started > limits.max_execution_time:
+            return "timeout", usage
+        if should_stop():
+            return "cancelled", usage

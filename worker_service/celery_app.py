@@ -1,0 +1,97 @@
+"""The worker's Celery app: configured lazily from the environment, never at import time.
+
+``app`` exists as soon as the module is imported (``celery -A worker_service.celery_app`` and the
+``strongroom worker|beat`` commands need it), but settings are read only when Celery first needs its
+configuration: the ``on_configure`` hook hands Celery ``shared.contracts.celery_config`` plus the beat schedule.
+Signals bind the task id (and the operation id when the task has one) into structlog's context, start the
+heartbeat when the worker is ready, and build ``Services`` once per process.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import structlog
+from celery import Celery, signals
+
+from shared import contracts
+from shared.logging import configure as configure_logging
+from shared.settings import Settings
+from worker_service.heartbeat import Heartbeat
+from worker_service.schedule import beat_schedule
+from worker_service.services import Services
+
+app = Celery("strongroom", include=["worker_service.tasks"])
+
+_lock = threading.Lock()
+_settings: Settings | None = None
+_services: Services | None = None
+_heartbeat: Heartbeat | None = None
+
+
+def settings() -> Settings:
+    global _settings
+    with _lock:
+        if _settings is None:
+            _settings = Settings.from_env()
+        return _settings
+
+
+def services() -> Services:
+    """This process's clients, built on first use (after a prefork fork, so no connection is shared)."""
+    global _services
+    current = settings()
+    with _lock:
+        if _services is None:
+            _services = Services.from_settings(current)
+        return _services
+
+
+def celery_settings(current: Settings) -> dict[str, Any]:
+    return {**contracts.celery_config(current), "beat_schedule": beat_schedule(current)}
+
+
+@app.on_configure.connect
+def _configure(sender: Celery, **_: Any) -> None:
+    sender.config_from_object(celery_settings(settings()))
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    """Connected, so Celery leaves logging alone; one structlog set-up for the whole process."""
+    current = settings()
+    configure_logging(current.resolved_log_format, current.log_level, process="worker")
+
+
+@signals.worker_process_init.connect
+def _reset_after_fork(**_: Any) -> None:
+    global _services
+    _services = None  # the parent's sockets must not be shared with a forked child
+
+
+@signals.task_prerun.connect
+def _bind_task(task_id: str | None = None, task: Any = None, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=getattr(task, "name", None))
+    operation_id = (kwargs or {}).get("operation_id")
+    if isinstance(operation_id, str):
+        structlog.contextvars.bind_contextvars(operation_id=operation_id)
+
+
+@signals.task_postrun.connect
+def _unbind_task(**_: Any) -> None:
+    structlog.contextvars.unbind_contextvars("task_id", "task", "operation_id")
+
+
+@signals.worker_ready.connect
+def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+    global _heartbeat
+    name = getattr(sender, "hostname", None) or app.conf.get("worker_name") or "worker"
+    _heartbeat = Heartbeat(services().redis, str(name))
+    _heartbeat.start()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(**_: Any) -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
