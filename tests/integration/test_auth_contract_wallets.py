@@ -1,0 +1,210 @@
+"""ERC-1271 contract wallets, for real: a tiny wallet contract on an in-process chain (eth-tester + py-evm).
+
+The wallet is written below in EVM assembly (no compiler at test time): ``isValidSignature(bytes32, bytes)``
+ecrecovers the 65-byte signature and answers the magic value ``0x1626ba7e`` when it recovers to the owner baked
+into the code, ``0xffffffff`` otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+import pytest
+from eth_account import Account
+
+from shared.auth.contract_wallets import ERC1271_MAGIC, Web3ContractWallets
+from shared.auth.signer import sign_request
+from shared.auth.verifier import SignedRequest, Verifier
+from shared.errors import AuthError
+from shared.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+web3 = pytest.importorskip("web3")
+pytest.importorskip("eth_tester")
+
+OPCODES = {
+    "STOP": 0x00, "ADD": 0x01, "EQ": 0x14, "SHL": 0x1B, "SHR": 0x1C, "CALLDATALOAD": 0x35,
+    "CODECOPY": 0x39, "POP": 0x50, "MLOAD": 0x51, "MSTORE": 0x52, "JUMPI": 0x57, "GAS": 0x5A,
+    "JUMPDEST": 0x5B, "DUP1": 0x80, "RETURN": 0xF3, "STATICCALL": 0xFA,
+}  # fmt: skip
+
+
+def assemble(program: list[Any]) -> bytes:
+    """Mnemonics, ``("PUSH", n, value)`` and ``("PUSHLABEL", name)``/``("LABEL", name)`` (2-byte jump targets)."""
+    labels: dict[str, int] = {}
+    for pass_ in range(2):
+        code = bytearray()
+        for op in program:
+            if isinstance(op, str):
+                code.append(OPCODES[op])
+            elif op[0] == "PUSH":
+                code.append(0x5F + op[1])
+                code += int(op[2]).to_bytes(op[1], "big")
+            elif op[0] == "PUSHLABEL":
+                code.append(0x61)  # PUSH2
+                code += labels.get(op[1], 0).to_bytes(2, "big")
+            elif op[0] == "LABEL":
+                labels[op[1]] = len(code)
+                code.append(OPCODES["JUMPDEST"])
+        if pass_:
+            return bytes(code)
+    raise AssertionError("unreachable")
+
+
+def wallet_runtime(owner: str) -> bytes:
+    def answer(value: int) -> list[Any]:
+        return [("PUSH", 4, value), ("PUSH", 1, 0xE0), "SHL", ("PUSH", 1, 0), "MSTORE",
+                ("PUSH", 1, 0x20), ("PUSH", 1, 0), "RETURN"]  # fmt: skip
+
+    return assemble(
+        [
+            ("PUSH", 1, 0x04), "CALLDATALOAD", ("PUSH", 1, 0x00), "MSTORE",  # mem[0x00] = hash
+            ("PUSH", 1, 0x24), "CALLDATALOAD", ("PUSH", 1, 0x04), "ADD",  # p = offset of the bytes length word
+            "DUP1", ("PUSH", 1, 0x20), "ADD", "CALLDATALOAD", ("PUSH", 1, 0x40), "MSTORE",  # mem[0x40] = r
+            "DUP1", ("PUSH", 1, 0x40), "ADD", "CALLDATALOAD", ("PUSH", 1, 0x60), "MSTORE",  # mem[0x60] = s
+            ("PUSH", 1, 0x60), "ADD", "CALLDATALOAD", ("PUSH", 1, 0xF8), "SHR",  # v = first byte after s
+            ("PUSH", 1, 0x20), "MSTORE",  # mem[0x20] = v
+            ("PUSH", 1, 0x20), ("PUSH", 1, 0x80), ("PUSH", 1, 0x80), ("PUSH", 1, 0x00),
+            ("PUSH", 1, 0x01), "GAS", "STATICCALL", "POP",  # ecrecover(mem[0:0x80]) -> mem[0x80]
+            ("PUSH", 1, 0x80), "MLOAD", ("PUSH", 20, int(owner, 16)), "EQ", ("PUSHLABEL", "ok"), "JUMPI",
+            *answer(0xFFFFFFFF),
+            ("LABEL", "ok"),
+            *answer(int.from_bytes(ERC1271_MAGIC, "big")),
+        ]
+    )  # fmt: skip
+
+
+def deploy_code(runtime: bytes) -> bytes:
+    init = bytes([0x60, len(runtime), 0x80, 0x60, 11, 0x60, 0x00, 0x39, 0x60, 0x00, 0xF3])
+    return init + runtime
+
+
+@pytest.fixture(scope="module")
+def chain() -> Any:
+    from web3 import EthereumTesterProvider, Web3
+
+    return Web3(EthereumTesterProvider())
+
+
+def deploy_wallet(w3: Any, owner: str) -> str:
+    tx = w3.eth.send_transaction({"from": w3.eth.accounts[0], "data": deploy_code(wallet_runtime(owner))})
+    address = w3.eth.wait_for_transaction_receipt(tx)["contractAddress"]
+    assert w3.eth.get_code(address), "deployment produced no code"
+    return str(address).lower()
+
+
+def contract_signed(owner_key: str, wallet: str, chain_id: int) -> SignedRequest:
+    """Signed by ``owner_key``, but naming the wallet contract as keyid (what a smart-account SDK sends)."""
+    url = "https://strongroom.example/api/v1/operations"
+
+    class WalletSigner:
+        address = wallet
+
+        def sign_message(self, message: Any) -> Any:
+            return Account.from_key(owner_key).sign_message(message)
+
+    headers = sign_request(WalletSigner(), "GET", url, chain_id=chain_id, created=int(time.time()))
+    return SignedRequest("GET", "strongroom.example", "/api/v1/operations", "?", headers, b"")
+
+
+class NoRedisNeeded:
+    """The refusal paths below end before Redis; the accepted path needs a real SET NX."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+
+    async def set(self, key: str, value: bytes, *, nx: bool, ex: int) -> bool | None:
+        if key in self.keys:
+            return None
+        self.keys.add(key)
+        return True
+
+
+def verifier_for(w3: Any, redis: Any, **overrides: Any) -> Verifier:
+    chain_id = int(w3.eth.chain_id)
+    settings = Settings.from_env(
+        {"REDIS_URL": "redis://127.0.0.1:1/0"},
+        allowed_chain_ids=(1, chain_id),
+        rate_limit_per_minute=0,
+        eth_rpc_url="http://in-process",
+        **overrides,
+    )
+    return Verifier(settings, redis, contract_wallets=Web3ContractWallets(w3, timeout=10))
+
+
+def test_owner_signature_is_accepted_for_the_wallet(chain: Any, redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    owner = "0x" + "a1" * 32
+    wallet = deploy_wallet(chain, Account.from_key(owner).address)
+    request = contract_signed(owner, wallet, int(chain.eth.chain_id))
+
+    async def run() -> Any:
+        redis = aioredis.Redis.from_url(redis_url)
+        try:
+            return await verifier_for(chain, redis).verify(request)
+        finally:
+            await redis.aclose()
+
+    signer = asyncio.run(run())
+    assert signer.address == wallet and signer.chain_id == int(chain.eth.chain_id)
+
+
+def test_a_stranger_cannot_sign_for_the_wallet(chain: Any) -> None:
+    owner, stranger = "0x" + "a2" * 32, "0x" + "b2" * 32
+    wallet = deploy_wallet(chain, Account.from_key(owner).address)
+    request = contract_signed(stranger, wallet, int(chain.eth.chain_id))
+    with pytest.raises(AuthError) as info:
+        asyncio.run(verifier_for(chain, NoRedisNeeded()).verify(request))
+    assert info.value.code == "signature_invalid"
+
+
+def test_a_non_65_byte_signature_goes_to_the_contract_and_is_refused(chain: Any) -> None:
+    owner = "0x" + "a3" * 32
+    wallet = deploy_wallet(chain, Account.from_key(owner).address)
+    request = contract_signed(owner, wallet, int(chain.eth.chain_id))
+    signature = base64.b64encode(b"\x01" * 96).decode()
+    request = SignedRequest(**{**request.__dict__, "headers": {**request.headers, "Signature": f"eth=:{signature}:"}})
+    with pytest.raises(AuthError) as info:
+        asyncio.run(verifier_for(chain, NoRedisNeeded()).verify(request))
+    assert info.value.code == "signature_invalid"
+
+
+def test_other_chain_is_contract_wallet_unsupported(chain: Any) -> None:
+    owner = "0x" + "a4" * 32
+    wallet = deploy_wallet(chain, Account.from_key(owner).address)
+    request = contract_signed(owner, wallet, 1)  # keyid names mainnet, the RPC serves the test chain
+    with pytest.raises(AuthError) as info:
+        asyncio.run(verifier_for(chain, NoRedisNeeded()).verify(request))
+    assert info.value.code == "contract_wallet_unsupported"
+
+
+def test_without_rpc_a_contract_wallet_is_signature_invalid(chain: Any) -> None:
+    owner = "0x" + "a5" * 32
+    wallet = deploy_wallet(chain, Account.from_key(owner).address)
+    request = contract_signed(owner, wallet, int(chain.eth.chain_id))
+    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0"}, allowed_chain_ids=(int(chain.eth.chain_id),))
+    with pytest.raises(AuthError) as info:
+        asyncio.run(Verifier(settings, NoRedisNeeded()).verify(request))  # type: ignore[arg-type]
+    assert info.value.code == "signature_invalid"
+
+
+def test_answers_are_cached_briefly(chain: Any) -> None:
+    owner = "0x" + "a6" * 32
+    wallet = deploy_wallet(chain, Account.from_key(owner).address)
+    now = [0.0]
+    wallets = Web3ContractWallets(chain, timeout=10, cache_ttl=30, clock=lambda: now[0])
+    calls = []
+    original = wallets._ask
+    wallets._ask = lambda *a: calls.append(a) or original(*a)  # type: ignore[method-assign]
+    digest, chain_id = b"\x11" * 32, int(chain.eth.chain_id)
+    signature = bytes(Account.from_key(owner).unsafe_sign_hash(digest).signature)
+    for _ in range(2):
+        assert asyncio.run(wallets.is_valid_signature(chain_id, wallet, digest, signature)) is True
+    now[0] = 31.0
+    assert asyncio.run(wallets.is_valid_signature(chain_id, wallet, digest, signature)) is True
+    assert len(calls) == 2
