@@ -318,7 +318,8 @@ class _StreamDecryptor(Iterator[bytes]):
             del self._buffer[:HEADER_SIZE]
         # A full-size sealed chunk is never the final one, so it can be opened as soon as it is buffered.
         if self._fill(SEALED_CHUNK_SIZE):
-            sealed = bytes(self._buffer[:SEALED_CHUNK_SIZE])
+            with memoryview(self._buffer) as view:  # one copy, not two
+                sealed = bytes(view[:SEALED_CHUNK_SIZE])
             del self._buffer[:SEALED_CHUNK_SIZE]
             plaintext = self._message.open(self._index, sealed, final=False)
             self._index += 1
@@ -354,7 +355,8 @@ class _ExactReader:
             if piece is None:
                 raise IntegrityError("ranged fetch returned fewer bytes than requested (truncated payload)")
             self._buffer += piece
-        out = bytes(self._buffer[:size])
+        with memoryview(self._buffer) as view:
+            out = bytes(view[:size])
         del self._buffer[:size]
         return out
 
