@@ -1,0 +1,166 @@
+"""Retention: delete operations past ``expires_at``, and sweep objects nothing names.
+
+Deletion order is chosen so a crash at any point is finished by the next run and never exposes half a state:
+
+1. the grantee index entry (the operation disappears from listings; the API already refuses it as expired),
+2. every object under the operation's prefix except the record (artifacts, embedded copies, access log, input),
+3. the record, last: while it exists the next run finds the operation again and resumes.
+
+The ``operation.expired`` audit event is published before anything is deleted (at-least-once: a rerun after a
+crash publishes it again) and lands in the global log, because the operation's own log is deleted with it.
+An operation is deleted only after its record was re-read under the operation lock and is expired then.
+
+The S3 lifecycle rule (``lifecycle_days``) is the backstop if this job stops running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+from shared import layout
+from shared.errors import CryptoError, NotFound, StrongroomError
+from shared.events import new_event, publish
+from shared.logging import get_logger
+from shared.models import OperationRecord
+from shared.settings import Settings
+from shared.storage import ObjectInfo
+from worker_service.services import Services
+
+log = get_logger(__name__)
+
+LIFECYCLE_GRACE_DAYS = 3
+DELETE_BATCH = 1000
+
+
+def lifecycle_days(settings: Settings) -> int:
+    """Days after which the bucket's lifecycle rule expires ``operations/`` objects (``ensure_bucket``'s
+    ``expire_after_days``): a few days past the longest retention, so it only ever catches what this job missed.
+    """
+    return settings.artifact_retention_days + LIFECYCLE_GRACE_DAYS
+
+
+def cleanup_expired(services: Services, now: datetime | None = None, *, limit: int | None = None) -> int:
+    """Delete every operation whose ``expires_at`` has passed; return how many were deleted.
+
+    ``limit`` bounds the work of one run (the next run continues); records that do not open (a keyring problem)
+    are logged and left alone, never deleted blind.
+    """
+    now = now or datetime.now(UTC)
+    deleted = 0
+    for operation_id in services.records.all_ids():
+        if limit is not None and deleted >= limit:
+            break
+        try:
+            record = services.records.get(operation_id)
+        except NotFound:
+            continue  # deleted meanwhile
+        except CryptoError as exc:
+            log.error("retention_record_unreadable", operation_id=operation_id, error=exc.code)
+            continue
+        if not record.is_expired(now):
+            continue
+        try:
+            if _delete_operation(services, operation_id, now):
+                deleted += 1
+        except StrongroomError as exc:  # busy lock, S3 hiccup: the next run retries
+            log.warning("retention_delete_failed", operation_id=operation_id, error=exc.code)
+    if deleted:
+        log.info("retention_cleanup", deleted=deleted)
+    return deleted
+
+
+def _delete_operation(services: Services, operation_id: str, now: datetime) -> bool:
+    with services.records.locked(operation_id):
+        try:
+            record = services.records.get(operation_id)
+        except NotFound:
+            return False
+        if not record.is_expired(now) or _run_alive(services, record):
+            return False
+        publish(
+            services.redis,
+            new_event(operation_id=operation_id, actor=None, action="operation.expired", result="ok"),
+        )
+        services.records.delete_index(record)
+        record_key = layout.record_key(operation_id)
+        batch: list[str] = []
+        for info in services.store.list(layout.operation_prefix(operation_id)):
+            if info.key != record_key:
+                batch.append(info.key)
+            if len(batch) >= DELETE_BATCH:
+                services.store.delete_many(batch)
+                batch = []
+        if batch:
+            services.store.delete_many(batch)
+        services.store.delete(record_key)
+    log.info("operation_expired", operation_id=operation_id, artifacts=len(record.artifacts))
+    return True
+
+
+def _run_alive(services: Services, record: OperationRecord) -> bool:
+    """A worker still holds the run lease: never pull objects from under a live run."""
+    return record.status == "running" and bool(services.redis.exists(layout.redis_run_lease(record.id)))
+
+
+# --- orphans ----------------------------------------------------------------------------------------------
+
+
+def sweep_orphans(services: Services, min_age: timedelta = timedelta(hours=1), now: datetime | None = None) -> int:
+    """Delete objects no record names, once older than ``min_age``; return how many were deleted.
+
+    Two kinds: artifact/embedded objects of an operation whose record does not name them (a run that crashed
+    after uploading, an artifact deleted while a crash interrupted its removal), and every object of a prefix
+    that has no record at all (a create or a cleanup that crashed half-way). ``min_age`` keeps in-flight uploads
+    and creates safe; an operation whose run lease is alive is skipped entirely.
+    """
+    now = now or datetime.now(UTC)
+    cutoff = now - min_age
+    deleted = 0
+    for operation_id, objects in _by_operation(services):
+        try:
+            doomed = _orphans_of(services, operation_id, objects, cutoff)
+        except StrongroomError as exc:
+            log.warning("orphan_sweep_skipped", operation_id=operation_id, error=exc.code)
+            continue
+        if doomed:
+            services.store.delete_many(doomed)
+            deleted += len(doomed)
+            log.info("orphans_deleted", operation_id=operation_id, count=len(doomed))
+    return deleted
+
+
+def _orphans_of(services: Services, operation_id: str, objects: list[ObjectInfo], cutoff: datetime) -> list[str]:
+    old = [info.key for info in objects if info.last_modified <= cutoff]
+    record_key = layout.record_key(operation_id)
+    if not any(info.key == record_key for info in objects):
+        return old
+    with services.records.locked(operation_id):  # a delete-artifact in progress finishes first
+        try:
+            record = services.records.get(operation_id)
+        except NotFound:
+            return []  # cleanup got there first; the next sweep sees the prefix without a record
+        if _run_alive(services, record):
+            return []
+        named = {layout.record_key(operation_id), layout.input_key(operation_id)}
+        for artifact in record.artifacts:
+            named.add(layout.artifact_key(operation_id, artifact.name))
+            if artifact.embedded:
+                named.add(layout.embedded_key(operation_id, artifact.name))
+    swept = (layout.artifacts_prefix(operation_id), layout.embedded_prefix(operation_id))
+    return [key for key in old if key.startswith(swept) and key not in named]
+
+
+def _by_operation(services: Services) -> Iterator[tuple[str, list[ObjectInfo]]]:
+    """Objects grouped by operation id, one operation in memory at a time (the listing is in key order)."""
+    current: str | None = None
+    group: list[ObjectInfo] = []
+    for info in services.store.list(layout.OPERATIONS):
+        operation_id = info.key[len(layout.OPERATIONS) :].split("/", 1)[0]
+        if operation_id != current:
+            if current is not None and layout.is_operation_id(current):
+                yield current, group
+            current, group = operation_id, []
+        group.append(info)
+    if current is not None and layout.is_operation_id(current):
+        yield current, group
