@@ -284,7 +284,8 @@ class _StreamDecryptor(Iterator[bytes]):
         _check_key(key, IntegrityError)
         self._key, self._ctx, self._backend = bytes(key), ctx, backend
         self._source = iter(chunks)
-        self._buffer = bytearray()
+        self._view = memoryview(b"")  # unread rest of the current input piece
+        self._carry = bytearray()  # bytes of a record that straddles input pieces
         self._message: _Message | None = None
         self._index = 0
         self._done = False
@@ -302,30 +303,38 @@ class _StreamDecryptor(Iterator[bytes]):
             self._key = b""
             raise
 
-    def _fill(self, size: int) -> bool:
-        """Buffer at least ``size`` bytes; False when the source ended first."""
-        while len(self._buffer) < size:
+    def _read(self, size: int) -> bytes | None:
+        """The next ``size`` bytes, sliced straight from the input when possible (large pieces are not
+        re-buffered); None when the source ends first, leaving what was read in ``_carry``."""
+        while True:
+            if not self._carry and len(self._view) >= size:
+                out = bytes(self._view[:size])
+                self._view = self._view[size:]
+                return out
+            take = self._view[: size - len(self._carry)]
+            self._carry += take
+            self._view = self._view[len(take) :]
+            if len(self._carry) == size:
+                out = bytes(self._carry)
+                self._carry.clear()
+                return out
             piece = next(self._source, None)
             if piece is None:
-                return False
-            self._buffer += piece
-        return True
+                return None
+            self._view = memoryview(piece)
 
     def _step(self) -> bytes:
         if self._message is None:
-            self._fill(HEADER_SIZE)
-            self._message = _open_header(self._key, self._ctx, bytes(self._buffer[:HEADER_SIZE]), self._backend)
-            del self._buffer[:HEADER_SIZE]
-        # A full-size sealed chunk is never the final one, so it can be opened as soon as it is buffered.
-        if self._fill(SEALED_CHUNK_SIZE):
-            with memoryview(self._buffer) as view:  # one copy, not two
-                sealed = bytes(view[:SEALED_CHUNK_SIZE])
-            del self._buffer[:SEALED_CHUNK_SIZE]
+            header = self._read(HEADER_SIZE)
+            self._message = _open_header(self._key, self._ctx, header or bytes(self._carry), self._backend)
+        # A full-size sealed chunk is never the final one, so it can be opened as soon as it is read.
+        sealed = self._read(SEALED_CHUNK_SIZE)
+        if sealed is not None:
             plaintext = self._message.open(self._index, sealed, final=False)
             self._index += 1
             return plaintext
-        plaintext = self._message.open(self._index, bytes(self._buffer), final=True)
-        self._buffer.clear()
+        plaintext = self._message.open(self._index, bytes(self._carry), final=True)
+        self._carry.clear()
         self._done = True
         return plaintext
 
