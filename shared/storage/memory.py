@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import threading
 from base64 import b64encode
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
@@ -136,7 +136,7 @@ class MemoryObjectStore:
             if self._objects.pop(key, None) is not None:
                 self._keys.pop(bisect.bisect_left(self._keys, key))
 
-    def delete_many(self, keys: builtins.list[str]) -> None:
+    def delete_many(self, keys: Sequence[str]) -> None:
         """Delete objects in batches of up to 1000; idempotent."""
         for key in keys:
             self.delete(key)

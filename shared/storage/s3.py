@@ -28,7 +28,7 @@ import hashlib
 import hmac
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, cast
@@ -493,7 +493,7 @@ class S3ObjectStore:
         with suppress(NotFound), translate_errors("DeleteObject", key):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
-    def delete_many(self, keys: builtins.list[str]) -> None:
+    def delete_many(self, keys: Sequence[str]) -> None:
         """Delete objects in batches of up to 1000; idempotent.
 
         Raises one ``StorageError`` after trying every batch if any key could not be deleted, naming the first few.

@@ -9,6 +9,7 @@ import secrets
 import time
 from base64 import b64encode
 from collections.abc import Iterator
+from contextlib import suppress
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -33,11 +34,9 @@ def fresh_store(object_store: S3ObjectStore) -> Iterator[S3ObjectStore]:
     """A store on a bucket that does not exist yet; emptied and removed afterwards."""
     store = S3ObjectStore(object_store.client, f"sr-fresh-{secrets.token_hex(5)}")
     yield store
-    try:
+    with suppress(Exception):  # best-effort cleanup; the session data dir is temporary anyway
         store.delete_many([info.key for info in store.list("")])
         store.client.delete_bucket(Bucket=store.bucket)
-    except Exception:  # noqa: S110 -- best-effort cleanup; the session data dir is temporary anyway
-        pass
 
 
 class TestSeaweedContract(ObjectStoreContract):

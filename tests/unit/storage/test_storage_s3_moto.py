@@ -24,6 +24,7 @@ from moto.server import ThreadedMotoServer
 
 from shared.errors import NotFound, StorageError, Unavailable, ValidationFailed
 from shared.settings import Settings
+from shared.storage import ObjectStore
 from shared.storage.s3 import MiB, S3ObjectStore, content_disposition, map_client_error, translate_errors
 from tests.helpers.ports import free_port
 from tests.unit.storage.contract import ObjectStoreContract, sha256_hex
@@ -169,9 +170,14 @@ def test_presigned_url_serves_bytes_range_and_headers(moto_store: S3ObjectStore)
     assert part.status_code == 206 and part.content == b"234"
 
 
+def test_satisfies_the_protocol(moto_url: str) -> None:
+    store: ObjectStore = S3ObjectStore.from_settings(moto_settings(moto_url))  # mypy checks the signatures
+    assert store.bucket.startswith("b-")
+
+
 def test_client_configuration(moto_url: str) -> None:
     store = S3ObjectStore.from_settings(moto_settings(moto_url, STRONGROOM_S3_ADDRESSING_STYLE="virtual"))
-    config = store.client.meta.config
+    config: Any = store.client.meta.config
     assert config.signature_version == "s3v4"
     assert config.s3 == {"addressing_style": "virtual"}
     assert config.retries == {"mode": "standard", "total_max_attempts": 4}
@@ -209,7 +215,8 @@ def test_content_disposition_is_safe(name: str, expected: str) -> None:
 
 
 def client_error(code: str, status: int) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "Op")
+    response: Any = {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}
+    return ClientError(response, "Op")
 
 
 @pytest.mark.parametrize(
