@@ -1,11 +1,322 @@
-"""`strongroom client ...` (filled in by the API/SDK work)."""
+"""`strongroom client ...`: the command line on top of the SDK (``shared.client``).
+
+Every command prints a short human summary, or one JSON document with ``--json``. Expected failures print one
+line on stderr (``error: <what happened and what to do>``) and exit with a code naming the kind of failure (see
+``EXIT_CODES``); no tracebacks.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
+
+from shared.client.errors import ClientError, IdentityError, WaitTimeout
+from shared.client.identity import create_identity, default_identity_path, load_identity
+from shared.client.progress import ProgressBar, human_size
+from shared.client.sdk import API_URL_ENV, DEFAULT_API_URL, StrongroomClient
+from shared.errors import (
+    AuthError,
+    Conflict,
+    CryptoError,
+    NotFound,
+    NotGrantee,
+    RateLimited,
+    StorageError,
+    StrongroomError,
+    Unavailable,
+    ValidationFailed,
+)
+from shared.layout import validate_artifact_name
+from shared.models import GetOperationResponse
+
+# Most specific first: the first matching class decides the exit code.
+EXIT_CODES: tuple[tuple[type[StrongroomError], int], ...] = (
+    (NotGrantee, 4),
+    (AuthError, 3),
+    (NotFound, 5),
+    (Conflict, 6),
+    (ValidationFailed, 7),
+    (RateLimited, 8),
+    (Unavailable, 8),
+    (StorageError, 8),
+    (CryptoError, 9),
+    (IdentityError, 10),
+    (WaitTimeout, 11),
+)
+EXIT_NOT_SUCCEEDED = 12  # `wait`: the operation finished, but failed or was cancelled
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace], int]
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser("client", help="talk to a strongroom API")
-    parser.set_defaults(handler=lambda args: parser.print_help())
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "client", help="talk to a strongroom API", description=__doc__, parents=[_common(suppress=False)]
+    )
+    commands = parser.add_subparsers(dest="client_command", metavar="COMMAND")
+    parser.set_defaults(handler=lambda args: _usage(parser))
+    for name, help_text, build, handler in _COMMANDS:
+        command = commands.add_parser(name, help=help_text, description=help_text, parents=[_common(suppress=True)])
+        build(command)
+        command.set_defaults(handler=_guarded(handler))
+
+
+def _common(*, suppress: bool) -> argparse.ArgumentParser:
+    """The global options, accepted before or after the command (``suppress`` keeps a later copy from
+    overwriting an earlier value with its default)."""
+    common = argparse.ArgumentParser(add_help=False)
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    common.add_argument(
+        "--api",
+        default=default(None),
+        help=f"API base URL (default ${API_URL_ENV} or {DEFAULT_API_URL})",
+    )
+    common.add_argument(
+        "--identity",
+        type=Path,
+        default=default(None),
+        help="identity file (default $STRONGROOM_IDENTITY or ~/.config/strongroom/identity.json)",
+    )
+    common.add_argument("--json", action="store_true", default=default(False), help="machine-readable output")
+    return common
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _guarded(handler: Handler) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except StrongroomError as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            return exit_code(exc)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except OSError as exc:
+            print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+            return 1
+
+    return run
+
+
+def exit_code(error: StrongroomError) -> int:
+    return next((code for cls, code in EXIT_CODES if isinstance(error, cls)), 1)
+
+
+# --- plumbing ---
+
+
+def _identity_path(args: argparse.Namespace) -> Path:
+    return Path(args.identity).expanduser() if args.identity else default_identity_path()
+
+
+def _client(args: argparse.Namespace) -> StrongroomClient:
+    api = args.api or os.environ.get(API_URL_ENV) or DEFAULT_API_URL
+    return StrongroomClient(api, load_identity(_identity_path(args)))
+
+
+def _emit(args: argparse.Namespace, document: Any, human: str) -> None:
+    print(json.dumps(document, indent=2) if args.json else human)
+
+
+def _operation_lines(op: GetOperationResponse) -> str:
+    lines = [f"{op.id}  {op.status}"]
+    lines.append(f"  created {_time(op.created_at)}  expires {_time(op.expires_at)}")
+    if op.result:
+        lines.append(f"  result  {op.result.status}: {op.result.summary} ({op.result.execution_time:.1f}s)")
+    for artifact in op.artifacts.artifacts:
+        lines.append(f"  {artifact.name}  {human_size(artifact.size)}  {artifact.checksum}")
+    return "\n".join(lines)
+
+
+def _time(value: Any) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if hasattr(value, "strftime") else str(value)
+
+
+def _dump(op: GetOperationResponse) -> dict[str, Any]:
+    return op.model_dump(mode="json", exclude_none=True)
+
+
+# --- commands ---
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    path = _identity_path(args)
+    identity = create_identity(path, force=args.force)
+    document = {"address": identity.address, "encryption_public_key": identity.encryption_public_key, "path": str(path)}
+    _emit(
+        args,
+        document,
+        f"identity written to {path} (mode 0600)\n"
+        f"address:               {identity.address}\n"
+        f"encryption public key: {identity.encryption_public_key}",
+    )
+    return 0
+
+
+def _build_create(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--agent", default="privacy-audit", help="agent name (default privacy-audit)")
+    parser.add_argument("--text", help="text input (input.text)")
+    parser.add_argument(
+        "--file", dest="files", type=Path, nargs="+", action="extend", default=[], help="input files (input.files)"
+    )
+    parser.add_argument("--retention-days", type=int, help="keep the artifacts this many days")
+
+
+def _create(args: argparse.Namespace) -> int:
+    if args.text is None and not args.files:
+        raise ClientError("give the input with --text and/or --file", code="input_missing")
+    agent_input: dict[str, Any] = {}
+    if args.text is not None:
+        agent_input["text"] = args.text
+    if args.files:
+        agent_input["files"] = {
+            validate_artifact_name(path.name): base64.b64encode(path.read_bytes()).decode("ascii")
+            for path in args.files
+        }
+    with _client(args) as client:
+        created = client.create(args.agent, agent_input, retention_days=args.retention_days)
+    _emit(args, created.model_dump(mode="json"), f"{created.id}  {created.status}")
+    return 0
+
+
+def _build_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", help="operation id")
+
+
+def _status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        op = client.get(args.id)
+    _emit(args, _dump(op), _operation_lines(op))
+    return 0
+
+
+def _build_wait(parser: argparse.ArgumentParser) -> None:
+    _build_id(parser)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait (default 600)")
+
+
+def _wait(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        op = client.wait(args.id, timeout=args.timeout)
+    _emit(args, _dump(op), _operation_lines(op))
+    return 0 if op.status == "succeeded" else EXIT_NOT_SUCCEEDED
+
+
+def _build_ls(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--status", help="only operations with this status")
+    parser.add_argument("--limit", type=int, default=50, help="show at most this many (default 50)")
+
+
+def _ls(args: argparse.Namespace) -> int:
+    rows: list[dict[str, Any]] = []
+    with _client(args) as client:
+        for summary in client.iter_operations(status=args.status, page_size=min(max(args.limit, 1), 100)):
+            rows.append(summary.raw)
+            if len(rows) >= args.limit:
+                break
+    human = "\n".join(
+        f"{row['id']}  {row['status']:<9}  {row.get('created_at', '')}  "
+        f"{(row.get('artifacts') or {}).get('count', 0)} artifact(s)"
+        for row in rows
+    )
+    _emit(args, {"operations": rows}, human or "no operations")
+    return 0
+
+
+def _build_get(parser: argparse.ArgumentParser) -> None:
+    _build_id(parser)
+    parser.add_argument("names", nargs="*", metavar="NAME", help="artifacts to download (default: all)")
+    parser.add_argument("-o", "--output", type=Path, default=Path("."), help="directory to write into")
+    parser.add_argument("--force", action="store_true", help="overwrite existing files")
+
+
+def _get(args: argparse.Namespace) -> int:
+    out_dir: Path = args.output
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[dict[str, Any]] = []
+    with _client(args) as client:
+        available = {a.name: a for a in client.artifacts(args.id).artifacts}
+        names = args.names or sorted(available)
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise NotFound(f"no artifact named {', '.join(map(repr, missing))} in {args.id}")
+        for name in names:
+            # The name comes from the server: never let it pick a path outside the output directory.
+            dest = out_dir / validate_artifact_name(name)
+            if dest.exists() and not args.force:
+                raise ClientError(f"{dest} exists; use --force to overwrite it", code="file_exists")
+            bar = ProgressBar(name) if not args.json else None
+            try:
+                result = client.download(args.id, name, dest, progress=bar)
+            finally:
+                if bar:
+                    bar.close()
+            written.append({"name": name, "path": str(dest), "size": result.size, "checksum": result.checksum})
+    human = "\n".join(f"{w['path']}  {human_size(w['size'])}  {w['checksum']}  verified" for w in written)
+    _emit(args, {"artifacts": written}, human or "no artifacts")
+    return 0
+
+
+def _build_rm(parser: argparse.ArgumentParser) -> None:
+    _build_id(parser)
+    parser.add_argument("names", nargs="+", metavar="NAME", help="artifacts to delete")
+
+
+def _rm(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for name in args.names:
+            client.delete(args.id, name)
+    _emit(args, {"deleted": args.names}, "\n".join(f"deleted {name}" for name in args.names))
+    return 0
+
+
+def _log(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        log = client.access_log(args.id)
+    verdict = {True: "hash chain verified", False: "HASH CHAIN BROKEN", None: "hash chain not reported"}
+    lines = [
+        f"{e.get('time', '')}  {e.get('action', ''):<18} {e.get('result', ''):<8} "
+        f"{e.get('actor') or '-'}  {e.get('artifact') or ''}".rstrip()
+        for e in log.events
+    ]
+    lines.append(f"{len(log.events)} event(s), {verdict[log.chain_verified]}")
+    _emit(args, {"events": log.events, "chain_verified": log.chain_verified}, "\n".join(lines))
+    return 0 if log.chain_verified is not False else 9
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        answer = client.cancel(args.id)
+    _emit(args, answer, f"{args.id}  {answer.get('status', 'cancel requested')}")
+    return 0
+
+
+def _build_keygen(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="replace an existing identity (its artifacts are lost)")
+
+
+_COMMANDS: Sequence[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = (
+    ("keygen", "create a signing key and an encryption key", _build_keygen, _keygen),
+    ("create", "start an operation", _build_create, _create),
+    ("status", "show an operation", _build_id, _status),
+    ("wait", "wait until an operation finishes", _build_wait, _wait),
+    ("ls", "list your operations, newest first", _build_ls, _ls),
+    ("get", "download, verify and decrypt artifacts", _build_get, _get),
+    ("rm", "delete artifacts", _build_rm, _rm),
+    ("log", "show an operation's access log", _build_id, _log),
+    ("cancel", "cancel a pending or running operation", _build_id, _cancel),
+)
