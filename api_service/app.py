@@ -1,0 +1,84 @@
+"""The API application factory (``uvicorn --factory api_service.app:create_app``).
+
+Nothing is built at import time: ``create_app`` reads settings (from the environment unless given) and the
+lifespan builds the clients, unless a test injects ready-made ``ApiServices`` (e.g. a ``MemoryObjectStore``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from api_service.errors import exception_handlers
+from api_service.metrics import ApiMetrics
+from api_service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from api_service.routes import routes
+from api_service.services import ApiServices
+from shared.settings import Settings
+
+SIGNATURE_HEADERS = ["Content-Digest", "Signature", "Signature-Input"]
+EXPOSED_HEADERS = [
+    "Location",
+    "Retry-After",
+    "X-Request-ID",
+    "X-Artifact-Checksum",
+    "X-Artifact-Ciphertext-Checksum",
+    "X-Artifact-Encryption",
+    "Content-Range",
+    "Content-Disposition",
+    "Deprecation",
+    "Sunset",
+    "Link",
+]
+
+
+def create_app(settings: Settings | None = None, *, services: ApiServices | None = None) -> Starlette:
+    """Build the app. ``services`` (tests) is used as is and not closed; otherwise the lifespan owns the clients."""
+    if settings is None:
+        settings = services.settings if services is not None else Settings.from_env()
+    metrics = ApiMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        owned = services is None
+        svc = ApiServices.from_settings(settings) if services is None else services
+        _expose(app, svc)
+        try:
+            yield
+        finally:
+            if owned:
+                await svc.aclose()
+
+    app = Starlette(
+        routes=routes(),
+        middleware=[
+            Middleware(RequestContextMiddleware, metrics=metrics),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=[*SIGNATURE_HEADERS, "Content-Type", "Accept", "Range", "X-Request-ID"],
+                expose_headers=EXPOSED_HEADERS,
+                max_age=600,
+            ),
+            Middleware(BodyLimitMiddleware, limit=settings.max_input_bytes),
+        ],
+        exception_handlers=exception_handlers(),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    if services is not None:
+        _expose(app, services)  # usable without running the lifespan (e.g. TestClient without ``with``)
+    return app
+
+
+def _expose(app: Starlette, svc: ApiServices) -> None:
+    """What endpoints read (``services``) and what ``api_service.auth`` reads (``verifier``, ``redis``)."""
+    app.state.services = svc
+    app.state.verifier = svc.verifier
+    app.state.redis = svc.redis

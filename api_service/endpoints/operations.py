@@ -1,0 +1,247 @@
+"""``/api/v1/operations``: create, list, read, cancel, and the access log.
+
+Create follows the agreed order: the record (pending), its sealed input and the grantee index are stored first,
+then the run task is sent by name. If the broker refuses the message the record is marked failed and the client
+gets 503, so no operation waits forever for a worker that was never told.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api_service.auth import authenticate
+from api_service.endpoints.common import audit, blocking, json_response, load_operation, services
+from api_service.views import API_PREFIX, dump_operation, operation_response, operation_view
+from shared import audit_log, layout
+from shared.contracts import RunOperation
+from shared.crypto.keywrap import parse_public_key
+from shared.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from shared.models import (
+    CreateOperationRequest,
+    CreateOperationResponse,
+    OperationRecord,
+    OperationResult,
+    expiry,
+    utcnow,
+)
+from shared.settings import Settings
+
+BUILTIN_AGENTS = frozenset({"privacy-audit"})
+STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+CANCEL_KEY_TTL = 86400
+_CURSOR_RE = re.compile(r"^\d{12}_[a-z0-9][a-z0-9-]{0,47}_[a-z2-7]{26}$")
+_FIELD_CODES = {
+    "agent": "agent_unknown",
+    "input": "input_invalid",
+    "encryption_public_key": "encryption_public_key_invalid",
+    "retention_days": "retention_days_invalid",
+}
+
+
+# --- create -----------------------------------------------------------------------------------------------
+
+
+async def create_operation(request: Request) -> Response:
+    signer = await authenticate(request)
+    svc = services(request)
+    body = parse_create(await request.body(), svc.settings)
+    now = utcnow()
+    days = body.retention_days or svc.settings.artifact_retention_days
+    record = OperationRecord(
+        id=layout.new_operation_id(body.agent),
+        agent=body.agent,
+        grantee=signer.address.lower(),
+        encryption_public_key=body.encryption_public_key,
+        created_at=now,
+        expires_at=expiry(now, days),
+    )
+    await blocking(svc.records.create, record, body.input)
+    try:
+        await blocking(svc.producer.send, RunOperation.TASK, RunOperation(operation_id=record.id).model_dump())
+    except Exception as exc:  # any broker failure: the record must not stay pending unnoticed
+        await blocking(svc.records.update, record.id, _mark_unqueued)
+        await audit(
+            request,
+            "operation.create",
+            "error",
+            actor=signer.address,
+            operation_id=record.id,
+            reason="queue_unavailable",
+        )
+        raise Unavailable(
+            "the work queue is unavailable; the operation was marked failed", code="queue_unavailable"
+        ) from exc
+    await audit(request, "operation.create", "ok", actor=signer.address, operation_id=record.id)
+    created = CreateOperationResponse(
+        id=record.id, status=record.status, created_at=record.created_at, expires_at=record.expires_at
+    )
+    return json_response(created.model_dump(mode="json"), 202, {"Location": f"{API_PREFIX}/operations/{record.id}"})
+
+
+def parse_create(raw: bytes, settings: Settings) -> CreateOperationRequest:
+    """Body -> request, or ``ValidationFailed`` whose ``code`` names the offending field."""
+    try:
+        document = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationFailed("the body is not valid JSON", code="body_invalid") from None
+    if not isinstance(document, dict):
+        raise ValidationFailed("the body must be a JSON object", code="body_invalid")
+    try:
+        body = CreateOperationRequest.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = str(first["loc"][0]) if first.get("loc") else ""
+        code = _FIELD_CODES.get(field, "body_invalid")
+        raise ValidationFailed(f"{field or 'body'}: {first.get('msg', 'invalid')}", code=code) from None
+    if body.agent not in BUILTIN_AGENTS and body.agent not in settings.agent_commands():
+        raise ValidationFailed("no such agent on this server", code="agent_unknown")
+    parse_public_key(body.encryption_public_key)  # raises encryption_public_key_invalid
+    if body.retention_days is not None and not 1 <= body.retention_days <= settings.artifact_retention_days:
+        raise ValidationFailed(
+            f"retention_days must be between 1 and {settings.artifact_retention_days}", code="retention_days_invalid"
+        )
+    return body
+
+
+def _mark_unqueued(record: OperationRecord) -> OperationRecord:
+    if record.status != "pending":
+        return record
+    return record.evolve(
+        status="failed",
+        finished_at=utcnow(),
+        result=OperationResult(status="error", summary="the operation could not be queued", execution_time=0),
+    )
+
+
+# --- list -------------------------------------------------------------------------------------------------
+
+
+async def list_operations(request: Request) -> Response:
+    signer = await authenticate(request)
+    svc = services(request)
+    limit, cursor, status = _list_params(request)
+    ids, next_cursor = await blocking(lambda: svc.records.list_ids(signer.address, cursor=cursor, limit=limit))
+    records = await _fetch_many(svc.records.get, ids)
+    now = utcnow()
+    page = [
+        dump_operation(operation_response(r))
+        for r in records
+        if r is not None
+        and r.grantee == signer.address.lower()
+        and not r.is_expired(now)
+        and (status is None or r.status == status)
+    ]
+    await audit(request, "operation.list", "allowed", actor=signer.address)
+    return json_response({"operations": page, "next_cursor": next_cursor})
+
+
+def _list_params(request: Request) -> tuple[int, str | None, str | None]:
+    query = request.query_params
+    raw_limit = query.get("limit", str(DEFAULT_PAGE))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        raise ValidationFailed(f"limit must be an integer from 1 to {MAX_PAGE}", code="limit_invalid")
+    cursor = query.get("cursor") or None
+    if cursor is not None and not _CURSOR_RE.fullmatch(cursor):
+        raise ValidationFailed("cursor is not one this server issued", code="cursor_invalid")
+    status = query.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise ValidationFailed(f"status must be one of {', '.join(STATUSES)}", code="status_invalid")
+    return int(raw_limit), cursor, status
+
+
+async def _fetch_many(get: Any, ids: list[str]) -> list[OperationRecord | None]:
+    """Read a page of records concurrently (each is one S3 GET); a record gone since listing is skipped."""
+    results: list[OperationRecord | None] = [None] * len(ids)
+
+    async def fetch(index: int, operation_id: str) -> None:
+        try:
+            results[index] = await blocking(get, operation_id)
+        except NotFound:
+            results[index] = None
+
+    async with anyio.create_task_group() as group:
+        for index, operation_id in enumerate(ids):
+            group.start_soon(fetch, index, operation_id)
+    return results
+
+
+# --- read and cancel --------------------------------------------------------------------------------------
+
+
+async def get_operation(request: Request) -> Response:
+    signer = await authenticate(request)
+    operation_id = request.path_params["operation_id"]
+    record = await load_operation(request, signer, operation_id, "operation.read")
+    svc = services(request)
+    view = await blocking(operation_view, record, svc.settings, svc.records)
+    await audit(request, "operation.read", "allowed", actor=signer.address, operation_id=record.id)
+    return json_response(view.body, 200, view.headers)
+
+
+async def cancel_operation(request: Request) -> Response:
+    signer = await authenticate(request)
+    operation_id = request.path_params["operation_id"]
+    await load_operation(request, signer, operation_id, "operation.cancel")
+    svc = services(request)
+    try:
+        record = await blocking(svc.records.update, operation_id, _cancel)
+    except Conflict:
+        await audit(
+            request,
+            "operation.cancel",
+            "denied",
+            actor=signer.address,
+            operation_id=operation_id,
+            reason="operation_finished",
+        )
+        raise
+    if record.status == "running":
+        try:
+            await svc.redis.set(layout.redis_cancel_key(record.id), b"1", ex=CANCEL_KEY_TTL)
+        except (RedisError, OSError) as exc:
+            raise Unavailable("cancellation could not be signalled; try again", code="redis_unavailable") from exc
+    await audit(request, "operation.cancel", "ok", actor=signer.address, operation_id=record.id)
+    return json_response(dump_operation(operation_response(record)), 202)
+
+
+def _cancel(record: OperationRecord) -> OperationRecord:
+    """The agreed lifecycle: pending -> cancelled now; running -> flagged for the worker; finished -> 409."""
+    if record.status == "pending":
+        return record.evolve(
+            status="cancelled",
+            finished_at=utcnow(),
+            result=OperationResult(status="error", summary="cancelled by grantee", execution_time=0),
+        )
+    if record.status == "running":
+        return record if record.cancel_requested else record.evolve(cancel_requested=True)
+    raise Conflict("the operation has already finished", code="operation_finished")
+
+
+# --- access log -------------------------------------------------------------------------------------------
+
+
+async def access_log(request: Request) -> Response:
+    signer = await authenticate(request)
+    operation_id = request.path_params["operation_id"]
+    await load_operation(request, signer, operation_id, "access_log.read")
+    svc = services(request)
+    events, report = await blocking(_read_log, svc.records, operation_id)
+    await audit(request, "access_log.read", "allowed", actor=signer.address, operation_id=operation_id)
+    return json_response(
+        {"events": [e.model_dump(mode="json") for e in events], "chain_valid": report.ok, "batches": report.batches}
+    )
+
+
+def _read_log(records: Any, operation_id: str) -> tuple[list[Any], audit_log.ChainReport]:
+    events = [event for batch in audit_log.iter_batches(records, operation_id) for event in batch.events]
+    return events, audit_log.verify_chain(records, operation_id)

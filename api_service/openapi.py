@@ -1,0 +1,300 @@
+"""The OpenAPI 3.1 document, built from the same pydantic models the service stores and serves.
+
+Schema names are the design's (``GetOperationResponse``, ``OperationResult``, ``ArtifactCollection``,
+``ArtifactMetadata``...), so independent clients can generate code against them. Response schemas use pydantic's
+*serialization* mode: that is what goes on the wire (timestamps as strings). Every documented status code that
+is an error carries ``application/problem+json``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from shared.models import (
+    ArtifactCollection,
+    AuditEvent,
+    CreateOperationRequest,
+    CreateOperationResponse,
+    Encryption,
+    GetOperationResponse,
+    OperationStatus,
+)
+
+OPENAPI_PATH = "/api/v1/openapi.json"
+OPERATION_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,47}_[a-z2-7]{26}$"
+REF = "#/components/schemas/{model}"
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListOperationsResponse(_Doc):
+    operations: list[GetOperationResponse]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null at the end")
+
+
+class ArtifactUrlResponse(_Doc):
+    url: str = Field(description="presigned S3 GET URL")
+    expires_at: str
+    size: int = Field(description="plaintext size, bytes")
+    content_type: str
+    checksum: str
+    ciphertext_checksum: str
+    encryption: Encryption
+
+
+class AccessLogResponse(_Doc):
+    events: list[AuditEvent]
+    chain_valid: bool
+    batches: int
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details plus the stable machine-readable ``code``."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+class ReadyResponse(BaseModel):
+    status: str
+    checks: dict[str, dict[str, Any]]
+
+
+_RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    GetOperationResponse,
+    ArtifactCollection,
+    CreateOperationResponse,
+    ListOperationsResponse,
+    ArtifactUrlResponse,
+    AccessLogResponse,
+    Problem,
+    HealthResponse,
+    ReadyResponse,
+)
+
+_ERRORS: dict[str, str] = {
+    "401": "Signature missing, malformed, expired, replayed or invalid",
+    "403": "Valid signature, but not the operation's grantee (`not_grantee`)",
+    "404": "Unknown operation or artifact (`operation_not_found`, `artifact_not_found`), or `expired`",
+    "422": "Invalid request; `code` names the field",
+    "429": "Rate limited; see Retry-After",
+    "500": "Internal error",
+    "503": "A dependency (Redis, S3, queue) is unavailable; nothing was let through",
+    "409": "The operation has already finished (`operation_finished`)",
+    "416": "The Range selects no byte of the object (proxy mode)",
+}
+
+_SIGNATURE_DOC = (
+    "ERC-8128 signed request (RFC 9421 + RFC 9530 + EIP-191): every request carries `Content-Digest`, "
+    '`Signature-Input: eth=("@method" "@authority" "@path" "@query" "content-digest");created=..;expires=..;'
+    'nonce="..";keyid="erc8128:<chain>:<0xaddress>"` and `Signature: eth=:<base64 65 bytes>:`. See docs/signing.md.'
+)
+
+
+def _schemas() -> dict[str, Any]:
+    entries: list[tuple[type[BaseModel], Any]] = [(m, "serialization") for m in _RESPONSE_MODELS]
+    entries.append((CreateOperationRequest, "validation"))
+    _, definitions = models_json_schema(entries, ref_template=REF)
+    return dict(definitions.get("$defs", {}))
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": REF.format(model=name)}
+
+
+def _json(name: str, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _errors(*codes: str) -> dict[str, Any]:
+    selected = codes or tuple(_ERRORS)
+    responses: dict[str, Any] = {}
+    for code in selected:
+        responses[code] = {
+            "description": _ERRORS.get(code, "Error"),
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        }
+    if "429" in responses:
+        responses["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+    return responses
+
+
+def _header(description: str) -> dict[str, Any]:
+    return {"schema": {"type": "string"}, "description": description}
+
+
+_SIGNED_ERRORS = ("401", "403", "404", "422", "429", "500", "503")
+_OP_ID = {
+    "name": "operation_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": OPERATION_ID_PATTERN},
+}
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "artifact name, percent-encoded",
+}
+_ARTIFACT_HEADERS = {
+    "X-Artifact-Checksum": _header("`sha256:<hex>` of the plaintext"),
+    "X-Artifact-Ciphertext-Checksum": _header("`sha256:<hex>` of the stored ciphertext"),
+    "X-Artifact-Encryption": _header("always `cobblestone-256`"),
+    "Cache-Control": _header("`no-store`"),
+}
+_DEPRECATION_HEADERS = {
+    "Deprecation": _header("RFC 9745, only when STRONGROOM_EMBEDDED_ARTIFACTS=deprecated"),
+    "Sunset": _header("RFC 8594, only in the deprecated phase"),
+    "Link": _header('`<...>; rel="deprecation"`, only in the deprecated phase'),
+}
+
+
+def _signed(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "summary": summary,
+        "security": [{"erc8128": []}],
+        "responses": {**responses, **_errors(*_SIGNED_ERRORS)},
+        **extra,
+    }
+
+
+def _paths() -> dict[str, Any]:
+    status_values: list[str] = list(OperationStatus.__args__)  # type: ignore[attr-defined]
+    binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+    return {
+        "/api/v1/operations": {
+            "post": _signed(
+                "Create an operation; the signer becomes its grantee",
+                {"202": _json("CreateOperationResponse", "Accepted", {"Location": _header("the operation URL")})},
+                operationId="createOperation",
+                requestBody={
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("CreateOperationRequest")}},
+                },
+            ),
+            "get": _signed(
+                "The signer's operations, newest first",
+                {"200": _json("ListOperationsResponse", "A page of operations")},
+                operationId="listOperations",
+                parameters=[
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": status_values}},
+                ],
+            ),
+        },
+        "/api/v1/operations/{operation_id}": {
+            "parameters": [_OP_ID],
+            "get": _signed(
+                "One operation (the design's GetOperationResponse)",
+                {"200": _json("GetOperationResponse", "The operation", _DEPRECATION_HEADERS)},
+                operationId="getOperation",
+            ),
+        },
+        "/api/v1/operations/{operation_id}/cancel": {
+            "parameters": [_OP_ID],
+            "post": _signed(
+                "Cancel a pending or running operation",
+                {
+                    "202": _json("GetOperationResponse", "Cancelled, or cancellation requested"),
+                    **_errors("409"),
+                },
+                operationId="cancelOperation",
+            ),
+        },
+        "/api/v1/operations/{operation_id}/artifacts": {
+            "parameters": [_OP_ID],
+            "get": _signed(
+                "The operation's artifacts",
+                {"200": _json("ArtifactCollection", "The artifact collection")},
+                operationId="listArtifacts",
+            ),
+        },
+        "/api/v1/operations/{operation_id}/artifacts/{name}": {
+            "parameters": [_OP_ID, _NAME],
+            "get": _signed(
+                "Download: 307 to a presigned URL, JSON with the URL, or (proxy mode) the ciphertext",
+                {
+                    "200": {
+                        "description": "JSON (Accept: application/json) or, in proxy mode, the ciphertext",
+                        "headers": _ARTIFACT_HEADERS,
+                        "content": {"application/json": {"schema": _ref("ArtifactUrlResponse")}, **binary},
+                    },
+                    "206": {"description": "A byte range of the ciphertext (proxy mode)", "content": binary},
+                    "307": {
+                        "description": "Redirect to a short-lived presigned S3 URL",
+                        "headers": {"Location": _header("presigned URL"), **_ARTIFACT_HEADERS},
+                    },
+                    **_errors("416"),
+                },
+                operationId="getArtifact",
+                parameters=[{"name": "Range", "in": "header", "schema": {"type": "string"}}],
+            ),
+            "delete": _signed("Delete an artifact", {"204": {"description": "Deleted"}}, operationId="deleteArtifact"),
+        },
+        "/api/v1/operations/{operation_id}/access-log": {
+            "parameters": [_OP_ID],
+            "get": _signed(
+                "The operation's audit events, oldest first, and whether the hash chain verifies",
+                {"200": _json("AccessLogResponse", "The access log")},
+                operationId="getAccessLog",
+            ),
+        },
+        "/healthz": {"get": _unsigned("Liveness", {"200": _json("HealthResponse", "Serving")}, "healthz")},
+        "/readyz": {
+            "get": _unsigned(
+                "Readiness: Redis, S3 and a worker heartbeat",
+                {"200": _json("ReadyResponse", "Ready"), "503": _json("ReadyResponse", "Not ready")},
+                "readyz",
+            )
+        },
+        "/metrics": {
+            "get": _unsigned(
+                "Prometheus metrics",
+                {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                "metrics",
+            )
+        },
+    }
+
+
+def _unsigned(summary: str, responses: dict[str, Any], operation_id: str) -> dict[str, Any]:
+    return {"summary": summary, "operationId": operation_id, "security": [], "responses": responses}
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    """The whole document (cached: it depends on code only, not on settings)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "strongroom API",
+            "version": "1.0.0",
+            "description": "Signed access to encrypted agent artifacts. Errors are RFC 9457 problem+json.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "erc8128": {"type": "apiKey", "in": "header", "name": "Signature", "description": _SIGNATURE_DOC}
+            },
+        },
+    }

@@ -1,0 +1,28 @@
+"""The route table: every URL the API answers, in one list."""
+
+from __future__ import annotations
+
+from starlette.routing import Route
+
+from api_service.endpoints import artifacts, health, operations
+from api_service.endpoints.openapi import openapi_json
+from api_service.openapi import OPENAPI_PATH
+
+OPERATION = "/api/v1/operations/{operation_id}"
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/api/v1/operations", operations.create_operation, methods=["POST"]),
+        Route("/api/v1/operations", operations.list_operations, methods=["GET"]),
+        Route(OPERATION, operations.get_operation, methods=["GET"]),
+        Route(f"{OPERATION}/cancel", operations.cancel_operation, methods=["POST"]),
+        Route(f"{OPERATION}/access-log", operations.access_log, methods=["GET"]),
+        Route(f"{OPERATION}/artifacts", artifacts.list_artifacts, methods=["GET"]),
+        Route(f"{OPERATION}/artifacts/{{name}}", artifacts.get_artifact, methods=["GET"]),
+        Route(f"{OPERATION}/artifacts/{{name}}", artifacts.delete_artifact, methods=["DELETE"]),
+        Route(OPENAPI_PATH, openapi_json, methods=["GET"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", health.metrics, methods=["GET"]),
+    ]

@@ -1,0 +1,92 @@
+"""The clients one API process uses, built once in the lifespan (never at import time) and injectable in tests.
+
+Blocking clients (boto3 through ``ObjectStore``, the sync Redis behind ``OperationStore`` locks, Celery's
+producer) are only ever called from a worker thread (``anyio.to_thread``); the async Redis client serves the
+event loop (signatures, audit events, rate limits, health).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis import Redis as SyncRedis
+
+from shared.auth.verifier import Verifier
+from shared.contracts import celery_config
+from shared.crypto.keyring import Keyring
+from shared.errors import ConfigError
+from shared.records import OperationStore
+from shared.settings import Settings
+from shared.storage import ObjectStore
+
+
+class TaskProducer(Protocol):
+    """Sends a task by name: the API never imports worker code. Blocking; call it from a thread."""
+
+    def send(self, task: str, kwargs: dict[str, Any]) -> None: ...
+
+
+class CeleryProducer:
+    """A Celery app used only as a producer, configured exactly like the worker (``shared.contracts``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from celery import Celery
+
+        self.app = Celery("strongroom-api", set_as_current=False)
+        self.app.conf.update(celery_config(settings))
+
+    def send(self, task: str, kwargs: dict[str, Any]) -> None:
+        # A bounded publish retry: a dead broker surfaces as an error in seconds, not a hung request.
+        self.app.send_task(
+            task,
+            kwargs=kwargs,
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        )
+
+    def close(self) -> None:
+        self.app.close()
+
+
+@dataclass
+class ApiServices:
+    settings: Settings
+    redis: aioredis.Redis
+    store: ObjectStore
+    keyring: Keyring
+    records: OperationStore
+    verifier: Verifier
+    producer: TaskProducer
+    sync_redis: SyncRedis | None = None
+    _closers: list[Any] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ApiServices:
+        from shared.storage.s3 import S3ObjectStore
+
+        keyring_json = settings.keyring_json()
+        if not keyring_json:
+            raise ConfigError("STRONGROOM_KEYRING", "is required (or STRONGROOM_KEYRING_FILE)")
+        keyring = Keyring.from_json(keyring_json)
+        async_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, health_check_interval=30)
+        sync_redis = SyncRedis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
+        store = S3ObjectStore.from_settings(settings)
+        producer = CeleryProducer(settings)
+        return cls(
+            settings=settings,
+            redis=async_redis,
+            store=store,
+            keyring=keyring,
+            records=OperationStore(store, keyring, sync_redis),
+            verifier=Verifier(settings, async_redis),
+            producer=producer,
+            sync_redis=sync_redis,
+            _closers=[producer.close, sync_redis.close],
+        )
+
+    async def aclose(self) -> None:
+        for close in self._closers:
+            close()
+        await self.redis.aclose()

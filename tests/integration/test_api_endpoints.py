@@ -1,0 +1,317 @@
+"""The API's endpoints in process: real app, real Redis (session Valkey), in-memory S3, real signatures.
+
+Each test asserts what a client sees (status, problem ``code``, headers, body shape) and, where it matters, what
+the server stored afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import redis as sync_redis
+
+from api_service.endpoints.operations import CANCEL_KEY_TTL
+from shared import audit_log, layout
+from shared.contracts import RunOperation
+from shared.events import new_event
+from shared.models import GetOperationResponse, OperationResult, utcnow
+from tests.unit.api.api_harness import ApiHarness
+
+pytestmark = pytest.mark.integration
+
+OPS = "/api/v1/operations"
+
+
+@pytest.fixture
+def api(redis_url: str) -> ApiHarness:
+    return ApiHarness(redis_url)
+
+
+@pytest.fixture
+def client(api: ApiHarness) -> Iterator[object]:
+    with api.client() as c:
+        yield c
+
+
+def create_body(api: ApiHarness, **changes: object) -> dict[str, object]:
+    return {"agent": "privacy-audit", "input": {"text": "x"}, "encryption_public_key": api.public_key, **changes}
+
+
+def assert_problem(response: object, status: int, code: str) -> None:
+    assert response.status_code == status, response.text  # type: ignore[attr-defined]
+    assert response.headers["content-type"].startswith("application/problem+json")  # type: ignore[attr-defined]
+    body = response.json()  # type: ignore[attr-defined]
+    assert body["code"] == code
+    assert body["status"] == status
+    assert {"type", "title", "detail"} <= body.keys()
+
+
+# --- create -------------------------------------------------------------------------------------------------
+
+
+def test_create_stores_pending_record_and_enqueues(api: ApiHarness, client: object) -> None:
+    response = api.signed(client, "POST", OPS, body=create_body(api, retention_days=2))
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert set(body) == {"id", "status", "created_at", "expires_at"}
+    assert body["status"] == "pending" and body["id"].startswith("privacy-audit_")
+    assert response.headers["location"] == f"{OPS}/{body['id']}"
+    record = api.records.get(body["id"])
+    assert record.grantee == api.alice.address and record.status == "pending"
+    assert record.expires_at - record.created_at == timedelta(days=2)
+    assert api.records.read_input(body["id"]) == {"text": "x"}
+    assert api.producer.sent == [(RunOperation.TASK, {"operation_id": body["id"]})]
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"agent": "no-such-agent"}, "agent_unknown"),
+        ({"agent": "Bad Agent!"}, "agent_unknown"),
+        ({"encryption_public_key": "not-base64"}, "encryption_public_key_invalid"),
+        ({"encryption_public_key": "AAAA"}, "encryption_public_key_invalid"),
+        ({"retention_days": 0}, "retention_days_invalid"),
+        ({"retention_days": 8}, "retention_days_invalid"),
+        ({"input": [1, 2]}, "input_invalid"),
+        ({"surprise": 1}, "body_invalid"),
+    ],
+)
+def test_create_refuses_bad_fields(api: ApiHarness, client: object, changes: dict[str, object], code: str) -> None:
+    assert_problem(api.signed(client, "POST", OPS, body=create_body(api, **changes)), 422, code)
+    assert api.producer.sent == []
+
+
+def test_create_refuses_non_json_and_oversized(redis_url: str) -> None:
+    api = ApiHarness(redis_url, max_input_bytes=2048)
+    with api.client() as client:
+        assert_problem(api.signed(client, "POST", OPS, body=b"{not json"), 422, "body_invalid")
+        big = create_body(api, input={"text": "x" * 4096})
+        assert_problem(api.signed(client, "POST", OPS, body=big), 422, "input_too_large")
+
+
+def test_create_marks_record_failed_when_queue_is_down(api: ApiHarness, client: object) -> None:
+    api.producer.fail = True
+    response = api.signed(client, "POST", OPS, body=create_body(api))
+    assert_problem(response, 503, "queue_unavailable")
+    ids, _ = api.records.list_ids(api.alice.address)
+    record = api.records.get(ids[0])
+    assert record.status == "failed" and record.result is not None and record.result.status == "error"
+
+
+def test_unsigned_request_is_refused(client: object) -> None:
+    response = client.get(f"http://testserver{OPS}")  # type: ignore[attr-defined]
+    assert_problem(response, 401, "signature_missing")
+
+
+# --- read ---------------------------------------------------------------------------------------------------
+
+
+def test_get_returns_the_design_shape(api: ApiHarness, client: object) -> None:
+    record = api.make_record(status="succeeded")
+    api.add_artifact(record, "report one.json", b"C" * 40, plaintext=b"{}")
+    response = api.signed(client, "GET", f"{OPS}/{record.id}")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    GetOperationResponse.model_validate(body)
+    assert "embedded_artifacts" not in body and "warnings" not in body
+    assert body["artifacts"]["count"] == 1 and body["artifacts"]["total_size"] == 2
+    meta = body["artifacts"]["artifacts"][0]
+    assert meta["download_url"] == f"{OPS}/{record.id}/artifacts/report%20one.json"
+    assert meta["encryption"]["scheme"] == "cobblestone-256"
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_access_decisions(api: ApiHarness, client: object) -> None:
+    record = api.make_record()
+    assert_problem(api.signed(client, "GET", f"{OPS}/{record.id}", signer=api.mallory), 403, "not_grantee")
+    unknown = layout.new_operation_id("privacy-audit")
+    assert_problem(api.signed(client, "GET", f"{OPS}/{unknown}"), 404, "operation_not_found")
+    assert_problem(api.signed(client, "GET", f"{OPS}/Not-An-Id"), 404, "operation_not_found")
+    expired = api.make_record(created_at=utcnow() - timedelta(days=3), expires_at=utcnow() - timedelta(days=1))
+    for path in ("", "/artifacts", "/access-log", "/artifacts/a.json"):
+        assert_problem(api.signed(client, "GET", f"{OPS}/{expired.id}{path}"), 404, "expired")
+    assert_problem(api.signed(client, "POST", f"{OPS}/{expired.id}/cancel"), 404, "expired")
+
+
+def test_list_is_newest_first_paginated_and_filtered(api: ApiHarness, client: object) -> None:
+    base = utcnow() - timedelta(hours=1)
+    made = [
+        api.make_record(status=status, created_at=base + timedelta(minutes=i), expires_at=base + timedelta(days=1))
+        for i, status in enumerate(["pending", "succeeded", "failed"])
+    ]
+    api.make_record(signer=api.mallory)
+    first = api.signed(client, "GET", f"{OPS}?limit=2").json()
+    assert [o["id"] for o in first["operations"]] == [made[2].id, made[1].id]
+    assert first["next_cursor"]
+    second = api.signed(client, "GET", f"{OPS}?limit=2&cursor={first['next_cursor']}").json()
+    assert [o["id"] for o in second["operations"]] == [made[0].id] and second["next_cursor"] is None
+    succeeded = api.signed(client, "GET", f"{OPS}?status=succeeded").json()
+    assert [o["id"] for o in succeeded["operations"]] == [made[1].id]
+    assert_problem(api.signed(client, "GET", f"{OPS}?limit=101"), 422, "limit_invalid")
+    assert_problem(api.signed(client, "GET", f"{OPS}?status=done"), 422, "status_invalid")
+    assert_problem(api.signed(client, "GET", f"{OPS}?cursor=../x"), 422, "cursor_invalid")
+
+
+# --- cancel -------------------------------------------------------------------------------------------------
+
+
+def test_cancel_follows_the_lifecycle(api: ApiHarness, client: object) -> None:
+    pending = api.make_record()
+    response = api.signed(client, "POST", f"{OPS}/{pending.id}/cancel")
+    assert response.status_code == 202 and response.json()["status"] == "cancelled"
+    assert api.records.get(pending.id).result.summary == "cancelled by grantee"  # type: ignore[union-attr]
+
+    running = api.make_record(status="running", started_at=utcnow())
+    response = api.signed(client, "POST", f"{OPS}/{running.id}/cancel")
+    assert response.status_code == 202 and response.json()["status"] == "running"
+    assert api.records.get(running.id).cancel_requested
+    ttl = api.sync_redis.ttl(layout.redis_cancel_key(running.id))
+    assert 0 < ttl <= CANCEL_KEY_TTL
+
+    done = api.make_record(
+        status="succeeded", finished_at=utcnow(), result=OperationResult(status="ok", summary="", execution_time=1)
+    )
+    assert_problem(api.signed(client, "POST", f"{OPS}/{done.id}/cancel"), 409, "operation_finished")
+
+
+# --- artifacts ----------------------------------------------------------------------------------------------
+
+
+def test_presigned_redirect_json_variant_and_delete(api: ApiHarness, client: object) -> None:
+    record = api.make_record(status="succeeded")
+    api.add_artifact(record, "a.json", b"ciphertext", plaintext=b"{}", embedded=True)
+    path = f"{OPS}/{record.id}/artifacts/a.json"
+
+    redirect = api.signed(client, "GET", path)
+    assert redirect.status_code == 307
+    assert redirect.headers["location"].startswith("memory://")
+    assert redirect.headers["x-artifact-checksum"].startswith("sha256:")
+    assert redirect.headers["x-artifact-encryption"] == "cobblestone-256"
+    assert redirect.headers["cache-control"] == "no-store"
+
+    as_json = api.signed(client, "GET", path, headers={"Accept": "application/json"})
+    assert as_json.status_code == 200
+    assert set(as_json.json()) == {
+        "url", "expires_at", "size", "content_type", "checksum", "ciphertext_checksum", "encryption",
+    }  # fmt: skip
+
+    listed = api.signed(client, "GET", f"{OPS}/{record.id}/artifacts").json()
+    assert listed["count"] == 1 and listed["artifacts"][0]["name"] == "a.json"
+
+    assert api.signed(client, "DELETE", path).status_code == 204
+    assert not api.store.exists(layout.artifact_key(record.id, "a.json"))
+    assert not api.store.exists(layout.embedded_key(record.id, "a.json"))
+    assert_problem(api.signed(client, "GET", path), 404, "artifact_not_found")
+    assert_problem(api.signed(client, "DELETE", path), 404, "artifact_not_found")
+    assert api.signed(client, "GET", f"{OPS}/{record.id}/artifacts").json()["count"] == 0
+
+
+def test_proxy_mode_streams_with_ranges(redis_url: str) -> None:
+    api = ApiHarness(redis_url, delivery_mode="proxy")
+    record = api.make_record(status="succeeded")
+    ciphertext = bytes(range(256)) * 8
+    api.add_artifact(record, "b.bin", ciphertext, plaintext=b"p")
+    path = f"{OPS}/{record.id}/artifacts/b.bin"
+    with api.client() as client:
+        full = api.signed(client, "GET", path)
+        assert full.status_code == 200 and full.content == ciphertext
+        assert full.headers["content-length"] == str(len(ciphertext))
+        assert full.headers["content-type"] == "application/octet-stream"
+        assert full.headers["x-artifact-checksum"].startswith("sha256:")
+        part = api.signed(client, "GET", path, headers={"Range": "bytes=10-19"})
+        assert part.status_code == 206 and part.content == ciphertext[10:20]
+        assert part.headers["content-range"] == f"bytes 10-19/{len(ciphertext)}"
+        tail = api.signed(client, "GET", path, headers={"Range": "bytes=-5"})
+        assert tail.status_code == 206 and tail.content == ciphertext[-5:]
+        over = api.signed(client, "GET", path, headers={"Range": f"bytes={len(ciphertext)}-"})
+        assert_problem(over, 416, "range_not_satisfiable")
+        assert over.headers["content-range"] == f"bytes */{len(ciphertext)}"
+
+
+# --- embedded-artifacts migration ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["on", "deprecated", "off"])
+def test_embedded_artifact_modes(redis_url: str, mode: str) -> None:
+    api = ApiHarness(redis_url, embedded_artifacts=mode, embedded_max_size=16)
+    record = api.make_record(status="succeeded")
+    api.add_artifact(record, "small.json", b"c1", plaintext=b'{"a": 1}', embedded=True)
+    api.add_artifact(record, "big.json", b"c2", plaintext=b"x" * 32)
+    with api.client() as client:
+        response = api.signed(client, "GET", f"{OPS}/{record.id}")
+    assert response.status_code == 200
+    body = response.json()
+    GetOperationResponse.model_validate(body)
+    if mode == "off":
+        assert "embedded_artifacts" not in body and "deprecation" not in response.headers
+        return
+    assert body["embedded_artifacts"] == [
+        {"name": "small.json", "content_type": "application/json", "size": 8, "content_base64": "eyJhIjogMX0="}
+    ]
+    if mode == "on":
+        assert "warnings" not in body and "deprecation" not in response.headers
+        return
+    assert response.headers["deprecation"].startswith("@") and response.headers["deprecation"][1:].isdigit()
+    assert response.headers["sunset"] == api.settings.embedded_sunset
+    assert 'rel="deprecation"' in response.headers["link"]
+    assert len(body["warnings"]) == 1 and body["warnings"][0].startswith("big.json")
+
+
+# --- access log, health, metrics, request ids, CORS ---------------------------------------------------------
+
+
+def test_access_log_returns_events_and_chain_state(api: ApiHarness, client: object) -> None:
+    record = api.make_record()
+    events = [new_event(action="operation.read", result="allowed", operation_id=record.id, actor=api.alice.address)]
+    audit_log.append_batch(api.records, record.id, events)
+    body = api.signed(client, "GET", f"{OPS}/{record.id}/access-log").json()
+    assert body["chain_valid"] is True and body["batches"] == 1
+    assert [e["id"] for e in body["events"]] == [events[0].id]
+
+
+def test_health_ready_and_metrics(api: ApiHarness, client: object, redis_url: str) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}  # type: ignore[attr-defined]
+    r = sync_redis.Redis.from_url(redis_url)
+    r.delete(layout.REDIS_WORKERS)
+    not_ready = client.get("/readyz")  # type: ignore[attr-defined]
+    assert not_ready.status_code == 503
+    checks = not_ready.json()["checks"]
+    assert checks["redis"]["ok"] and checks["s3"]["ok"] and not checks["worker"]["ok"]
+    r.zadd(layout.REDIS_WORKERS, {"w1@test": time.time()})
+    assert client.get("/readyz").status_code == 200  # type: ignore[attr-defined]
+    api.store.available = False
+    assert client.get("/readyz").json()["checks"]["s3"]["ok"] is False  # type: ignore[attr-defined]
+    api.store.available = True
+    r.delete(layout.REDIS_WORKERS)
+
+    client.get(f"http://testserver{OPS}")  # type: ignore[attr-defined]
+    text = client.get("/metrics").text  # type: ignore[attr-defined]
+    assert 'strongroom_http_requests_total{method="GET",route="/api/v1/operations",status="401"}' in text
+    assert 'strongroom_auth_failures_total{code="signature_missing"}' in text
+    assert "strongroom_queue_depth" in text
+
+
+def test_request_id_is_echoed_or_generated(client: object) -> None:
+    given = client.get("/healthz", headers={"X-Request-ID": "abc-123"})  # type: ignore[attr-defined]
+    assert given.headers["x-request-id"] == "abc-123"
+    hostile = client.get("/healthz", headers={"X-Request-ID": "x" * 500})  # type: ignore[attr-defined]
+    assert hostile.headers["x-request-id"] != "x" * 500 and len(hostile.headers["x-request-id"]) == 32
+
+
+def test_unknown_route_and_method_are_problems(client: object) -> None:
+    assert_problem(client.get("/nope"), 404, "not_found")  # type: ignore[attr-defined]
+    response = client.put("/healthz")  # type: ignore[attr-defined]
+    assert_problem(response, 405, "method_not_allowed")
+
+
+def test_cors_only_for_configured_origins(redis_url: str) -> None:
+    api = ApiHarness(redis_url, cors_origins=("https://app.example",))
+    with api.client() as client:
+        preflight = {"Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "signature"}
+        ok = client.options(f"{OPS}", headers={"Origin": "https://app.example", **preflight})
+        assert ok.headers["access-control-allow-origin"] == "https://app.example"
+        evil = client.options(f"{OPS}", headers={"Origin": "https://evil.example", **preflight})
+        assert "access-control-allow-origin" not in evil.headers
