@@ -206,12 +206,23 @@ def _append(services: Services, target: str | None, events: list[AuditEvent]) ->
 
 @contextmanager
 def _log_lock(services: Services, target: str | None) -> Iterator[None]:
-    if target is not None:
+    if target is None:
+        with global_log_lock(services):
+            yield
+    else:
         with services.records.locked(target):
             yield
-        return
+
+
+@contextmanager
+def global_log_lock(services: Services) -> Iterator[None]:
+    """The global log's single-writer lock (the operation lock plays this part for an operation's log)."""
     lock = services.redis.lock(GLOBAL_LOCK, timeout=LOCK_TIMEOUT, blocking_timeout=15)
-    if not lock.acquire():
+    try:
+        acquired = lock.acquire()
+    except redis.RedisError as exc:
+        raise Unavailable("lock service unavailable", code="redis_unavailable") from exc
+    if not acquired:
         raise Unavailable("global audit log is busy", code="audit_log_busy")
     try:
         yield

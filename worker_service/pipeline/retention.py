@@ -117,7 +117,7 @@ def sweep_orphans(services: Services, min_age: timedelta = timedelta(hours=1), n
     now = now or datetime.now(UTC)
     cutoff = now - min_age
     deleted = 0
-    for operation_id, objects in _by_operation(services):
+    for operation_id, objects in objects_by_operation(services):
         try:
             doomed = _orphans_of(services, operation_id, objects, cutoff)
         except StrongroomError as exc:
@@ -151,7 +151,7 @@ def _orphans_of(services: Services, operation_id: str, objects: list[ObjectInfo]
     return [key for key in old if key.startswith(swept) and key not in named]
 
 
-def _by_operation(services: Services) -> Iterator[tuple[str, list[ObjectInfo]]]:
+def objects_by_operation(services: Services) -> Iterator[tuple[str, list[ObjectInfo]]]:
     """Objects grouped by operation id, one operation in memory at a time (the listing is in key order)."""
     current: str | None = None
     group: list[ObjectInfo] = []
