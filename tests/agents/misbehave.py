@@ -1,0 +1,100 @@
+"""A test agent that breaks one rule on purpose (runner protocol: cwd is the working dir, artifacts go to out/).
+
+misbehave.py files N [SIZE]      write N files of SIZE bytes (default 10) and succeed
+misbehave.py big SIZE            write one file of SIZE bytes
+misbehave.py slow SECONDS        sleep, then write one file
+misbehave.py disk BYTES          fill the working directory (tmp/) with BYTES, 20 MiB per second
+misbehave.py stubborn PIDFILE    ignore SIGTERM, start a child that ignores it too, record both pids, sleep
+misbehave.py slowfiles N PIDFILE write N files, record the pid, then sleep 0.2 s per file (for crash tests)
+misbehave.py symlink | subdir    leave a symlink / a directory in out/
+misbehave.py fail                print a line and exit 3
+misbehave.py env                 write the environment it sees to out/env.json
+misbehave.py chatty LINES        print LINES long lines, then a final JSON report
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OUT = Path("out")
+
+
+def write(name: str, size: int) -> None:
+    with (OUT / name).open("wb") as handle:
+        remaining = size
+        while remaining:
+            step = min(remaining, 1 << 20)
+            handle.write(b"x" * step)
+            remaining -= step
+
+
+def report(summary: str, status: str = "ok") -> None:
+    print(json.dumps({"status": status, "summary": summary}), flush=True)
+
+
+def stubborn(pidfile: str) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"]
+    )
+    Path(pidfile).write_text(json.dumps([os.getpid(), child.pid]))
+    time.sleep(600)
+
+
+def main(mode: str, *args: str) -> int:
+    OUT.mkdir(exist_ok=True)
+    if mode == "files":
+        size = int(args[1]) if len(args) > 1 else 10
+        for i in range(int(args[0])):
+            write(f"file-{i:03d}.txt", size)
+        report(f"wrote {args[0]} files")
+    elif mode == "big":
+        write("big.bin", int(args[0]))
+        report("wrote a big file")
+    elif mode == "slow":
+        time.sleep(float(args[0]))
+        write("late.txt", 5)
+        report("finished late")
+    elif mode == "disk":
+        Path("tmp").mkdir(exist_ok=True)
+        for i in range(int(args[0]) // (1 << 20) + 1):  # 1 MiB files: the file-size rlimit is not what stops it
+            Path(f"tmp/fill-{i:05d}.bin").write_bytes(b"\0" * (1 << 20))
+            time.sleep(0.05)
+        time.sleep(60)
+    elif mode == "stubborn":
+        stubborn(args[0])
+    elif mode == "slowfiles":
+        Path(args[1]).write_text(json.dumps([os.getpid()]))
+        for i in range(int(args[0])):
+            write(f"part-{i:03d}.txt", 1000)
+        time.sleep(0.2 * int(args[0]))
+        report("slow files done")
+    elif mode == "symlink":
+        (OUT / "link.txt").symlink_to("/etc/hostname")
+    elif mode == "subdir":
+        (OUT / "nested").mkdir()
+        write("nested/inner.txt", 3)
+    elif mode == "fail":
+        print("something went wrong", flush=True)
+        return 3
+    elif mode == "env":
+        (OUT / "env.json").write_text(json.dumps(dict(os.environ)))
+        report("env dumped")
+    elif mode == "chatty":
+        for i in range(int(args[0])):
+            print(f"line {i} " + "y" * 5000)
+        report("chatty done")
+    else:
+        print(f"unknown mode {mode}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:]))
