@@ -175,6 +175,11 @@ class Settings:
     quota_per_grantee: int = _opt(
         "STRONGROOM_QUOTA_PER_GRANTEE", "10737418240", "Stored bytes per grantee before an alert."
     )
+    worker_metrics_port: int = _opt(
+        "STRONGROOM_WORKER_METRICS_PORT",
+        "0",
+        "Port of the worker's Prometheus endpoint, bound on STRONGROOM_API_HOST (0: off).",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -317,6 +322,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "eth_rpc_timeout": lambda var, raw: _float(var, raw),
     "signature_clock_skew": lambda var, raw: _int(var, raw, 0),
     "rate_limit_per_minute": lambda var, raw: _int(var, raw, 0),
+    "worker_metrics_port": lambda var, raw: _int(var, raw, 0),
     "keyring_file": lambda var, raw: Path(raw) if raw else None,
     "work_dir": lambda var, raw: Path(raw) if raw else None,
 }
