@@ -200,23 +200,6 @@ class _FileSlice(io.RawIOBase):
         buffer[: len(data)] = data
         return len(data)
 
-    def digest(self) -> tuple[bytes, int]:
-        """SHA-256 of the window and the number of bytes actually available; rewinds afterwards."""
-        hasher, total = hashlib.sha256(), 0
-        self.seek(0)
-        while chunk := self.read(READ_CHUNK):
-            hasher.update(chunk)
-            total += len(chunk)
-        self.seek(0)
-        return hasher.digest(), total
-
-
-def _hash_window(window: _FileSlice, expected_size: int, key: str) -> bytes:
-    digest, got = window.digest()
-    if got != expected_size:
-        raise StorageError(f"source for {key} is shorter than its declared size", code="source_truncated")
-    return digest
-
 
 # --- the store --------------------------------------------------------------------------------------------
 
@@ -340,7 +323,7 @@ class S3ObjectStore:
     def _put_single(self, key: str, src: BinaryIO, size: int, expected: bytes, content_type: str) -> str:
         window = _FileSlice(src, 0, size)
         # Hash locally too: some S3-compatible servers accept a wrong checksum without a word.
-        if not hmac.compare_digest(_hash_window(window, size, key), expected):
+        if not hmac.compare_digest(_digest(window, size, key), expected):
             raise StorageError(f"{key}: source does not match its SHA-256", code="checksum_mismatch")
         with translate_errors("PutObject", key):
             self.client.put_object(
@@ -384,7 +367,7 @@ class S3ObjectStore:
         for number, start in enumerate(range(0, size, self.part_size), start=1):
             length = min(self.part_size, size - start)
             window = _FileSlice(src, start, length)
-            digest = _part_digest(window, length, key, whole)
+            digest = _digest(window, length, key, whole)
             with translate_errors("UploadPart", key):
                 response = self.client.upload_part(
                     Bucket=self.bucket,
@@ -604,15 +587,17 @@ def _range_header(first: int | None, last: int | None) -> str | None:
     return f"bytes={start}-{last}"
 
 
-def _part_digest(window: _FileSlice, length: int, key: str, whole: Any) -> bytes:
-    """Hash one part and feed the whole-object hash in the same pass."""
-    part = hashlib.sha256()
+def _digest(window: _FileSlice, length: int, key: str, *also: Any) -> bytes:
+    """SHA-256 of a window (feeding any ``also`` hashers in the same pass), rewound for the upload that follows."""
+    hasher = hashlib.sha256()
     got = 0
+    window.seek(0)
     while chunk := window.read(READ_CHUNK):
-        part.update(chunk)
-        whole.update(chunk)
+        hasher.update(chunk)
+        for other in also:
+            other.update(chunk)
         got += len(chunk)
     window.seek(0)
     if got != length:
         raise StorageError(f"source for {key} is shorter than its declared size", code="source_truncated")
-    return part.digest()
+    return hasher.digest()
