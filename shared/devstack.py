@@ -165,12 +165,16 @@ class ManagedProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, sig)
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM the group, wait up to ``timeout``, then SIGKILL it; returns the exit code."""
+    def stop(self, timeout: float = 10.0, *, signalled: bool = False) -> int | None:
+        """SIGTERM the group (unless ``signalled`` already), wait up to ``timeout``, then SIGKILL it.
+
+        A second SIGTERM would turn Celery's warm shutdown into a cold one, hence ``signalled``.
+        """
         if self._proc is None:
             return None
         if self._proc.poll() is None:
-            self.signal_group(signal.SIGTERM)
+            if not signalled:
+                self.signal_group(signal.SIGTERM)
             try:
                 self._proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -363,6 +367,27 @@ class S3Credentials:
         return "S3Credentials(<hidden>)"
 
 
+def s3_client(endpoint_url: str, credentials: S3Credentials, region: str = "us-east-1") -> Any:
+    """A path-style SigV4 boto3 client with short timeouts, for readiness checks and tests."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=credentials.access_key,
+        aws_secret_access_key=credentials.secret_key,
+        region_name=region,
+        config=Config(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 1},
+            connect_timeout=2,
+            read_timeout=5,
+            signature_version="s3v4",
+        ),
+    )
+
+
 def write_private(path: Path, text: str) -> None:
     """Create ``path`` with mode 0600 from the start (no window where it is world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -509,23 +534,7 @@ class SeaweedServer:
 
     def client(self) -> Any:
         """A boto3 S3 client for this server (path-style, SigV4)."""
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-            config=Config(
-                s3={"addressing_style": "path"},
-                retries={"max_attempts": 1},
-                connect_timeout=2,
-                read_timeout=5,
-                signature_version="s3v4",
-            ),
-        )
+        return s3_client(self.endpoint_url, self.credentials, self.region)
 
     def ping(self) -> bool:
         """True once a signed ListBuckets succeeds: the gateway is up and the identities are loaded."""

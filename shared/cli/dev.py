@@ -8,6 +8,7 @@ child runs in its own process group with a parent-death signal; SIGINT/SIGTERM s
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -46,8 +47,6 @@ def _prepare_env(args: argparse.Namespace, data_dir: Path, base: Mapping[str, st
     env.setdefault("STRONGROOM_S3_CORS_ORIGINS", f"http://{args.host}:{args.port}")
     env.setdefault("STRONGROOM_WORK_DIR", str(data_dir / "work"))
     env.setdefault("PYTHONUNBUFFERED", "1")
-    if not env.get("STRONGROOM_KEYRING") and not env.get("STRONGROOM_KEYRING_FILE"):
-        env["STRONGROOM_KEYRING_FILE"] = str(_dev_keyring(data_dir / "keyring.json"))
     return env
 
 
@@ -71,7 +70,14 @@ class DevStack:
         self.children: list[ManagedProcess] = []
         self.env = _prepare_env(args, data_dir, os.environ)
 
+    def check_settings(self) -> Settings:
+        """Validate everything before starting anything; the embedded servers fill in Redis and S3 later."""
+        placeholder = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
+        return Settings.from_env({**placeholder, **self.env})
+
     def start_servers(self) -> None:
+        if not self.env.get("STRONGROOM_KEYRING") and not self.env.get("STRONGROOM_KEYRING_FILE"):
+            self.env["STRONGROOM_KEYRING_FILE"] = str(_dev_keyring(self.data_dir / "keyring.json"))
         if not (self.env.get("REDIS_URL") or self.env.get("STRONGROOM_REDIS_URL")):
             redis = ValkeyServer(self.data_dir / "valkey", port=_remembered_port(self.data_dir / "valkey.port"))
             self.servers.append(redis)
@@ -116,7 +122,7 @@ class DevStack:
         for child in self.children:
             child.signal_group(signal.SIGTERM)
         for child in self.children:
-            child.stop(max(0.1, deadline - 3 - time.monotonic()))
+            child.stop(max(0.1, deadline - 3 - time.monotonic()), signalled=True)
         for server in reversed(self.servers):
             server.stop(max(0.1, deadline - time.monotonic()))
 
@@ -147,8 +153,9 @@ def run_dev(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     stack = DevStack(args, data_dir)
-    settings = Settings.from_env(stack.env)  # fail fast on bad values before starting anything
+    settings = stack.check_settings()
     configure(settings.resolved_log_format, settings.log_level, process="dev")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per readiness poll
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

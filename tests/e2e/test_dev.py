@@ -1,0 +1,160 @@
+"""`strongroom dev` end to end: ready with nothing configured, a real operation round trip, Ctrl-C leaves no
+orphans, and a restart on the same data dir finds every operation, artifact and object stored before."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shared import devstack
+from shared.client.identity import generate_identity
+from shared.client.sdk import StrongroomClient
+from shared.devstack import ManagedProcess, S3Credentials, wait_for
+from tests.helpers.ports import free_port
+
+pytestmark = pytest.mark.e2e
+
+READY = "strongroom ready:"
+
+
+class Dev:
+    """One `strongroom dev` run on a data dir, with its output in a log file."""
+
+    def __init__(self, data_dir: Path, port: int, log: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "AWS_", "REDIS_"))}
+        env["STRONGROOM_LOG_FORMAT"] = "json"
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = ManagedProcess(
+            [sys.executable, "-m", "shared", "dev", "--data-dir", str(data_dir), "--port", str(port)],
+            log_path=log,
+            env=env,
+            name="dev",
+        )
+
+    def start(self) -> Dev:
+        self.process.start()
+        try:
+            wait_for(lambda: READY in self.process.logs(), timeout=120, what="dev", alive=self.process.running)
+        except Exception:
+            pytest.fail(f"strongroom dev never got ready:\n{self.process.logs()[-6000:]}")
+        assert httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
+        return self
+
+    def descendants(self) -> set[int]:
+        """Every process below dev (children and grandchildren), from /proc."""
+        parents: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                parents[int(entry.name)] = int(fields[1])
+        found: set[int] = set()
+        frontier = {self.process.pid}
+        while frontier:
+            frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+            found |= frontier
+        return found
+
+    def interrupt(self) -> float:
+        """Ctrl-C: SIGINT to dev only (its children are in their own groups); returns seconds until it exited."""
+        started = time.monotonic()
+        os.kill(self.process.pid, signal.SIGINT)
+        wait_for(lambda: not self.process.running(), timeout=15, what="dev shutdown")
+        return time.monotonic() - started
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def dev_dir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "data"
+
+
+def s3_client(data_dir: Path) -> Any:
+    """A client for dev's embedded S3, from the credentials and ports dev persisted in its data dir."""
+    creds = json.loads((data_dir / "s3-credentials.json").read_text())
+    ports = json.loads((data_dir / "seaweedfs" / "ports.json").read_text())
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    return devstack.s3_client(endpoint, S3Credentials(creds["access_key"], creds["secret_key"]))
+
+
+def test_dev_round_trip_restart_and_clean_stop(dev_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    dev = Dev(dev_dir, port, tmp_path / "dev-1.log").start()
+    try:
+        for secret in ("keyring.json", "s3-credentials.json"):
+            assert stat.S_IMODE((dev_dir / secret).stat().st_mode) == 0o600
+
+        # API -> Redis -> worker -> S3 -> API, with a real signed privacy-audit operation.
+        identity = generate_identity()
+        with StrongroomClient(dev.url, identity) as client:
+            created = client.create("privacy-audit", {"text": "contact: alice@example.com"})
+            done = client.wait(created.id, timeout=120, initial_interval=0.2)
+            assert done.status == "succeeded", done
+            names = [a.name for a in client.artifacts(created.id).artifacts]
+            assert names
+            first = client.download(created.id, names[0], tmp_path / "first")
+        report = (tmp_path / "first").read_bytes()
+        assert report and b"alice@example.com" not in report  # the agent masks what it found
+        del first
+
+        bucket = "strongroom"
+        s3 = s3_client(dev_dir)
+        s3.put_object(Bucket=bucket, Key="e2e/marker", Body=b"still here")
+
+        children = dev.descendants()
+        assert len(children) >= 5  # valkey, weed, api, worker, beat (and their helpers)
+        took = dev.interrupt()
+        assert took < 10.5
+        assert dev.process.returncode() == 0, dev.process.logs()[-3000:]
+        survivors = [pid for pid in children if alive(pid)]
+        assert survivors == [], f"orphans after Ctrl-C: {survivors}"
+    finally:
+        dev.process.stop()
+
+    again = Dev(dev_dir, port, tmp_path / "dev-2.log").start()
+    try:
+        with StrongroomClient(again.url, identity) as client:
+            assert client.get(created.id).status == "succeeded"
+            client.download(created.id, names[0], tmp_path / "second")
+        assert (tmp_path / "second").read_bytes() == report
+        body = s3_client(dev_dir).get_object(Bucket=bucket, Key="e2e/marker")["Body"].read()
+        assert body == b"still here"
+        again.interrupt()
+    finally:
+        again.process.stop()
+
+
+def test_dev_with_a_bad_setting_exits_with_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "AWS_", "REDIS_"))}
+    env["STRONGROOM_PRESIGN_TTL"] = "soon"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "shared", "dev", "--data-dir", str(tmp_path / "d"), "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "STRONGROOM_PRESIGN_TTL" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "d" / "valkey").exists()  # nothing was started
