@@ -17,12 +17,14 @@ Why a process group and a watchdog rather than a container: the worker must run 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, cast
 
 import structlog
 
@@ -148,12 +150,27 @@ def agent_environment(workdir: Workdir, parent: dict[str, str] | None = None) ->
     return env
 
 
+def _load_prctl() -> Callable[[int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return cast(Callable[[int, int], int], ctypes.CDLL(None, use_errno=True).prctl)
+    except (OSError, AttributeError):
+        return None
+
+
+_PR_SET_PDEATHSIG = 1
+_prctl = _load_prctl()  # resolved here: nothing may be loaded between fork and exec
+
+
 def _rlimits(limits: Limits) -> Callable[[], None]:
     """Kernel limits applied in the child between fork and exec (only async-signal-safe work there)."""
     cpu = max(1, int(limits.max_execution_time))
     fsize = limits.max_artifact_size + FSIZE_MARGIN
 
     def apply() -> None:
+        if _prctl is not None:  # the agent dies with its worker, even on kill -9 (Linux)
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
