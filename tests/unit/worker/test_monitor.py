@@ -1,0 +1,110 @@
+"""Resource monitor: dead runs are failed (live or recent ones are not), quotas alert, metrics reflect the pass."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+import redis
+from pipeline_support import NOW, artifact, make_record, make_services, redis_client, store_operation
+from prometheus_client import generate_latest
+
+from shared import events, layout
+from worker_service.pipeline import monitor
+from worker_service.services import Services
+
+pytestmark = pytest.mark.unit
+
+MAX = 600
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    yield from redis_client(redis_url)
+
+
+@pytest.fixture
+def services(client: redis.Redis) -> Services:
+    return make_services(client, max_execution_time=MAX)
+
+
+def _running(services: Services, started_ago: int, **kwargs: object) -> str:
+    record = make_record(status="running", started_at=NOW - timedelta(seconds=started_ago), **kwargs)  # type: ignore[arg-type]
+    store_operation(services, record)
+    return record.id
+
+
+def test_only_overdue_runs_without_a_lease_are_failed(services: Services, client: redis.Redis) -> None:
+    dead = _running(services, MAX + 400)
+    leased = _running(services, MAX + 400)
+    client.set(layout.redis_run_lease(leased), "w1", ex=30)
+    recent = _running(services, MAX + 100)  # within the grace
+    cancelled = _running(services, MAX + 400, cancel_requested=True)
+
+    report = monitor.monitor_resources(services, NOW, grace=300)
+
+    assert sorted(report["failed_dead_runs"]) == sorted([dead, cancelled])
+    failed = services.records.get(dead)
+    assert failed.status == "failed" and failed.finished_at == NOW
+    assert failed.result is not None and failed.result.status == "error"
+    assert "worker died" in failed.result.summary and "600 s" in failed.result.summary
+    assert services.records.get(cancelled).status == "cancelled"
+    assert services.records.get(leased).status == "running"
+    assert services.records.get(recent).status == "running"
+    assert report["operations"] == {"running": 2, "failed": 1, "cancelled": 1}
+    finished = [events.decode(f) for _, f in client.xrange(layout.REDIS_AUDIT_STREAM)]
+    assert sorted(e.operation_id or "" for e in finished if e.reason == "worker_lost") == sorted([dead, cancelled])
+    # a second pass finds nothing more to do
+    assert monitor.monitor_resources(services, NOW, grace=300)["failed_dead_runs"] == []
+
+
+def test_overdue_pending_operations_are_reported_not_changed(services: Services) -> None:
+    record = make_record(status="pending", created=NOW - timedelta(hours=1))
+    store_operation(services, record)
+    report = monitor.monitor_resources(services, NOW)
+    assert report["overdue_pending"] == [record.id]
+    assert services.records.get(record.id).status == "pending"
+
+
+def test_quota_violations_per_operation_and_per_grantee(services: Services) -> None:
+    heavy = make_record(artifacts=[artifact("a.bin")], grantee="0x" + "01" * 20)
+    light_a = make_record(grantee="0x" + "02" * 20)
+    light_b = make_record(grantee="0x" + "02" * 20)
+    store_operation(services, heavy, payload=b"x" * 2000)
+    store_operation(services, light_a)
+    store_operation(services, light_b)
+    sizes = {
+        r.id: sum(i.size for i in services.store.list(layout.operation_prefix(r.id))) for r in (heavy, light_a, light_b)
+    }
+    # quotas between the measured sizes: heavy alone breaks the operation quota, the two light ones the grantee's
+    per_operation = max(sizes[light_a.id], sizes[light_b.id]) + 1
+    per_grantee = sizes[light_a.id] + sizes[light_b.id] - 1
+    assert sizes[heavy.id] > per_grantee
+    services.settings = replace(services.settings, quota_per_operation=per_operation, quota_per_grantee=per_grantee)
+    report = monitor.monitor_resources(services, NOW)
+    assert report["operations_over_quota"] == [heavy.id]
+    assert sorted(report["grantees_over_quota"]) == ["0x" + "01" * 20, "0x" + "02" * 20]
+    assert report["stored_bytes"] == sum(sizes.values())
+
+
+def test_metrics_come_from_the_latest_snapshot(services: Services, client: redis.Redis) -> None:
+    registry = monitor.metrics_registry(client)
+    assert b"strongroom_operations" not in generate_latest(registry)  # no pass yet: no stale figures
+    store_operation(services, make_record())
+    _running(services, MAX + 400)
+    client.zadd(layout.REDIS_WORKERS, {"w1": NOW.timestamp(), "w2": 0})
+    monitor.monitor_resources(services, NOW)
+    text = generate_latest(registry).decode()
+    assert 'strongroom_operations{status="succeeded"} 1.0' in text
+    assert 'strongroom_operations{status="failed"} 1.0' in text
+    assert 'strongroom_operations{status="running"} 0.0' in text
+    assert "strongroom_dead_runs_failed 1.0" in text
+    assert "strongroom_worker_redis_up 1.0" in text
+    assert "strongroom_audit_events_unpersisted 1.0" in text  # the worker_lost event, not yet persisted
+    assert "0x" not in text  # never an address in a label
+
+
+def test_metrics_server_is_off_unless_a_port_is_set(services: Services) -> None:
+    assert monitor.start_metrics_server(services) is False
