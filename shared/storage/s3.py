@@ -453,10 +453,10 @@ class S3ObjectStore:
         if start_after:
             args["StartAfter"] = start_after
         page_size = min(limit or 1000, 1000)
-        pages = self.client.get_paginator("list_objects_v2").paginate(**args, PaginationConfig={"PageSize": page_size})
         remaining = limit
         with translate_errors("ListObjectsV2", prefix):
-            for page in pages:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(**args, PaginationConfig={"PageSize": page_size}):
                 for obj in page.get("Contents", []):
                     yield ObjectInfo(
                         key=obj["Key"],
