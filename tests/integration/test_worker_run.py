@@ -1,0 +1,137 @@
+"""A real `strongroom worker` against real Redis and SeaweedFS: success, cancel, Redis restart, heartbeat."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from shared import layout
+from shared.crypto import keywrap
+from shared.settings import Settings
+from tests.agents.harness import (
+    agents_env,
+    client_services,
+    create_operation,
+    decrypt_artifact,
+    producer,
+    send_run,
+    stored_keys,
+    wait_status,
+)
+from worker_service.pipeline.run import request_cancel
+from worker_service.services import Services
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pidfile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("pids") / "stubborn.json"
+
+
+@pytest.fixture(scope="module")
+def worker_env(pidfile: Path) -> dict[str, str]:
+    return {"STRONGROOM_AGENTS": agents_env(stuck=["stubborn", str(pidfile)])}
+
+
+@pytest.fixture(scope="module")
+def worker(worker_factory: Callable[..., Any], worker_env: dict[str, str]) -> Any:
+    handle = worker_factory(**worker_env)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="module")
+def services(settings: Settings) -> Services:
+    return client_services(settings)
+
+
+@pytest.fixture(scope="module")
+def app(settings: Settings) -> Celery:
+    return producer(settings)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_privacy_audit_operation_succeeds_and_decrypts(worker: Any, services: Services, app: Celery) -> None:
+    secret, public = keywrap.generate_encryption_keypair()
+    record = create_operation(services, public, "privacy-audit", text="ping bob@example.com from 198.51.100.4")
+    send_run(app, record.id)
+
+    final = wait_status(services, record.id, {"succeeded", "failed", "cancelled"})
+
+    assert final.status == "succeeded", final.result
+    assert final.result is not None and final.result.summary.startswith("2 finding(s)")
+    report = decrypt_artifact(services, final, "privacy_audit.md", secret).decode()
+    assert "| input text | 1 | email | `b***@example.com` |" in report
+    recommendations = json.loads(decrypt_artifact(services, final, "recommendations.json", secret))
+    assert recommendations["findings"] == 2
+    assert stored_keys(services, record.id) == sorted(layout.artifact_key(record.id, a.name) for a in final.artifacts)
+    assert not services.redis.exists(layout.redis_run_lease(record.id))
+
+
+def test_cancel_kills_the_agent_process_group(worker: Any, services: Services, app: Celery, pidfile: Path) -> None:
+    _, public = keywrap.generate_encryption_keypair()
+    record = create_operation(services, public, "stuck")
+    send_run(app, record.id)
+    deadline = time.monotonic() + 30
+    while not (pidfile.exists() and pidfile.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = json.loads(pidfile.read_text())
+    assert all(_alive(pid) for pid in pids)
+    assert wait_status(services, record.id, {"running"}).status == "running"
+
+    requested = time.monotonic()
+    request_cancel(services, record.id, actor=record.grantee)  # exactly what the API does
+    final = wait_status(services, record.id, {"cancelled", "failed", "succeeded"}, timeout=20)
+
+    assert final.status == "cancelled"
+    assert time.monotonic() - requested < 10  # SIGTERM ignored: SIGKILL after the grace period
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in pids)
+    assert stored_keys(services, record.id) == []
+
+
+def test_heartbeat_registers_the_worker(worker: Any, services: Services) -> None:
+    score = services.redis.zscore(layout.REDIS_WORKERS, worker.hostname)
+    assert score is not None and time.time() - score < 60
+
+
+def test_redis_restart_loses_nothing_stored(worker: Any, services: Services, app: Celery, redis_server: Any) -> None:
+    secret, public = keywrap.generate_encryption_keypair()
+    before = create_operation(services, public, "privacy-audit", text="call +44 20 7946 0958")
+    send_run(app, before.id)
+    done = wait_status(services, before.id, {"succeeded", "failed"})
+    assert done.status == "succeeded"
+
+    redis_server.stop()
+    redis_server.start()
+
+    assert services.records.get(before.id) == done  # everything durable lives in S3
+    assert b"phone_number" in decrypt_artifact(services, done, "privacy_audit.md", secret)
+    after = create_operation(services, public, "privacy-audit", text="nothing here")
+    deadline = time.monotonic() + 60
+    while True:  # the worker reconnects to the broker on its own
+        try:
+            send_run(app, after.id)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert wait_status(services, after.id, {"succeeded", "failed"}, timeout=90).status == "succeeded"
