@@ -1,0 +1,95 @@
+"""`strongroom audit verify` and `strongroom keys usage|check-remove|reencrypt`: operator commands on stored data.
+
+They run against the configured Redis, S3 and keyring, print JSON on stdout, and exit 0 when all is well, 1 when
+a check fails (a broken chain, a key still in use, an incomplete rotation), 2 on a configuration error. Worker
+code is imported lazily, inside the commands that need it. Nothing secret is printed: key ids only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from shared.cli.server import fails_cleanly, load_settings
+
+
+def _services() -> Any:
+    from worker_service.services import Services
+
+    return Services.from_settings(load_settings("admin"))
+
+
+def _print(doc: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+@fails_cleanly
+def run_audit_verify(args: argparse.Namespace) -> int:
+    from shared import audit_log, layout
+
+    target = None if args.operation_id == "global" else args.operation_id
+    if target is not None:
+        layout.operation_prefix(target)  # refuse a malformed id before touching S3
+    report = audit_log.verify_chain(_services().records, target)
+    _print(report.as_dict())
+    return 0 if report.ok else 1
+
+
+@fails_cleanly
+def run_keys_usage(args: argparse.Namespace) -> int:
+    from worker_service.pipeline.rotation import key_usage
+
+    services = _services()
+    _print({"primary": services.keyring.primary_id, "usage": key_usage(services)})
+    return 0
+
+
+@fails_cleanly
+def run_keys_check_remove(args: argparse.Namespace) -> int:
+    from worker_service.pipeline.rotation import check_removable
+
+    check_removable(_services(), args.key_id)  # KeyringError -> one line on stderr, exit 1
+    _print({"key_id": args.key_id, "removable": True})
+    return 0
+
+
+@fails_cleanly
+def run_keys_reencrypt(args: argparse.Namespace) -> int:
+    from worker_service.pipeline.rotation import rotate_keys
+
+    report = rotate_keys(_services(), batch_size=args.batch_size, limit=args.limit)
+    _print(report)
+    return 0 if report["complete"] else 1
+
+
+def register(sub: Any) -> None:
+    audit = sub.add_parser("audit", help="inspect the hash-chained access logs")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="verify an operation's access log chain (or `global`)")
+    verify.add_argument("operation_id", help="operation id, or `global` for events that name no operation")
+    verify.set_defaults(handler=run_audit_verify)
+
+    keys = sub.add_parser("keys", help="what the server keyring protects; re-encrypt under the primary")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser("usage", help="count stored blobs per key id").set_defaults(handler=run_keys_usage)
+    check = keys_sub.add_parser("check-remove", help="exit 0 only if KEY_ID protects nothing and is not primary")
+    check.add_argument("key_id")
+    check.set_defaults(handler=run_keys_check_remove)
+    reencrypt = keys_sub.add_parser("reencrypt", help="re-encrypt sealed blobs under the primary key now")
+    reencrypt.add_argument("--batch-size", type=int, default=100)
+    reencrypt.add_argument("--limit", type=int, default=None, help="stop after this many blobs (resume later)")
+    reencrypt.set_defaults(handler=run_keys_reencrypt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m shared.cli.admin ...``: the same commands before (or without) the main dispatcher."""
+    parser = argparse.ArgumentParser(prog="strongroom", description=__doc__)
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
