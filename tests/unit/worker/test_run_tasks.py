@@ -1,0 +1,100 @@
+"""Task wiring: contract names, retry policy, the beat schedule, job locks and the heartbeat (real Redis)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from shared import contracts, layout
+from shared.errors import StorageError, Unavailable
+from shared.settings import Settings
+from worker_service import tasks
+from worker_service.celery_app import app, celery_settings
+from worker_service.heartbeat import Heartbeat
+from worker_service.schedule import beat_schedule
+
+TEST_DB = 13
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    connection = redis.Redis.from_url(f"{redis_url.rsplit('/', 1)[0]}/{TEST_DB}")
+    connection.flushdb()
+    yield connection
+    connection.flushdb()
+    connection.close()
+
+
+@pytest.mark.unit
+def test_every_contract_task_is_registered_with_bounded_retries() -> None:
+    names = {
+        contracts.RunOperation.TASK,
+        contracts.CancelOperation.TASK,
+        contracts.CLEANUP_EXPIRED,
+        contracts.MONITOR_RESOURCES,
+        contracts.ROTATE_KEYS,
+        contracts.PERSIST_AUDIT,
+        contracts.SWEEP_ORPHANS,
+        contracts.HEARTBEAT,
+    }
+    assert names <= set(app.tasks)
+    run = app.tasks[contracts.RunOperation.TASK]
+    assert run.max_retries == tasks.MAX_RETRIES and run.acks_late
+    assert {Unavailable, StorageError, redis.ConnectionError} <= set(run.autoretry_for)
+
+
+@pytest.mark.unit
+def test_beat_schedule_follows_the_settings() -> None:
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "STRONGROOM_CLEANUP_INTERVAL": "120",
+            "STRONGROOM_MONITOR_INTERVAL": "60",
+        }
+    )
+    schedule = beat_schedule(settings)
+    by_task = {entry["task"]: entry["schedule"] for entry in schedule.values()}
+    assert by_task == {
+        contracts.CLEANUP_EXPIRED: 120.0,
+        contracts.SWEEP_ORPHANS: 120.0,
+        contracts.MONITOR_RESOURCES: 60.0,
+        contracts.ROTATE_KEYS: 86400.0,
+        contracts.PERSIST_AUDIT: 5.0,
+    }
+    config = celery_settings(settings)
+    assert config["task_serializer"] == "json" and config["beat_schedule"] == schedule
+
+
+@pytest.mark.integration
+def test_periodic_job_is_skipped_while_another_holds_its_lock(client: redis.Redis, monkeypatch: Any) -> None:
+    calls: list[Any] = []
+
+    class FakeServices:  # only .redis is used by run_exclusively; the job function gets the object back
+        redis = client
+
+    monkeypatch.setattr(tasks, "services", lambda: FakeServices)
+    monkeypatch.setattr("worker_service.pipeline.monitor.monitor_resources", lambda s: calls.append(s) or {"ok": 1})
+    target = "worker_service.pipeline.monitor:monitor_resources"
+    assert tasks.run_exclusively("monitor", target, 60) == {"ok": 1}
+    held = client.lock(layout.redis_job_lock("monitor"), timeout=60)
+    assert held.acquire(blocking=False)
+    assert tasks.run_exclusively("monitor", target, 60) is None  # a duplicate beat is harmless
+    held.release()
+    assert len(calls) == 1
+
+
+@pytest.mark.integration
+def test_heartbeat_beats_and_leaves_on_stop(client: redis.Redis) -> None:
+    beat = Heartbeat(client, "w1@host", interval=0.05)
+    client.zadd(layout.REDIS_WORKERS, {"ancient@host": 1.0})
+    beat.start()
+    try:
+        beat.beat()
+        assert client.zscore(layout.REDIS_WORKERS, "w1@host") is not None
+        assert client.zscore(layout.REDIS_WORKERS, "ancient@host") is None  # trimmed after a day
+    finally:
+        beat.stop()
+    assert client.zscore(layout.REDIS_WORKERS, "w1@host") is None
