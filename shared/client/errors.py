@@ -18,6 +18,7 @@ Messages never include signatures, keys or artifact bytes.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -130,9 +131,16 @@ _BY_STATUS: Mapping[int, type[StrongroomError]] = {
 def message_for(code: str, detail: str = "") -> str:
     """The hint for ``code`` followed by the server's detail, or the detail alone for a code we do not know."""
     hint = HINTS.get(code)
-    if hint and detail and detail.lower() not in hint.lower():
+    if hint and detail and not _repeats(hint, detail):
         return f"{hint} ({detail})"
     return hint or detail or code
+
+
+def _repeats(hint: str, detail: str) -> bool:
+    """True when the detail says little the hint does not (most of its words are already there)."""
+    hint_words = set(re.findall(r"\w+", hint.lower()))
+    detail_words = re.findall(r"\w+", detail.lower())
+    return sum(w in hint_words for w in detail_words) >= 0.75 * len(detail_words)
 
 
 def parse_retry_after(value: str | None, default: int = 1) -> int:
