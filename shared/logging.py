@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -32,12 +32,27 @@ _SECRET_VALUE = re.compile(
 )
 
 
+_known_secrets: set[str] = set()
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Mask these exact values wherever they appear (configured credentials whose shape no pattern knows)."""
+    _known_secrets.update(v for v in values if v and len(v) >= 8)
+
+
+def _mask_known(text: str) -> str:
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
 def redact(value: Any, key: str = "") -> Any:
-    """Mask secret-named fields and secret-looking strings, recursively."""
+    """Mask secret-named fields, configured secret values and secret-looking strings, recursively."""
     if key and key not in _SAFE_KEYS and _SECRET_KEY.search(key):
         return REDACTED
     if isinstance(value, str):
-        return _SECRET_VALUE.sub(REDACTED, value)
+        return _SECRET_VALUE.sub(REDACTED, _mask_known(value))
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
     if isinstance(value, Mapping):

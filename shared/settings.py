@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from shared.errors import ConfigError
+from shared.logging import register_secrets
 
 T = TypeVar("T")
 
@@ -198,6 +199,7 @@ class Settings:
             values[f.name] = _parse(f.name, opt.name, raw)
         settings = cls(**values)
         settings._validate()
+        register_secrets(settings.secret_values())
         return settings
 
     def _validate(self) -> None:
@@ -252,6 +254,18 @@ class Settings:
             except OSError as exc:
                 raise ConfigError("STRONGROOM_KEYRING_FILE", f"cannot be read ({exc.strerror})") from None
         return self.keyring or None
+
+    def secret_values(self) -> list[str]:
+        """Configured secrets, so the log redaction can mask them even in free text."""
+        values = [self.s3_secret_access_key or "", self.eth_rpc_url or ""]
+        try:
+            document = json.loads(self.keyring_json() or "{}")
+        except (ValueError, ConfigError):
+            document = {}
+        keys = document.get("keys") if isinstance(document, dict) else None
+        if isinstance(keys, dict):
+            values += [str(v) for v in keys.values()]
+        return [v for v in values if v]
 
     def agent_commands(self) -> dict[str, list[str]]:
         """Operator-configured command agents, by name."""

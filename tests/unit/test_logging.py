@@ -120,3 +120,16 @@ def test_production_process_logs_json_without_secrets() -> None:
     (line,) = [json.loads(x) for x in result.stderr.splitlines() if x.strip()]
     assert line["event"] == "started"
     assert AWS_SECRET not in result.stderr and PRIVATE_KEY not in result.stderr
+
+
+def test_configured_secrets_are_masked_even_in_free_text(captured: pytest.CaptureFixture[str]) -> None:
+    """A 40-character AWS secret has no telling shape: the value itself is registered when settings load."""
+    from shared.settings import Settings
+
+    secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYzEXAMPLEKEYq"
+    Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "AWS_SECRET_ACCESS_KEY": secret})
+    configure("json", "INFO")
+    get_logger("t").info(f"connecting with {secret} to s3", detail=[f"x{secret}y"])
+    out = captured.readouterr().err
+    assert "connecting with" in out
+    assert secret not in out
