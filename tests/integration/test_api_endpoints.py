@@ -12,6 +12,8 @@ from datetime import timedelta
 
 import pytest
 import redis as sync_redis
+from httpx import Response
+from starlette.testclient import TestClient
 
 from api_service.endpoints.operations import CANCEL_KEY_TTL
 from shared import audit_log, layout
@@ -31,7 +33,7 @@ def api(redis_url: str) -> ApiHarness:
 
 
 @pytest.fixture
-def client(api: ApiHarness) -> Iterator[object]:
+def client(api: ApiHarness) -> Iterator[TestClient]:
     with api.client() as c:
         yield c
 
@@ -40,10 +42,10 @@ def create_body(api: ApiHarness, **changes: object) -> dict[str, object]:
     return {"agent": "privacy-audit", "input": {"text": "x"}, "encryption_public_key": api.public_key, **changes}
 
 
-def assert_problem(response: object, status: int, code: str) -> None:
-    assert response.status_code == status, response.text  # type: ignore[attr-defined]
-    assert response.headers["content-type"].startswith("application/problem+json")  # type: ignore[attr-defined]
-    body = response.json()  # type: ignore[attr-defined]
+def assert_problem(response: Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
     assert body["code"] == code
     assert body["status"] == status
     assert {"type", "title", "detail"} <= body.keys()
@@ -52,7 +54,7 @@ def assert_problem(response: object, status: int, code: str) -> None:
 # --- create -------------------------------------------------------------------------------------------------
 
 
-def test_create_stores_pending_record_and_enqueues(api: ApiHarness, client: object) -> None:
+def test_create_stores_pending_record_and_enqueues(api: ApiHarness, client: TestClient) -> None:
     response = api.signed(client, "POST", OPS, body=create_body(api, retention_days=2))
     assert response.status_code == 202, response.text
     body = response.json()
@@ -79,7 +81,7 @@ def test_create_stores_pending_record_and_enqueues(api: ApiHarness, client: obje
         ({"surprise": 1}, "body_invalid"),
     ],
 )
-def test_create_refuses_bad_fields(api: ApiHarness, client: object, changes: dict[str, object], code: str) -> None:
+def test_create_refuses_bad_fields(api: ApiHarness, client: TestClient, changes: dict[str, object], code: str) -> None:
     assert_problem(api.signed(client, "POST", OPS, body=create_body(api, **changes)), 422, code)
     assert api.producer.sent == []
 
@@ -92,7 +94,7 @@ def test_create_refuses_non_json_and_oversized(redis_url: str) -> None:
         assert_problem(api.signed(client, "POST", OPS, body=big), 422, "input_too_large")
 
 
-def test_create_marks_record_failed_when_queue_is_down(api: ApiHarness, client: object) -> None:
+def test_create_marks_record_failed_when_queue_is_down(api: ApiHarness, client: TestClient) -> None:
     api.producer.fail = True
     response = api.signed(client, "POST", OPS, body=create_body(api))
     assert_problem(response, 503, "queue_unavailable")
@@ -101,15 +103,15 @@ def test_create_marks_record_failed_when_queue_is_down(api: ApiHarness, client: 
     assert record.status == "failed" and record.result is not None and record.result.status == "error"
 
 
-def test_unsigned_request_is_refused(client: object) -> None:
-    response = client.get(f"http://testserver{OPS}")  # type: ignore[attr-defined]
+def test_unsigned_request_is_refused(client: TestClient) -> None:
+    response = client.get(f"http://testserver{OPS}")
     assert_problem(response, 401, "signature_missing")
 
 
 # --- read ---------------------------------------------------------------------------------------------------
 
 
-def test_get_returns_the_design_shape(api: ApiHarness, client: object) -> None:
+def test_get_returns_the_design_shape(api: ApiHarness, client: TestClient) -> None:
     record = api.make_record(status="succeeded")
     api.add_artifact(record, "report one.json", b"C" * 40, plaintext=b"{}")
     response = api.signed(client, "GET", f"{OPS}/{record.id}")
@@ -124,7 +126,7 @@ def test_get_returns_the_design_shape(api: ApiHarness, client: object) -> None:
     assert response.headers["cache-control"] == "no-store"
 
 
-def test_access_decisions(api: ApiHarness, client: object) -> None:
+def test_access_decisions(api: ApiHarness, client: TestClient) -> None:
     record = api.make_record()
     assert_problem(api.signed(client, "GET", f"{OPS}/{record.id}", signer=api.mallory), 403, "not_grantee")
     unknown = layout.new_operation_id("privacy-audit")
@@ -136,7 +138,7 @@ def test_access_decisions(api: ApiHarness, client: object) -> None:
     assert_problem(api.signed(client, "POST", f"{OPS}/{expired.id}/cancel"), 404, "expired")
 
 
-def test_list_is_newest_first_paginated_and_filtered(api: ApiHarness, client: object) -> None:
+def test_list_is_newest_first_paginated_and_filtered(api: ApiHarness, client: TestClient) -> None:
     base = utcnow() - timedelta(hours=1)
     made = [
         api.make_record(status=status, created_at=base + timedelta(minutes=i), expires_at=base + timedelta(days=1))
@@ -158,11 +160,12 @@ def test_list_is_newest_first_paginated_and_filtered(api: ApiHarness, client: ob
 # --- cancel -------------------------------------------------------------------------------------------------
 
 
-def test_cancel_follows_the_lifecycle(api: ApiHarness, client: object) -> None:
+def test_cancel_follows_the_lifecycle(api: ApiHarness, client: TestClient) -> None:
     pending = api.make_record()
     response = api.signed(client, "POST", f"{OPS}/{pending.id}/cancel")
     assert response.status_code == 202 and response.json()["status"] == "cancelled"
-    assert api.records.get(pending.id).result.summary == "cancelled by grantee"  # type: ignore[union-attr]
+    cancelled = api.records.get(pending.id).result
+    assert cancelled is not None and cancelled.summary == "cancelled by grantee"
 
     running = api.make_record(status="running", started_at=utcnow())
     response = api.signed(client, "POST", f"{OPS}/{running.id}/cancel")
@@ -180,7 +183,7 @@ def test_cancel_follows_the_lifecycle(api: ApiHarness, client: object) -> None:
 # --- artifacts ----------------------------------------------------------------------------------------------
 
 
-def test_presigned_redirect_json_variant_and_delete(api: ApiHarness, client: object) -> None:
+def test_presigned_redirect_json_variant_and_delete(api: ApiHarness, client: TestClient) -> None:
     record = api.make_record(status="succeeded")
     api.add_artifact(record, "a.json", b"ciphertext", plaintext=b"{}", embedded=True)
     path = f"{OPS}/{record.id}/artifacts/a.json"
@@ -263,7 +266,7 @@ def test_embedded_artifact_modes(redis_url: str, mode: str) -> None:
 # --- access log, health, metrics, request ids, CORS ---------------------------------------------------------
 
 
-def test_access_log_returns_events_and_chain_state(api: ApiHarness, client: object) -> None:
+def test_access_log_returns_events_and_chain_state(api: ApiHarness, client: TestClient) -> None:
     record = api.make_record()
     events = [new_event(action="operation.read", result="allowed", operation_id=record.id, actor=api.alice.address)]
     audit_log.append_batch(api.records, record.id, events)
@@ -272,38 +275,38 @@ def test_access_log_returns_events_and_chain_state(api: ApiHarness, client: obje
     assert [e["id"] for e in body["events"]] == [events[0].id]
 
 
-def test_health_ready_and_metrics(api: ApiHarness, client: object, redis_url: str) -> None:
-    assert client.get("/healthz").json() == {"status": "ok"}  # type: ignore[attr-defined]
+def test_health_ready_and_metrics(api: ApiHarness, client: TestClient, redis_url: str) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
     r = sync_redis.Redis.from_url(redis_url)
     r.delete(layout.REDIS_WORKERS)
-    not_ready = client.get("/readyz")  # type: ignore[attr-defined]
+    not_ready = client.get("/readyz")
     assert not_ready.status_code == 503
     checks = not_ready.json()["checks"]
     assert checks["redis"]["ok"] and checks["s3"]["ok"] and not checks["worker"]["ok"]
     r.zadd(layout.REDIS_WORKERS, {"w1@test": time.time()})
-    assert client.get("/readyz").status_code == 200  # type: ignore[attr-defined]
+    assert client.get("/readyz").status_code == 200
     api.store.available = False
-    assert client.get("/readyz").json()["checks"]["s3"]["ok"] is False  # type: ignore[attr-defined]
+    assert client.get("/readyz").json()["checks"]["s3"]["ok"] is False
     api.store.available = True
     r.delete(layout.REDIS_WORKERS)
 
-    client.get(f"http://testserver{OPS}")  # type: ignore[attr-defined]
-    text = client.get("/metrics").text  # type: ignore[attr-defined]
+    client.get(f"http://testserver{OPS}")
+    text = client.get("/metrics").text
     assert 'strongroom_http_requests_total{method="GET",route="/api/v1/operations",status="401"}' in text
     assert 'strongroom_auth_failures_total{code="signature_missing"}' in text
     assert "strongroom_queue_depth" in text
 
 
-def test_request_id_is_echoed_or_generated(client: object) -> None:
-    given = client.get("/healthz", headers={"X-Request-ID": "abc-123"})  # type: ignore[attr-defined]
+def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
+    given = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
     assert given.headers["x-request-id"] == "abc-123"
-    hostile = client.get("/healthz", headers={"X-Request-ID": "x" * 500})  # type: ignore[attr-defined]
+    hostile = client.get("/healthz", headers={"X-Request-ID": "x" * 500})
     assert hostile.headers["x-request-id"] != "x" * 500 and len(hostile.headers["x-request-id"]) == 32
 
 
-def test_unknown_route_and_method_are_problems(client: object) -> None:
-    assert_problem(client.get("/nope"), 404, "not_found")  # type: ignore[attr-defined]
-    response = client.put("/healthz")  # type: ignore[attr-defined]
+def test_unknown_route_and_method_are_problems(client: TestClient) -> None:
+    assert_problem(client.get("/nope"), 404, "not_found")
+    response = client.put("/healthz")
     assert_problem(response, 405, "method_not_allowed")
 
 
