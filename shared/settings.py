@@ -241,6 +241,12 @@ class Settings:
             raise ConfigError("STRONGROOM_PRESIGN_TTL", "must be between 1 and 604800 seconds")
 
     @property
+    def lifecycle_days(self) -> int:
+        """Days after which the bucket's lifecycle rule expires ``operations/`` objects: a few days past the longest
+        retention, so it only ever catches what the cleanup job missed."""
+        return self.artifact_retention_days + 3
+
+    @property
     def resolved_log_format(self) -> LogFormat:
         if self.log_format:
             return self.log_format

@@ -154,7 +154,7 @@ def _init_bucket(settings: Settings) -> None:
     from shared.storage.s3 import S3ObjectStore
 
     store = S3ObjectStore.from_settings(settings)
-    store.ensure_bucket(cors_origins=settings.s3_cors_origins, expire_after_days=settings.artifact_retention_days + 1)
+    store.ensure_bucket(cors_origins=settings.s3_cors_origins, expire_after_days=settings.lifecycle_days)
 
 
 @pytest.fixture(scope="session")

@@ -65,6 +65,7 @@ def run_api(args: argparse.Namespace) -> int:
         overrides["api_port"] = args.port
     settings = load_settings("api", **overrides)
     import uvicorn
+
     from api_service.app import create_app
 
     app = create_app(settings) if inspect.signature(create_app).parameters else create_app()
@@ -143,7 +144,7 @@ def initialise(settings: Settings) -> None:
         )
     store = S3ObjectStore.from_settings(settings)
     # The backstop outlives the longest retention by a day: the cleanup job, not S3, normally deletes.
-    store.ensure_bucket(cors_origins=settings.s3_cors_origins, expire_after_days=settings.artifact_retention_days + 1)
+    store.ensure_bucket(cors_origins=settings.s3_cors_origins, expire_after_days=settings.lifecycle_days)
     store.ping()
     get_logger(__name__).info("bucket ready", bucket=settings.s3_bucket)
 

@@ -18,7 +18,6 @@ from shared.models import OperationRecord
 from shared.records import OperationStore
 from shared.settings import Settings
 from shared.storage.s3 import S3ObjectStore
-from worker_service.pipeline.retention import lifecycle_days
 from worker_service.services import Services
 
 REDIS_DB = 12
@@ -29,7 +28,7 @@ def private_services(settings: Settings, keyring: Keyring) -> Iterator[Services]
     base = settings.redis_url.rsplit("/", 1)[0]
     own = replace(settings, s3_bucket=f"sr-pipe-{secrets.token_hex(5)}", redis_url=f"{base}/{REDIS_DB}")
     store = S3ObjectStore.from_settings(own)
-    store.ensure_bucket(expire_after_days=lifecycle_days(own))
+    store.ensure_bucket(expire_after_days=own.lifecycle_days)
     client = redis.Redis.from_url(own.redis_url)
     client.flushdb()
     try:

@@ -10,7 +10,7 @@ The ``operation.expired`` audit event is published before anything is deleted (a
 crash publishes it again) and lands in the global log, because the operation's own log is deleted with it.
 An operation is deleted only after its record was re-read under the operation lock and is expired then.
 
-The S3 lifecycle rule (``lifecycle_days``) is the backstop if this job stops running.
+The S3 lifecycle rule (``Settings.lifecycle_days``) is the backstop if this job stops running.
 """
 
 from __future__ import annotations
@@ -23,21 +23,12 @@ from shared.errors import CryptoError, NotFound, StrongroomError
 from shared.events import new_event, publish
 from shared.logging import get_logger
 from shared.models import OperationRecord
-from shared.settings import Settings
 from shared.storage import ObjectInfo
 from worker_service.services import Services
 
 log = get_logger(__name__)
 
-LIFECYCLE_GRACE_DAYS = 3
 DELETE_BATCH = 1000
-
-
-def lifecycle_days(settings: Settings) -> int:
-    """Days after which the bucket's lifecycle rule expires ``operations/`` objects (``ensure_bucket``'s
-    ``expire_after_days``): a few days past the longest retention, so it only ever catches what this job missed.
-    """
-    return settings.artifact_retention_days + LIFECYCLE_GRACE_DAYS
 
 
 def cleanup_expired(services: Services, now: datetime | None = None, *, limit: int | None = None) -> int:

@@ -145,4 +145,4 @@ def test_sweep_removes_prefixes_without_a_record_and_spares_live_runs(services: 
 
 
 def test_lifecycle_backstop_is_a_few_days_past_retention(services: Services) -> None:
-    assert retention.lifecycle_days(services.settings) == services.settings.artifact_retention_days + 3
+    assert services.settings.lifecycle_days == services.settings.artifact_retention_days + 3
