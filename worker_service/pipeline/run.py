@@ -16,8 +16,11 @@ Concurrency contract (shared with the API, see shared/records.py):
 from __future__ import annotations
 
 import signal
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis
@@ -99,6 +102,24 @@ class RunProbe:
                 self.lease_lost = True
                 return True
             return False
+
+    @contextmanager
+    def kept_alive(self) -> Iterator[None]:
+        """Keep refreshing the lease from a thread while the caller works with no watchdog (the uploads), so a
+        long upload is never mistaken for a dead worker and re-claimed under its feet."""
+        stop = threading.Event()
+
+        def refresh() -> None:
+            while not stop.wait(POLL_INTERVAL):
+                self()
+
+        thread = threading.Thread(target=refresh, name=f"lease-{self.operation_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=LEASE_REFRESH)
 
     def owns_lease(self) -> bool:
         holder = self.client.get(layout.redis_run_lease(self.operation_id))
@@ -203,9 +224,12 @@ def execute(services: Services, record: OperationRecord, probe: RunProbe) -> Ver
         if not probe.owns_lease():
             raise LeaseLost("lost the run lease before storing artifacts")
         try:
-            artifacts = store_artifacts(services, record, workdir.out_dir, scratch=workdir.root)
+            with probe.kept_alive():
+                artifacts = store_artifacts(services, record, workdir.out_dir, scratch=workdir.root)
         except LimitExceeded as exc:
             return Verdict("failed", exc.detail, run.logs)
+        if probe.lease_lost:
+            raise LeaseLost("lost the run lease while storing artifacts")
         summary = run.reported_summary or f"agent finished: {len(artifacts)} artifact(s)"
         return Verdict("succeeded", summary, run.logs, artifacts)
 

@@ -279,3 +279,26 @@ def test_fail_operation_is_a_no_op_once_finished(
     failed = pipeline.fail_operation(services, record.id, "storage unavailable")
     assert failed.status == "failed" and failed.result is not None and failed.result.summary == "storage unavailable"
     assert pipeline.fail_operation(services, record.id, "again") == failed
+
+
+def test_a_slow_upload_keeps_the_run_lease(
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Uploads run without the agent watchdog; the lease must not lapse meanwhile, or the monitor would hand the
+    operation to another worker while this one is still storing it."""
+    monkeypatch.setattr(pipeline, "LEASE_TTL", 1)
+    monkeypatch.setattr(pipeline, "LEASE_REFRESH", 0.2)
+    seen: list[bool] = []
+
+    class Slow(MemoryObjectStore):
+        def put_file(self, key: str, src: Any, **kwargs: Any) -> None:
+            time.sleep(1.5)  # longer than the lease TTL
+            seen.append(bool(client.exists(layout.redis_run_lease(operation_id))))
+            super().put_file(key, src, **kwargs)
+
+    services = make_services(client, tmp_path, store=Slow())
+    record = create(services, keypair[1], text="x")
+    operation_id = record.id
+    final = pipeline.run_operation(services, record.id, token="task-1")
+    assert final is not None and final.status == "succeeded"
+    assert seen and all(seen)
