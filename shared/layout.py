@@ -184,6 +184,11 @@ def redis_run_lease(operation_id: str) -> str:
     return f"{REDIS_PREFIX}lease:run:{operation_id}"
 
 
+def redis_redelivered(operation_id: str) -> str:
+    """Set when the monitor re-sends an operation's run task, so it does so at most once per interval."""
+    return f"{REDIS_PREFIX}redelivered:{operation_id}"
+
+
 def redis_job_lock(job: str) -> str:
     return f"{REDIS_PREFIX}lock:job:{job}"
 

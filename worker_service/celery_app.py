@@ -45,7 +45,12 @@ def services() -> Services:
     with _lock:
         if _services is None:
             _services = Services.from_settings(current)
+            _services.send_task = _send_task
         return _services
+
+
+def _send_task(name: str, kwargs: dict[str, Any]) -> None:
+    app.send_task(name, kwargs=kwargs)
 
 
 def celery_settings(current: Settings) -> dict[str, Any]:

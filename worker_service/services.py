@@ -6,7 +6,9 @@ servers or in-memory stores.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -24,6 +26,8 @@ class Services:
     store: ObjectStore
     keyring: Keyring
     records: OperationStore
+    # Sends a task by name (the Celery app's ``send_task``); None where no broker is wired (unit tests).
+    send_task: Callable[[str, dict[str, Any]], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:

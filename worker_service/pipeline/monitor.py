@@ -1,5 +1,10 @@
 """Resource monitor: fail runs whose worker died, compare stored bytes with quotas, publish alerts and metrics.
 
+A run message can be lost (Redis restarted without persistence, a worker killed with ``kill -9`` leaves its message
+unacknowledged until the broker's visibility timeout): a ``pending`` operation older than ``REDELIVER_AFTER``, or a
+``running`` one whose lease has lapsed for that long, gets its run task sent again, at most once per interval. The
+run task only starts a pending record or re-claims a lease-less one, so a duplicate is harmless.
+
 A run is dead when its record says ``running``, it started more than ``max_execution_time`` + ``grace`` ago, and
 nobody holds its run lease (the running worker refreshes ``redis_run_lease`` every few seconds). It is failed
 under the operation lock after re-checking both, so a worker that just finished wins. A run whose grantee asked to
@@ -26,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared import layout
+from shared.contracts import RunOperation
 from shared.errors import NotFound, StrongroomError
 from shared.events import new_event, publish
 from shared.logging import get_logger
@@ -35,6 +41,7 @@ from worker_service.services import Services
 
 log = get_logger(__name__)
 
+REDELIVER_AFTER = 120  # seconds before a pending or lease-less operation's run task is sent again
 STUCK_GRACE = 300  # seconds past max_execution_time before a lease-less run is declared dead
 WORKER_ALIVE_WINDOW = 120  # a worker whose heartbeat is older than this is counted as gone
 SNAPSHOT_TTL_INTERVALS = 3  # the snapshot outlives a few missed runs, then disappears (stale figures lie)
@@ -52,6 +59,7 @@ def monitor_resources(services: Services, now: datetime | None = None, *, grace:
         "stored_bytes": 0,
         "failed_dead_runs": [],
         "overdue_pending": [],
+        "redelivered": [],
         "operations_over_quota": [],
         "grantees_over_quota": [],
         "unreadable_records": 0,
@@ -87,6 +95,8 @@ def monitor_resources(services: Services, now: datetime | None = None, *, grace:
         elif overdue and record.status == "pending":
             report["overdue_pending"].append(operation_id)
             log.warning("operation_pending_overdue", alert="pending_overdue", operation_id=operation_id, age=int(age))
+        if not ended and _needs_redelivery(services, record, age) and _redeliver(services, operation_id):
+            report["redelivered"].append(operation_id)
     for grantee, used in grantee_bytes.items():
         if used > settings.quota_per_grantee:
             report["grantees_over_quota"].append(grantee)
@@ -106,6 +116,24 @@ def monitor_resources(services: Services, now: datetime | None = None, *, grace:
         failed_dead_runs=len(report["failed_dead_runs"]),
     )
     return report
+
+
+def _needs_redelivery(services: Services, record: OperationRecord, age: float) -> bool:
+    if age <= REDELIVER_AFTER or record.status not in ("pending", "running"):
+        return False
+    return record.status == "pending" or not services.redis.exists(layout.redis_run_lease(record.id))
+
+
+def _redeliver(services: Services, operation_id: str) -> bool:
+    """Send the run task again unless it was re-sent within the last interval."""
+    if services.send_task is None:
+        return False
+    window = max(REDELIVER_AFTER, services.settings.monitor_interval * 2)
+    if not services.redis.set(layout.redis_redelivered(operation_id), 1, nx=True, ex=window):
+        return False
+    services.send_task(RunOperation.TASK, {"operation_id": operation_id})
+    log.warning("run_redelivered", alert="run_redelivered", operation_id=operation_id)
+    return True
 
 
 def _fail_dead_run(services: Services, operation_id: str, now: datetime, deadline: int) -> str | None:

@@ -108,3 +108,23 @@ def test_metrics_come_from_the_latest_snapshot(services: Services, client: redis
 
 def test_metrics_server_is_off_unless_a_port_is_set(services: Services) -> None:
     assert monitor.start_metrics_server(services) is False
+
+
+def test_lost_run_messages_are_sent_again_once_per_interval(services: Services, client: redis.Redis) -> None:
+    """A pending operation whose message was lost, or a run whose worker vanished, gets its run task re-sent."""
+    sent: list[tuple[str, dict[str, object]]] = []
+    services.send_task = lambda name, kwargs: sent.append((name, kwargs))
+    lost = make_record(status="pending", created=NOW - timedelta(minutes=10))
+    store_operation(services, lost)
+    fresh = make_record(status="pending", created=NOW - timedelta(seconds=10))
+    store_operation(services, fresh)
+    orphaned = _running(services, 300)  # no lease, well within the run deadline
+    alive = _running(services, 300)
+    client.set(layout.redis_run_lease(alive), "w1", ex=30)
+
+    report = monitor.monitor_resources(services, NOW)
+
+    assert sorted(report["redelivered"]) == sorted([lost.id, orphaned])
+    assert sorted(kwargs["operation_id"] for _, kwargs in sent) == sorted([lost.id, orphaned])  # type: ignore[type-var]
+    assert {name for name, _ in sent} == {"strongroom.v1.run_operation"}
+    assert monitor.monitor_resources(services, NOW)["redelivered"] == []  # not again within the interval
