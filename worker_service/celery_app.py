@@ -19,6 +19,7 @@ from shared import contracts
 from shared.logging import configure as configure_logging
 from shared.settings import Settings
 from worker_service.heartbeat import Heartbeat
+from worker_service.pipeline.monitor import start_metrics_server
 from worker_service.schedule import beat_schedule
 from worker_service.services import Services
 
@@ -94,6 +95,7 @@ def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or app.conf.get("worker_name") or "worker"
     _heartbeat = Heartbeat(services().redis, str(name))
     _heartbeat.start()
+    start_metrics_server(services())
 
 
 @signals.worker_shutdown.connect
