@@ -16,7 +16,6 @@ from redis import Redis as SyncRedis
 from shared.auth.verifier import Verifier
 from shared.contracts import celery_config
 from shared.crypto.keyring import Keyring
-from shared.errors import ConfigError
 from shared.records import OperationStore
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -66,10 +65,7 @@ class ApiServices:
     def from_settings(cls, settings: Settings) -> ApiServices:
         from shared.storage.s3 import S3ObjectStore
 
-        keyring_json = settings.keyring_json()
-        if not keyring_json:
-            raise ConfigError("STRONGROOM_KEYRING", "is required (or STRONGROOM_KEYRING_FILE)")
-        keyring = Keyring.from_json(keyring_json)
+        keyring = Keyring.from_settings(settings)
         async_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, health_check_interval=30)
         sync_redis = SyncRedis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
         store = S3ObjectStore.from_settings(settings)

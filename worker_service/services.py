@@ -13,7 +13,6 @@ from typing import Any
 import redis
 
 from shared.crypto.keyring import Keyring
-from shared.errors import ConfigError
 from shared.records import OperationStore
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -33,10 +32,7 @@ class Services:
     def from_settings(cls, settings: Settings) -> Services:
         from shared.storage.s3 import S3ObjectStore
 
-        keyring_json = settings.keyring_json()
-        if not keyring_json:
-            raise ConfigError("STRONGROOM_KEYRING", "is required (or STRONGROOM_KEYRING_FILE)")
-        keyring = Keyring.from_json(keyring_json)
+        keyring = Keyring.from_settings(settings)
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
         store = S3ObjectStore.from_settings(settings)
         return cls(settings, client, store, keyring, OperationStore(store, keyring, client))

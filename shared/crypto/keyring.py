@@ -32,11 +32,15 @@ import secrets
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared.errors import ConfigError, IntegrityError, KeyringError
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 __all__ = ["BLOB_MAGIC", "BLOB_VERSION", "Keyring"]
 
@@ -121,6 +125,14 @@ class Keyring:
         if not isinstance(primary, str) or primary not in keys:
             raise ConfigError(_ENV, '"primary" must name one of the keys')
         return cls(keys, primary)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Keyring:
+        """The configured keyring (variable or mounted file); a process that stores records cannot run without one."""
+        text = settings.keyring_json()
+        if not text:
+            raise ConfigError(_ENV, "is required (or STRONGROOM_KEYRING_FILE)")
+        return cls.from_json(text)
 
     @staticmethod
     def generate_json(key_id: str | None = None) -> str:

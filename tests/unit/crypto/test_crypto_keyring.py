@@ -170,3 +170,14 @@ def test_repr_and_errors_hide_key_bytes() -> None:
         assert base64.b64encode(key).decode() not in text
         assert key.hex() not in text
         assert repr(key) not in text
+
+
+def test_keyring_from_settings_requires_one() -> None:
+    from shared.settings import Settings
+
+    with pytest.raises(ConfigError) as info:
+        Keyring.from_settings(Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0"}))
+    assert "STRONGROOM_KEYRING" in str(info.value)
+    document = Keyring.generate_json("k1")
+    loaded = Keyring.from_settings(Settings.from_env({"REDIS_URL": "redis://x:1/0", "STRONGROOM_KEYRING": document}))
+    assert loaded.primary_id == "k1"
