@@ -1,0 +1,87 @@
+"""Fixtures for the browser page tests: the API (with the page) on the CORS-allowed origin, and Chromium.
+
+The bucket's CORS rule allows ``page_origin`` (tests/conftest.py), so the API that serves the page runs there:
+a real uvicorn serving ``create_app`` in a thread of this process, with ``api_service.endpoints.page.routes``
+appended unless the route table already carries them. Workers are the session's real Celery subprocesses.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--headless=new",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def page_api(stack_env: dict[str, str], page_origin: str) -> Iterator[str]:
+    """Base URL of an API serving /app/ on ``page_origin``; stopped at session end."""
+    import uvicorn
+
+    from api_service.app import create_app
+    from api_service.endpoints import page
+    from shared.settings import Settings
+
+    port = urlsplit(page_origin).port
+    assert port is not None
+    settings = Settings.from_env({**stack_env, "STRONGROOM_API_HOST": "127.0.0.1", "STRONGROOM_API_PORT": str(port)})
+    app = create_app(settings)
+    if not any(getattr(route, "path", None) == "/app/" for route in app.router.routes):
+        app.router.routes.extend(page.routes)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="page-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("the page API did not start")
+        time.sleep(0.05)
+    try:
+        yield page_origin
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    from pathlib import Path
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def browser_page(chromium: Any) -> Iterator[Any]:
+    """A fresh context per test (no shared storage), downloads enabled; console output is collected."""
+    context = chromium.new_context(accept_downloads=True)
+    page = context.new_page()
+    page.console_messages_seen = []
+    page.on("console", lambda message: page.console_messages_seen.append(f"{message.type}: {message.text}"))
+    page.on("pageerror", lambda error: page.console_messages_seen.append(f"pageerror: {error}"))
+    try:
+        yield page
+    finally:
+        context.close()

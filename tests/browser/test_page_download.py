@@ -1,0 +1,130 @@
+"""The page in real Chromium against the real stack: SDK-created operations downloaded and decrypted in the browser.
+
+Chromium fetches the presigned SeaweedFS URL cross-origin (bucket CORS), verifies and decrypts with WebCrypto and
+tweetnacl, and offers the file; the bytes must equal what the Python SDK decrypted. A ciphertext swapped in S3
+must show an error and offer nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from shared import layout
+from shared.client.identity import Identity, create_identity
+from shared.client.sdk import StrongroomClient
+from shared.models import GetOperationResponse
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+AUDIT_INPUT = {"text": "Write to alice@example.com or call +1 415 555 0100.\nCard: 4111 1111 1111 1111\n"}
+
+
+@pytest.fixture
+def grantee(tmp_path: Path) -> Iterator[tuple[Identity, Path]]:
+    path = tmp_path / "identity.json"
+    yield create_identity(path), path
+
+
+def finished_operation(api: str, identity: Identity) -> GetOperationResponse:
+    with StrongroomClient(api, identity) as client:
+        created = client.create("privacy-audit", AUDIT_INPUT)
+        done = client.wait(created.id, timeout=120, max_interval=1.0)
+    assert done.status == "succeeded", done.result
+    assert done.artifacts.count >= 2
+    return done
+
+
+def load_identity_and_open(page: Any, api: str, identity_file: Path, identity: Identity, operation_id: str) -> None:
+    page.goto(f"{api}/app/")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page.set_input_files("#identity-file", str(identity_file))
+    expect(page.locator("#identity-status")).to_contain_text(identity.address)
+    page.fill("#op-id", operation_id)
+    page.click("#op-open")
+    expect(page.locator("#op-status")).to_have_text("succeeded")
+
+
+def test_browser_download_equals_sdk_plaintext(
+    page_api: str, celery_worker: Any, browser_page: Any, grantee: tuple[Identity, Path], tmp_path: Path
+) -> None:
+    identity, identity_file = grantee
+    done = finished_operation(page_api, identity)
+    names = [artifact.name for artifact in done.artifacts.artifacts]
+    sdk_dir = tmp_path / "sdk"
+    sdk_dir.mkdir()
+    with StrongroomClient(page_api, identity) as client:
+        for name in names:
+            client.download(done.id, name, sdk_dir / name)
+
+    page = browser_page
+    load_identity_and_open(page, page_api, identity_file, identity, done.id)
+    expect(page.locator("#artifacts tbody tr")).to_have_count(len(names))
+    for name in names:
+        with page.expect_download() as info:
+            page.click(f"#artifacts button[data-artifact='{name}']")
+        download = info.value
+        assert download.suggested_filename == name
+        assert Path(download.path()).read_bytes() == (sdk_dir / name).read_bytes()
+        expect(page.locator("#saved")).to_contain_text("checksums verified")
+    expect(page.locator("#error")).to_be_hidden()
+
+    page.click("#list-refresh")
+    expect(page.locator(f"#op-list button[data-op='{done.id}']")).to_be_visible()
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+    seen = "\n".join(page.console_messages_seen)
+    assert "Content Security Policy" not in seen
+    assert "pageerror" not in seen
+    assert identity.account.key.hex().removeprefix("0x") not in seen
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        ("swap", re.compile("does not have the artifact's size|ciphertext checksum mismatch")),
+        ("flip", re.compile("ciphertext checksum mismatch")),
+    ],
+)
+def test_tampered_ciphertext_shows_an_error_and_offers_nothing(
+    tamper: str,
+    message: re.Pattern[str],
+    page_api: str,
+    celery_worker: Any,
+    browser_page: Any,
+    object_store: Any,
+    grantee: tuple[Identity, Path],
+    tmp_path: Path,
+) -> None:
+    identity, identity_file = grantee
+    done = finished_operation(page_api, identity)
+    victim, donor = done.artifacts.artifacts[0].name, done.artifacts.artifacts[1].name
+    victim_key = layout.artifact_key(done.id, victim)
+    if tamper == "swap":  # another artifact's genuine ciphertext where the victim's object lives
+        forged = object_store.get_bytes(layout.artifact_key(done.id, donor))
+    else:  # same size, one bit flipped inside the first chunk
+        original = bytearray(object_store.get_bytes(victim_key))
+        original[60] ^= 0x01
+        forged = bytes(original)
+    object_store.put_bytes(victim_key, forged)
+
+    page = browser_page
+    downloads: list[Any] = []
+    page.on("download", lambda download: downloads.append(download))
+    load_identity_and_open(page, page_api, identity_file, identity, done.id)
+    page.click(f"#artifacts button[data-artifact='{victim}']")
+    error = page.locator("#error")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("Integrity check failed")
+    expect(error).to_contain_text(victim)
+    expect(error).to_contain_text(message)
+    expect(page.locator("#saved")).to_be_hidden()
+    expect(page.locator(f"#artifacts button[data-artifact='{victim}']")).to_be_enabled()
+    assert downloads == []
+    assert page.locator("#saved-link").count() == 0
+    page.screenshot(path=str(tmp_path / f"tampered-{tamper}.png"), full_page=True)
