@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 from shared.errors import Unavailable
 
@@ -249,10 +249,57 @@ def find_weed_binary() -> Path:
     )
 
 
+class _EmbeddedServer:
+    """What Valkey and SeaweedFS share: one managed child process, a readiness probe, and a with-block."""
+
+    name = "server"
+    log_path: Path
+    _process: ManagedProcess | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process and self._process.running() else None
+
+    def ping(self) -> bool:
+        raise NotImplementedError
+
+    def _spawn(self) -> ManagedProcess:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> Self:
+        if self._process is None or not self._process.running():
+            self._process = self._spawn()
+            self._process.start()
+        process = self._process
+        wait_for(self.ping, timeout=timeout, what=f"{self.name} on port {self.port}", alive=process.running)
+        return self
+
+    @property
+    def port(self) -> int:
+        raise NotImplementedError
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._process is not None:
+            self._process.stop(timeout)
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+
+    def logs(self) -> str:
+        return self._process.logs() if self._process else ""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 # --- Valkey --------------------------------------------------------------------------------------------------
 
 
-class ValkeyServer:
+class ValkeyServer(_EmbeddedServer):
     """A Valkey server on loopback with its data (append-only file) under ``data_dir``.
 
     ``stop()`` then ``start()`` restarts on the same port and data directory, so data survives; that is what
@@ -269,19 +316,21 @@ class ValkeyServer:
         log_path: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
-        self.port = port or free_port()
+        self._port = port or free_port()
         self.persistent = persistent
         self.binary = binary or find_valkey_binary()
         self.log_path = log_path or self.data_dir / "valkey.log"
         self._process: ManagedProcess | None = None
 
+    name = "valkey"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
     @property
     def url(self) -> str:
         return f"redis://{LOOPBACK}:{self.port}/0"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process and self._process.running() else None
 
     def argv(self) -> list[str]:
         return [
@@ -302,14 +351,9 @@ class ValkeyServer:
             "no",
         ]
 
-    def start(self, timeout: float = 15.0) -> ValkeyServer:
+    def _spawn(self) -> ManagedProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        if self._process is None or not self._process.running():
-            self._process = ManagedProcess(self.argv(), log_path=self.log_path, name="valkey")
-            self._process.start()
-        process = self._process
-        wait_for(self.ping, timeout=timeout, what=f"valkey on port {self.port}", alive=process.running)
-        return self
+        return ManagedProcess(self.argv(), log_path=self.log_path, name="valkey")
 
     def ping(self) -> bool:
         """True once the server answers PING (and has finished loading its append-only file)."""
@@ -319,23 +363,6 @@ class ValkeyServer:
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:
             return False
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._process is not None:
-            self._process.stop(timeout)
-
-    def kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-
-    def logs(self) -> str:
-        return self._process.logs() if self._process else ""
-
-    def __enter__(self) -> ValkeyServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # --- SeaweedFS -----------------------------------------------------------------------------------------------
@@ -397,7 +424,7 @@ def write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-class SeaweedServer:
+class SeaweedServer(_EmbeddedServer):
     """A single-process SeaweedFS (``weed mini``) with an S3 gateway on loopback and data under ``data_dir``.
 
     Every port (HTTP and gRPC) is chosen explicitly, so nothing depends on weed's "port + 10000" convention or on
@@ -454,10 +481,6 @@ class SeaweedServer:
     def endpoint_url(self) -> str:
         return f"http://{LOOPBACK}:{self.ports['s3']}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process and self._process.running() else None
-
     def _choose_ports(self, s3_port: int | None) -> dict[str, int]:
         state = self.data_dir / "ports.json"
         previous: dict[str, int] = {}
@@ -493,10 +516,12 @@ class SeaweedServer:
 
     def argv(self, config: Path) -> list[str]:
         p = self.ports
-        store = self.data_dir / "store"
+        store, logs = self.data_dir / "store", self.data_dir / "logs"  # weed's own logs, not /tmp
         store.mkdir(parents=True, exist_ok=True)
+        logs.mkdir(parents=True, exist_ok=True)
         return [
             str(self.binary),
+            f"-logdir={logs}",  # a global flag: before the subcommand
             "mini",
             f"-dir={store}",
             f"-ip={LOOPBACK}",
@@ -521,16 +546,14 @@ class SeaweedServer:
             "-master.volumeSizeLimitMB=64",
         ]
 
-    def start(self, timeout: float = 60.0) -> SeaweedServer:
-        if self._process is None or not self._process.running():
-            config = self._write_config()
-            self._process = ManagedProcess(
-                self.argv(config), log_path=self.log_path, cwd=self.data_dir, name="seaweedfs"
-            )
-            self._process.start()
-        process = self._process
-        wait_for(self.ping, timeout=timeout, what=f"SeaweedFS S3 on port {self.port}", alive=process.running)
-        return self
+    name = "SeaweedFS S3"
+
+    def _spawn(self) -> ManagedProcess:
+        config = self._write_config()
+        return ManagedProcess(self.argv(config), log_path=self.log_path, cwd=self.data_dir, name="seaweedfs")
+
+    def start(self, timeout: float = 60.0) -> Self:
+        return super().start(timeout)
 
     def client(self) -> Any:
         """A boto3 S3 client for this server (path-style, SigV4)."""
@@ -543,20 +566,3 @@ class SeaweedServer:
         except Exception:
             return False
         return True
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._process is not None:
-            self._process.stop(timeout)
-
-    def kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-
-    def logs(self) -> str:
-        return self._process.logs() if self._process else ""
-
-    def __enter__(self) -> SeaweedServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
