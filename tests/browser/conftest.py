@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,11 +28,29 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def page_api(stack_env: dict[str, str], page_origin: str) -> Iterator[str]:
-    """Base URL of an API serving /app/ on ``page_origin``; stopped at session end."""
+@contextmanager
+def serving(app: Any, port: int) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn in a daemon thread on 127.0.0.1:``port`` until the block ends."""
     import uvicorn
 
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail(f"uvicorn on port {port} did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def page_api(stack_env: dict[str, str], page_origin: str) -> Iterator[str]:
+    """Base URL of the full API serving /app/ on ``page_origin``; stopped at session end."""
     from api_service.app import create_app
     from api_service.endpoints import page
     from shared.settings import Settings
@@ -42,19 +61,26 @@ def page_api(stack_env: dict[str, str], page_origin: str) -> Iterator[str]:
     app = create_app(settings)
     if not any(getattr(route, "path", None) == "/app/" for route in app.router.routes):
         app.router.routes.extend(page.routes)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name="page-api", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the page API did not start")
-        time.sleep(0.05)
-    try:
-        yield page_origin
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(app, port) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def static_page() -> Iterator[str]:
+    """Only the page's routes (no Redis, no S3): enough to run its modules in Chromium."""
+    from starlette.applications import Starlette
+
+    from api_service.endpoints import page
+    from shared.crypto.keyring import Keyring
+    from shared.settings import Settings
+    from tests.helpers.ports import free_port
+
+    app = Starlette(routes=page.routes)
+    app.state.settings = Settings.from_env(
+        {"REDIS_URL": "redis://127.0.0.1:1/0", "STRONGROOM_KEYRING": Keyring.generate_json()}
+    )
+    with serving(app, free_port()) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

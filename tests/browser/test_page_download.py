@@ -7,17 +7,20 @@ must show an error and offer nothing.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from eth_account.messages import encode_defunct
 from playwright.sync_api import expect
 
 from shared import layout
 from shared.client.identity import Identity, create_identity
 from shared.client.sdk import StrongroomClient
+from shared.crypto import keywrap
 from shared.models import GetOperationResponse
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -128,3 +131,51 @@ def test_tampered_ciphertext_shows_an_error_and_offers_nothing(
     assert downloads == []
     assert page.locator("#saved-link").count() == 0
     page.screenshot(path=str(tmp_path / f"tampered-{tamper}.png"), full_page=True)
+
+
+class FakeWallet:
+    """An EIP-1193 provider backed by a Python identity: what MetaMask would answer, and which calls it got."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+        self.calls: list[str] = []
+
+    def request(self, method: str, params: list[Any]) -> Any:
+        self.calls.append(method)
+        if method == "eth_requestAccounts":
+            return [self.identity.account.address]
+        assert str(params[1]).lower() == self.identity.address  # MetaMask's param order: (data, address)
+        if method == "personal_sign":
+            signed = self.identity.account.sign_message(encode_defunct(hexstr=params[0]))
+            return "0x" + bytes(signed.signature).hex()
+        if method == "eth_decrypt":
+            wrap = json.loads(bytes.fromhex(params[0].removeprefix("0x")))
+            return keywrap.decrypt_with(self.identity.encryption_secret_key, wrap).decode()
+        raise AssertionError(f"unexpected wallet method {method}")
+
+
+def test_wallet_path_signs_with_personal_sign_and_unwraps_with_eth_decrypt(
+    page_api: str, celery_worker: Any, browser_page: Any, grantee: tuple[Identity, Path], tmp_path: Path
+) -> None:
+    identity, _ = grantee
+    done = finished_operation(page_api, identity)
+    name = done.artifacts.artifacts[0].name
+    with StrongroomClient(page_api, identity) as client:
+        client.download(done.id, name, tmp_path / name)
+
+    wallet = FakeWallet(identity)
+    page = browser_page
+    page.expose_function("__walletRequest", wallet.request)
+    page.add_init_script(
+        "window.ethereum = { request: ({ method, params }) => window.__walletRequest(method, params ?? []) };"
+    )
+    page.goto(f"{page_api}/app/")
+    page.click("#wallet-connect")
+    expect(page.locator("#identity-status")).to_contain_text(f"{identity.address} (browser wallet)")
+    page.fill("#op-id", done.id)
+    page.click("#op-open")
+    expect(page.locator("#op-status")).to_have_text("succeeded")
+    with page.expect_download() as info:
+        page.click(f"#artifacts button[data-artifact='{name}']")
+    assert Path(info.value.path()).read_bytes() == (tmp_path / name).read_bytes()
+    assert {"eth_requestAccounts", "personal_sign", "eth_decrypt"} <= set(wallet.calls)
