@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from api_service.endpoints import artifacts, health, operations
+from api_service.endpoints import artifacts, health, operations, page
 from api_service.endpoints.openapi import openapi_json
 from api_service.openapi import OPENAPI_PATH
 
 OPERATION = "/api/v1/operations/{operation_id}"
 
 
-def routes() -> list[Route]:
+def routes() -> list[BaseRoute]:
     return [
         Route("/api/v1/operations", operations.create_operation, methods=["POST"]),
         Route("/api/v1/operations", operations.list_operations, methods=["GET"]),
@@ -25,4 +25,5 @@ def routes() -> list[Route]:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
         Route("/metrics", health.metrics, methods=["GET"]),
+        *page.routes,  # the browser page: static files only, unsigned (it holds no data)
     ]

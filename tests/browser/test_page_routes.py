@@ -110,3 +110,10 @@ def test_vendored_files_match_their_recorded_hashes() -> None:
     for name in ("ethers.min.js", "nacl-fast.min.js"):
         digest = hashlib.sha256(Path(vendor / name).read_bytes()).hexdigest()
         assert f"| {name} |" in table and digest in table, name
+
+
+def test_the_api_route_table_serves_the_page() -> None:
+    from api_service.routes import routes
+
+    paths = {getattr(route, "path", None) for route in routes()}
+    assert {route.path for route in page.routes} <= paths
