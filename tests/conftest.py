@@ -188,12 +188,20 @@ def worker_factory(
     """Start `strongroom worker` with stack_env + overrides; returns once it answers a Celery ping.
 
     ``pool`` and ``concurrency`` keyword arguments choose the pool (default threads, 2); every other keyword is
-    an environment variable.
+    an environment variable. A worker started with overrides takes the queue for itself: the workers already
+    running stop consuming until it is stopped.
     """
+
+    running: list[services.WorkerHandle] = []
 
     def start(*, pool: str = "threads", concurrency: int = 2, **env: str) -> services.WorkerHandle:
         handle = services.WorkerHandle({**stack_env, **env}, stack_dir / "logs", pool=pool, concurrency=concurrency)
+        if env:  # a specially configured worker must be the only consumer of the queue while it runs
+            handle.paused = [other for other in running if other.running()]
+            for other in handle.paused:
+                other.set_consuming(False)
         handle.start()
+        running.append(handle)
         return handle.wait_ready()
 
     return start

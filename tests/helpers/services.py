@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from shared.contracts import QUEUE
 from shared.devstack import LOOPBACK, EmbeddedServerError, ManagedProcess, free_port, wait_for
 
 STARTED: list[ServiceHandle] = []
@@ -61,6 +62,7 @@ class WorkerHandle(ServiceHandle):
 
     def __init__(self, env: Mapping[str, str], log_dir: Path, *, pool: str = "threads", concurrency: int = 2):
         self.hostname = f"sr-{secrets.token_hex(4)}@{LOOPBACK}"
+        self.paused: list[WorkerHandle] = []  # workers this one took the queue from; given back on stop()
         super().__init__(
             f"worker-{self.hostname.split('@')[0]}",
             ["worker", "--pool", pool, "--concurrency", str(concurrency), "--hostname", self.hostname],
@@ -80,6 +82,28 @@ class WorkerHandle(ServiceHandle):
         finally:
             app.close()
         return self.hostname in replies
+
+    def set_consuming(self, consuming: bool) -> None:
+        """Stop or resume taking tasks from the queue, so a test's specially configured worker is the only
+        consumer while it runs (otherwise the session's default worker may take its tasks)."""
+        from celery import Celery
+
+        app = Celery(broker=self.env["REDIS_URL"])
+        try:
+            if consuming:
+                app.control.add_consumer(QUEUE, destination=[self.hostname], reply=True, timeout=5)
+            else:
+                app.control.cancel_consumer(QUEUE, destination=[self.hostname], reply=True, timeout=5)
+        finally:
+            app.close()
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        code = super().stop(timeout)
+        for other in self.paused:
+            if other.running():
+                other.set_consuming(True)
+        self.paused = []
+        return code
 
     def wait_ready(self, timeout: float = 60.0) -> WorkerHandle:
         try:
