@@ -17,11 +17,11 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from api_service.errors import PayloadTooLarge
-from shared.auth.base import normalize_authority
+from shared.auth.base import AuthorityError, normalize_authority
 from shared.auth.headers import claimed_address
 from shared.auth.replay import store_unavailable
 from shared.auth.verifier import SignedRequest, VerifiedSigner, Verifier
-from shared.errors import StrongroomError
+from shared.errors import AuthError, StrongroomError
 from shared.events import apublish, new_event
 from shared.layout import is_operation_id
 from shared.settings import Settings
@@ -29,6 +29,7 @@ from shared.settings import Settings
 log = structlog.get_logger(__name__)
 
 _OPERATION_IN_PATH = re.compile(r"/operations/([^/?]+)")
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also passes '²', which int() rejects
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -55,7 +56,7 @@ async def authenticate(request: Request) -> VerifiedSigner:
 async def signed_request(request: Request, settings: Settings, headers: dict[str, str]) -> SignedRequest:
     """The request as its client saw it: public authority and path prefix, raw target, exact body bytes."""
     declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > settings.max_input_bytes:
+    if _DIGITS.fullmatch(declared) and (len(declared) > 18 or int(declared) > settings.max_input_bytes):
         raise PayloadTooLarge("the request body is larger than the input limit")
     trusted = _from_trusted_proxy(request, settings.trusted_proxies)
     scheme = request.url.scheme
@@ -66,9 +67,13 @@ async def signed_request(request: Request, settings: Settings, headers: dict[str
         host = _first(headers.get("x-forwarded-host")) or host
         prefix = _first(headers.get("x-forwarded-prefix")).rstrip("/") or prefix
     raw_path = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+    try:
+        authority = normalize_authority(host, scheme)
+    except AuthorityError:
+        raise AuthError("the Host is not a valid authority", code="authority_not_allowed") from None
     return SignedRequest(
         method=request.method,
-        authority=normalize_authority(host, scheme),
+        authority=authority,
         path=prefix + raw_path.decode("latin-1"),
         query="?" + request.scope.get("query_string", b"").decode("latin-1"),
         headers=headers,

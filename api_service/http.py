@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from api_service.errors import RangeNotSatisfiable
 
 JSON = "application/json"
+# RFC 9110 section 14.1.1 byte positions are ASCII DIGITs; str.isdigit() would also pass '²', which int() rejects.
+_DIGITS = re.compile(r"[0-9]+")
+# Positions longer than this exceed any object we store; capping them keeps int() cheap (and under Python's
+# 4300-digit conversion limit) without changing how they compare against the object's size.
+_MAX_DIGITS = 18
+_HUGE = 10**_MAX_DIGITS
 
 
 @dataclass(frozen=True)
@@ -67,19 +74,27 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     start_text, dash, end_text = spec.strip().partition("-")
-    if not dash or not (start_text.isdigit() or end_text.isdigit()):
+    first, last = _position(start_text), _position(end_text)
+    if not dash or (first is None and last is None):
         return None
-    if (start_text and not start_text.isdigit()) or (end_text and not end_text.isdigit()):
+    if (start_text and first is None) or (end_text and last is None):
         return None
-    if not start_text:  # suffix: the last N bytes
-        suffix = int(end_text)
-        if suffix == 0 or size == 0:
+    if first is None and last is not None:  # suffix: the last N bytes
+        if last == 0 or size == 0:
             raise RangeNotSatisfiable(size)
-        return ByteRange(max(0, size - suffix), size - 1)
-    first = int(start_text)
-    if end_text and int(end_text) < first:
+        return ByteRange(max(0, size - last), size - 1)
+    if first is None:
+        return None
+    if last is not None and last < first:
         return None  # invalid range-spec: ignored, the whole object is sent
     if first >= size:
         raise RangeNotSatisfiable(size)
-    last = int(end_text) if end_text else size - 1
-    return ByteRange(first, min(last, size - 1))
+    return ByteRange(first, size - 1 if last is None else min(last, size - 1))
+
+
+def _position(text: str) -> int | None:
+    """An ASCII decimal byte position (capped, see ``_MAX_DIGITS``), or ``None`` if ``text`` is not one."""
+    if not _DIGITS.fullmatch(text):
+        return None
+    significant = text.lstrip("0") or "0"
+    return _HUGE if len(significant) > _MAX_DIGITS else int(significant)

@@ -39,7 +39,8 @@ STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 CANCEL_KEY_TTL = 86400
-_CURSOR_RE = re.compile(r"^\d{12}_[a-z0-9][a-z0-9-]{0,47}_[a-z2-7]{26}$")
+_LIMIT_RE = re.compile(r"[0-9]{1,6}")
+_CURSOR_RE = re.compile(r"^[0-9]{12}_[a-z0-9][a-z0-9-]{0,47}_[a-z2-7]{26}$")
 _FIELD_CODES = {
     "agent": "agent_unknown",
     "input": "input_invalid",
@@ -147,16 +148,23 @@ async def list_operations(request: Request) -> Response:
 
 def _list_params(request: Request) -> tuple[int, str | None, str | None]:
     query = request.query_params
-    raw_limit = query.get("limit", str(DEFAULT_PAGE))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
-        raise ValidationFailed(f"limit must be an integer from 1 to {MAX_PAGE}", code="limit_invalid")
+    limit = page_limit(query.get("limit"), default=DEFAULT_PAGE, maximum=MAX_PAGE)
     cursor = query.get("cursor") or None
     if cursor is not None and not _CURSOR_RE.fullmatch(cursor):
         raise ValidationFailed("cursor is not one this server issued", code="cursor_invalid")
     status = query.get("status") or None
     if status is not None and status not in STATUSES:
         raise ValidationFailed(f"status must be one of {', '.join(STATUSES)}", code="status_invalid")
-    return int(raw_limit), cursor, status
+    return limit, cursor, status
+
+
+def page_limit(raw: str | None, *, default: int, maximum: int) -> int:
+    """``?limit=``: 1 to ``maximum`` in ASCII digits (``str.isdigit()`` passes '²', which ``int()`` rejects)."""
+    if raw is None:
+        return default
+    if not _LIMIT_RE.fullmatch(raw) or not 1 <= int(raw) <= maximum:
+        raise ValidationFailed(f"limit must be an integer from 1 to {maximum}", code="limit_invalid")
+    return int(raw)
 
 
 async def _fetch_many(get: Any, ids: list[str]) -> list[OperationRecord | None]:

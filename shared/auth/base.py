@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,9 @@ from http_sf.innerlist import ser_innerlist
 REQUIRED_COMPONENTS: tuple[str, ...] = ("@method", "@authority", "@path", "@query", "content-digest")
 DERIVED_COMPONENTS: frozenset[str] = frozenset({"@method", "@authority", "@path", "@query"})
 DEFAULT_PORTS: Mapping[str, int] = {"http": 80, "https": 443}
+
+# RFC 3986 port: ASCII digits only (str.isdigit() also accepts '²', which int() rejects), bounded in length.
+_PORT_RE = re.compile(r"[0-9]{1,5}")
 
 # RFC 9530 algorithms this server can check; sha-256 is the one signers must send.
 DIGEST_ALGORITHMS: Mapping[str, str] = {"sha-256": "sha256", "sha-512": "sha512"}
@@ -41,17 +45,31 @@ class ComponentError(ValueError):
     """A covered component cannot be resolved from the request (absent field, unsupported derived component)."""
 
 
+class AuthorityError(ValueError):
+    """A host[:port] whose port is not a decimal number: it cannot name any authority a client signed."""
+
+
 def normalize_authority(host: str, scheme: str) -> str:
-    """RFC 9421 section 2.2.3: lowercase host, port only when it is not the scheme's default."""
+    """RFC 9421 section 2.2.3: lowercase host, port only when it is not the scheme's default.
+
+    Raises ``AuthorityError`` when a port is present but is not 1-5 ASCII digits (``host:`` with an empty port
+    means the default port, as RFC 3986 section 3.2.3 allows).
+    """
     host = host.strip().lower()
     if host.startswith("["):  # IPv6 literal: the port, if any, follows the closing bracket
         end = host.find("]")
-        name, _, port = host[: end + 1], host[end + 1 : end + 2], host[end + 2 :]
+        name, separator, port = host[: end + 1], host[end + 1 : end + 2], host[end + 2 :]
+        if end < 0 or separator not in ("", ":"):
+            raise AuthorityError("malformed IPv6 authority")
     elif host.count(":") == 1:
         name, _, port = host.partition(":")
     else:
         name, port = host, ""
-    if port and port.isdigit() and DEFAULT_PORTS.get(scheme.lower()) != int(port):
+    if not port:
+        return name
+    if not _PORT_RE.fullmatch(port):
+        raise AuthorityError("the port is not a decimal number")
+    if DEFAULT_PORTS.get(scheme.lower()) != int(port):
         return f"{name}:{int(port)}"
     return name
 

@@ -19,6 +19,7 @@ from eth_account.messages import encode_defunct
 
 from shared.auth.base import (
     REQUIRED_COMPONENTS,
+    AuthorityError,
     RequestParts,
     content_digest,
     normalize_authority,
@@ -72,6 +73,10 @@ def sign_request(
         raise ValidationFailed("label must be a structured-field key such as 'eth'", code="label_invalid")
     if ttl <= 0:
         raise ValidationFailed("ttl must be positive", code="ttl_invalid")
+    try:
+        authority = normalize_authority(target.netloc.rpartition("@")[2], target.scheme)
+    except AuthorityError:
+        raise ValidationFailed("url has an invalid port", code="url_invalid") from None
     created = int(time.time()) if created is None else created
     digest = content_digest(body)
     params: dict[str, object] = {
@@ -82,7 +87,7 @@ def sign_request(
     }
     parts = RequestParts(
         method=method.upper(),
-        authority=normalize_authority(target.netloc.rpartition("@")[2], target.scheme),
+        authority=authority,
         path=target.path or "/",
         query=f"?{target.query}",
         headers={**{k.lower(): v for k, v in (headers or {}).items()}, "content-digest": digest},

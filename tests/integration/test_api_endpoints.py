@@ -6,6 +6,7 @@ the server stored afterwards.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -318,3 +319,41 @@ def test_cors_only_for_configured_origins(redis_url: str) -> None:
         assert ok.headers["access-control-allow-origin"] == "https://app.example"
         evil = client.options(f"{OPS}", headers={"Origin": "https://evil.example", **preflight})
         assert "access-control-allow-origin" not in evil.headers
+
+
+# --- numbers in headers and queries are ASCII digits only (review finding 7) -------------------------------
+
+
+@pytest.mark.parametrize("limit", ["%C2%B2", "%D9%A3", "1" * 5000, "", "0", "101"])
+def test_non_ascii_or_out_of_range_limit_is_422(api: ApiHarness, client: TestClient, limit: str) -> None:
+    """'²' passes str.isdigit() but not int(): it used to escape as a 500; Arabic-Indic '٣' int()-parses."""
+    assert_problem(api.signed(client, "GET", f"{OPS}?limit={limit}"), 422, "limit_invalid")
+
+
+def test_non_ascii_range_over_a_real_socket(redis_url: str) -> None:
+    """Raw bytes through uvicorn (TestClient would re-encode them): '²' in Range is ignored, never a 500."""
+    api = ApiHarness(redis_url, delivery_mode="proxy")
+    record = api.make_record(status="succeeded")
+    ciphertext = bytes(range(100))
+    api.add_artifact(record, "b.bin", ciphertext, plaintext=b"p")
+    path = f"{OPS}/{record.id}/artifacts/b.bin"
+    with api.uvicorn() as port:
+        for malformed in (b"bytes=\xb2-", b"bytes=-\xb2", b"bytes=0-\xb2"):  # latin-1 b"\xb2" is '²'
+            status, _, body = api.raw(port, "GET", path, {"Range": malformed})
+            assert (status, body) == (200, ciphertext), malformed  # ignored: the whole object
+        status, headers, body = api.raw(port, "GET", path, {"Range": b"bytes=90-" + b"9" * 5000})
+        assert (status, body, headers["content-range"]) == (206, ciphertext[90:], "bytes 90-99/100")
+        status, headers, _ = api.raw(port, "GET", path, {"Range": b"bytes=" + b"9" * 5000 + b"-"})
+        assert (status, headers["content-range"]) == (416, "bytes */100")
+
+
+def test_non_ascii_host_port_over_a_real_socket(redis_url: str) -> None:
+    """A Host port of '²' is an authority error (401), not a 500; the same request with its real Host is fine."""
+    api = ApiHarness(redis_url)
+    with api.uvicorn() as port:
+        for host in (b"127.0.0.1:\xb2", b"127.0.0.1:" + b"9" * 5000, b"[::1]x80"):
+            status, headers, body = api.raw(port, "GET", OPS, {"Host": host})
+            assert status == 401 and headers["content-type"].startswith("application/problem+json"), host
+            assert json.loads(body)["code"] == "authority_not_allowed"
+        status, _, body = api.raw(port, "GET", OPS, {})
+        assert status == 200, body

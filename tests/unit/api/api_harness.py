@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -68,8 +71,39 @@ class ApiHarness:
     @contextmanager
     def client(self) -> Iterator[TestClient]:
         """A fresh async Redis per client: its connections belong to the TestClient's event loop."""
+        with TestClient(create_app(services=self.services()), raise_server_exceptions=False) as client:
+            yield client
+
+    @contextmanager
+    def uvicorn(self) -> Iterator[int]:
+        """The same app under a real uvicorn (httptools) on 127.0.0.1, for requests TestClient would re-encode.
+
+        Yields the port; the server stops when the block ends.
+        """
+        import uvicorn
+
+        from shared.devstack import free_port
+
+        port = free_port()
+        config = uvicorn.Config(
+            create_app(services=self.services()), host="127.0.0.1", port=port, log_level="warning", http="httptools"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        try:
+            yield port
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+
+    def services(self) -> ApiServices:
         async_redis = aioredis.Redis.from_url(self.settings.redis_url)
-        services = ApiServices(
+        return ApiServices(
             settings=self.settings,
             redis=async_redis,
             store=self.store,
@@ -79,8 +113,6 @@ class ApiHarness:
             producer=self.producer,
             sync_redis=self.sync_redis,
         )
-        with TestClient(create_app(services=services), raise_server_exceptions=False) as client:
-            yield client
 
     def signed(
         self,
@@ -99,6 +131,27 @@ class ApiHarness:
         if raw:
             all_headers.setdefault("Content-Type", "application/json")
         return client.request(method, url, content=raw, headers=all_headers, follow_redirects=False)
+
+    def raw(
+        self, port: int, method: str, target: str, headers: dict[str, bytes], *, signer: Signer | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Send exactly these header bytes over a socket (signed for ``http://127.0.0.1:<port><target>``).
+
+        Returns status, lowercase headers and body; the server must close or send Content-Length.
+        """
+        signed = sign_request((signer or self.alice).key, method, f"http://127.0.0.1:{port}{target}", b"")
+        fields = {"Host": f"127.0.0.1:{port}".encode(), **{k: v.encode() for k, v in signed.items()}, **headers}
+        head = f"{method} {target} HTTP/1.1\r\n".encode()
+        head += b"".join(name.encode() + b": " + value + b"\r\n" for name, value in fields.items())
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(head + b"Connection: close\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        raw_head, _, body = data.partition(b"\r\n\r\n")
+        lines = raw_head.decode("latin-1").split("\r\n")
+        parsed = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        return int(lines[0].split()[1]), parsed, body
 
     # --- stored state ---------------------------------------------------------------------------------------
 
@@ -120,9 +173,9 @@ class ApiHarness:
         self, record: OperationRecord, name: str, ciphertext: bytes, *, plaintext: bytes = b"", embedded: bool = False
     ) -> OperationRecord:
         """Store an artifact object the way the worker does (object first, record last)."""
-        self.store.put_bytes(layout.artifact_key(record.id, name), ciphertext)
+        self.store.put_bytes(layout.artifact_key(record.id, name, None), ciphertext)
         if embedded:
-            self.records.put_sealed(layout.embedded_key(record.id, name), plaintext)
+            self.records.put_sealed(layout.embedded_key(record.id, name, None), plaintext)
         artifact = StoredArtifact(
             name=name,
             size=len(plaintext),

@@ -8,6 +8,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.auth.base import (
+    AuthorityError,
     ComponentError,
     RequestParts,
     component_value,
@@ -16,6 +17,8 @@ from shared.auth.base import (
     serialize_params,
     signature_base,
 )
+from shared.auth.signer import sign_request
+from shared.errors import ValidationFailed
 
 pytestmark = pytest.mark.unit
 
@@ -122,6 +125,35 @@ def test_unknown_components_are_refused() -> None:
 )
 def test_authority_normalization(host: str, scheme: str, expected: str) -> None:
     assert normalize_authority(host, scheme) == expected
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "example.com:\u00b2",
+        "example.com:\u0663",
+        "example.com:8o",
+        "[::1]:x",
+        "[::1]80",
+        "[::1",
+        "example.com:" + "9" * 5000,
+        "example.com:123456",
+    ],
+)
+def test_malformed_ports_are_refused_not_crashed(host: str) -> None:
+    """'²' passes str.isdigit() but not int(): a Host like that used to raise ValueError (a 500 in the API)."""
+    with pytest.raises(AuthorityError):
+        normalize_authority(host, "https")
+
+
+def test_empty_port_means_the_default() -> None:
+    assert normalize_authority("example.com:", "https") == "example.com"
+
+
+def test_signer_refuses_a_url_with_a_malformed_port() -> None:
+    with pytest.raises(ValidationFailed) as info:
+        sign_request("0x" + "42" * 32, "GET", "https://example.com:\u00b2/api/v1/operations")
+    assert info.value.code == "url_invalid"
 
 
 def test_rfc9530_content_digest_example() -> None:
