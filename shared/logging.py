@@ -63,6 +63,7 @@ def redact(value: Any, key: str = "") -> Any:
 
 
 def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event_dict.pop("color_message", None)  # uvicorn's ANSI-coloured duplicate of the message
     for key in list(event_dict):
         event_dict[key] = redact(event_dict[key], key)
     return event_dict
