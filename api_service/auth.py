@@ -63,9 +63,9 @@ async def signed_request(request: Request, settings: Settings, headers: dict[str
     host = headers.get("host", "")
     prefix = settings.public_path_prefix
     if trusted:
-        scheme = _first(headers.get("x-forwarded-proto")) or scheme
-        host = _first(headers.get("x-forwarded-host")) or host
-        prefix = _first(headers.get("x-forwarded-prefix")).rstrip("/") or prefix
+        scheme = _last(headers.get("x-forwarded-proto")) or scheme
+        host = _last(headers.get("x-forwarded-host")) or host
+        prefix = _last(headers.get("x-forwarded-prefix")).rstrip("/") or prefix
     raw_path = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
     try:
         authority = normalize_authority(host, scheme)
@@ -97,9 +97,9 @@ def _joined_headers(request: Request) -> dict[str, str]:
     return joined
 
 
-def _first(value: str | None) -> str:
-    """The client-facing entry of a forwarded header that each proxy in a chain appended to."""
-    return (value or "").split(",")[0].strip()
+def _last(value: str | None) -> str:
+    """The entry our trusted proxy wrote: a proxy that appends leaves whatever the client sent in front of it."""
+    return (value or "").rsplit(",", 1)[-1].strip()
 
 
 def _from_trusted_proxy(request: Request, proxies: tuple[str, ...]) -> bool:

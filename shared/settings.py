@@ -99,7 +99,9 @@ class Settings:
     public_authorities: tuple[str, ...] = _opt(
         "STRONGROOM_PUBLIC_AUTHORITIES",
         "",
-        "Comma-separated `host[:port]` clients may sign as `@authority` (empty: the request's Host).",
+        "Comma-separated `host[:port]` clients may sign as `@authority` (lowercase, port only if not the scheme's "
+        "default). Required in production: a signature binds `@authority`, so if any Host is accepted a request "
+        "captured for one deployment can be replayed once at another. Empty (development only): the request's Host.",
     )
     public_path_prefix: str = _opt(
         "STRONGROOM_PUBLIC_PATH_PREFIX", "", "Path prefix an ingress strips before the API (e.g. `/strongroom`)."
@@ -239,6 +241,19 @@ class Settings:
             raise ConfigError("STRONGROOM_SIGNATURE_MAX_WINDOW", "must be at most 3600 seconds")
         if not 1 <= self.presign_ttl <= 7 * 24 * 3600:
             raise ConfigError("STRONGROOM_PRESIGN_TTL", "must be between 1 and 604800 seconds")
+
+    def validate_api(self) -> None:
+        """Rules only the API process needs; ``strongroom api`` calls this at start-up, before serving.
+
+        In production the accepted ``@authority`` values must be pinned: a signature binds the authority, and a
+        server that believes any ``Host`` would accept a request captured for another deployment (once per nonce).
+        """
+        if self.env == "production" and not self.public_authorities:
+            raise ConfigError(
+                "STRONGROOM_PUBLIC_AUTHORITIES",
+                "is required when STRONGROOM_ENV=production (the host[:port] clients sign as @authority): "
+                "without it a request signed for another deployment would be accepted here",
+            )
 
     @property
     def lifecycle_days(self) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from shared.auth.base import normalize_authority
 from shared.devstack import (
     EmbeddedServerError,
     ManagedProcess,
@@ -33,6 +34,7 @@ from shared.devstack import (
 from shared.logging import configure, get_logger
 from shared.settings import Settings
 
+_WILDCARD_BINDS = frozenset({"0.0.0.0", "::"})  # noqa: S104 (recognising a wildcard bind, not binding one)
 STOP_BUDGET = 9.0  # seconds for SIGTERM-then-SIGKILL of every child; the issue allows 10
 READY_TIMEOUT = 120.0
 
@@ -45,9 +47,25 @@ def _prepare_env(args: argparse.Namespace, data_dir: Path, base: Mapping[str, st
     env["STRONGROOM_API_HOST"] = args.host
     env["STRONGROOM_API_PORT"] = str(args.port)
     env.setdefault("STRONGROOM_S3_CORS_ORIGINS", f"http://{args.host}:{args.port}")
+    env.setdefault("STRONGROOM_PUBLIC_AUTHORITIES", ",".join(dev_authorities(args.host, args.port)))
     env.setdefault("STRONGROOM_WORK_DIR", str(data_dir / "work"))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def dev_authorities(host: str, port: int) -> list[str]:
+    """The ``@authority`` values a local client may sign: the bound address, plus the loopback names that reach it.
+
+    Pinned even in development so `strongroom dev` runs the same authority check as production. A wildcard bind
+    (``0.0.0.0``, ``::``) gets the loopback names only: set STRONGROOM_PUBLIC_AUTHORITIES for other hosts' names.
+    """
+    names = [] if host in _WILDCARD_BINDS else [f"[{host}]" if ":" in host else host]
+    if host in ("127.0.0.1", "localhost") or host in _WILDCARD_BINDS:
+        names += ["127.0.0.1", "localhost"]
+    if host == "::1":
+        names += ["[::1]", "localhost"]
+    authorities = [normalize_authority(f"{name}:{port}", "http") for name in names]
+    return list(dict.fromkeys(authorities))
 
 
 def _dev_keyring(path: Path) -> Path:

@@ -64,6 +64,7 @@ def run_api(args: argparse.Namespace) -> int:
     if args.port:
         overrides["api_port"] = args.port
     settings = load_settings("api", **overrides)
+    settings.validate_api()
     import uvicorn
 
     from api_service.app import create_app

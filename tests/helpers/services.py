@@ -131,7 +131,14 @@ class ApiHandle(ServiceHandle):
     def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
         self.port = free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
-        env = {**env, "STRONGROOM_API_HOST": LOOPBACK, "STRONGROOM_API_PORT": str(self.port)}
+        # Pinned like production requires, so tests exercise the authority check (overridable per test).
+        authorities = env.get("STRONGROOM_PUBLIC_AUTHORITIES") or f"{LOOPBACK}:{self.port}"
+        env = {
+            **env,
+            "STRONGROOM_API_HOST": LOOPBACK,
+            "STRONGROOM_API_PORT": str(self.port),
+            "STRONGROOM_PUBLIC_AUTHORITIES": authorities,
+        }
         super().__init__(f"api-{self.port}", ["api"], env, log_dir)
 
     def healthy(self) -> bool:

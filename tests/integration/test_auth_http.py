@@ -288,3 +288,36 @@ def test_public_prefix_and_authorities_from_settings(redis_url: str) -> None:
             headers=api.headers("GET", "http://elsewhere/strongroom/api/v1/operations") | {"Host": "elsewhere"},
         )
         assert_problem(other_host, 401, "authority_not_allowed")
+
+
+def test_trusted_proxy_that_appends_is_read_from_the_last_entry(redis_url: str) -> None:
+    """A proxy that appends to X-Forwarded-Host leaves the client's own value first: only the last is ours."""
+    api = Api(redis_url, client=("10.1.2.3", 4000), trusted_proxies=("10.0.0.0/8",))
+    appended = {"X-Forwarded-Host": "other-deployment.example, public.example", "X-Forwarded-Proto": "http, https"}
+    with api.client:
+        ok = api.send(
+            "GET", OPERATIONS, headers=api.headers("GET", "https://public.example/api/v1/operations") | appended
+        )
+        assert ok.status_code == 200, ok.text
+        captured = api.headers("GET", "https://other-deployment.example/api/v1/operations")
+        assert_problem(api.send("GET", OPERATIONS, headers=captured | appended), 401, "signature_invalid")
+
+
+def test_strongroom_api_in_production_stops_at_start_up_naming_public_authorities() -> None:
+    """Finding 6: the start-up check runs in the real entry point, before uvicorn binds, as one line (exit 2)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "shared", "api"],
+        env={**env, "STRONGROOM_ENV": "production"},
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "STRONGROOM_PUBLIC_AUTHORITIES" in result.stderr and "Traceback" not in result.stderr
