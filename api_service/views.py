@@ -12,7 +12,6 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import layout
 from shared.errors import NotFound
 from shared.models import (
     ArtifactCollection,
@@ -89,11 +88,12 @@ def _embedded(
         if artifact.size > max_size:
             warnings.append(f"{artifact.name}: {artifact.size} bytes is over the {max_size}-byte embedding limit")
             continue
-        if not artifact.embedded:
+        key = artifact.embedded_object_key(record.id)
+        if key is None:
             warnings.append(f"{artifact.name}: no embedded copy was stored; download it instead")
             continue
         try:
-            plaintext = records.get_sealed(layout.embedded_key(record.id, artifact.name))
+            plaintext = records.get_sealed(key)
         except NotFound:
             warnings.append(f"{artifact.name}: the embedded copy is gone; download it instead")
             continue

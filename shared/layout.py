@@ -4,13 +4,18 @@ Bucket layout (the design's directory structure)::
 
     operations/{id}/record.json            the operation record (keyring-encrypted): status, result, artifacts
     operations/{id}/input.json             the agent input (keyring-encrypted)
-    operations/{id}/artifacts/{name}.enc   Cobblestone-256 ciphertext, readable only by the grantee
-    operations/{id}/embedded/{name}        legacy copy for embedded base64 (keyring-encrypted; only if enabled)
+    operations/{id}/artifacts/{run}/{name}.enc  Cobblestone-256 ciphertext, readable only by the grantee
+    operations/{id}/embedded/{run}/{name}  legacy copy for embedded base64 (keyring-encrypted; only if enabled)
     operations/{id}/access_log/{seq}.json  hash-chained audit batches (+ head.json, the newest batch digest)
     grantees/{address}/{inverted time}_{id} empty index object: a grantee's operations, newest first
     audit/{seq}.json                       hash-chained audit batches of events that name no operation
 
 The record is written last: until it names an artifact, the artifact does not exist for the API.
+
+``{run}`` is the id of the run (one claim of the operation by a worker) that uploaded the object, and the record
+stores it with each artifact. Two runs of one operation therefore never write the same key: a stale run that keeps
+uploading cannot overwrite what the current run stored, and a re-claim deletes only objects no record names.
+Records written before run ids existed name run-less keys (``run_id=None``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ MAX_NAME_BYTES = 255
 _AGENT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
 _OPERATION_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}_[a-z2-7]{26}$")
 _ADDRESS_RE = re.compile(r"^0x[0-9a-f]{40}$")
+RUN_ID_PATTERN = r"^[0-9a-f]{16}$"
+_RUN_ID_RE = re.compile(RUN_ID_PATTERN)
 _INVERTED_BASE = 10**12
 
 
@@ -111,16 +118,35 @@ def artifacts_prefix(operation_id: str) -> str:
     return operation_prefix(operation_id) + "artifacts/"
 
 
-def artifact_key(operation_id: str, name: str) -> str:
-    return artifacts_prefix(operation_id) + validate_artifact_name(name) + ".enc"
+def new_run_id() -> str:
+    """64 random bits: unique per claim, so no two runs of an operation share an object key."""
+    return secrets.token_hex(8)
+
+
+def _run_dir(run_id: str | None) -> str:
+    if run_id is None:
+        return ""  # a record from before per-run keys
+    if not _RUN_ID_RE.fullmatch(run_id):
+        raise ValidationFailed("malformed run id", code="run_id_invalid")
+    return run_id + "/"
+
+
+def artifact_key(operation_id: str, name: str, run_id: str | None) -> str:
+    """The ciphertext object of artifact ``name`` as uploaded by run ``run_id`` (``None``: a legacy record).
+
+    The run is a directory level, not a suffix: names cannot contain ``/``, so no name of one run (or of a legacy
+    record) can ever spell another run's key.
+    """
+    return artifacts_prefix(operation_id) + _run_dir(run_id) + validate_artifact_name(name) + ".enc"
 
 
 def embedded_prefix(operation_id: str) -> str:
     return operation_prefix(operation_id) + "embedded/"
 
 
-def embedded_key(operation_id: str, name: str) -> str:
-    return embedded_prefix(operation_id) + validate_artifact_name(name)
+def embedded_key(operation_id: str, name: str, run_id: str | None) -> str:
+    """The keyring-sealed embedded copy, per run for the same reason as ``artifact_key``."""
+    return embedded_prefix(operation_id) + _run_dir(run_id) + validate_artifact_name(name)
 
 
 def access_log_prefix(operation_id: str) -> str:

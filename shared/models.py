@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
+from shared import layout
+
 OperationStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 ENCRYPTION_SCHEME: Literal["cobblestone-256"] = "cobblestone-256"
@@ -48,7 +50,12 @@ class Encryption(Model):
 
 
 class StoredArtifact(Model):
-    """One artifact as the operation record holds it."""
+    """One artifact as the operation record holds it.
+
+    ``run_id`` is the run that uploaded it; its objects live under that run's keys, so readers and deleters must
+    take the keys from here (``object_key``), never rebuild them from the name alone. Records written before
+    per-run keys have no ``run_id`` and fall back to the run-less keys.
+    """
 
     name: str
     size: int = Field(ge=0)
@@ -59,6 +66,20 @@ class StoredArtifact(Model):
     ciphertext_size: int = Field(ge=0)
     encryption: Encryption
     embedded: bool = False  # a keyring-encrypted legacy copy exists (embedded-artifacts migration)
+    run_id: str | None = Field(default=None, pattern=layout.RUN_ID_PATTERN)
+
+    def object_key(self, operation_id: str) -> str:
+        """Where the ciphertext is stored."""
+        return layout.artifact_key(operation_id, self.name, self.run_id)
+
+    def embedded_object_key(self, operation_id: str) -> str | None:
+        """Where the embedded copy is stored, ``None`` when none was written."""
+        return layout.embedded_key(operation_id, self.name, self.run_id) if self.embedded else None
+
+    def object_keys(self, operation_id: str) -> list[str]:
+        """Every object this artifact owns (what deleting it must remove)."""
+        embedded = self.embedded_object_key(operation_id)
+        return [self.object_key(operation_id), *([embedded] if embedded else [])]
 
 
 class ArtifactMetadata(Model):

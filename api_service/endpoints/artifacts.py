@@ -17,7 +17,6 @@ from api_service.endpoints.common import audit, blocking, json_response, load_op
 from api_service.errors import RangeNotSatisfiable
 from api_service.http import ByteRange, parse_range, prefers_json
 from api_service.views import collection
-from shared import layout
 from shared.auth.verifier import VerifiedSigner
 from shared.errors import NotFound
 from shared.models import ENCRYPTION_SCHEME, AuditAction, OperationRecord, StoredArtifact, format_time
@@ -51,16 +50,19 @@ async def delete_artifact(request: Request) -> Response:
     )
     await _find(request, signer, record, name, "artifact.delete")
     svc = services(request)
+    removed: list[StoredArtifact] = []
 
     def remove(current: OperationRecord) -> OperationRecord:
-        if current.artifact(name) is None:
+        artifact = current.artifact(name)
+        if artifact is None:
             raise NotFound("no such artifact", code="artifact_not_found")
+        removed[:] = [artifact]  # the keys come from the record as it is under the lock
         return current.evolve(artifacts=[a.model_dump() for a in current.artifacts if a.name != name])
 
     # Record first: the artifact vanishes for readers; a crash before the object delete leaves an orphan the
     # sweep removes, never a record pointing at nothing.
     await blocking(svc.records.update, record.id, remove)
-    await blocking(svc.store.delete_many, [layout.artifact_key(record.id, name), layout.embedded_key(record.id, name)])
+    await blocking(svc.store.delete_many, removed[0].object_keys(record.id))
     await audit(request, "artifact.delete", "ok", actor=signer.address, operation_id=record.id, artifact=name)
     return Response(status_code=204, headers={"Cache-Control": "no-store"})
 
@@ -95,7 +97,7 @@ async def _presigned(
     request: Request, signer: VerifiedSigner, record: OperationRecord, artifact: StoredArtifact
 ) -> Response:
     svc = services(request)
-    key = layout.artifact_key(record.id, artifact.name)
+    key = artifact.object_key(record.id)
     url = await blocking(lambda: svc.store.presign_get(key, ttl=svc.settings.presign_ttl, filename=artifact.name))
     as_json = prefers_json(request.headers.get("accept"))
     await audit(
@@ -122,7 +124,7 @@ async def _proxy(
     svc = services(request)
     size = artifact.ciphertext_size
     wanted = parse_range(request.headers.get("range"), size)
-    key = layout.artifact_key(record.id, artifact.name)
+    key = artifact.object_key(record.id)
     headers = {
         **artifact_headers(artifact),
         "Accept-Ranges": "bytes",

@@ -89,7 +89,7 @@ def decrypt_artifact(services: Services, record: OperationRecord, name: str, sec
     artifact = record.artifact(name)
     assert artifact is not None, name
     key = keywrap.unwrap_data_key(secret, artifact.encryption.wrapped_key.model_dump(), record.id, name)
-    chunks = services.store.open_range(layout.artifact_key(record.id, name))
+    chunks = services.store.open_range(artifact.object_key(record.id))
     plaintext = b"".join(
         cobblestone.decrypt_stream(key.data_key, cobblestone.artifact_context(record.id, name), chunks)
     )

@@ -59,9 +59,23 @@ def test_malformed_operation_ids_never_become_keys(bad: str) -> None:
 
 def test_artifact_keys_stay_under_the_operation_prefix() -> None:
     op = layout.new_operation_id("privacy-audit")
-    assert layout.artifact_key(op, "report.md") == f"operations/{op}/artifacts/report.md.enc"
+    assert layout.artifact_key(op, "report.md", None) == f"operations/{op}/artifacts/report.md.enc"
     with pytest.raises(ValidationFailed):
-        layout.artifact_key(op, "../../other/record.json")
+        layout.artifact_key(op, "../../other/record.json", None)
+
+
+def test_artifact_keys_are_per_run() -> None:
+    op = layout.new_operation_id("privacy-audit")
+    one, two = layout.new_run_id(), layout.new_run_id()
+    assert one != two
+    assert layout.artifact_key(op, "r.md", one) == f"operations/{op}/artifacts/{one}/r.md.enc"
+    assert layout.embedded_key(op, "r.md", one) == f"operations/{op}/embedded/{one}/r.md"
+    assert layout.artifact_key(op, "r.md", one) != layout.artifact_key(op, "r.md", two)
+    # No name of a legacy (run-less) record can spell a run's key: names cannot contain "/".
+    assert layout.artifact_key(op, "r.md", one) != layout.artifact_key(op, f"{one}.r.md", None)
+    for bad in ("", "../x", "ABCDEF0123456789", "0" * 15, "0" * 16 + "/"):
+        with pytest.raises(ValidationFailed):
+            layout.artifact_key(op, "r.md", bad)
 
 
 def test_grantee_index_lists_newest_first() -> None:

@@ -135,9 +135,7 @@ def _orphans_of(services: Services, operation_id: str, objects: list[ObjectInfo]
             return []
         named = {layout.record_key(operation_id), layout.input_key(operation_id)}
         for artifact in record.artifacts:
-            named.add(layout.artifact_key(operation_id, artifact.name))
-            if artifact.embedded:
-                named.add(layout.embedded_key(operation_id, artifact.name))
+            named.update(artifact.object_keys(operation_id))  # the keys of the run that stored it
     swept = (layout.artifacts_prefix(operation_id), layout.embedded_prefix(operation_id))
     return [key for key in old if key.startswith(swept) and key not in named]
 

@@ -3,12 +3,15 @@
 Concurrency contract (shared with the API, see shared/records.py):
 
 * Only a ``pending`` record starts (-> ``running``), under the per-operation lock, so a redelivered or cancelled
-  task is a no-op. The run holds a lease in Redis (``layout.redis_run_lease``) naming its token (the Celery task
-  id) and refreshes it while the agent runs; a ``running`` record whose lease is gone belongs to a dead worker and
-  is re-claimed: its uploaded-but-unnamed objects are deleted and the agent runs again.
-* Artifacts are uploaded first; the record is written once at the end, naming them all (metadata last). A crash
-  at any point leaves the record naming all artifacts or none, and the leftovers are unnamed objects that the
-  next claim (or the orphan sweep) deletes.
+  task is a no-op. Each claim holds a lease in Redis (``pipeline/lease.py``) naming its token (the Celery task id)
+  and a fresh run id, and refreshes it with a compare-and-set while the agent runs and while it uploads; a
+  ``running`` record whose lease is gone belongs to a dead (or cut-off) worker and is re-claimed: its
+  uploaded-but-unnamed objects are deleted and the agent runs again.
+* A run uploads under its own keys (``layout.artifact_key(..., run_id)``) and checks it still holds the lease
+  before each upload, so two runs of one operation never overwrite each other, and a run that lost its lease
+  stops uploading and never writes the record. The record is written once at the end, naming all artifacts
+  (metadata last), only by the lease holder. A crash at any point leaves the record naming all artifacts or none,
+  and the leftovers are unnamed objects that the next claim (or the orphan sweep) deletes.
 * Cancel: the API sets ``cancel_requested`` and the Redis cancel key; the agent's process group is killed within
   a poll interval and the record ends ``cancelled`` with no artifacts.
 """
@@ -16,11 +19,8 @@ Concurrency contract (shared with the API, see shared/records.py):
 from __future__ import annotations
 
 import signal
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis
@@ -34,14 +34,12 @@ from worker_service.agents.inputs import write_input
 from worker_service.agents.outputs import LimitExceeded, collect_outputs
 from worker_service.agents.registry import resolve
 from worker_service.agents.runner import AgentRun, Limits, fresh_workdir, run_agent
+from worker_service.pipeline.lease import POLL_INTERVAL, LeaseLost, RunLease, RunProbe, holder_token, release_if
 from worker_service.pipeline.store import publish_stored, store_artifacts, unnamed_objects
 from worker_service.services import Services
 
 log = structlog.get_logger(__name__)
 
-LEASE_TTL = 30  # seconds; a run that stops refreshing for this long is presumed dead
-LEASE_REFRESH = 5.0
-POLL_INTERVAL = 0.5
 CANCEL_TTL = 24 * 3600
 CANCELLED_SUMMARY = "cancelled by grantee"
 INTERNAL_SUMMARY = "internal error: the worker could not complete the operation"
@@ -64,83 +62,22 @@ class Verdict:
     artifacts: list[StoredArtifact] = field(default_factory=list)
 
 
-class LeaseLost(Unavailable):
-    """Another worker may own the run now (Redis was unreachable longer than the lease): stop, write nothing."""
-
-    code = "run_lease_lost"
-
-
-# --- lease and cancel probe ---------------------------------------------------------------------------------------
-
-
-class RunProbe:
-    """Called by the runner's watchdog: keeps the lease fresh and reports a cancel request.
-
-    Redis hiccups do not kill the agent; only a lease that could not be refreshed for most of its TTL does
-    (``lease_lost``), because by then another worker may legitimately re-claim the operation.
-    """
-
-    def __init__(self, client: redis.Redis, operation_id: str, token: str) -> None:
-        self.client = client
-        self.operation_id = operation_id
-        self.token = token
-        self.lease_lost = False
-        self._last_refresh = self._last_ok = time.monotonic()
-
-    def __call__(self) -> bool:
-        now = time.monotonic()
-        try:
-            if now - self._last_refresh >= LEASE_REFRESH:
-                self.client.set(layout.redis_run_lease(self.operation_id), self.token, ex=LEASE_TTL)
-                self._last_refresh = now
-            cancelled = bool(self.client.exists(layout.redis_cancel_key(self.operation_id)))
-            self._last_ok = now
-            return cancelled
-        except redis.RedisError as exc:
-            log.warning("run.probe_failed", error=type(exc).__name__)
-            if now - self._last_ok > LEASE_TTL * 0.8:
-                self.lease_lost = True
-                return True
-            return False
-
-    @contextmanager
-    def kept_alive(self) -> Iterator[None]:
-        """Keep refreshing the lease from a thread while the caller works with no watchdog (the uploads), so a
-        long upload is never mistaken for a dead worker and re-claimed under its feet."""
-        stop = threading.Event()
-
-        def refresh() -> None:
-            while not stop.wait(POLL_INTERVAL):
-                self()
-
-        thread = threading.Thread(target=refresh, name=f"lease-{self.operation_id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join(timeout=LEASE_REFRESH)
-
-    def owns_lease(self) -> bool:
-        holder = self.client.get(layout.redis_run_lease(self.operation_id))
-        return holder is not None and _text(holder) == self.token
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 # --- claim ----------------------------------------------------------------------------------------------------------
 
 
-def claim(services: Services, operation_id: str, token: str) -> OperationRecord | None:
-    """Move the record to ``running`` and take the lease; ``None`` when there is nothing to do."""
+def claim(services: Services, operation_id: str, token: str) -> tuple[OperationRecord, RunLease] | None:
+    """Move the record to ``running`` and take a fresh lease; ``None`` when there is nothing to do.
+
+    A ``running`` record is re-claimed only when its lease is gone or was taken by this same task (a retry): the
+    leftovers deleted then are objects no record names, which with per-run keys can never be the current run's.
+    """
     records, client = services.records, services.redis
+    lease = RunLease.new(client, operation_id, token)
     with records.locked(operation_id):
         record = records.get(operation_id)
         if record.status == "running":
-            holder = client.get(layout.redis_run_lease(operation_id))
-            if holder is not None and _text(holder) != token:
+            holder = client.get(lease.key)
+            if holder is not None and holder_token(holder) != token:
                 log.info("run.skipped", reason="running elsewhere")
                 return None
             leftovers = unnamed_objects(services, record)
@@ -149,11 +86,11 @@ def claim(services: Services, operation_id: str, token: str) -> OperationRecord 
         elif record.status != "pending":
             log.info("run.skipped", reason=f"status {record.status}")
             return None
-        client.set(layout.redis_run_lease(operation_id), token, ex=LEASE_TTL)
+        lease.take()
         record = record.evolve(status="running", started_at=utcnow(), finished_at=None, result=None, artifacts=[])
         records.put(record)
     publish(services.redis, new_event(operation_id=operation_id, action="operation.started", result="ok"))
-    return record
+    return record, lease
 
 
 # --- judging a run --------------------------------------------------------------------------------------------------
@@ -221,11 +158,17 @@ def execute(services: Services, record: OperationRecord, probe: RunProbe) -> Ver
             return failed
         if out_problem is not None:
             return Verdict("failed", out_problem.detail, run.logs)
-        if not probe.owns_lease():
-            raise LeaseLost("lost the run lease before storing artifacts")
+        probe.ensure_owner()
         try:
             with probe.kept_alive():
-                artifacts = store_artifacts(services, record, workdir.out_dir, scratch=workdir.root)
+                artifacts = store_artifacts(
+                    services,
+                    record,
+                    workdir.out_dir,
+                    run_id=probe.lease.run_id,
+                    ensure_owner=probe.ensure_owner,
+                    scratch=workdir.root,
+                )
         except LimitExceeded as exc:
             return Verdict("failed", exc.detail, run.logs)
         if probe.lease_lost:
@@ -237,17 +180,24 @@ def execute(services: Services, record: OperationRecord, probe: RunProbe) -> Ver
 # --- finishing ------------------------------------------------------------------------------------------------------
 
 
-def finish(
-    services: Services, operation_id: str, token: str, verdict: Verdict, execution_time: float
-) -> OperationRecord | None:
-    """Write the record once (status, result, artifacts) if this run still owns it; then drop leftovers."""
+def finish(services: Services, lease: RunLease, verdict: Verdict, execution_time: float) -> OperationRecord | None:
+    """Write the record once (status, result, artifacts) if this run still owns it; then drop leftovers.
+
+    Naming artifacts needs the lease itself: once it lapsed, another claim may have deleted this run's uploads as
+    unnamed, so ``LeaseLost`` sends the task round again instead. A verdict without artifacts only needs nobody
+    else to hold it.
+    """
     records, client = services.records, services.redis
+    operation_id = lease.operation_id
     with records.locked(operation_id):
         current = records.get(operation_id)
-        holder = client.get(layout.redis_run_lease(operation_id))
-        if current.status != "running" or (holder is not None and _text(holder) != token):
+        holder = client.get(lease.key)
+        ours = lease.is_value(holder)
+        if current.status != "running" or not (ours or holder is None):
             log.warning("run.superseded", status=current.status)
             return None
+        if verdict.status == "succeeded" and not ours:
+            raise LeaseLost("the run lease lapsed before the record was written")
         if current.cancel_requested and verdict.status != "cancelled":
             verdict = Verdict("cancelled", CANCELLED_SUMMARY, verdict.logs)
         ok = verdict.status == "succeeded"
@@ -261,7 +211,8 @@ def finish(
             status=verdict.status, finished_at=utcnow(), result=result, artifacts=verdict.artifacts if ok else []
         )
         records.put(final)
-        client.delete(layout.redis_run_lease(operation_id), layout.redis_cancel_key(operation_id))
+        lease.release()
+        client.delete(layout.redis_cancel_key(operation_id))
     _drop_unnamed(services, final)
     return final
 
@@ -297,10 +248,11 @@ def run_operation(services: Services, operation_id: str, token: str | None = Non
     """
     token = token or uuid.uuid4().hex
     started = time.monotonic()
-    record = claim(services, operation_id, token)
-    if record is None:
+    claimed = claim(services, operation_id, token)
+    if claimed is None:
         return None
-    probe = RunProbe(services.redis, operation_id, token)
+    record, lease = claimed
+    probe = RunProbe(lease)
     try:
         verdict = execute(services, record, probe)
     except TRANSIENT_ERRORS:
@@ -308,24 +260,35 @@ def run_operation(services: Services, operation_id: str, token: str | None = Non
     except Exception:
         log.exception("run.failed_internally")
         verdict = Verdict("failed", INTERNAL_SUMMARY)
-    final = finish(services, operation_id, token, verdict, time.monotonic() - started)
+    final = finish(services, lease, verdict, time.monotonic() - started)
     if final is not None:
         _announce(services, final)
         log.info("run.finished", status=final.status, artifacts=len(final.artifacts))
     return final
 
 
-def fail_operation(services: Services, operation_id: str, summary: str) -> OperationRecord:
-    """End a still-running operation as ``failed`` (a task that ran out of retries); no-op once finished."""
+def fail_operation(services: Services, operation_id: str, summary: str, *, token: str) -> OperationRecord | None:
+    """End an unfinished operation as ``failed`` for task ``token`` that ran out of retries.
 
-    def change(current: OperationRecord) -> OperationRecord:
+    Only when the run lease is gone or was this task's: a live lease of another task means a redelivered run owns
+    the operation now, and failing it would throw away (and delete) that run's work. Returns ``None`` then; the
+    record unchanged once it is finished.
+    """
+    records, client = services.records, services.redis
+    lease_key = layout.redis_run_lease(operation_id)
+    with records.locked(operation_id):
+        current = records.get(operation_id)
         if current.finished:
             return current
+        holder = client.get(lease_key)
+        if holder is not None and holder_token(holder) != token:
+            log.warning("run.fail_skipped", reason="another task holds the run lease")
+            return None
         result = OperationResult(status="error", summary=summary, execution_time=0)
-        return current.evolve(status="failed", finished_at=utcnow(), result=result, artifacts=[])
-
-    final = services.records.update(operation_id, change)
-    services.redis.delete(layout.redis_run_lease(operation_id))
+        final = current.evolve(status="failed", finished_at=utcnow(), result=result, artifacts=[])
+        records.put(final)
+        if holder is not None:
+            release_if(client, operation_id, holder)
     _drop_unnamed(services, final)
     return final
 

@@ -1,21 +1,26 @@
 """Turn an agent's output files into encrypted, uploaded artifacts (the design's ``store_artifacts``).
 
-Per file: a fresh 32-byte data key, Cobblestone-256 encryption bound to (operation, name) into a temp file
-(constant memory, both SHA-256s computed on the way), an upload S3 verifies against the ciphertext SHA-256, and
-the data key wrapped for the grantee's public key. This module only uploads: the caller writes the record once,
-after every upload succeeded, which is what makes the artifacts visible (all or none).
+Per file: one descriptor opened without following links (content sniffing, encryption and the embedded copy all
+read it), a fresh 32-byte data key, Cobblestone-256 encryption bound to (operation, name) into a temp file
+(constant memory, both SHA-256s computed on the way), an upload S3 verifies against the ciphertext SHA-256 under
+this run's own key, and the data key wrapped for the grantee's public key. This module only uploads: the caller
+writes the record once, after every upload succeeded, which is what makes the artifacts visible (all or none).
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
+import io
 import mimetypes
 import os
 import secrets
 import stat
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 import structlog
 
@@ -34,21 +39,22 @@ TEXT_TYPE = "text/plain; charset=utf-8"
 BINARY_TYPE = "application/octet-stream"
 
 
-def detect_content_type(name: str, path: Path) -> str:
-    """The type from the extension; without one, UTF-8 text without NULs is text/plain, anything else binary."""
+def detect_content_type(name: str, head: bytes) -> str:
+    """The type from the extension; without one, UTF-8 text without NULs is text/plain, anything else binary.
+
+    ``head`` is the file's first ``SNIFF_BYTES`` (read from the already-open descriptor, never from the path).
+    """
     guessed, encoding = mimetypes.guess_type(name, strict=False)
     if guessed and not encoding:
         if guessed.startswith("text/") or guessed in {"application/json", "application/xml"}:
-            return f"{guessed}; charset=utf-8" if _looks_like_utf8(path) else guessed
+            return f"{guessed}; charset=utf-8" if _looks_like_utf8(head) else guessed
         return guessed
     if guessed:  # e.g. .tar.gz: the encoding wins
         return "application/gzip" if encoding == "gzip" else BINARY_TYPE
-    return TEXT_TYPE if _looks_like_utf8(path) else BINARY_TYPE
+    return TEXT_TYPE if _looks_like_utf8(head) else BINARY_TYPE
 
 
-def _looks_like_utf8(path: Path) -> bool:
-    with path.open("rb") as handle:
-        head = handle.read(SNIFF_BYTES)
+def _looks_like_utf8(head: bytes) -> bool:
     if b"\x00" in head:
         return False
     try:
@@ -58,31 +64,86 @@ def _looks_like_utf8(path: Path) -> bool:
     return True
 
 
-def _open_regular(path: Path, expected_size: int) -> int:
-    """Open without following symlinks and re-check the file is what ``collect_outputs`` saw."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size != expected_size:
+def _changed(item: OutputFile) -> LimitExceeded:
+    return LimitExceeded(f"invalid artifact: {item.name!r} changed after the agent finished", code="artifact_changed")
+
+
+@contextmanager
+def open_output(item: OutputFile) -> Iterator[BinaryIO]:
+    """Open an output file once, as ``collect_outputs`` saw it, for every later read.
+
+    A process the agent left behind may have swapped the path since: ``O_NOFOLLOW`` refuses a symlink (to
+    /dev/zero, to a secret), ``O_NONBLOCK`` keeps a FIFO from blocking the open forever, and ``fstat`` on the
+    descriptor insists on a regular file of the collected size. Callers never touch the path again.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(item.path, flags)
+    except OSError:  # ELOOP (a symlink), ENOENT (removed), ENXIO...
+        raise _changed(item) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != item.size:
+            raise _changed(item)
+        os.set_blocking(fd, True)
+    except BaseException:
         os.close(fd)
-        raise LimitExceeded(
-            f"invalid artifact: {path.name!r} changed after the agent finished", code="artifact_changed"
-        )
-    return fd
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        yield handle
 
 
-def store_artifact(services: Services, record: OperationRecord, item: OutputFile, scratch: Path) -> StoredArtifact:
-    """Encrypt, upload and wrap one file; the object exists under its final key but no record names it yet."""
+class _Bounded(io.RawIOBase):
+    """At most ``limit`` bytes of ``src``: a file still growing behind our back cannot make encryption endless."""
+
+    def __init__(self, src: BinaryIO, limit: int) -> None:
+        self._src, self._left = src, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")[: self._left]
+        count = self._src.readinto(view) if view.nbytes else 0  # type: ignore[attr-defined]
+        self._left -= count
+        return count
+
+
+def _check_unchanged(src: BinaryIO, item: OutputFile, plaintext_size: int) -> None:
+    """The bytes encrypted were the whole file as collected: same size read, same size now, nothing beyond."""
+    if plaintext_size != item.size or os.fstat(src.fileno()).st_size != item.size:
+        raise _changed(item)
+
+
+def store_artifact(
+    services: Services,
+    record: OperationRecord,
+    item: OutputFile,
+    *,
+    run_id: str,
+    ensure_owner: Callable[[], None],
+    scratch: Path,
+) -> StoredArtifact:
+    """Encrypt, upload and wrap one file under this run's keys; no record names the objects yet.
+
+    ``ensure_owner`` runs right before each upload and raises if this run lost its lease, so a superseded run
+    stops writing at once (its keys are its own, so what it already wrote can only be an unnamed leftover).
+    """
     data_key = secrets.token_bytes(32)
-    content_type = detect_content_type(item.name, item.path)
-    key = layout.artifact_key(record.id, item.name)
-    fd = _open_regular(item.path, item.size)
-    with os.fdopen(fd, "rb") as src, tempfile.TemporaryFile(dir=scratch) as sealed:
-        result = cobblestone.encrypt_file(data_key, cobblestone.artifact_context(record.id, item.name), src, sealed)
-        sealed.seek(0)
-        services.store.put_file(
-            key, sealed, size=result.ciphertext_size, sha256_hex=result.ciphertext_sha256, content_type=BINARY_TYPE
-        )
-    embedded = _store_embedded(services, record, item, result.plaintext_sha256)
+    key = layout.artifact_key(record.id, item.name, run_id)
+    with open_output(item) as src:
+        content_type = detect_content_type(item.name, src.read(SNIFF_BYTES))
+        src.seek(0)
+        with tempfile.TemporaryFile(dir=scratch) as sealed:
+            ctx = cobblestone.artifact_context(record.id, item.name)
+            result = cobblestone.encrypt_file(data_key, ctx, cast(BinaryIO, _Bounded(src, item.size)), sealed)
+            _check_unchanged(src, item, result.plaintext_size)
+            sealed.seek(0)
+            ensure_owner()
+            services.store.put_file(
+                key, sealed, size=result.ciphertext_size, sha256_hex=result.ciphertext_sha256, content_type=BINARY_TYPE
+            )
+        embedded = _store_embedded(services, record, item, src, run_id, result.plaintext_sha256, ensure_owner)
     wrapped = keywrap.wrap_data_key(
         record.encryption_public_key, record.id, item.name, data_key, result.plaintext_sha256
     )
@@ -96,27 +157,49 @@ def store_artifact(services: Services, record: OperationRecord, item: OutputFile
         ciphertext_size=result.ciphertext_size,
         encryption=Encryption(wrapped_key=WrappedKey.model_validate(wrapped)),
         embedded=embedded,
+        run_id=run_id,
     )
 
 
-def _store_embedded(services: Services, record: OperationRecord, item: OutputFile, sha256_hex: str) -> bool:
-    """The legacy keyring-sealed copy (embedded-artifacts migration); small files only, never in "off" mode."""
+def _store_embedded(
+    services: Services,
+    record: OperationRecord,
+    item: OutputFile,
+    src: BinaryIO,
+    run_id: str,
+    sha256_hex: str,
+    ensure_owner: Callable[[], None],
+) -> bool:
+    """The legacy keyring-sealed copy (embedded-artifacts migration); small files only, never in "off" mode.
+
+    Per run like the ciphertext: a stale run must not replace the copy the current record's plaintext matches.
+    """
     settings = services.settings
     if settings.embedded_artifacts == "off" or item.size > settings.embedded_max_size:
         return False
-    plaintext = item.path.read_bytes()  # bounded by embedded_max_size
-    if hashlib.sha256(plaintext).hexdigest() != sha256_hex:
-        raise LimitExceeded(f"invalid artifact: {item.name!r} changed while it was stored", code="artifact_changed")
-    services.records.put_sealed(layout.embedded_key(record.id, item.name), plaintext)
+    src.seek(0)
+    plaintext = src.read(item.size + 1)  # bounded by embedded_max_size; one byte more reveals growth
+    if len(plaintext) != item.size or hashlib.sha256(plaintext).hexdigest() != sha256_hex:
+        raise _changed(item)
+    ensure_owner()
+    services.records.put_sealed(layout.embedded_key(record.id, item.name, run_id), plaintext)
     return True
 
 
 def store_artifacts(
-    services: Services, record: OperationRecord, out_dir: Path, *, scratch: Path | None = None
+    services: Services,
+    record: OperationRecord,
+    out_dir: Path,
+    *,
+    run_id: str,
+    ensure_owner: Callable[[], None],
+    scratch: Path | None = None,
 ) -> list[StoredArtifact]:
-    """Upload every file in ``out_dir`` (after the limit checks) and return what the record should list.
+    """Upload every file in ``out_dir`` (after the limit checks) under run ``run_id``'s keys; return what the
+    record should list.
 
-    Raises ``LimitExceeded`` before uploading anything if ``out_dir`` breaks a limit, and lets storage errors
+    Raises ``LimitExceeded`` before uploading anything if ``out_dir`` breaks a limit (or when a file changed after
+    the check), whatever ``ensure_owner`` raises once the run lost its lease, and lets storage errors
     (``StorageError``/``Unavailable``) propagate: objects already uploaded are unnamed, so invisible, and a
     re-run or the orphan sweep removes them.
     """
@@ -125,15 +208,16 @@ def store_artifacts(
     scratch_dir = scratch or out_dir.parent
     stored = []
     for item in files:
-        stored.append(store_artifact(services, record, item, scratch_dir))
+        stored.append(
+            store_artifact(services, record, item, run_id=run_id, ensure_owner=ensure_owner, scratch=scratch_dir)
+        )
         log.info("artifact.uploaded", operation_id=record.id, artifact=item.name, size=item.size)
     return stored
 
 
 def unnamed_objects(services: Services, record: OperationRecord) -> list[str]:
     """Artifact and embedded objects under the operation that the record does not name (a dead run's uploads)."""
-    named = {layout.artifact_key(record.id, a.name) for a in record.artifacts}
-    named |= {layout.embedded_key(record.id, a.name) for a in record.artifacts if a.embedded}
+    named = {key for artifact in record.artifacts for key in artifact.object_keys(record.id)}
     prefixes = (layout.artifacts_prefix(record.id), layout.embedded_prefix(record.id))
     return [info.key for prefix in prefixes for info in services.store.list(prefix) if info.key not in named]
 

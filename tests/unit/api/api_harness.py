@@ -172,10 +172,11 @@ class ApiHarness:
     def add_artifact(
         self, record: OperationRecord, name: str, ciphertext: bytes, *, plaintext: bytes = b"", embedded: bool = False
     ) -> OperationRecord:
-        """Store an artifact object the way the worker does (object first, record last)."""
-        self.store.put_bytes(layout.artifact_key(record.id, name, None), ciphertext)
+        """Store an artifact object the way the worker does (its run's keys, object first, record last)."""
+        run_id = layout.new_run_id()
+        self.store.put_bytes(layout.artifact_key(record.id, name, run_id), ciphertext)
         if embedded:
-            self.records.put_sealed(layout.embedded_key(record.id, name, None), plaintext)
+            self.records.put_sealed(layout.embedded_key(record.id, name, run_id), plaintext)
         artifact = StoredArtifact(
             name=name,
             size=len(plaintext),
@@ -190,5 +191,6 @@ class ApiHarness:
                 )
             ),
             embedded=embedded,
+            run_id=run_id,
         )
         return self.records.update(record.id, lambda r: r.evolve(artifacts=[*r.model_dump()["artifacts"], artifact]))

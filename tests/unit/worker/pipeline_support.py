@@ -44,6 +44,7 @@ def operation_id(agent: str = "privacy-audit") -> str:
 
 
 def artifact(name: str, *, embedded: bool = False, created: datetime = NOW) -> StoredArtifact:
+    """A valid artifact of a fresh run (its objects are not stored: ``store_operation`` does that)."""
     digest = "sha256:" + secrets.token_hex(32)
     wrapped = WrappedKey(version="x25519-xsalsa20-poly1305", nonce="bm9uY2U=", ephemPublicKey="ZXBo", ciphertext="Y3Q=")
     return StoredArtifact(
@@ -56,6 +57,7 @@ def artifact(name: str, *, embedded: bool = False, created: datetime = NOW) -> S
         ciphertext_size=58,
         encryption=Encryption(wrapped_key=wrapped),
         embedded=embedded,
+        run_id=layout.new_run_id(),
     )
 
 
@@ -86,9 +88,10 @@ def store_operation(services: Services, record: OperationRecord, payload: bytes 
     """Everything a finished operation leaves in the bucket: record, input, index, artifact objects."""
     services.records.create(record, {"text": "hello"})
     for item in record.artifacts:
-        services.store.put_bytes(layout.artifact_key(record.id, item.name), payload)
-        if item.embedded:
-            services.records.put_sealed(layout.embedded_key(record.id, item.name), b"plain")
+        services.store.put_bytes(item.object_key(record.id), payload)
+        embedded = item.embedded_object_key(record.id)
+        if embedded:
+            services.records.put_sealed(embedded, b"plain")
 
 
 def keys_of(services: Services, prefix: str = "") -> list[str]:

@@ -119,29 +119,36 @@ def test_cleanup_limit_bounds_one_run(services: Services) -> None:
 
 def test_sweep_removes_unnamed_artifacts_once_old_enough(services: Services) -> None:
     record = _full_operation(services)
-    stray = [layout.artifact_key(record.id, "leftover.bin"), layout.embedded_key(record.id, "leftover.bin")]
+    dead_run = layout.new_run_id()
+    stray = [
+        layout.artifact_key(record.id, "leftover.bin", dead_run),
+        layout.embedded_key(record.id, "leftover.bin", dead_run),
+        # the same names as the record's artifacts, but another run's objects: not named, so swept too
+        *(layout.artifact_key(record.id, a.name, dead_run) for a in record.artifacts),
+    ]
     for key in stray:
         services.store.put_bytes(key, b"x")
     before = keys_of(services)
     assert retention.sweep_orphans(services, min_age=timedelta(hours=1)) == 0  # too young: maybe in flight
     assert keys_of(services) == before
     later = NOW.replace(year=2100)
-    assert retention.sweep_orphans(services, now=later) == 2
+    assert retention.sweep_orphans(services, now=later) == len(stray)
     assert sorted(set(before) - set(keys_of(services))) == sorted(stray)
 
 
 def test_sweep_removes_prefixes_without_a_record_and_spares_live_runs(services: Services, client: redis.Redis) -> None:
     orphan = make_record()
     services.records.put_sealed(layout.input_key(orphan.id), b"{}")
-    services.store.put_bytes(layout.artifact_key(orphan.id, "a.txt"), b"x")
+    services.store.put_bytes(layout.artifact_key(orphan.id, "a.txt", layout.new_run_id()), b"x")
     live = make_record(status="running")
     store_operation(services, live)
-    services.store.put_bytes(layout.artifact_key(live.id, "uploading.txt"), b"x")
+    uploading = layout.artifact_key(live.id, "uploading.txt", layout.new_run_id())
+    services.store.put_bytes(uploading, b"x")
     client.set(layout.redis_run_lease(live.id), "w1", ex=30)
     later = NOW.replace(year=2100)
     assert retention.sweep_orphans(services, now=later) == 2
     assert keys_of(services, layout.operation_prefix(orphan.id)) == []
-    assert services.store.exists(layout.artifact_key(live.id, "uploading.txt"))
+    assert services.store.exists(uploading)
 
 
 def test_lifecycle_backstop_is_a_few_days_past_retention(services: Services) -> None:

@@ -60,11 +60,12 @@ def test_sealed_key_classification() -> None:
     op = layout.new_operation_id("privacy-audit")
     assert rotation.is_sealed_key(layout.record_key(op))
     assert rotation.is_sealed_key(layout.input_key(op))
-    assert rotation.is_sealed_key(layout.embedded_key(op, "x.txt"))
+    assert rotation.is_sealed_key(layout.embedded_key(op, "x.txt", layout.new_run_id()))
+    assert rotation.is_sealed_key(layout.embedded_key(op, "x.txt", None))
     assert rotation.is_sealed_key(layout.access_log_key(op, 1))
     assert rotation.is_sealed_key(layout.access_log_head_key(op))
     assert rotation.is_sealed_key(layout.global_access_log_key(3))
-    assert not rotation.is_sealed_key(layout.artifact_key(op, "x.txt"))
+    assert not rotation.is_sealed_key(layout.artifact_key(op, "x.txt", layout.new_run_id()))
     assert not rotation.is_sealed_key(layout.grantee_index_key("0x" + "ab" * 20, 1, op))
 
 

@@ -23,6 +23,7 @@ from shared.models import OperationRecord, utcnow
 from shared.records import OperationStore
 from shared.settings import Settings
 from shared.storage.memory import MemoryObjectStore
+from worker_service.pipeline import lease
 from worker_service.pipeline import run as pipeline
 from worker_service.services import Services
 
@@ -102,7 +103,7 @@ def test_privacy_audit_succeeds_and_decrypts(client: redis.Redis, tmp_path: Path
     assert [a.name for a in final.artifacts] == ["privacy_audit.md", "recommendations.json"]
     report = final.artifact("privacy_audit.md")
     assert report is not None
-    blob = services.store.get_bytes(layout.artifact_key(record.id, report.name))
+    blob = services.store.get_bytes(report.object_key(record.id))
     key = keywrap.unwrap_data_key(secret, report.encryption.wrapped_key.model_dump(), record.id, report.name)
     text = b"".join(
         cobblestone.decrypt_stream(key.data_key, cobblestone.artifact_context(record.id, report.name), [blob])
@@ -174,16 +175,14 @@ def test_reclaim_after_a_dead_worker_removes_its_leftovers(
     services = make_services(client, tmp_path)
     record = create(services, keypair[1], text="nothing")
     services.records.put(record.evolve(status="running", started_at=utcnow()))  # the dead worker's claim
-    leftover = layout.artifact_key(record.id, "half-written.txt")
+    leftover = layout.artifact_key(record.id, "half-written.txt", layout.new_run_id())
     services.store.put_bytes(leftover, b"orphan")
 
     final = pipeline.run_operation(services, record.id, token="new")
 
     assert final is not None and final.status == "succeeded"
     assert not services.store.exists(leftover)
-    assert sorted(stored_keys(services, record)) == sorted(
-        layout.artifact_key(record.id, a.name) for a in final.artifacts
-    )
+    assert sorted(stored_keys(services, record)) == sorted(a.object_key(record.id) for a in final.artifacts)
 
 
 def test_live_lease_elsewhere_means_no_second_run(
@@ -276,9 +275,10 @@ def test_fail_operation_is_a_no_op_once_finished(
     services = make_services(client, tmp_path)
     record = create(services, keypair[1], text="x")
     services.records.put(record.evolve(status="running", started_at=utcnow()))
-    failed = pipeline.fail_operation(services, record.id, "storage unavailable")
-    assert failed.status == "failed" and failed.result is not None and failed.result.summary == "storage unavailable"
-    assert pipeline.fail_operation(services, record.id, "again") == failed
+    failed = pipeline.fail_operation(services, record.id, "storage unavailable", token="t1")
+    assert failed is not None and failed.status == "failed"
+    assert failed.result is not None and failed.result.summary == "storage unavailable"
+    assert pipeline.fail_operation(services, record.id, "again", token="t1") == failed
 
 
 def test_a_slow_upload_keeps_the_run_lease(
@@ -286,8 +286,8 @@ def test_a_slow_upload_keeps_the_run_lease(
 ) -> None:
     """Uploads run without the agent watchdog; the lease must not lapse meanwhile, or the monitor would hand the
     operation to another worker while this one is still storing it."""
-    monkeypatch.setattr(pipeline, "LEASE_TTL", 1)
-    monkeypatch.setattr(pipeline, "LEASE_REFRESH", 0.2)
+    monkeypatch.setattr(lease, "LEASE_TTL", 1)
+    monkeypatch.setattr(lease, "LEASE_REFRESH", 0.2)
     seen: list[bool] = []
 
     class Slow(MemoryObjectStore):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+from collections.abc import Callable
+from contextlib import suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,11 +18,12 @@ from shared import layout
 from shared.crypto import cobblestone, keywrap
 from shared.crypto.keyring import Keyring
 from shared.errors import StorageError, ValidationFailed
-from shared.models import OperationRecord, utcnow
+from shared.models import OperationRecord, StoredArtifact, utcnow
 from shared.records import OperationStore
 from shared.settings import Settings
 from shared.storage.memory import MemoryObjectStore
 from worker_service.agents.outputs import LimitExceeded
+from worker_service.pipeline import store as store_module
 from worker_service.pipeline.store import detect_content_type, store_artifacts, unnamed_objects
 from worker_service.services import Services
 
@@ -51,6 +56,15 @@ def keypair() -> tuple[bytes, str]:
     return keywrap.generate_encryption_keypair()
 
 
+RUN = "0123456789abcdef"
+
+
+def store(services: Services, record: OperationRecord, out: Path, scratch: Path, **kwargs: Any) -> list[StoredArtifact]:
+    """``store_artifacts`` as one run that keeps its lease (unless ``ensure_owner`` says otherwise)."""
+    kwargs.setdefault("ensure_owner", lambda: None)
+    return store_artifacts(services, record, out, run_id=RUN, scratch=scratch, **kwargs)
+
+
 def test_artifacts_decrypt_with_the_grantee_secret(tmp_path: Path, keypair: tuple[bytes, str]) -> None:
     secret, public = keypair
     services = make_services()
@@ -62,12 +76,13 @@ def test_artifacts_decrypt_with_the_grantee_secret(tmp_path: Path, keypair: tupl
     (out / "data.bin").write_bytes(big)
     (out / "noext").write_text("plain words")
 
-    stored = store_artifacts(services, record, out, scratch=tmp_path)
+    stored = store(services, record, out, tmp_path)
 
     assert [a.name for a in stored] == ["data.bin", "noext", "report.md"]
     for artifact in stored:
+        assert artifact.run_id == RUN
         plaintext = (out / artifact.name).read_bytes()
-        blob = services.store.get_bytes(layout.artifact_key(record.id, artifact.name))
+        blob = services.store.get_bytes(layout.artifact_key(record.id, artifact.name, RUN))
         assert artifact.size == len(plaintext) and artifact.ciphertext_size == len(blob)
         assert artifact.checksum == "sha256:" + hashlib.sha256(plaintext).hexdigest()
         assert artifact.ciphertext_checksum == "sha256:" + hashlib.sha256(blob).hexdigest()
@@ -94,10 +109,13 @@ def test_embedded_copy_only_for_small_files_when_enabled(tmp_path: Path, keypair
     out.mkdir()
     (out / "small.txt").write_text("tiny")
     (out / "large.txt").write_text("x" * 101)
-    stored = {a.name: a for a in store_artifacts(services, record, out, scratch=tmp_path)}
+    stored = {a.name: a for a in store(services, record, out, tmp_path)}
     assert stored["small.txt"].embedded and not stored["large.txt"].embedded
-    assert services.records.get_sealed(layout.embedded_key(record.id, "small.txt")) == b"tiny"
-    assert not services.store.exists(layout.embedded_key(record.id, "large.txt"))
+    assert stored["small.txt"].embedded_object_key(record.id) == layout.embedded_key(record.id, "small.txt", RUN)
+    assert services.records.get_sealed(layout.embedded_key(record.id, "small.txt", RUN)) == b"tiny"
+    assert stored["large.txt"].embedded_object_key(record.id) is None
+    assert list(services.store.list(layout.embedded_prefix(record.id))) != []
+    assert not services.store.exists(layout.embedded_key(record.id, "large.txt", RUN))
 
 
 def test_limit_violation_uploads_nothing(tmp_path: Path, keypair: tuple[bytes, str]) -> None:
@@ -108,7 +126,7 @@ def test_limit_violation_uploads_nothing(tmp_path: Path, keypair: tuple[bytes, s
     for i in range(3):
         (out / f"f{i}").write_text("x")
     with pytest.raises(LimitExceeded, match="artifact limit exceeded: 3 files, max 2"):
-        store_artifacts(services, record, out, scratch=tmp_path)
+        store(services, record, out, tmp_path)
     assert list(services.store.list("")) == []
 
 
@@ -119,7 +137,7 @@ def test_bad_public_key_fails_before_any_upload(tmp_path: Path) -> None:
     out.mkdir()
     (out / "a.txt").write_text("x")
     with pytest.raises(ValidationFailed):
-        store_artifacts(services, record, out, scratch=tmp_path)
+        store(services, record, out, tmp_path)
     assert list(services.store.list("")) == []
 
 
@@ -140,9 +158,9 @@ def test_storage_failure_leaves_only_unnamed_objects(tmp_path: Path, keypair: tu
     for name in ("a.txt", "b.txt", "c.txt"):
         (out / name).write_text(name)
     with pytest.raises(StorageError):
-        store_artifacts(services, record, out, scratch=tmp_path)
+        store(services, record, out, tmp_path)
     # The record names nothing, so the one uploaded object is unnamed: invisible, and what cleanup removes.
-    assert unnamed_objects(services, record) == [layout.artifact_key(record.id, "a.txt")]
+    assert unnamed_objects(services, record) == [layout.artifact_key(record.id, "a.txt", RUN)]
     assert list(tmp_path.glob("tmp*")) == []  # encrypted temp files are gone
 
 
@@ -156,7 +174,155 @@ def test_storage_failure_leaves_only_unnamed_objects(tmp_path: Path, keypair: tu
         ("a.txt", b"\xff\xfe not utf8", "text/plain"),
     ],
 )
-def test_content_type_detection(tmp_path: Path, name: str, content: bytes, expected: str) -> None:
-    path = tmp_path / name
-    path.write_bytes(content)
-    assert detect_content_type(name, path) == expected
+def test_content_type_detection(name: str, content: bytes, expected: str) -> None:
+    assert detect_content_type(name, content) == expected
+
+
+# --- files swapped after collect_outputs checked them (review finding 3) ----------------------------------------
+
+
+def _swap_after_collection(monkeypatch: pytest.MonkeyPatch, swap: Callable[[Path], None]) -> None:
+    """What a process the agent left behind can do: change out/ between the limit checks and the reads."""
+    real = store_module.collect_outputs
+
+    def collect_then_swap(out_dir: Path, limits: Any) -> Any:
+        files = real(out_dir, limits)
+        swap(out_dir)
+        return files
+
+    monkeypatch.setattr(store_module, "collect_outputs", collect_then_swap)
+
+
+def _run_bounded(target: Callable[[], object], unblock: Callable[[], None]) -> BaseException | None:
+    """Run ``target`` in a thread; if it is still blocked after a few seconds, free it and fail."""
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            target()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    if thread.is_alive():
+        unblock()
+        thread.join(timeout=5)
+        pytest.fail("store_artifacts blocked on a file swapped into out/")
+    return outcome[0]
+
+
+def _open_fifo_writer(path: Path) -> None:
+    with suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("embedded", ["off", "on"])
+def test_a_fifo_swapped_in_neither_blocks_nor_uploads(
+    tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch, embedded: str
+) -> None:
+    services = make_services(embedded_artifacts=embedded, embedded_max_size=100)
+    record = make_record(keypair[1])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("hello")
+    fifo = out / "notes.txt"
+
+    def to_fifo(out_dir: Path) -> None:
+        fifo.unlink()
+        os.mkfifo(fifo)
+
+    _swap_after_collection(monkeypatch, to_fifo)
+    error = _run_bounded(lambda: store(services, record, out, tmp_path), lambda: _open_fifo_writer(fifo))
+    assert isinstance(error, LimitExceeded) and error.code == "artifact_changed"
+    assert error.detail == "invalid artifact: 'notes.txt' changed after the agent finished"
+    assert list(services.store.list("")) == []
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "secret"])
+def test_a_symlink_swapped_in_is_not_followed(
+    tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    services = make_services(embedded_artifacts="on", embedded_max_size=100)
+    record = make_record(keypair[1])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.txt").write_text("agent output")
+    secret = tmp_path / "secret"
+    secret.write_text("worker-only")
+    pointed = Path(target) if target.startswith("/") else secret
+
+    def to_symlink(out_dir: Path) -> None:
+        (out_dir / "a.txt").unlink()
+        (out_dir / "a.txt").symlink_to(pointed)
+
+    _swap_after_collection(monkeypatch, to_symlink)
+    with pytest.raises(LimitExceeded) as caught:  # O_NOFOLLOW: the open itself refuses the link
+        store(services, record, out, tmp_path)
+    assert caught.value.code == "artifact_changed"
+    assert list(services.store.list("")) == []
+
+
+def test_every_read_comes_from_the_one_descriptor(tmp_path: Path, keypair: tuple[bytes, str]) -> None:
+    """The path is replaced while the ciphertext uploads: the embedded copy still comes from the file that was
+    encrypted (the open descriptor), so it matches the artifact's checksum instead of the replacement."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "small.txt").write_text("original")
+
+    class SwapDuringUpload(MemoryObjectStore):
+        def put_file(self, key: str, src: Any, **kwargs: Any) -> None:
+            super().put_file(key, src, **kwargs)
+            (out / "small.txt").unlink()
+            (out / "small.txt").write_text("replaced")
+
+    services = make_services(store=SwapDuringUpload(), embedded_artifacts="on", embedded_max_size=100)
+    record = make_record(keypair[1])
+    [stored] = store(services, record, out, tmp_path)
+    assert stored.checksum == "sha256:" + hashlib.sha256(b"original").hexdigest()
+    assert services.records.get_sealed(layout.embedded_key(record.id, "small.txt", RUN)) == b"original"
+
+
+def test_a_file_that_grew_after_collection_is_refused(
+    tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = make_services()
+    record = make_record(keypair[1])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "log.txt").write_text("short")
+
+    def grow(out_dir: Path) -> None:
+        with (out_dir / "log.txt").open("a") as handle:
+            handle.write("x" * 100_000)
+
+    _swap_after_collection(monkeypatch, grow)
+    with pytest.raises(LimitExceeded, match="changed after the agent finished"):
+        store(services, record, out, tmp_path)
+    assert list(services.store.list("")) == []
+
+
+def test_a_run_that_loses_its_lease_stops_before_the_next_upload(tmp_path: Path, keypair: tuple[bytes, str]) -> None:
+    services = make_services(embedded_artifacts="on", embedded_max_size=100)
+    record = make_record(keypair[1])
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (out / name).write_text(name)
+    checks: list[int] = []
+
+    class Lost(Exception):
+        pass
+
+    def ensure_owner() -> None:  # owner for the first file's two uploads (ciphertext, embedded copy), then not
+        checks.append(1)
+        if len(checks) > 2:
+            raise Lost
+
+    with pytest.raises(Lost):
+        store(services, record, out, tmp_path, ensure_owner=ensure_owner)
+    assert sorted(info.key for info in services.store.list("")) == sorted(
+        [layout.artifact_key(record.id, "a.txt", RUN), layout.embedded_key(record.id, "a.txt", RUN)]
+    )

@@ -1,0 +1,180 @@
+"""The run lease: which claim of an operation may upload its artifacts and write its record.
+
+The lease (``layout.redis_run_lease``) holds ``{token}/{run_id}``: ``token`` is the Celery task id (a retry of the
+same task may re-claim its own lease), ``run_id`` is fresh per claim and names the run's objects. Every change
+after the claim is a compare-and-set on that exact value, so a worker that stalled past the TTL can never refresh,
+extend or delete a lease another claim has taken since: it learns it lost and stops.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import redis
+import structlog
+
+from shared import layout
+from shared.errors import Unavailable
+
+log = structlog.get_logger(__name__)
+
+LEASE_TTL = 30  # seconds; a run that stops refreshing for this long is presumed dead
+LEASE_REFRESH = 5.0
+POLL_INTERVAL = 0.5
+
+# KEYS[1] lease, ARGV[1] expected value, ARGV[2] TTL in ms. 1 = refreshed, 0 = someone else's (or gone).
+_REFRESH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS[1] lease, ARGV[1] expected value. Deletes only our own lease.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class LeaseLost(Unavailable):
+    """Another claim may own the run now: stop uploading, write nothing (the task retry re-claims)."""
+
+    code = "run_lease_lost"
+
+
+def as_text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def holder_token(value: bytes | str) -> str:
+    """The task token of a lease value (a value without a run part is all token)."""
+    text = as_text(value)
+    token, sep, _run = text.rpartition("/")
+    return token if sep else text
+
+
+def release_if(client: redis.Redis, operation_id: str, value: bytes | str) -> bool:
+    """Delete the lease only while it still holds ``value`` (atomic: a newer claim's lease survives)."""
+    script = client.register_script(_RELEASE)
+    return bool(script(keys=[layout.redis_run_lease(operation_id)], args=[as_text(value)]))
+
+
+@dataclass(frozen=True)
+class RunLease:
+    """One claim's lease; every method is a single atomic Redis command or script."""
+
+    client: redis.Redis
+    operation_id: str
+    token: str
+    run_id: str
+
+    @classmethod
+    def new(cls, client: redis.Redis, operation_id: str, token: str) -> RunLease:
+        return cls(client, operation_id, token, layout.new_run_id())
+
+    @property
+    def key(self) -> str:
+        return layout.redis_run_lease(self.operation_id)
+
+    @property
+    def value(self) -> str:
+        return f"{self.token}/{self.run_id}"
+
+    def take(self) -> None:
+        """Set the lease unconditionally; only ``claim`` calls it, under the operation lock, after checking."""
+        self.client.set(self.key, self.value, ex=LEASE_TTL)
+
+    def refresh(self) -> bool:
+        """Extend the lease if it is still ours; ``False`` means it lapsed or another claim took it."""
+        script = self.client.register_script(_REFRESH)
+        return bool(script(keys=[self.key], args=[self.value, int(LEASE_TTL * 1000)]))
+
+    def release(self) -> bool:
+        return release_if(self.client, self.operation_id, self.value)
+
+    def held(self) -> bool:
+        return self.is_value(self.client.get(self.key))
+
+    def is_value(self, holder: bytes | str | None) -> bool:
+        """``holder`` (a GET of the lease) is this claim's lease."""
+        return holder is not None and as_text(holder) == self.value
+
+
+class RunProbe:
+    """Called by the runner's watchdog (and the upload keep-alive): keeps the lease fresh, reports a cancel.
+
+    Two ways to lose the lease, both final (``lease_lost``): the compare-and-set refresh finds another value or
+    none (a stale worker must not resurrect or steal it), or Redis stayed unreachable for most of the TTL (by then
+    another worker may legitimately have re-claimed the operation). Shorter Redis hiccups do not stop the agent.
+    """
+
+    def __init__(self, lease: RunLease) -> None:
+        self.lease = lease
+        self.lease_lost = False
+        self._last_refresh = self._last_ok = time.monotonic()
+
+    def __call__(self) -> bool:
+        if self.lease_lost:
+            return True
+        now = time.monotonic()
+        try:
+            if now - self._last_refresh >= LEASE_REFRESH:
+                if not self.lease.refresh():
+                    log.warning("run.lease_taken", operation_id=self.lease.operation_id)
+                    self.lease_lost = True
+                    return True
+                self._last_refresh = now
+            cancelled = bool(self.lease.client.exists(layout.redis_cancel_key(self.lease.operation_id)))
+            self._last_ok = now
+            return cancelled
+        except redis.RedisError as exc:
+            log.warning("run.probe_failed", error=type(exc).__name__)
+            if now - self._last_ok > LEASE_TTL * 0.8:
+                self.lease_lost = True
+                return True
+            return False
+
+    def owns_lease(self) -> bool:
+        return not self.lease_lost and self.lease.held()
+
+    def ensure_owner(self) -> None:
+        """Raise ``LeaseLost`` unless this run still holds the lease (called before each upload)."""
+        if not self.owns_lease():
+            self.lease_lost = True
+            raise LeaseLost("lost the run lease")
+
+    @contextmanager
+    def kept_alive(self) -> Iterator[None]:
+        """Keep refreshing the lease from a thread while the caller works with no watchdog (the uploads), so a
+        long upload is never mistaken for a dead worker and re-claimed under its feet."""
+        stop = threading.Event()
+
+        def refresh() -> None:
+            while not stop.wait(POLL_INTERVAL):
+                self()
+
+        thread = threading.Thread(target=refresh, name=f"lease-{self.lease.operation_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=LEASE_REFRESH)
+
+
+__all__ = [
+    "LEASE_REFRESH",
+    "LEASE_TTL",
+    "POLL_INTERVAL",
+    "LeaseLost",
+    "RunLease",
+    "RunProbe",
+    "holder_token",
+    "release_if",
+]
