@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ from shared.settings import Settings
 from shared.storage.memory import MemoryObjectStore
 from worker_service.pipeline import lease
 from worker_service.pipeline import run as pipeline
+from worker_service.pipeline.store import unnamed_objects
 from worker_service.services import Services
 
 # Needs the session's real Redis, so it is not a pure unit test.
@@ -302,3 +304,161 @@ def test_a_slow_upload_keeps_the_run_lease(
     final = pipeline.run_operation(services, record.id, token="task-1")
     assert final is not None and final.status == "succeeded"
     assert seen and all(seen)
+
+
+# --- two runs of one operation (review findings 2 and 5) ---------------------------------------------------------
+
+
+def _lapse_and_reclaim(services: Services, operation_id: str, token: str) -> OperationRecord | None:
+    """What the monitor's redelivery does once a worker went quiet past the TTL: the lease lapses, a new task runs."""
+    services.redis.delete(layout.redis_run_lease(operation_id))
+    return pipeline.run_operation(services, operation_id, token=token)
+
+
+def test_a_stale_refresh_does_not_steal_a_new_owners_lease(
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str]
+) -> None:
+    services = make_services(client, tmp_path)
+    record = create(services, keypair[1], text="x")
+    claimed = pipeline.claim(services, record.id, "t1")
+    assert claimed is not None
+    stale = lease.RunProbe(claimed[1])
+    client.delete(layout.redis_run_lease(record.id))  # T1 paused longer than the TTL
+    second = pipeline.claim(services, record.id, "t2")
+    assert second is not None
+    new_value = client.get(layout.redis_run_lease(record.id))
+
+    stale._last_refresh -= lease.LEASE_REFRESH  # T1 wakes up and its watchdog refreshes
+    assert stale() is True  # stop the agent
+    assert stale.lease_lost and not stale.owns_lease()
+    assert client.get(layout.redis_run_lease(record.id)) == new_value  # T2 still owns it
+    assert client.ttl(layout.redis_run_lease(record.id)) > 0
+    with pytest.raises(lease.LeaseLost):
+        stale.ensure_owner()
+    assert second[1].refresh() and second[1].held()
+
+
+def test_a_stale_refresh_does_not_resurrect_a_lapsed_lease(client: redis.Redis) -> None:
+    held = lease.RunLease.new(client, layout.new_operation_id("privacy-audit"), "t1")
+    held.take()
+    client.delete(held.key)
+    assert not held.refresh()
+    assert not client.exists(held.key)
+
+
+def test_interleaved_runs_never_destroy_each_others_artifacts(
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """T1 is cut off from Redis mid-upload (its lease lapses), T2 re-claims and finishes, then T1's upload lands
+    and T1 tries the next one. T1 must stop, and must neither overwrite nor delete what T2's record names."""
+    monkeypatch.setattr(lease, "LEASE_REFRESH", 0.2)  # T1's keep-alive tries to refresh while T2 runs
+    secret, public = keypair
+    t1_uploads: list[str] = []
+    t2_final: list[OperationRecord | None] = []
+
+    class Interleaved(MemoryObjectStore):
+        def put_file(self, key: str, src: Any, **kwargs: Any) -> None:
+            if t2_final:  # T2 has finished: this is T1 again
+                t1_uploads.append(key)
+            elif not t1_uploads:  # T1's first upload: it stalls, T2 takes over and completes first
+                t1_uploads.append(key)
+                t2_final.append(_lapse_and_reclaim(services, operation_id, "t2"))
+                time.sleep(0.5)  # T1's keep-alive thread wakes up meanwhile
+            super().put_file(key, src, **kwargs)
+
+    services = make_services(client, tmp_path, store=Interleaved())
+    record = create(services, public, text="mail eve@example.com or call +44 20 7946 0958")
+    operation_id = record.id
+
+    with pytest.raises(lease.LeaseLost):
+        pipeline.run_operation(services, record.id, token="t1")
+
+    final = services.records.get(record.id)
+    assert t2_final == [final] and final.status == "succeeded" and len(final.artifacts) == 2
+    assert len(t1_uploads) == 1  # T1 stopped before its second upload
+    named = {a.object_key(record.id) for a in final.artifacts}
+    assert t1_uploads[0] not in named  # T1's late upload went to its own key
+    for artifact in final.artifacts:  # everything T2's record names is T2's, intact
+        blob = services.store.get_bytes(artifact.object_key(record.id))
+        assert artifact.ciphertext_checksum == "sha256:" + hashlib.sha256(blob).hexdigest()
+        key = keywrap.unwrap_data_key(secret, artifact.encryption.wrapped_key.model_dump(), record.id, artifact.name)
+        ctx = cobblestone.artifact_context(record.id, artifact.name)
+        plaintext = b"".join(cobblestone.decrypt_stream(key.data_key, ctx, [blob]))
+        assert artifact.checksum == "sha256:" + hashlib.sha256(plaintext).hexdigest()
+    assert not client.exists(layout.redis_run_lease(record.id))  # T1 did not re-create it
+    # T1's late object is an unnamed leftover: the orphan sweep's business, never the record's.
+    assert unnamed_objects(services, final) == [t1_uploads[0]]
+
+    assert pipeline.run_operation(services, record.id, token="t1") is None  # T1's retry: nothing left to do
+    assert services.records.get(record.id) == final
+
+
+def test_a_run_whose_lease_lapsed_does_not_write_its_artifacts(
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str]
+) -> None:
+    """Nobody re-claimed yet, but someone may have (and deleted the uploads as unnamed): retry, never name them."""
+
+    class LapsesDuringUpload(MemoryObjectStore):
+        def put_file(self, key: str, src: Any, **kwargs: Any) -> None:
+            super().put_file(key, src, **kwargs)
+            if key.endswith("recommendations.json.enc"):
+                client.delete(layout.redis_run_lease(operation_id))
+
+    services = make_services(client, tmp_path, store=LapsesDuringUpload())
+    record = create(services, keypair[1], text="x")
+    operation_id = record.id
+    with pytest.raises(lease.LeaseLost):
+        pipeline.run_operation(services, record.id, token="t1")
+    current = services.records.get(record.id)
+    assert current.status == "running" and current.artifacts == []
+
+
+def _running_with_uploads(services: Services, public: str, holder: str | None) -> tuple[OperationRecord, str]:
+    record = create(services, public, text="x")
+    services.records.put(record.evolve(status="running", started_at=utcnow()))
+    uploaded = layout.artifact_key(record.id, "privacy_audit.md", layout.new_run_id())
+    services.store.put_bytes(uploaded, b"the live run's ciphertext")
+    if holder is not None:
+        services.redis.set(layout.redis_run_lease(record.id), holder, ex=30)
+    return record, uploaded
+
+
+def test_on_failure_leaves_an_operation_another_task_runs_alone(
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker_service import tasks
+
+    services = make_services(client, tmp_path)
+    monkeypatch.setattr(tasks, "services", lambda: services)
+    record, uploaded = _running_with_uploads(services, keypair[1], holder=f"t2/{layout.new_run_id()}")
+    lease_value = client.get(layout.redis_run_lease(record.id))
+
+    tasks.run_operation_task.on_failure(StorageError("S3 down"), "t1", (), {"operation_id": record.id}, None)
+
+    current = services.records.get(record.id)
+    assert current.status == "running" and current.result is None
+    assert client.get(layout.redis_run_lease(record.id)) == lease_value
+    assert services.store.exists(uploaded)
+
+
+@pytest.mark.parametrize("holder", [None, "t1/0123456789abcdef"])
+def test_on_failure_fails_its_own_or_an_abandoned_run(
+    client: redis.Redis,
+    tmp_path: Path,
+    keypair: tuple[bytes, str],
+    monkeypatch: pytest.MonkeyPatch,
+    holder: str | None,
+) -> None:
+    from worker_service import tasks
+
+    services = make_services(client, tmp_path)
+    monkeypatch.setattr(tasks, "services", lambda: services)
+    record, uploaded = _running_with_uploads(services, keypair[1], holder=holder)
+
+    tasks.run_operation_task.on_failure(StorageError("S3 down"), "t1", (), {"operation_id": record.id}, None)
+
+    current = services.records.get(record.id)
+    assert current.status == "failed" and current.result is not None
+    assert current.result.summary == tasks.STORAGE_GAVE_UP
+    assert not client.exists(layout.redis_run_lease(record.id))
+    assert not services.store.exists(uploaded)  # unnamed leftovers of a dead run go
