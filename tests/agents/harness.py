@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from datetime import timedelta
@@ -27,11 +28,23 @@ from shared.storage.s3 import S3ObjectStore
 from worker_service.services import Services
 
 AGENT = str(Path(__file__).resolve().parent / "misbehave.py")
+HOST = str(Path(__file__).resolve().parent / "host.py")
+
+
+def agent_python() -> str:
+    """An interpreter a separate agent user can run (misbehave.py needs only the standard library).
+
+    A root worker runs agents as ``nobody`` by default; the project's venv interpreter may live under a 0700
+    home (pyenv in /root), which that user cannot traverse, while the system one can.
+    """
+    if os.geteuid() == 0 and os.access("/usr/bin/python3", os.X_OK):
+        return "/usr/bin/python3"
+    return sys.executable
 
 
 def agents_env(**commands: list[str]) -> str:
     """STRONGROOM_AGENTS for misbehave.py modes, e.g. ``agents_env(many=["files", "60"])``."""
-    return json.dumps({name: {"command": [sys.executable, AGENT, *argv]} for name, argv in commands.items()})
+    return json.dumps({name: {"command": [agent_python(), AGENT, *argv]} for name, argv in commands.items()})
 
 
 def client_services(settings: Settings) -> Services:

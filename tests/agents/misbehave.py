@@ -10,13 +10,21 @@ misbehave.py symlink | subdir    leave a symlink / a directory in out/
 misbehave.py fail                print a line and exit 3
 misbehave.py env                 write the environment it sees to out/env.json
 misbehave.py chatty LINES        print LINES long lines, then a final JSON report
+misbehave.py escape PIDFILE [clean]  a grandchild calls setsid() and sleeps (with ``clean``: after exec'ing with
+                                 an empty environment); records its pid and exits at once
+misbehave.py peek                try to read the parent's (the worker's) /proc environ; write what happened to
+                                 out/peek.json
+misbehave.py connect PORT        try to connect to 127.0.0.1:PORT; write the outcome to out/connect.json
+misbehave.py whoami              write uid, gid, groups, RLIMIT_NPROC and the working dir's owner to out/whoami.json
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,6 +53,40 @@ def stubborn(pidfile: str) -> None:
     )
     Path(pidfile).write_text(json.dumps([os.getpid(), child.pid]))
     time.sleep(600)
+
+
+def escape(pidfile: str, clean: bool) -> None:
+    """Double fork + setsid: the grandchild leaves the agent's process group and session, then sleeps."""
+    read, write_end = os.pipe()
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.close(read)
+            os.write(write_end, str(os.getpid()).encode())
+            os.close(write_end)
+            if clean:
+                os.execve("/bin/sleep", ["sleep", "600"], {})  # no AGENT_RUN_ID any more
+            time.sleep(600)
+        os._exit(0)
+    os.close(write_end)
+    pid = os.read(read, 32).decode()
+    Path(pidfile).write_text(pid)
+
+
+def peek() -> dict[str, object]:
+    try:
+        data = Path(f"/proc/{os.getppid()}/environ").read_bytes()
+    except OSError as exc:
+        return {"read": False, "error": type(exc).__name__}
+    return {"read": True, "names": sorted(item.split(b"=", 1)[0].decode() for item in data.split(b"\0") if item)}
+
+
+def connect(port: int) -> dict[str, object]:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3):
+            return {"connected": True}
+    except OSError as exc:
+        return {"connected": False, "error": type(exc).__name__}
 
 
 def main(mode: str, *args: str) -> int:
@@ -86,6 +128,22 @@ def main(mode: str, *args: str) -> int:
     elif mode == "env":
         (OUT / "env.json").write_text(json.dumps(dict(os.environ)))
         report("env dumped")
+    elif mode == "escape":
+        escape(args[0], clean=args[1:] == ["clean"])
+        report("escaped")
+    elif mode == "peek":
+        (OUT / "peek.json").write_text(json.dumps(peek()))
+    elif mode == "connect":
+        (OUT / "connect.json").write_text(json.dumps(connect(int(args[0]))))
+    elif mode == "whoami":
+        facts = {
+            "uid": os.getuid(),
+            "gid": os.getgid(),
+            "groups": os.getgroups(),
+            "nproc": resource.getrlimit(resource.RLIMIT_NPROC)[0],
+            "workdir_uid": os.stat(".").st_uid,
+        }
+        (OUT / "whoami.json").write_text(json.dumps(facts))
     elif mode == "chatty":
         for i in range(int(args[0])):
             print(f"line {i} " + "y" * 5000)

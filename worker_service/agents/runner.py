@@ -9,22 +9,24 @@ The agent protocol (documented for operators writing command agents):
 * it may print, as its last JSON line on stdout, ``{"status": "ok"|"error", "summary": "..."}``;
 * it is killed (the whole process group: SIGTERM, then SIGKILL) when it exceeds the wall-clock time or the disk
   usage of its working directory, or when the operation is cancelled; kernel limits cap file size, CPU time,
-  open files and core dumps.
+  open files and core dumps;
+* when it ends, every process it left behind is killed too, including descendants that started their own
+  session (``sandbox.RunTracker``); it may run as a separate user and without network (``sandbox.SandboxPolicy``).
 
-Why a process group and a watchdog rather than a container: the worker must run anywhere Celery runs (including
-``strongroom dev`` on a laptop) and the limits the issue asks for are all enforceable from here.
+Why a process group, a watchdog and the primitives in ``sandbox`` rather than a container: the worker must run
+anywhere Celery runs (including ``strongroom dev`` on a laptop and a non-root container); docs/agents.md says
+what this does and does not isolate.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,11 +35,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal, cast
+from typing import IO, Any, Literal
 
 import structlog
 
 from shared.settings import Settings
+from worker_service.agents import sandbox
+from worker_service.agents.sandbox import SandboxPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -117,8 +121,14 @@ class AgentRun:
 
 
 @contextmanager
-def fresh_workdir(base: Path | None) -> Iterator[Workdir]:
-    """A private (0700) directory for one run, removed afterwards whatever happened."""
+def fresh_workdir(base: Path | None, policy: SandboxPolicy | None = None) -> Iterator[Workdir]:
+    """A private (0700) directory for one run, removed afterwards whatever happened.
+
+    With a separate agent user, ``base`` may be swapped for a directory that user can reach
+    (``sandbox.agent_base``); ``run_agent`` hands the directory over to it.
+    """
+    policy = SandboxPolicy.from_env() if policy is None else policy
+    base = sandbox.agent_base(base, policy.identity)
     if base is not None:
         base.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="strongroom-agent-", dir=base))
@@ -131,8 +141,14 @@ def fresh_workdir(base: Path | None) -> Iterator[Workdir]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def agent_environment(workdir: Workdir, parent: dict[str, str] | None = None) -> dict[str, str]:
-    """Only harmless variables reach the agent: never STRONGROOM_*, AWS_*, REDIS_* or anything else."""
+def agent_environment(
+    workdir: Workdir, parent: dict[str, str] | None = None, run_id: str | None = None
+) -> dict[str, str]:
+    """Only harmless variables reach the agent: never STRONGROOM_*, AWS_*, REDIS_* or anything else.
+
+    ``run_id`` (``AGENT_RUN_ID``) is one of the marks the runner finds the run's processes by; it is random
+    per run and worthless outside it.
+    """
     source = os.environ if parent is None else parent
     env = {name: source[name] for name in _SAFE_ENV if name in source}
     env.setdefault("PATH", _DEFAULT_PATH)
@@ -147,20 +163,9 @@ def agent_environment(workdir: Workdir, parent: dict[str, str] | None = None) ->
         PYTHONDONTWRITEBYTECODE="1",
         PYTHONUNBUFFERED="1",
     )
+    if run_id is not None:
+        env[sandbox.RUN_ID_VAR] = run_id
     return env
-
-
-def _load_prctl() -> Callable[[int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return cast(Callable[[int, int], int], ctypes.CDLL(None, use_errno=True).prctl)
-    except (OSError, AttributeError):
-        return None
-
-
-_PR_SET_PDEATHSIG = 1
-_prctl = _load_prctl()  # resolved here: nothing may be loaded between fork and exec
 
 
 def _rlimits(limits: Limits) -> Callable[[], None]:
@@ -169,8 +174,6 @@ def _rlimits(limits: Limits) -> Callable[[], None]:
     fsize = limits.max_artifact_size + FSIZE_MARGIN
 
     def apply() -> None:
-        if _prctl is not None:  # the agent dies with its worker, even on kill -9 (Linux)
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
@@ -265,34 +268,67 @@ def run_agent(
     should_stop: Callable[[], bool] = lambda: False,
     poll_interval: float = 0.5,
     parent_env: dict[str, str] | None = None,
+    policy: SandboxPolicy | None = None,
 ) -> AgentRun:
     """Run ``argv`` (never through a shell) in ``workdir`` under ``limits`` and wait for it.
 
     ``should_stop`` is called every ``poll_interval`` seconds (the pipeline refreshes its lease and reads the
-    cancel flag there); returning True kills the agent's process group and reports ``cancelled``.
+    cancel flag there); returning True kills the agent's process group and reports ``cancelled``. ``policy``
+    defaults to ``SandboxPolicy.from_env()``; ``sandbox.SandboxUnavailable`` means the agent was not started
+    because that policy cannot be enforced here (fail closed).
     """
+    policy = SandboxPolicy.from_env() if policy is None else policy
+    sandbox.protect_worker_process()  # whoever hosts us: the agent must not read our environ or escape our reaping
+    run_id = secrets.token_hex(16)
+    env = agent_environment(workdir, parent_env, run_id)
+    sandbox.check_executable(argv[0], env["PATH"], policy.identity)
+    sandbox.hand_over(workdir.root, policy.identity)
     started = time.monotonic()
-    proc = subprocess.Popen(
-        argv,
-        cwd=workdir.root,
-        env=agent_environment(workdir, parent_env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=_rlimits(limits),  # only setrlimit runs between fork and exec
-        close_fds=True,
-    )
+    proc = _spawn(argv, workdir, limits, policy, env)
+    tracker = sandbox.RunTracker(proc.pid, run_id)
     assert proc.stdout is not None
     tail = _Tail(proc.stdout)
-    log.info("agent.started", pid=proc.pid, program=Path(argv[0]).name)
-    outcome, usage = _watch(proc, workdir, limits, should_stop, poll_interval, started)
-    kill_group(proc, grace=KILL_GRACE if outcome != "exited" else 0.0)
+    log.info("agent.started", pid=proc.pid, program=Path(argv[0]).name, network=policy.network,
+             user=policy.identity.name if policy.identity else None)  # fmt: skip
+
+    def tick() -> bool:
+        tracker.observe()
+        return should_stop()
+
+    try:
+        outcome, usage = _watch(proc, workdir, limits, tick, poll_interval, started)
+        kill_group(proc, grace=KILL_GRACE if outcome != "exited" else 0.0)
+    finally:
+        leftovers = tracker.kill_all(keep_waiting_for=[proc.pid])
     elapsed = time.monotonic() - started
     lines = tail.lines()
     exit_code = proc.returncode if outcome == "exited" else None
-    log.info("agent.ended", outcome=outcome, exit_code=exit_code, seconds=round(elapsed, 3))
+    log.info("agent.ended", outcome=outcome, exit_code=exit_code, seconds=round(elapsed, 3), leftovers=leftovers)
     return AgentRun(outcome, exit_code, elapsed, lines, final_report(lines), usage)
+
+
+def _spawn(
+    argv: list[str], workdir: Workdir, limits: Limits, policy: SandboxPolicy, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(
+            argv,
+            cwd=workdir.root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=sandbox.child_setup(policy, _rlimits(limits)),  # namespaces, identity, rlimits
+            close_fds=True,
+        )
+    except subprocess.SubprocessError:  # only the preexec set-up raises this: the sandbox could not be entered
+        reason = sandbox.probe(policy) or "the child could not enter the sandbox"
+        variable = sandbox.AGENT_NETWORK_VAR if policy.network == "none" else sandbox.AGENT_USER_VAR
+        log.error("agent.sandbox_refused", reason=reason, network=policy.network)
+        raise sandbox.SandboxUnavailable(
+            variable, f"cannot be enforced here ({reason}); the agent was not started"
+        ) from None
 
 
 def _watch(
