@@ -30,8 +30,9 @@ def services(settings: Settings) -> Iterator[Services]:
 def _stored(services: Services, op: OperationRecord) -> list[str]:
     """Create an operation with an artifact object, an embedded copy and an access log; return its object keys."""
     services.records.create(op, {"text": "x"})
-    services.store.put_bytes(layout.artifact_key(op.id, "report.md"), b"ciphertext")
-    services.records.put_sealed(layout.embedded_key(op.id, "report.md"), b"plain")
+    run = layout.new_run_id()
+    services.store.put_bytes(layout.artifact_key(op.id, "report.md", run), b"ciphertext")
+    services.records.put_sealed(layout.embedded_key(op.id, "report.md", run), b"plain")
     audit_log.append_batch(services.records, op.id, [new_event(operation_id=op.id, action="auth", result="ok")])
     index = layout.grantee_index_key(op.grantee, int(op.created_at.timestamp()), op.id)
     return [info.key for info in services.store.list(layout.operation_prefix(op.id))] + [index]
@@ -59,7 +60,7 @@ def test_sweep_removes_unnamed_objects_only_when_old_enough(services: Services) 
     _stored(services, op)  # the record names no artifact: report.md and its embedded copy are orphans
     assert retention.sweep_orphans(services) == 0  # just uploaded: could be a run in flight
     assert retention.sweep_orphans(services, now=now() + timedelta(hours=2)) == 2
-    assert not services.store.exists(layout.artifact_key(op.id, "report.md"))
+    assert list(services.store.list(layout.artifacts_prefix(op.id))) == []
     assert services.store.exists(layout.record_key(op.id))
     assert audit_log.verify_chain(services.records, op.id).ok
 

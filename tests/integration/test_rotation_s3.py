@@ -45,7 +45,7 @@ def _populate(services: Services, operations: int = 3) -> dict[str, bytes]:
     for _ in range(operations):
         op = record(created=now())
         services.records.create(op, {"text": "x"})
-        services.store.put_bytes(layout.artifact_key(op.id, "a.txt"), b"payload")
+        services.store.put_bytes(layout.artifact_key(op.id, "a.txt", layout.new_run_id()), b"payload")
         for _ in range(2):
             audit_log.append_batch(services.records, op.id, [new_event(operation_id=op.id, action="auth", result="ok")])
     audit_log.append_batch(services.records, None, [new_event(action="auth", result="denied")])

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from shared import layout
 from shared.crypto import keywrap
 from shared.settings import Settings
 from tests.agents.harness import (
@@ -38,7 +37,7 @@ def test_kill_during_storing_then_redelivery(worker_factory: Callable[..., Any],
     doomed = worker_factory(**env)
     task_id = send_run(app, record.id)
     deadline = time.monotonic() + 60
-    while not services.store.exists(layout.artifact_key(record.id, "file-000.txt")):
+    while not any(key.endswith("/file-000.txt.enc") for key in stored_keys(services, record.id)):
         assert time.monotonic() < deadline, "the worker never started uploading"
         time.sleep(0.02)
     doomed.kill()  # SIGKILL to the worker's process group, mid-upload
@@ -55,10 +54,10 @@ def test_kill_during_storing_then_redelivery(worker_factory: Callable[..., Any],
 
     assert final.status == "succeeded", final.result
     assert len(final.artifacts) == FILES
-    assert stored_keys(services, record.id) == sorted(layout.artifact_key(record.id, a.name) for a in final.artifacts)
+    assert stored_keys(services, record.id) == sorted(a.object_key(record.id) for a in final.artifacts)
     assert decrypt_artifact(services, final, "file-039.txt", secret) == b"x" * FILE_SIZE
 
     from worker_service.pipeline.retention import sweep_orphans
 
     sweep_orphans(services)
-    assert stored_keys(services, record.id) == sorted(layout.artifact_key(record.id, a.name) for a in final.artifacts)
+    assert stored_keys(services, record.id) == sorted(a.object_key(record.id) for a in final.artifacts)

@@ -79,7 +79,7 @@ def test_privacy_audit_operation_succeeds_and_decrypts(worker: Any, services: Se
     assert "| input text | 1 | email | `b***@example.com` |" in report
     recommendations = json.loads(decrypt_artifact(services, final, "recommendations.json", secret))
     assert recommendations["findings"] == 2
-    assert stored_keys(services, record.id) == sorted(layout.artifact_key(record.id, a.name) for a in final.artifacts)
+    assert stored_keys(services, record.id) == sorted(a.object_key(record.id) for a in final.artifacts)
     assert not services.redis.exists(layout.redis_run_lease(record.id))
 
 
