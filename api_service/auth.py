@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -19,9 +20,9 @@ from starlette.requests import Request
 from api_service.errors import PayloadTooLarge
 from shared.auth.base import AuthorityError, normalize_authority
 from shared.auth.headers import claimed_address
-from shared.auth.replay import store_unavailable
+from shared.auth.replay import FailureLimited, count_failure, store_unavailable
 from shared.auth.verifier import SignedRequest, VerifiedSigner, Verifier
-from shared.errors import AuthError, StrongroomError
+from shared.errors import AuthError, RateLimited, StrongroomError
 from shared.events import apublish, new_event
 from shared.layout import is_operation_id
 from shared.settings import Settings
@@ -36,25 +37,81 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 async def authenticate(request: Request) -> VerifiedSigner:
     """Verify the request's signature and return the signer; raise the typed error otherwise.
 
-    Every decision is published as an ``auth`` audit event. The proven signer is also left on
-    ``request.state.signer`` for later middleware or logging.
+    Every decision is published as an ``auth`` audit event, except refusals past the client's failure budget
+    (429, ``STRONGROOM_AUTH_FAILURES_PER_MINUTE``): that budget is what keeps unauthenticated traffic from
+    flooding the audit trail. A refusal names no actor and no operation (it goes to the global log), since
+    nobody was proven; only the per-address rate limit, which runs after the signature verified, names its
+    signer. The proven signer is also left on ``request.state.signer`` for later middleware or logging.
     """
     settings: Settings = _state(request, "settings")
     verifier: Verifier = _state(request, "verifier")
     headers = _joined_headers(request)
+    client = client_id(request, settings.trusted_proxies)
     try:
-        signed = await signed_request(request, settings, headers)
+        signed = await signed_request(request, settings, headers, client=client)
         signer = await verifier.verify(signed)
-    except StrongroomError as exc:
-        await _audit(request, result="denied", reason=exc.code, actor=claimed_address(headers), strict=False)
+    except FailureLimited:
         raise
-    await _audit(request, result="allowed", reason=None, actor=signer.address, strict=True)
+    except (AuthError, RateLimited) as exc:
+        limit = settings.auth_failures_per_minute
+        await count_failure(_state(request, "redis"), client, limit=limit, now=time.time())
+        actor = claimed_address(headers) if isinstance(exc, RateLimited) else None
+        await _audit(request, result="denied", reason=exc.code, actor=actor, operation_id=None, strict=False)
+        raise
+    except StrongroomError as exc:  # dependencies down, body too large: nothing about the caller is known
+        await _audit(request, result="denied", reason=exc.code, actor=None, operation_id=None, strict=False)
+        raise
+    await _audit(
+        request, result="allowed", reason=None, actor=signer.address, operation_id=_operation_in(request), strict=True
+    )
     request.state.signer = signer
     return signer
 
 
-async def signed_request(request: Request, settings: Settings, headers: dict[str, str]) -> SignedRequest:
-    """The request as its client saw it: public authority and path prefix, raw target, exact body bytes."""
+def client_id(request: Request, proxies: tuple[str, ...]) -> str:
+    """Whom the failure budget charges: the peer address or, behind trusted proxies, the nearest untrusted hop
+    of ``X-Forwarded-For`` (read from the right: entries further left are whatever the client claimed).
+
+    IPv6 clients are grouped by /64, the smallest block a subscriber usually gets.
+    """
+    raw = request.client.host if request.client is not None else ""
+    peer = _ip(raw)
+    if peer is None:
+        return raw or "unknown"
+    if proxies and _is_trusted(peer, proxies):
+        forwarded = ",".join(v for k, v in request.headers.items() if k == "x-forwarded-for")
+        for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+            address = _ip(hop)
+            if address is None:
+                break
+            peer = address
+            if not _is_trusted(address, proxies):
+                break
+    if isinstance(peer, ipaddress.IPv6Address):
+        if peer.ipv4_mapped is not None:
+            return str(peer.ipv4_mapped)
+        return str(ipaddress.IPv6Network((peer, 64), strict=False))
+    return str(peer)
+
+
+def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def _is_trusted(address: ipaddress.IPv4Address | ipaddress.IPv6Address, proxies: tuple[str, ...]) -> bool:
+    return any(address in network for network in _networks(proxies))
+
+
+async def signed_request(
+    request: Request, settings: Settings, headers: dict[str, str], *, client: str | None = None
+) -> SignedRequest:
+    """The request as its client saw it: public authority and path prefix, raw target, exact body bytes.
+
+    ``client`` (see ``client_id``) is passed through for the verifier's failure-budget check.
+    """
     declared = headers.get("content-length", "")
     if _DIGITS.fullmatch(declared) and (len(declared) > 18 or int(declared) > settings.max_input_bytes):
         raise PayloadTooLarge("the request body is larger than the input limit")
@@ -78,6 +135,7 @@ async def signed_request(request: Request, settings: Settings, headers: dict[str
         query="?" + request.scope.get("query_string", b"").decode("latin-1"),
         headers=headers,
         body=await request.body(),
+        client=client,
     )
 
 
@@ -105,11 +163,8 @@ def _last(value: str | None) -> str:
 def _from_trusted_proxy(request: Request, proxies: tuple[str, ...]) -> bool:
     if not proxies or request.client is None:
         return False
-    try:
-        peer = ipaddress.ip_address(request.client.host)
-    except ValueError:
-        return False
-    return any(peer in network for network in _networks(proxies))
+    peer = _ip(request.client.host)
+    return peer is not None and _is_trusted(peer, proxies)
 
 
 @lru_cache(maxsize=8)
@@ -117,10 +172,15 @@ def _networks(proxies: tuple[str, ...]) -> tuple[_Network, ...]:
     return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in proxies)
 
 
-async def _audit(request: Request, *, result: str, reason: str | None, actor: str | None, strict: bool) -> None:
-    """Publish the decision. An access that cannot be recorded is refused (``strict``); a refusal is only logged."""
+def _operation_in(request: Request) -> str | None:
     match = _OPERATION_IN_PATH.search(request.url.path)
-    operation_id = match.group(1) if match and is_operation_id(match.group(1)) else None
+    return match.group(1) if match and is_operation_id(match.group(1)) else None
+
+
+async def _audit(
+    request: Request, *, result: str, reason: str | None, actor: str | None, operation_id: str | None, strict: bool
+) -> None:
+    """Publish the decision. An access that cannot be recorded is refused (``strict``); a refusal is only logged."""
     event = new_event(
         action="auth",
         result=result,

@@ -49,9 +49,15 @@ class ArtifactUrlResponse(_Doc):
 
 
 class AccessLogResponse(_Doc):
-    events: list[AuditEvent]
-    chain_valid: bool
-    batches: int
+    """One page of an access log; follow ``next_cursor`` (as ``?after=``) until it is null."""
+
+    events: list[AuditEvent] = Field(description="this page's events, oldest first (whole batches)")
+    chain_valid: bool = Field(
+        description="this page's batches are contiguous, each chains to the batch before it (the first to the "
+        "batch named by ?after=), and on the last page the head matches; true on every page = the whole log verifies"
+    )
+    batches: int = Field(description="batches on this page")
+    next_cursor: str | None = Field(description="pass as ?after= for the next page; null at the end")
 
 
 class Problem(BaseModel):
@@ -252,9 +258,23 @@ def _paths() -> dict[str, Any]:
         "/api/v1/operations/{operation_id}/access-log": {
             "parameters": [_OP_ID],
             "get": _signed(
-                "The operation's audit events, oldest first, and whether the hash chain verifies",
-                {"200": _json("AccessLogResponse", "The access log")},
+                "The operation's audit events, oldest first, one page at a time, and whether the hash chain verifies",
+                {"200": _json("AccessLogResponse", "A page of the access log")},
                 operationId="getAccessLog",
+                parameters=[
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "next_cursor of the previous page; omit for the first page",
+                        "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,11}$"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": "most events per page (a page is whole batches, at least one)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 500},
+                    },
+                ],
             ),
         },
         "/healthz": {"get": _unsigned("Liveness", {"200": _json("HealthResponse", "Serving")}, "healthz")},

@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared import layout
-from shared.errors import IntegrityError, NotFound, StrongroomError
+from shared.errors import IntegrityError, NotFound, StrongroomError, ValidationFailed
 from shared.models import AuditEvent
 from shared.records import OperationStore
 
@@ -233,6 +233,84 @@ def read_page(
         events.extend(batch.events)
         last = batch.sequence
     return events, None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a log as the API serves it: the events of whole batches, the cursor of the next page (a batch
+    sequence, ``None`` at the end), and the chain problems found in what this page covered."""
+
+    events: list[AuditEvent]
+    next_after: int | None
+    batches: int
+    problems: list[str]
+
+    @property
+    def chain_valid(self) -> bool:
+        return not self.problems
+
+
+def read_verified_page(
+    records: OperationStore, operation_id: str | None, *, after: int = 0, max_events: int = 500
+) -> Page:
+    """Like ``read_page``, and verifies the chain as it goes, so a reader never reads a batch twice or holds more
+    than one page.
+
+    The page's batches must be contiguous after ``after`` and each must chain to the one before it, starting from
+    batch ``after`` itself (read once more as the anchor; genesis for the first page). The last page also checks
+    the head, so a removed tail is reported. A reader that follows ``next_after`` from the start and sees no
+    problem on any page has verified the whole log, at the cost of one ``verify_chain``. ``ValidationFailed``
+    (``cursor_invalid``) when ``after`` names no batch this log ever had.
+    """
+    problems: list[str] = []
+    prev = _anchor_digest(records, operation_id, after, problems)
+    digests: dict[int, str] = {after: prev} if prev else {}
+    events: list[AuditEvent] = []
+    expected, last, next_after, batches = after + 1, after, None, 0
+    for sequence, _key in _batch_keys(records, operation_id, after):
+        try:
+            batch = read_batch(records, operation_id, sequence)
+        except StrongroomError as exc:
+            batch = None
+            problems.append(f"batch {sequence} does not verify ({exc.detail})")
+        if batch is not None and events and len(events) + len(batch.events) > max_events:
+            next_after = last
+            break
+        if sequence != expected:
+            problems.append(f"batch {expected} is missing (next stored is {sequence})")
+        if batch is None:
+            expected, last, prev = sequence + 1, sequence, ""
+            continue
+        if prev and not hmac.compare_digest(batch.prev, prev):
+            problems.append(f"batch {sequence} does not chain to batch {sequence - 1} (edited or inserted)")
+        events.extend(batch.events)
+        batches += 1
+        digests[sequence] = batch.digest
+        expected, last, prev = sequence + 1, sequence, batch.digest
+    if next_after is None:
+        report = ChainReport(log=log_name(operation_id))
+        _check_head(records, operation_id, report, last, digests)
+        problems += report.problems
+    return Page(events, next_after, batches, problems)
+
+
+def _anchor_digest(records: OperationStore, operation_id: str | None, after: int, problems: list[str]) -> str:
+    """Digest of batch ``after`` (what the next batch must name as ``prev``); ``""`` when it cannot be known."""
+    if after == 0:
+        return GENESIS
+    try:
+        return read_batch(records, operation_id, after).digest
+    except NotFound:
+        try:
+            head = _read_head(records, operation_id)
+        except StrongroomError:
+            head = None
+        if head is None or head[0] < after:
+            raise ValidationFailed("after is not a cursor of this log", code="cursor_invalid") from None
+        problems.append(f"batch {after} is missing")
+    except StrongroomError as exc:
+        problems.append(f"batch {after} does not verify ({exc.detail})")
+    return ""
 
 
 # --- verification -----------------------------------------------------------------------------------------

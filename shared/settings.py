@@ -150,6 +150,12 @@ class Settings:
     rate_limit_per_minute: int = _opt(
         "STRONGROOM_RATE_LIMIT_PER_MINUTE", "600", "Signed requests per address per minute (0 disables)."
     )
+    auth_failures_per_minute: int = _opt(
+        "STRONGROOM_AUTH_FAILURES_PER_MINUTE",
+        "60",
+        "Refused signed requests per client IP (IPv6: per /64) per minute before 429; bounds the audit events "
+        "and ERC-1271 RPC calls unauthenticated traffic can cause. Counted in Redis, fail closed (0 disables).",
+    )
 
     # --- agent limits (the design's AGENT_RESOURCE_LIMITS) ---
     max_execution_time: int = _opt("STRONGROOM_MAX_EXECUTION_TIME", "600", "Agent wall-clock limit, seconds.")
@@ -357,6 +363,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "eth_rpc_timeout": lambda var, raw: _float(var, raw),
     "signature_clock_skew": lambda var, raw: _int(var, raw, 0),
     "rate_limit_per_minute": lambda var, raw: _int(var, raw, 0),
+    "auth_failures_per_minute": lambda var, raw: _int(var, raw, 0),
     "worker_metrics_port": lambda var, raw: _int(var, raw, 0),
     "keyring_file": lambda var, raw: Path(raw) if raw else None,
     "work_dir": lambda var, raw: Path(raw) if raw else None,

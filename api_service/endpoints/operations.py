@@ -38,8 +38,11 @@ BUILTIN_AGENTS = frozenset({"privacy-audit"})
 STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
+DEFAULT_LOG_PAGE = 500  # events; a page is whole batches, at least one
+MAX_LOG_PAGE = 1000
 CANCEL_KEY_TTL = 86400
 _LIMIT_RE = re.compile(r"[0-9]{1,6}")
+_LOG_CURSOR_RE = re.compile(r"[1-9][0-9]{0,11}")  # a batch sequence (access-log page cursor)
 _CURSOR_RE = re.compile(r"^[0-9]{12}_[a-z0-9][a-z0-9-]{0,47}_[a-z2-7]{26}$")
 _FIELD_CODES = {
     "agent": "agent_unknown",
@@ -239,17 +242,37 @@ def _cancel(record: OperationRecord) -> OperationRecord:
 
 
 async def access_log(request: Request) -> Response:
+    """One page of the operation's access log, oldest first; follow ``next_cursor`` (as ``?after=``) to the end.
+
+    The chain is verified as the page is read (``audit_log.read_verified_page``): ``chain_valid`` covers this
+    page's batches, their link to the batch before them and, on the last page, the head. A client that sees it
+    true on every page from the first has verified the whole log.
+    """
     signer = await authenticate(request)
     operation_id = request.path_params["operation_id"]
     await load_operation(request, signer, operation_id, "access_log.read")
+    after, limit = _log_params(request)
     svc = services(request)
-    events, report = await blocking(_read_log, svc.records, operation_id)
+    page = await blocking(
+        lambda: audit_log.read_verified_page(svc.records, operation_id, after=after, max_events=limit)
+    )
     await audit(request, "access_log.read", "allowed", actor=signer.address, operation_id=operation_id)
     return json_response(
-        {"events": [e.model_dump(mode="json") for e in events], "chain_valid": report.ok, "batches": report.batches}
+        {
+            "events": [e.model_dump(mode="json") for e in page.events],
+            "chain_valid": page.chain_valid,
+            "batches": page.batches,
+            "next_cursor": None if page.next_after is None else str(page.next_after),
+        }
     )
 
 
-def _read_log(records: Any, operation_id: str) -> tuple[list[Any], audit_log.ChainReport]:
-    events = [event for batch in audit_log.iter_batches(records, operation_id) for event in batch.events]
-    return events, audit_log.verify_chain(records, operation_id)
+def _log_params(request: Request) -> tuple[int, int]:
+    query = request.query_params
+    limit = page_limit(query.get("limit"), default=DEFAULT_LOG_PAGE, maximum=MAX_LOG_PAGE)
+    raw_after = query.get("after")
+    if raw_after is None:
+        return 0, limit
+    if not _LOG_CURSOR_RE.fullmatch(raw_after):
+        raise ValidationFailed("after is not a cursor this server issued", code="cursor_invalid")
+    return int(raw_after), limit

@@ -1,4 +1,5 @@
-"""Redis state for signed requests: single-use nonces and per-address rate limits. Both fail closed.
+"""Redis state for signed requests: single-use nonces, per-address rate limits and per-client failure budgets.
+All fail closed.
 
 A nonce is consumed with one atomic ``SET key 1 NX EX ttl`` (no check-then-insert race between API replicas),
 keyed by (keyid, nonce) and never by signature bytes, which an attacker could re-encode. Any Redis error becomes
@@ -48,3 +49,49 @@ async def enforce_rate_limit(redis: aioredis.Redis, address: str, *, limit: int,
     if int(count) > limit:
         retry_after = max(1, int((window + 1) * RATE_WINDOW_SECONDS - now))
         raise RateLimited("too many signed requests for this address", retry_after=retry_after)
+
+
+class FailureLimited(RateLimited):
+    """429 for a client that has used up its refused-request budget: nothing more is verified, looked up on chain
+    or audited for it until the window ends, so unauthenticated traffic cannot flood the audit trail or the RPC."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many refused requests from this client; retry later", retry_after=retry_after)
+
+
+def _failure_window(client: str, now: float) -> tuple[str, int]:
+    window = int(now // RATE_WINDOW_SECONDS)
+    retry_after = max(1, int((window + 1) * RATE_WINDOW_SECONDS - now))
+    return redis_rate_key(f"authfail:{client}", window), retry_after
+
+
+async def count_failure(redis: aioredis.Redis, client: str, *, limit: int, now: float) -> None:
+    """Count one refusal for ``client`` (an IP, see ``api_service.auth``); ``FailureLimited`` once over ``limit``.
+
+    Fixed one-minute window, one INCR and one EXPIRE; ``limit == 0`` disables it. Redis errors are ``Unavailable``.
+    """
+    if limit <= 0:
+        return
+    key, retry_after = _failure_window(client, now)
+    try:
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, RATE_WINDOW_SECONDS * 2)
+            count, _ = await pipe.execute()
+    except (RedisError, OSError):
+        raise store_unavailable() from None
+    if int(count) > limit:
+        raise FailureLimited(retry_after)
+
+
+async def check_failure_budget(redis: aioredis.Redis, client: str, *, limit: int, now: float) -> None:
+    """``FailureLimited`` if ``client`` has no refusals left this window (checked before costly work: RPC calls)."""
+    if limit <= 0:
+        return
+    key, retry_after = _failure_window(client, now)
+    try:
+        count = await redis.get(key)
+    except (RedisError, OSError):
+        raise store_unavailable() from None
+    if count is not None and int(count) >= limit:
+        raise FailureLimited(retry_after)

@@ -4,6 +4,10 @@ The order of checks is deliberate: everything that is pure and cheap (headers, p
 authority, digest) runs before the secp256k1 recovery, the recovery runs before any Redis write, and the nonce is
 consumed only once the signature is known to be good, so nobody can burn another signer's nonces. The rate limit
 counts only fresh, verified requests, so replaying a captured request cannot exhaust its signer's quota.
+
+The API counts refusals per client (``SignedRequest.client``); the verifier consults that budget before the one
+costly step a refusal can trigger, the ERC-1271 RPC path, so a client that has used it up gets 429
+``FailureLimited`` instead of more RPC calls. Good EOA signatures from the same client still verify.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class SignedRequest:
     query: str
     headers: Mapping[str, str]
     body: bytes
+    client: str | None = None  # who sent it (IP or /64), for the failure budget; None: not counted
 
 
 @dataclass(frozen=True)

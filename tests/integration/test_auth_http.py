@@ -68,6 +68,7 @@ class Api:
 
     def __init__(self, redis_url: str, client: tuple[str, int] = ("testclient", 50000), **overrides: Any) -> None:
         overrides.setdefault("rate_limit_per_minute", 0)
+        overrides.setdefault("auth_failures_per_minute", 0)  # the refusal tests share one client address
         self.settings = Settings.from_env({"REDIS_URL": redis_url}, **overrides)
         self.now = int(time.time())
         self.key = "0x" + secrets.token_hex(32)
@@ -239,21 +240,62 @@ def test_rate_limit_answers_429_with_retry_after(redis_url: str) -> None:
     assert 1 <= int(response.headers["retry-after"]) <= 60
 
 
+def _events_after(client: sync_redis.Redis, last_id: bytes) -> list[Any]:
+    return [decode(fields) for _, fields in client.xrange(REDIS_AUDIT_STREAM, min=b"(" + last_id)]
+
+
+def _stream_tail(client: sync_redis.Redis) -> bytes:
+    newest = client.xrevrange(REDIS_AUDIT_STREAM, count=1)
+    return newest[0][0] if newest else b"0-0"
+
+
 def test_decisions_are_audited(api: Api, redis_url: str) -> None:
+    """Finding 4: a refusal proves nobody, so it names no actor and no operation (it goes to the global log)."""
     operation_id = new_operation_id("demo")
     url = f"{OPERATIONS}/{operation_id}"
     headers = api.headers("GET", url)
-    assert api.send("GET", url, headers=headers | {"X-Request-Id": "r1"}).status_code == 200
-    assert api.send("GET", url, headers=headers).status_code == 401
     client = sync_redis.Redis.from_url(redis_url)
-    events = [decode(fields) for _, fields in client.xrevrange(REDIS_AUDIT_STREAM, count=500)]
-    mine = [e for e in events if e.operation_id == operation_id]
-    assert [(e.action, e.result, e.reason, e.actor) for e in reversed(mine)] == [
-        ("auth", "allowed", None, api.address),
-        ("auth", "denied", "nonce_replayed", api.address),
+    start = _stream_tail(client)
+    assert api.send("GET", url, headers=headers).status_code == 200
+    assert api.send("GET", url, headers=headers).status_code == 401  # a replay of a real signature
+    assert api.send("GET", url).status_code == 401  # unsigned
+    events = [(e.action, e.result, e.reason, e.actor, e.operation_id) for e in _events_after(client, start)]
+    assert events == [
+        ("auth", "allowed", None, api.address, operation_id),
+        ("auth", "denied", "nonce_replayed", None, None),
+        ("auth", "denied", "signature_missing", None, None),
     ]
-    payload = json.dumps([e.model_dump(mode="json") for e in mine])
+    payload = json.dumps([e.model_dump(mode="json") for e in _events_after(client, start)])
     assert headers["Signature"].split("=:", 1)[1].rstrip(":") not in payload
+
+
+def test_refusals_per_client_are_limited_and_then_not_audited(redis_url: str) -> None:
+    """Past STRONGROOM_AUTH_FAILURES_PER_MINUTE a client gets 429 + Retry-After and adds nothing to the trail;
+    good signatures from that client still pass, and another client is unaffected."""
+    peer = f"198.51.100.{secrets.randbelow(250) + 1}"
+    api = Api(redis_url, client=(peer, 4000), auth_failures_per_minute=3)
+    other = Api(redis_url, client=(f"2001:db8:{secrets.token_hex(2)}::1", 4000), auth_failures_per_minute=3)
+    url = f"{OPERATIONS}/{new_operation_id('demo')}"
+    redis = sync_redis.Redis.from_url(redis_url)
+    start = _stream_tail(redis)
+    with api.client, other.client:
+        for _ in range(3):
+            assert_problem(api.send("GET", url), 401, "signature_missing")
+        limited = api.send("GET", url)
+        assert_problem(limited, 429, "rate_limited")
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert_problem(api.send("GET", url, headers=api.headers("GET", OPERATIONS)), 429, "rate_limited")
+        assert api.send("GET", url, headers=api.headers("GET", url)).status_code == 200
+        assert_problem(other.send("GET", url), 401, "signature_missing")
+    denied = [e for e in _events_after(redis, start) if e.result == "denied"]
+    assert [e.reason for e in denied] == ["signature_missing"] * 4  # 3 from the limited client, 1 from the other
+    assert all(e.actor is None and e.operation_id is None for e in denied)
+
+
+def test_refusals_fail_closed_when_redis_is_down() -> None:
+    api = Api(f"redis://127.0.0.1:{free_port()}/0", auth_failures_per_minute=3)
+    with api.client:
+        assert_problem(api.send("GET", OPERATIONS), 503, "nonce_store_unavailable")
 
 
 def test_forwarded_headers_from_untrusted_peers_are_ignored(api: Api) -> None:
