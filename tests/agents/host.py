@@ -24,7 +24,7 @@ def main(spec_json: str) -> int:
         sandbox.protect_worker_process(claim_orphans=True)
     limits = Limits(max_execution_time=20, max_disk_usage=50 << 20, max_artifact_count=5, max_artifact_size=1 << 20)
     with fresh_workdir(Path(spec["base"])) as workdir:
-        run = run_agent(spec["argv"], workdir, limits, poll_interval=0.1)
+        run = run_agent(spec["argv"], workdir, limits, poll_interval=spec.get("poll_interval", 0.1))
         outputs = {item.name: item.read_text() for item in sorted(workdir.out_dir.iterdir())}
     print(json.dumps({"outcome": run.outcome, "exit_code": run.exit_code, "outputs": outputs}))
     return 0

@@ -56,21 +56,23 @@ def stubborn(pidfile: str) -> None:
 
 
 def escape(pidfile: str, clean: bool) -> None:
-    """Double fork + setsid: the grandchild leaves the agent's process group and session, then sleeps."""
-    read, write_end = os.pipe()
+    """Double fork + setsid: the grandchild leaves the agent's process group and session, then sleeps.
+
+    With ``clean`` it first exec's a shell with an empty environment (no AGENT_RUN_ID), which records its pid
+    only after that exec; the agent waits for the pid, so the escape is complete before the agent exits.
+    """
+    target = Path(pidfile)
     if os.fork() == 0:
         os.setsid()
         if os.fork() == 0:
-            os.close(read)
-            os.write(write_end, str(os.getpid()).encode())
-            os.close(write_end)
             if clean:
-                os.execve("/bin/sleep", ["sleep", "600"], {})  # no AGENT_RUN_ID any more
+                os.execve("/bin/sh", ["sh", "-c", 'echo $$ > "$0"; exec sleep 600', pidfile], {})
+            target.write_text(f"{os.getpid()}\n")
             time.sleep(600)
         os._exit(0)
-    os.close(write_end)
-    pid = os.read(read, 32).decode()
-    Path(pidfile).write_text(pid)
+    deadline = time.monotonic() + 10
+    while not (target.exists() and target.read_text().endswith("\n")) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def peek() -> dict[str, object]:
@@ -129,7 +131,7 @@ def main(mode: str, *args: str) -> int:
         (OUT / "env.json").write_text(json.dumps(dict(os.environ)))
         report("env dumped")
     elif mode == "escape":
-        escape(args[0], clean=args[1:] == ["clean"])
+        escape(args[0], clean="clean" in args[1:])
         report("escaped")
     elif mode == "peek":
         (OUT / "peek.json").write_text(json.dumps(peek()))

@@ -62,6 +62,7 @@ REAP_TIMEOUT = 5.0  # seconds to wait for killed descendants to disappear
 Network = Literal["allowed", "none"]
 
 _PR_SET_PDEATHSIG = 1
+_PR_GET_DUMPABLE = 3
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
@@ -140,14 +141,10 @@ def protect_worker_process(*, claim_orphans: bool = False) -> bool:
 
 
 def dumpable() -> int | None:
-    """This process's ``Dumpable`` flag from /proc/self/status (None where /proc has no such line)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Dumpable:"):
-                return int(line.split()[1])
-    except OSError:
+    """This process's dumpable flag (``PR_GET_DUMPABLE``); None where prctl does not exist."""
+    if _libc is None:
         return None
-    return None
+    return int(_libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0))
 
 
 def _effective_caps() -> int:
@@ -322,13 +319,14 @@ def child_setup(policy: SandboxPolicy, rlimits: Callable[[], None]) -> Callable[
                 isolated = True
             except OSError:
                 pass
+            if isolated:
+                _loopback_up()  # while we still hold CAP_NET_ADMIN
         if identity is not None:
             os.setgroups([])
             os.setresgid(identity.gid, identity.gid, identity.gid)
             os.setresuid(identity.uid, identity.uid, identity.uid)
-        if policy.network == "none":
-            if not isolated:
-                _own_user_and_network_namespace()
+        if policy.network == "none" and not isolated:
+            _own_user_and_network_namespace()
             _loopback_up()
         rlimits()
         if identity is not None:
