@@ -25,7 +25,7 @@ from eth_account.messages import SignableMessage, encode_defunct
 from shared.auth.base import DIGEST_ALGORITHMS, REQUIRED_COMPONENTS, ComponentError, RequestParts, signature_base
 from shared.auth.contract_wallets import ContractWallets
 from shared.auth.headers import ParsedSignature, malformed, parse_dictionary, parse_signature
-from shared.auth.replay import consume_nonce, enforce_rate_limit
+from shared.auth.replay import check_failure_budget, consume_nonce, enforce_rate_limit
 from shared.errors import AuthError, NotGrantee
 from shared.settings import Settings
 
@@ -91,7 +91,7 @@ class Verifier:
             base = signature_base(parsed.covered, parsed.params, parts)
         except ComponentError as exc:
             raise malformed(str(exc)) from None
-        await self._check_signature(parsed, base)
+        await self._check_signature(parsed, base, request.client, now)
         await consume_nonce(self._redis, parsed.keyid, parsed.nonce, expires=parsed.expires, now=now)
         await enforce_rate_limit(self._redis, parsed.address, limit=self._settings.rate_limit_per_minute, now=now)
         return VerifiedSigner(
@@ -119,18 +119,25 @@ class Verifier:
         if settings.public_authorities and request.authority not in settings.public_authorities:
             raise AuthError("the request authority is not served here", code="authority_not_allowed")
 
-    async def _check_signature(self, parsed: ParsedSignature, base: str) -> None:
+    async def _check_signature(self, parsed: ParsedSignature, base: str, client: str | None, now: float) -> None:
+        """EOA recovery first (local, cheap). The ERC-1271 path costs RPC calls, so it is taken only for a client
+        with failures left in its budget, and only when the keyid address holds contract code."""
         message = encode_defunct(text=base)
         if len(parsed.signature) == 65 and _recover(message, parsed.signature) == parsed.address:
             return
-        if self._contract_wallets is None:
-            # Without an RPC endpoint a contract wallet and a wrong key look the same: both are refused here.
-            raise AuthError("the signature does not match the keyid address", code="signature_invalid")
-        digest = eip191_hash(message)
-        if not await self._contract_wallets.is_valid_signature(
-            parsed.chain_id, parsed.address, digest, parsed.signature
+        invalid = AuthError("the signature does not match the keyid address", code="signature_invalid")
+        wallets = self._contract_wallets
+        if wallets is None:
+            raise invalid  # without an RPC endpoint a contract wallet and a wrong key look the same
+        if client is not None:
+            limit = self._settings.auth_failures_per_minute
+            await check_failure_budget(self._redis, client, limit=limit, now=now)
+        if not await wallets.has_code(parsed.chain_id, parsed.address):
+            raise invalid  # an EOA: no contract could accept it, so no eth_call
+        if not await wallets.is_valid_signature(
+            parsed.chain_id, parsed.address, eip191_hash(message), parsed.signature
         ):
-            raise AuthError("the signature does not match the keyid address", code="signature_invalid")
+            raise invalid
 
 
 def eip191_hash(message: SignableMessage) -> bytes:

@@ -208,3 +208,79 @@ def test_answers_are_cached_briefly(chain: Any) -> None:
     now[0] = 31.0
     assert asyncio.run(wallets.is_valid_signature(chain_id, wallet, digest, signature)) is True
     assert len(calls) == 2
+
+
+@pytest.fixture(scope="module")
+def recorded_chain() -> Any:
+    """A chain of its own whose provider records every JSON-RPC method it is asked (``.methods``)."""
+    from web3 import EthereumTesterProvider, Web3
+
+    class RecordingProvider(EthereumTesterProvider):  # type: ignore[misc]
+        methods: list[str] = []
+
+        def make_request(self, method: Any, params: Any) -> Any:
+            self.methods.append(str(method))
+            return super().make_request(method, params)
+
+    w3 = Web3(RecordingProvider())
+    w3.eth.chain_id  # noqa: B018 (warm up, so tests see only their own calls)
+    return w3
+
+
+@pytest.fixture
+def rpc_log(recorded_chain: Any) -> list[str]:
+    methods: list[str] = recorded_chain.provider.methods
+    methods.clear()
+    return methods
+
+
+def test_an_eoa_bad_signature_makes_no_eth_call(recorded_chain: Any, rpc_log: list[str]) -> None:
+    """Finding 8: a keyid naming a plain account (no code) is refused after one cached eth_getCode per address;
+    unique digests per request can no longer turn each bad signature into an eth_call."""
+    victim = Account.from_key("0x" + "c1" * 32).address.lower()  # an EOA: never deployed anything
+    chain_id = int(recorded_chain.eth.chain_id)
+    verifier = verifier_for(recorded_chain, NoRedisNeeded())
+    rpc_log.clear()
+    for _ in range(3):  # three different requests (fresh nonces, so fresh digests) signed by the wrong key
+        request = contract_signed("0x" + "c2" * 32, victim, chain_id)
+        with pytest.raises(AuthError) as info:
+            asyncio.run(verifier.verify(request))
+        assert info.value.code == "signature_invalid"
+    assert "eth_call" not in rpc_log
+    assert rpc_log.count("eth_getCode") == 1  # cached per address
+    owner = "0x" + "c3" * 32
+    wallet = deploy_wallet(recorded_chain, Account.from_key(owner).address)
+    rpc_log.clear()
+    with pytest.raises(AuthError):  # the control: a contract wallet is still asked
+        asyncio.run(verifier.verify(contract_signed("0x" + "c2" * 32, wallet, chain_id)))
+    assert rpc_log.count("eth_getCode") == 1 and rpc_log.count("eth_call") == 1
+
+
+def test_a_client_out_of_refusals_gets_no_rpc_at_all(recorded_chain: Any, redis_url: str, rpc_log: list[str]) -> None:
+    """Finding 8: the per-client failure budget is checked before the ERC-1271 path spends any RPC call."""
+    import secrets
+
+    import redis.asyncio as aioredis
+
+    from shared.auth.replay import FailureLimited, count_failure
+
+    owner = "0x" + "a7" * 32
+    wallet = deploy_wallet(recorded_chain, Account.from_key(owner).address)
+    client = f"192.0.2.{secrets.randbelow(250) + 1}"
+    stranger = contract_signed("0x" + "b7" * 32, wallet, int(recorded_chain.eth.chain_id))
+    stranger = SignedRequest(**{**stranger.__dict__, "client": client})
+
+    async def run() -> None:
+        redis = aioredis.Redis.from_url(redis_url)
+        try:
+            verifier = verifier_for(recorded_chain, redis, auth_failures_per_minute=2)
+            rpc_log.clear()
+            for _ in range(2):
+                await count_failure(redis, client, limit=2, now=time.time())
+            with pytest.raises(FailureLimited):
+                await verifier.verify(stranger)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(run())
+    assert rpc_log == []
