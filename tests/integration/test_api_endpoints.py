@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 from api_service.endpoints.operations import CANCEL_KEY_TTL
 from shared import audit_log, layout
 from shared.contracts import RunOperation
-from shared.events import new_event
+from shared.events import decode, new_event
 from shared.models import GetOperationResponse, OperationResult, utcnow
 from tests.unit.api.api_harness import ApiHarness
 
@@ -272,8 +272,50 @@ def test_access_log_returns_events_and_chain_state(api: ApiHarness, client: Test
     events = [new_event(action="operation.read", result="allowed", operation_id=record.id, actor=api.alice.address)]
     audit_log.append_batch(api.records, record.id, events)
     body = api.signed(client, "GET", f"{OPS}/{record.id}/access-log").json()
-    assert body["chain_valid"] is True and body["batches"] == 1
+    assert body["chain_valid"] is True and body["batches"] == 1 and body["next_cursor"] is None
     assert [e["id"] for e in body["events"]] == [events[0].id]
+
+
+def test_access_log_is_paginated_with_after_and_limit(api: ApiHarness, client: TestClient) -> None:
+    record = api.make_record()
+    written = []
+    for _ in range(3):
+        batch = [new_event(action="operation.read", result="allowed", operation_id=record.id) for _ in range(2)]
+        audit_log.append_batch(api.records, record.id, batch)
+        written += [e.id for e in batch]
+    seen, cursor, pages = [], None, 0
+    while True:
+        query = "?limit=3" + (f"&after={cursor}" if cursor else "")
+        body = api.signed(client, "GET", f"{OPS}/{record.id}/access-log{query}").json()
+        assert body["chain_valid"] is True and len(body["events"]) <= 3
+        seen += [e["id"] for e in body["events"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == written and pages == 3
+    refused = {"?after=%C2%B2": "cursor_invalid", "?after=0": "cursor_invalid", "?after=99": "cursor_invalid"}
+    refused |= {"?limit=1001": "limit_invalid", "?limit=%C2%B2": "limit_invalid"}
+    for query, code in refused.items():
+        assert_problem(api.signed(client, "GET", f"{OPS}/{record.id}/access-log{query}"), 422, code)
+
+
+def test_only_verified_denials_name_the_operation(api: ApiHarness, client: TestClient, redis_url: str) -> None:
+    """Finding 4: an unsigned request names neither actor nor operation; a verified non-grantee stays on record."""
+    record = api.make_record()
+    r = sync_redis.Redis.from_url(redis_url)
+    newest = r.xrevrange(layout.REDIS_AUDIT_STREAM, count=1)
+    start = b"(" + (newest[0][0] if newest else b"0-0")
+    unsigned = client.get(f"http://testserver{OPS}/{record.id}", headers={"X-Request-ID": "anon-1"})
+    assert_problem(unsigned, 401, "signature_missing")
+    assert_problem(api.signed(client, "GET", f"{OPS}/{record.id}", signer=api.mallory), 403, "not_grantee")
+    events = [decode(fields) for _, fields in r.xrange(layout.REDIS_AUDIT_STREAM, min=start)]
+    anonymous = [e for e in events if e.request_id == "anon-1"]
+    assert [(e.result, e.reason, e.actor, e.operation_id) for e in anonymous] == [
+        ("denied", "signature_missing", None, None)
+    ]
+    refused = [e for e in events if e.reason == "not_grantee"]
+    assert [(e.actor, e.operation_id) for e in refused] == [(api.mallory.address, record.id)]
 
 
 def test_health_ready_and_metrics(api: ApiHarness, client: TestClient, redis_url: str) -> None:
