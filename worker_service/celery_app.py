@@ -4,7 +4,9 @@
 ``strongroom worker|beat`` commands need it), but settings are read only when Celery first needs its
 configuration: the ``on_configure`` hook hands Celery ``shared.contracts.celery_config`` plus the beat schedule.
 Signals bind the task id (and the operation id when the task has one) into structlog's context, start the
-heartbeat when the worker is ready, and build ``Services`` once per process.
+heartbeat when the worker is ready, and build ``Services`` once per process. Every process that may run agents
+(the main process for the threads/solo pools, each prefork child) protects itself first: non-dumpable, so an
+agent cannot read its environ or ptrace it, and a child subreaper that claims the orphans agents leave.
 """
 
 from __future__ import annotations
@@ -16,14 +18,17 @@ import structlog
 from celery import Celery, signals
 
 from shared import contracts
+from shared.errors import ConfigError
 from shared.logging import configure as configure_logging
 from shared.settings import Settings
+from worker_service.agents import sandbox
 from worker_service.heartbeat import Heartbeat
 from worker_service.pipeline.monitor import start_metrics_server
 from worker_service.schedule import beat_schedule
 from worker_service.services import Services
 
 app = Celery("strongroom", include=["worker_service.tasks"])
+log = structlog.get_logger(__name__)
 
 _lock = threading.Lock()
 _settings: Settings | None = None
@@ -70,10 +75,24 @@ def _setup_logging(**_: Any) -> None:
     configure_logging(current.resolved_log_format, current.log_level, process="worker")
 
 
+@signals.worker_init.connect
+def _protect_worker(**_: Any) -> None:
+    """Before any task: the agent sandbox's host-side half, and an early word if the policy cannot be enforced
+    (each run still refuses on its own, so a worker that starts anyway never runs an agent unsandboxed)."""
+    sandbox.protect_worker_process(claim_orphans=True)
+    try:
+        problem = sandbox.probe(sandbox.SandboxPolicy.from_env())
+    except ConfigError as exc:
+        problem = exc.detail
+    if problem is not None:
+        log.error("worker.agent_sandbox_unavailable", problem=problem)
+
+
 @signals.worker_process_init.connect
 def _reset_after_fork(**_: Any) -> None:
     global _services
     _services = None  # the parent's sockets must not be shared with a forked child
+    sandbox.protect_worker_process(claim_orphans=True)  # the subreaper flag is not inherited across fork
 
 
 @signals.task_prerun.connect

@@ -243,3 +243,14 @@ def test_network_none_unavailable_refuses_to_start_the_agent(workdir: Workdir, m
     with pytest.raises(SandboxUnavailable, match="STRONGROOM_AGENT_NETWORK cannot be enforced here"):
         run_agent(["/bin/sh", "-c", f"touch {marker}"], workdir, LIMITS, policy=policy)
     assert not marker.exists()
+
+
+def test_celery_worker_start_protects_the_worker_process() -> None:
+    """The worker_init handler is what makes a real worker non-dumpable and an orphan-claiming subreaper."""
+    code = (
+        "from worker_service import celery_app; from worker_service.agents import sandbox; "
+        "celery_app._protect_worker(); print(sandbox.dumpable(), sandbox._claims_orphans)"
+    )
+    env = {**os.environ, "STRONGROOM_AGENT_USER": "", "STRONGROOM_AGENT_NETWORK": "allowed"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO, env=env)
+    assert done.stdout.split()[-2:] == ["0", "True"]
