@@ -204,7 +204,7 @@ class Settings:
             if raw is None and f.name == "redis_url":
                 raw = env.get("STRONGROOM_REDIS_URL")
             raw = (opt.default if raw is None else raw).strip()
-            values[f.name] = _parse(f.name, opt.name, raw)
+            values[f.name] = _parse(f.name, opt.name, raw, str(f.type))
         settings = cls(**values)
         settings._validate()
         register_secrets(settings.secret_values())
@@ -380,11 +380,13 @@ def _float(var: str, raw: str) -> float:
     return value
 
 
-def _parse(attr: str, var: str, raw: str) -> Any:
+def _parse(attr: str, var: str, raw: str, annotation: str) -> Any:
     if attr in _CHOICES:
         return _choice(var, raw, _CHOICES[attr])
     if attr in _POSITIVE_INTS:
         return _int(var, raw, 1)
     if attr in _PARSERS:
         return _PARSERS[attr](var, raw)
-    return raw or (None if attr.startswith(("s3_", "keyring", "eth_")) else raw)
+    if annotation == "int":  # any other integer: at least 0
+        return _int(var, raw, 0)
+    return raw or (None if annotation.endswith("| None") else raw)

@@ -103,3 +103,18 @@ def test_process_with_bad_value_exits_with_one_line(command: str) -> None:
     assert len(lines) == 1, result.stderr
     assert "STRONGROOM_API_PORT" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_every_option_is_parsed_to_its_declared_type() -> None:
+    """A regression: STRONGROOM_EMBEDDED_MAX_SIZE stayed a string and broke the size comparison in legacy modes."""
+    import dataclasses
+
+    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "STRONGROOM_EMBEDDED_MAX_SIZE": "2048"})
+    assert settings.embedded_max_size == 2048
+    expected = {"int": int, "float": float, "str": str, "tuple[str, ...]": tuple, "tuple[int, ...]": tuple}
+    for field in dataclasses.fields(Settings):
+        kind = expected.get(str(field.type))
+        if kind is not None:
+            assert isinstance(getattr(settings, field.name), kind), field.name
+    with pytest.raises(ConfigError, match="STRONGROOM_EMBEDDED_MAX_SIZE"):
+        Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "STRONGROOM_EMBEDDED_MAX_SIZE": "big"})
