@@ -63,13 +63,22 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory, secrets_values: dict[str
         return path
 
     return {
-        "default": [write("default", {"secret": {"keyring": secrets_values["keyring"]}})],
+        "default": [
+            write(
+                "default",
+                {
+                    "secret": {"keyring": secrets_values["keyring"]},
+                    "config": {"STRONGROOM_PUBLIC_AUTHORITIES": "strongroom.test"},
+                },
+            )
+        ],
         "production": [CHART / "ci" / "production-values.yaml"],
         "external": [
             write(
                 "external",
                 {
                     "secret": secrets_values,
+                    "config": {"STRONGROOM_PUBLIC_AUTHORITIES": "strongroom.test"},
                     "redis": {"enabled": False},
                     "networkPolicy": {"enabled": True},
                     "s3": {"endpointUrl": "https://minio.example", "publicEndpointUrl": "https://s3.example"},
@@ -163,6 +172,7 @@ def test_bare_defaults_demand_a_keyring(helm: Path) -> None:
         (("redis.enabled=false",), "secret.redisUrl"),  # check-values: no Redis at all
         (("secret.awsAccessKeyId=AKIA",), "awsSecretAccessKey"),  # check-values: half a credential
         (("api.replicas=2", "api.pdb.minAvailable=2"), "minAvailable"),  # a PDB that blocks every drain
+        (("config.STRONGROOM_PUBLIC_AUTHORITIES=",), "STRONGROOM_PUBLIC_AUTHORITIES"),  # the API would not start
     ],
 )
 def test_helm_rejects_bad_values(
