@@ -11,8 +11,10 @@ What each primitive buys (docs/agents.md has the full model, including what is *
 
   ``STRONGROOM_AGENT_USER``
       user (name, ``uid`` or ``uid:gid``) the agent runs as, with no supplementary groups. Default ``nobody`` when
-      the worker runs as root, empty (the worker's own UID) otherwise. Needs root or CAP_SETUID+CAP_SETGID;
-      ``root``/UID 0 is refused. A separate UID is what makes ``RLIMIT_NPROC`` safe to set and keeps the
+      the worker runs as root (unless ``nobody`` cannot even reach this worker's Python: then the worker's UID,
+      with a warning), empty (the worker's own UID) otherwise. Needs root or CAP_SETUID+CAP_SETGID;
+      ``root``/UID 0 is refused; an explicitly named user that cannot run the agent program is refused per run.
+      A separate UID is what makes ``RLIMIT_NPROC`` safe to set and keeps the
       keyring file and the worker's ``/proc`` entries out of the agent's reach.
   ``STRONGROOM_AGENT_NETWORK``
       ``allowed`` (default: command agents such as gemini need the network) or ``none``: the agent gets a private
@@ -201,14 +203,34 @@ class SandboxPolicy:
         network = env.get(AGENT_NETWORK_VAR, "").strip().lower() or "allowed"
         if network not in ("allowed", "none"):
             raise ConfigError(AGENT_NETWORK_VAR, "must be 'allowed' or 'none'")
-        default_user = "nobody" if os.geteuid() == 0 else ""
-        spec = env.get(AGENT_USER_VAR, default_user).strip()
+        explicit = AGENT_USER_VAR in env
+        spec = env.get(AGENT_USER_VAR, "nobody" if os.geteuid() == 0 else "").strip()
         identity = _resolve_identity(spec) if spec else None
+        if identity is not None and not explicit and not identity.can_reach(Path(sys.executable)):
+            _warn_default_unusable(identity)
+            identity = None  # the default only; an explicit user that cannot run the agent is refused per run
         if identity is not None and identity.uid == os.geteuid() and identity.gid == os.getegid():
             identity = None  # already that user: nothing to switch
         if identity is not None and not can_switch_user():
             raise SandboxUnavailable(AGENT_USER_VAR, "is set but the worker lacks root or CAP_SETUID/CAP_SETGID")
         return cls(identity, "none" if network == "none" else "allowed")
+
+
+_warned_default = False
+
+
+def _warn_default_unusable(identity: AgentIdentity) -> None:
+    """Once per process: the built-in agent runs on this worker's Python, which the default user cannot reach
+    (e.g. a pyenv interpreter under a 0700 /root), so agents keep the worker's UID until the operator decides."""
+    global _warned_default
+    if not _warned_default:
+        _warned_default = True
+        log.warning(
+            "sandbox.default_agent_user_unusable",
+            user=identity.name,
+            python=sys.executable,
+            remedy=f"set {AGENT_USER_VAR} explicitly, or install Python where that user can run it",
+        )
 
 
 def _resolve_identity(spec: str) -> AgentIdentity:

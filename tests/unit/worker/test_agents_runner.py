@@ -39,7 +39,7 @@ def workdir(tmp_path: Path) -> Iterator[Workdir]:
 
 
 def misbehave(*args: str) -> list[str]:
-    """Run under the default sandbox policy (as root here: the agent user ``nobody``)."""
+    """Run under the default sandbox policy, with an interpreter a separate agent user could run."""
     return [agent_python(), AGENT, *args]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -31,6 +32,14 @@ NOBODY = 65534
 LIMITS = Limits(max_execution_time=20, max_disk_usage=50 << 20, max_artifact_count=5, max_artifact_size=1 << 20)
 REPO = Path(__file__).resolve().parents[3]
 needs_root = pytest.mark.skipif(not ROOT, reason="switching users and namespaces needs root here")
+
+
+NOBODY_ENV = {"STRONGROOM_AGENT_USER": "nobody"}
+AGENT_ENV = NOBODY_ENV if ROOT else {}  # the strongest policy this test process can ask for
+
+
+def pwd_gid(uid: int) -> int:
+    return pwd.getpwuid(uid).pw_gid
 
 
 def misbehave(*args: str) -> list[str]:
@@ -84,10 +93,15 @@ def host(spec: dict[str, Any], *, user: int | None = None, env: dict[str, str] |
 def test_policy_defaults_follow_the_worker_uid() -> None:
     policy = SandboxPolicy.from_env({})
     assert policy.network == "allowed"
-    if ROOT:
+    nobody = AgentIdentity(NOBODY, NOBODY, "nobody")
+    if ROOT and nobody.can_reach(Path(sys.executable)):
         assert policy.identity is not None and policy.identity.name == "nobody"
-    else:
+    else:  # not root, or the default user could not run this worker's Python (pyenv under /root here)
         assert policy.identity is None
+    if ROOT:
+        assert SandboxPolicy.from_env({"STRONGROOM_AGENT_USER": "nobody"}).identity == AgentIdentity(
+            NOBODY, pwd_gid(NOBODY), "nobody"
+        )
 
 
 def test_policy_parses_and_refuses() -> None:
@@ -140,7 +154,7 @@ def test_same_uid_agent_cannot_read_the_workers_environ(tmp_path: Path) -> None:
 
 @needs_root
 def test_agent_runs_as_the_agent_user_with_nproc_limit(workdir: Workdir) -> None:
-    run = run_agent(misbehave("whoami"), workdir, LIMITS, policy=SandboxPolicy.from_env({}))
+    run = run_agent(misbehave("whoami"), workdir, LIMITS, policy=SandboxPolicy.from_env(NOBODY_ENV))
     assert run.exit_code == 0, run.logs
     facts = json.loads((workdir.out_dir / "whoami.json").read_text())
     assert facts["uid"] == NOBODY and facts["workdir_uid"] == NOBODY
@@ -151,7 +165,7 @@ def test_agent_runs_as_the_agent_user_with_nproc_limit(workdir: Workdir) -> None
 @needs_root
 def test_work_dir_the_agent_user_cannot_reach_moves_to_a_reachable_one(tmp_path: Path) -> None:
     hidden = tmp_path / "private"  # under pytest's 0700 directory
-    policy = SandboxPolicy.from_env({})
+    policy = SandboxPolicy.from_env(NOBODY_ENV)
     with fresh_workdir(hidden, policy) as wd:
         assert not str(wd.root).startswith(str(hidden))
         assert policy.identity is not None and policy.identity.can_reach(wd.root)
@@ -163,7 +177,7 @@ def test_unreachable_program_is_refused_with_a_reason(workdir: Workdir, tmp_path
     program.write_text("#!/bin/sh\nexit 0\n")
     program.chmod(0o755)
     with pytest.raises(SandboxUnavailable, match="cannot reach the agent program"):
-        run_agent([str(program)], workdir, LIMITS, policy=SandboxPolicy.from_env({}))
+        run_agent([str(program)], workdir, LIMITS, policy=SandboxPolicy.from_env(NOBODY_ENV))
 
 
 # --- descendants that leave the process group -----------------------------------------------------------------------
@@ -218,13 +232,13 @@ def listener() -> Iterator[int]:
 
 
 def test_network_allowed_by_default(workdir: Workdir, listener: int) -> None:
-    run = run_agent(misbehave("connect", str(listener)), workdir, LIMITS, policy=SandboxPolicy.from_env({}))
+    run = run_agent(misbehave("connect", str(listener)), workdir, LIMITS, policy=SandboxPolicy.from_env(AGENT_ENV))
     assert run.exit_code == 0, run.logs
     assert json.loads((workdir.out_dir / "connect.json").read_text()) == {"connected": True}
 
 
 def test_network_none_cannot_reach_the_hosts_loopback(workdir: Workdir, listener: int) -> None:
-    policy = SandboxPolicy.from_env({"STRONGROOM_AGENT_NETWORK": "none"})
+    policy = SandboxPolicy.from_env({**AGENT_ENV, "STRONGROOM_AGENT_NETWORK": "none"})
     if sandbox.probe(policy) is not None:
         pytest.skip("no network namespaces on this machine")
     run = run_agent(misbehave("connect", str(listener)), workdir, LIMITS, policy=policy)
