@@ -197,15 +197,32 @@ class StrongroomClient:
         response = self._request("POST", f"{_op(operation_id)}/cancel", json_body=None)
         return _json_object(response) if response.content else {}
 
-    def access_log(self, operation_id: str) -> AccessLog:
-        data = _json_object(self._request("GET", f"{_op(operation_id)}/access-log"))
-        events = data.get("events")
-        if not isinstance(events, list):
-            raise ProtocolError("the access log has no 'events' array")
-        verified = next(
-            (data[k] for k in ("chain_verified", "verified", "chain_valid") if isinstance(data.get(k), bool)), None
-        )
-        return AccessLog([e for e in events if isinstance(e, dict)], verified, data)
+    def access_log(self, operation_id: str, *, max_pages: int = 10_000) -> AccessLog:
+        """The whole access log, oldest first, following ``next_cursor`` page by page.
+
+        The chain counts as verified only if the server said so for every page (it verifies each page against
+        the last batch of the page before).
+        """
+        events: list[dict[str, Any]] = []
+        verified: bool | None = None
+        params: dict[str, str] = {}
+        data: dict[str, Any] = {}
+        for _ in range(max_pages):
+            data = _json_object(self._request("GET", f"{_op(operation_id)}/access-log", params=params or None))
+            page = data.get("events")
+            if not isinstance(page, list):
+                raise ProtocolError("the access log has no 'events' array")
+            events += [e for e in page if isinstance(e, dict)]
+            said = next((data[k] for k in ("chain_valid", "chain_verified") if isinstance(data.get(k), bool)), None)
+            if said is not None:
+                verified = said if verified is None else verified and said
+            cursor = data.get("next_cursor")
+            if cursor is None or cursor == "":
+                break
+            params = {"after": str(cursor)}
+        else:
+            raise ProtocolError(f"the access log did not end within {max_pages} pages")
+        return AccessLog(events, verified, data)
 
     # --- artifacts ---
 
@@ -418,18 +435,23 @@ def _ticket(operation_id: str, name: str, data: Mapping[str, Any], api_url: str)
         raise ProtocolError(f"the download answer for {name!r} is missing fields") from None
 
 
+def _is_digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also accepts characters such as '²' that ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _range_of(response: httpx.Response) -> tuple[int, int | None]:
     """(where the body starts, the whole object's size if known): ``Content-Range`` for a 206, else 0 and
     ``Content-Length``."""
     if response.status_code != 206:
         length = response.headers.get("content-length", "")
-        return 0, int(length) if length.isdigit() else None
+        return 0, int(length) if _is_digits(length) else None
     unit, _, spec = response.headers.get("content-range", "").partition(" ")
     span, _, size = spec.partition("/")
     try:
         if unit.strip().lower() != "bytes":
             raise ValueError(unit)
-        return int(span.split("-", 1)[0]), int(size) if size.isdigit() else None
+        return int(span.split("-", 1)[0]), int(size) if _is_digits(size) else None
     except ValueError:
         raise ProtocolError("a 206 answer without a valid Content-Range") from None
 

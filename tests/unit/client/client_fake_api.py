@@ -96,6 +96,7 @@ class FakeApi:
         self.s3_truncate_once: int | None = None  # serve only this many bytes on the next S3 GET
         self.proxy = proxy
         self.events: list[dict[str, Any]] = []
+        self.chain_valid = True
 
     @property
     def transport(self) -> httpx.MockTransport:
@@ -178,8 +179,12 @@ class FakeApi:
                 return problem(409, "conflict", "already finished")
             op.status = "cancelled"
             return httpx.Response(202, json={"id": op.id, "status": "cancelled"})
-        if rest == ["access-log"]:
-            return httpx.Response(200, json={"events": self.events, "chain_verified": True})
+        if rest == ["access-log"]:  # pages of two events, like the real API's cursor
+            after = int(request.url.params.get("after", "0"))
+            page = self.events[after : after + 2]
+            more = after + 2 < len(self.events)
+            body = {"events": page, "chain_valid": self.chain_valid, "next_cursor": str(after + 2) if more else None}
+            return httpx.Response(200, json=body)
         if rest == ["artifacts"]:
             return httpx.Response(200, json=op.body()["artifacts"])
         if len(rest) == 2 and rest[0] == "artifacts":

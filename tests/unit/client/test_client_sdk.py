@@ -131,12 +131,14 @@ def test_cancel_and_conflict(client: StrongroomClient, api: FakeApi, identity: I
         client.cancel(op.id)
 
 
-def test_access_log(client: StrongroomClient, api: FakeApi, identity: Identity) -> None:
+def test_access_log_follows_every_page(client: StrongroomClient, api: FakeApi, identity: Identity) -> None:
     op_id = finished_op(api, identity)
-    api.events = [{"action": "operation.create", "result": "ok"}, {"action": "artifact.url", "result": "allowed"}]
+    api.events = [{"action": f"artifact.url.{i}", "result": "allowed"} for i in range(5)]
     log = client.access_log(op_id)
-    assert [e["action"] for e in log.events] == ["operation.create", "artifact.url"]
+    assert [e["action"] for e in log.events] == [f"artifact.url.{i}" for i in range(5)]  # three pages of two
     assert log.chain_verified is True
+    api.chain_valid = False
+    assert client.access_log(op_id).chain_verified is False
 
 
 def test_operation_ids_and_names_are_percent_encoded_in_signed_urls(
