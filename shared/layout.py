@@ -197,6 +197,11 @@ def redis_rate_key(address: str, window: int) -> str:
     return f"{REDIS_PREFIX}rate:{address.lower()}:{window}"
 
 
+def redis_auth_failure_key(client: str, window: int) -> str:
+    """Refused requests from one client address (IP or /64) in one rate window."""
+    return f"{REDIS_PREFIX}authfail:{client}:{window}"
+
+
 def redis_cancel_key(operation_id: str) -> str:
     return f"{REDIS_PREFIX}cancel:{operation_id}"
 

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from shared.errors import AuthError, RateLimited, Unavailable
-from shared.layout import redis_nonce_key, redis_rate_key
+from shared.layout import redis_auth_failure_key, redis_nonce_key, redis_rate_key
 
 NONCE_GRACE_SECONDS = 60  # kept past ``expires`` so clock skew cannot reopen the window
 RATE_WINDOW_SECONDS = 60
@@ -62,7 +62,7 @@ class FailureLimited(RateLimited):
 def _failure_window(client: str, now: float) -> tuple[str, int]:
     window = int(now // RATE_WINDOW_SECONDS)
     retry_after = max(1, int((window + 1) * RATE_WINDOW_SECONDS - now))
-    return redis_rate_key(f"authfail:{client}", window), retry_after
+    return redis_auth_failure_key(client, window), retry_after
 
 
 async def count_failure(redis: aioredis.Redis, client: str, *, limit: int, now: float) -> None:
