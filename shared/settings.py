@@ -170,6 +170,18 @@ class Settings:
         "",
         'Command agents, JSON `{"<name>": {"command": ["gemini", "-p", "{prompt}", "-y"]}}`.',
     )
+    agent_user: str = _opt(
+        "STRONGROOM_AGENT_USER",
+        "auto",
+        "User (name, uid or uid:gid) agents run as, with no supplementary groups; needs root or CAP_SETUID. "
+        "`auto`: `nobody` when the worker runs as root and that user can run its Python, else the worker's user; "
+        "empty: always the worker's user.",
+    )
+    agent_network: Literal["allowed", "none"] = _opt(
+        "STRONGROOM_AGENT_NETWORK",
+        "allowed",
+        "`none` gives agents a private network namespace (loopback only); a run is refused if it cannot be had.",
+    )
     work_dir: Path | None = _opt(
         "STRONGROOM_WORK_DIR", "", "Where agents get their fresh working directories (default: system temp)."
     )
@@ -336,6 +348,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "s3_sse": ("none", "AES256", "aws:kms"),
     "delivery_mode": ("presigned", "proxy"),
     "embedded_artifacts": ("on", "deprecated", "off"),
+    "agent_network": ("allowed", "none"),
 }
 _POSITIVE_INTS = {
     "api_port",

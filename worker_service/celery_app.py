@@ -81,7 +81,7 @@ def _protect_worker(**_: Any) -> None:
     (each run still refuses on its own, so a worker that starts anyway never runs an agent unsandboxed)."""
     sandbox.protect_worker_process(claim_orphans=True)
     try:
-        problem = sandbox.probe(sandbox.SandboxPolicy.from_env())
+        problem = sandbox.probe(sandbox.SandboxPolicy.from_settings(settings()))
     except ConfigError as exc:
         problem = exc.detail
     if problem is not None:

@@ -52,6 +52,7 @@ from typing import Literal
 import structlog
 
 from shared.errors import ConfigError
+from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -197,14 +198,25 @@ class SandboxPolicy:
     network: Network = "allowed"
 
     @classmethod
+    def from_settings(cls, settings: Settings) -> SandboxPolicy:
+        """The policy ``STRONGROOM_AGENT_USER`` and ``STRONGROOM_AGENT_NETWORK`` configure."""
+        return cls.from_spec(settings.agent_user, settings.agent_network)
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxPolicy:
-        """Read ``STRONGROOM_AGENT_USER`` and ``STRONGROOM_AGENT_NETWORK`` (see the module docstring)."""
+        """The same, straight from environment variables (for processes without full settings)."""
         env = os.environ if environ is None else environ
         network = env.get(AGENT_NETWORK_VAR, "").strip().lower() or "allowed"
+        return cls.from_spec(env.get(AGENT_USER_VAR, "auto"), network)
+
+    @classmethod
+    def from_spec(cls, user: str, network: str) -> SandboxPolicy:
         if network not in ("allowed", "none"):
             raise ConfigError(AGENT_NETWORK_VAR, "must be 'allowed' or 'none'")
-        explicit = AGENT_USER_VAR in env
-        spec = env.get(AGENT_USER_VAR, "nobody" if os.geteuid() == 0 else "").strip()
+        spec = user.strip()
+        explicit = spec != "auto"
+        if not explicit:
+            spec = "nobody" if os.geteuid() == 0 else ""
         identity = _resolve_identity(spec) if spec else None
         if identity is not None and not explicit and not identity.can_reach(Path(sys.executable)):
             _warn_default_unusable(identity)

@@ -27,13 +27,14 @@ import redis
 import structlog
 
 from shared import layout
-from shared.errors import Conflict, StorageError, Unavailable, ValidationFailed
+from shared.errors import ConfigError, Conflict, StorageError, Unavailable, ValidationFailed
 from shared.events import new_event, publish
 from shared.models import OperationRecord, OperationResult, OperationStatus, StoredArtifact, utcnow
 from worker_service.agents.inputs import write_input
 from worker_service.agents.outputs import LimitExceeded, collect_outputs
 from worker_service.agents.registry import resolve
 from worker_service.agents.runner import AgentRun, Limits, fresh_workdir, run_agent
+from worker_service.agents.sandbox import SandboxPolicy, SandboxUnavailable
 from worker_service.pipeline.lease import POLL_INTERVAL, LeaseLost, RunLease, RunProbe, holder_token, release_if
 from worker_service.pipeline.store import publish_stored, store_artifacts, unnamed_objects
 from worker_service.services import Services
@@ -138,14 +139,26 @@ def execute(services: Services, record: OperationRecord, probe: RunProbe) -> Ver
     except ValidationFailed as exc:
         return Verdict("failed", exc.detail)
     agent_input = services.records.read_input(record.id)
-    with fresh_workdir(settings.work_dir) as workdir:
+    try:
+        policy = SandboxPolicy.from_settings(settings)
+    except ConfigError as exc:  # includes SandboxUnavailable: fail closed, and say why
+        return Verdict("failed", f"agent sandbox unavailable: {exc.detail}")
+    with fresh_workdir(settings.work_dir, policy) as workdir:
         try:
             write_input(workdir, agent_input)
         except ValidationFailed as exc:
             return Verdict("failed", f"invalid input: {exc.detail}")
-        run = run_agent(
-            agent.argv(workdir, agent_input), workdir, limits, should_stop=probe, poll_interval=POLL_INTERVAL
-        )
+        try:
+            run = run_agent(
+                agent.argv(workdir, agent_input),
+                workdir,
+                limits,
+                should_stop=probe,
+                poll_interval=POLL_INTERVAL,
+                policy=policy,
+            )
+        except SandboxUnavailable as exc:
+            return Verdict("failed", f"agent sandbox unavailable: {exc.detail}")
         if probe.lease_lost:
             raise LeaseLost("lost the run lease while the agent ran")
         try:

@@ -462,3 +462,16 @@ def test_on_failure_fails_its_own_or_an_abandoned_run(
     assert current.result.summary == tasks.STORAGE_GAVE_UP
     assert not client.exists(layout.redis_run_lease(record.id))
     assert not services.store.exists(uploaded)  # unnamed leftovers of a dead run go
+
+
+def test_an_unavailable_sandbox_fails_the_operation_with_its_reason(
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str]
+) -> None:
+    """Fail closed: no agent runs unsandboxed, and the grantee reads why instead of a generic internal error."""
+    services = make_services(client, tmp_path, agent_user="no-such-user-strongroom")
+    record = create(services, keypair[1], text="x")
+    final = pipeline.run_operation(services, record.id, token="task-1")
+    assert final is not None and final.status == "failed"
+    assert final.result is not None
+    assert final.result.summary.startswith("agent sandbox unavailable: STRONGROOM_AGENT_USER")
+    assert final.artifacts == []
