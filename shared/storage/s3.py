@@ -18,6 +18,10 @@ Integrity: every write carries a ``ChecksumSHA256`` the server verifies. Multipa
 S3 has no full-object SHA-256 for multipart objects, the whole-object digest is computed locally in the same pass
 that hashes the parts and compared with the caller's before the upload is completed; any failure aborts the
 upload, so no partial object or pending upload remains.
+
+Throughput: parts are hashed in order by the calling thread and sent ``max_concurrency`` at a time from a small
+per-upload thread pool (``shared.storage.parts``), reading plain files with ``os.pread``; the client's connection
+pool (``max_pool_connections``) is sized for several such uploads at once.
 """
 
 from __future__ import annotations
@@ -26,8 +30,6 @@ import base64
 import builtins
 import hashlib
 import hmac
-import io
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
@@ -49,6 +51,7 @@ from botocore.exceptions import (
 from shared.errors import NotFound, StorageError, StrongroomError, Unavailable, ValidationFailed
 from shared.logging import get_logger
 from shared.storage.base import ObjectInfo, PresignedUrl
+from shared.storage.parts import PartSource, SendPart, SourceWindow, send_parts
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -60,6 +63,7 @@ log = get_logger(__name__)
 MiB = 1024 * 1024
 MULTIPART_THRESHOLD = 16 * MiB
 PART_SIZE = 8 * MiB
+PART_CONCURRENCY = 4  # parts in flight per upload; each holds a pooled connection, not a buffered part
 MIN_PART_SIZE = 5 * MiB  # S3 refuses smaller non-final parts (EntityTooSmall)
 DELETE_BATCH = 1000  # DeleteObjects limit
 READ_CHUNK = 64 * 1024
@@ -159,48 +163,6 @@ def _sse_args(sse: SSE, kms_key_id: str | None) -> dict[str, str]:
     return args
 
 
-class _FileSlice(io.RawIOBase):
-    """A seekable read-only window ``[start, start+length)`` of a file, so botocore can stream (and rewind for
-    payload signing or a retry) one part without the part ever being held in memory."""
-
-    def __init__(self, src: IO[bytes], start: int, length: int) -> None:
-        super().__init__()
-        self._src, self._start, self._length, self._pos = src, start, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def __len__(self) -> int:
-        return self._length
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
-        self._pos = max(0, min(self._length, base + offset))
-        return self._pos
-
-    def read(self, size: int | None = -1) -> bytes:
-        remaining = self._length - self._pos
-        if size is None or size < 0 or size > remaining:
-            size = remaining
-        if size == 0:
-            return b""
-        self._src.seek(self._start + self._pos)
-        data = self._src.read(size)
-        self._pos += len(data)
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
 # --- the store --------------------------------------------------------------------------------------------
 
 
@@ -217,14 +179,18 @@ class S3ObjectStore:
         sse_kms_key_id: str | None = None,
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_size: int = PART_SIZE,
+        max_concurrency: int = PART_CONCURRENCY,
     ) -> None:
         if part_size < MIN_PART_SIZE or multipart_threshold < part_size:
             raise ValueError("part_size must be >= 5 MiB and multipart_threshold >= part_size")
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
         self.client = client
         self.bucket = bucket
         self.presign_client = presign_client or client
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
+        self.max_concurrency = max_concurrency
         self._sse = _sse_args(sse, sse_kms_key_id)
 
     @classmethod
@@ -309,6 +275,9 @@ class S3ObjectStore:
 
         Large files go multipart (each part checksummed); memory stays bounded by the part size.
         The object appears atomically when the upload completes; an aborted upload leaves nothing.
+
+        Here up to ``max_concurrency`` parts are in flight, each streamed from ``src`` in small reads (never held
+        whole); ``src`` must not be read or written by anyone else until this returns.
         """
         try:
             expected = bytes.fromhex(sha256_hex)
@@ -321,15 +290,15 @@ class S3ObjectStore:
         self._verify_stored(key, size, expected_b64)
 
     def _put_single(self, key: str, src: BinaryIO, size: int, expected: bytes, content_type: str) -> str:
-        window = _FileSlice(src, 0, size)
+        source = PartSource(src, key)
         # Hash locally too: some S3-compatible servers accept a wrong checksum without a word.
-        if not hmac.compare_digest(_digest(window, size, key), expected):
+        if not hmac.compare_digest(source.digest(0, size), expected):
             raise StorageError(f"{key}: source does not match its SHA-256", code="checksum_mismatch")
         with translate_errors("PutObject", key):
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=key,
-                Body=cast(IO[bytes], window),
+                Body=cast(IO[bytes], source.window(0, size)),
                 ContentLength=size,
                 ContentType=content_type,
                 ChecksumSHA256=_b64(expected),
@@ -347,42 +316,40 @@ class S3ObjectStore:
                 **self._sse,  # type: ignore[arg-type]
             )["UploadId"]
         try:
-            parts, part_digests = self._upload_parts(key, upload_id, src, size, expected)
+            # ``send_parts`` returns (or raises) only once no part request is running, so abort cannot race a part.
+            parts, whole = send_parts(
+                PartSource(src, key), size, self.part_size, self.max_concurrency, self._part_sender(key, upload_id)
+            )
+            if not hmac.compare_digest(whole, expected):
+                raise StorageError(f"{key}: source does not match its SHA-256", code="checksum_mismatch")
+            listed: Any = [{"PartNumber": p.number, "ETag": p.etag, "ChecksumSHA256": _b64(p.sha256)} for p in parts]
             with translate_errors("CompleteMultipartUpload", key):
                 self.client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": listed}
                 )
         except BaseException:
             self._abort(key, upload_id)
             raise
-        composite = hashlib.sha256(b"".join(part_digests)).digest()
-        return f"{_b64(composite)}-{len(part_digests)}"
+        composite = hashlib.sha256(b"".join(p.sha256 for p in parts)).digest()
+        return f"{_b64(composite)}-{len(parts)}"
 
-    def _upload_parts(
-        self, key: str, upload_id: str, src: BinaryIO, size: int, expected: bytes
-    ) -> tuple[list[Any], list[bytes]]:
-        whole = hashlib.sha256()
-        parts: list[Any] = []
-        digests: list[bytes] = []
-        for number, start in enumerate(range(0, size, self.part_size), start=1):
-            length = min(self.part_size, size - start)
-            window = _FileSlice(src, start, length)
-            digest = _digest(window, length, key, whole)
+    def _part_sender(self, key: str, upload_id: str) -> SendPart:
+        """One ``UploadPart`` per call, from a pool thread (boto3 clients are thread-safe)."""
+
+        def send(number: int, body: SourceWindow, digest: bytes) -> str:
             with translate_errors("UploadPart", key):
                 response = self.client.upload_part(
                     Bucket=self.bucket,
                     Key=key,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=cast(IO[bytes], window),
-                    ContentLength=length,
+                    Body=cast(IO[bytes], body),
+                    ContentLength=len(body),
                     ChecksumSHA256=_b64(digest),
                 )
-            parts.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": _b64(digest)})
-            digests.append(digest)
-        if not hmac.compare_digest(whole.digest(), expected):
-            raise StorageError(f"{key}: source does not match its SHA-256", code="checksum_mismatch")
-        return parts, digests
+            return response["ETag"]
+
+        return send
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:
@@ -585,19 +552,3 @@ def _range_header(first: int | None, last: int | None) -> str | None:
     if last < start:
         raise ValidationFailed("range end before its start", code="range_not_satisfiable")
     return f"bytes={start}-{last}"
-
-
-def _digest(window: _FileSlice, length: int, key: str, *also: Any) -> bytes:
-    """SHA-256 of a window (feeding any ``also`` hashers in the same pass), rewound for the upload that follows."""
-    hasher = hashlib.sha256()
-    got = 0
-    window.seek(0)
-    while chunk := window.read(READ_CHUNK):
-        hasher.update(chunk)
-        for other in also:
-            other.update(chunk)
-        got += len(chunk)
-    window.seek(0)
-    if got != length:
-        raise StorageError(f"source for {key} is shorter than its declared size", code="source_truncated")
-    return hasher.digest()

@@ -1,0 +1,194 @@
+"""Reading a local source in parts and sending them concurrently, with both digests from one ordered read.
+
+Why this shape: a part's ``ChecksumSHA256`` must travel with the part, and S3 keeps no full-object SHA-256 for
+multipart objects, so the calling thread reads the source once, in order, feeding each block to the part's hasher
+and to the whole-file hasher. Only then is the part handed to a small thread pool, which sends it by re-reading
+the same byte range in small blocks (never buffering the part). The server verifies every part against the digest
+computed here, so what is stored is exactly what was hashed, even if the source changed in between.
+
+Memory stays bounded by a few read blocks per part in flight (at most ``concurrency`` parts), not by the part size.
+Reads are positional (``os.pread``) on plain files, so sender threads never share a file position; any other
+source is read under a lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from shared.errors import StorageError
+
+# Every read is at most this big, whoever asks (botocore's payload signer asks for 1 MiB): large enough that hashlib
+# and pread release the GIL for nearly all the work, small enough that parts in flight cost little memory.
+READ_BLOCK = 256 * 1024
+
+# Exactly these types: a wrapper that merely exposes ``fileno()`` (GzipFile, a size-bounding proxy) would have its
+# transformation skipped by positional reads of the descriptor.
+_PREAD_TYPES: tuple[type, ...] = (io.FileIO, io.BufferedReader, io.BufferedRandom)
+
+
+def _truncated(key: str) -> StorageError:
+    return StorageError(f"source for {key} is shorter than its declared size", code="source_truncated")
+
+
+def _regular_file_fd(src: BinaryIO) -> int | None:
+    """The descriptor to ``pread`` from, or ``None`` when positional reads would not see what ``read`` sees."""
+    if type(src) not in _PREAD_TYPES or not hasattr(os, "pread"):
+        return None
+    try:
+        fd = src.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        src.flush()  # bytes still in a BufferedRandom's write buffer are invisible to pread
+    except (OSError, ValueError):
+        return None
+    return fd
+
+
+class PartSource:
+    """Positional reads of ``[0, size)`` of one source, safe to call from several threads at once."""
+
+    def __init__(self, src: BinaryIO, key: str) -> None:
+        self._src = src
+        self._key = key
+        self._fd = _regular_file_fd(src)
+        self._lock = threading.Lock()
+
+    @property
+    def positional(self) -> bool:
+        """True when reads go through ``os.pread`` (no lock, no shared file position)."""
+        return self._fd is not None
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset``; fewer only at the end of the source."""
+        if self._fd is not None:
+            return os.pread(self._fd, size, offset)
+        with self._lock:
+            self._src.seek(offset)
+            return self._src.read(size)
+
+    def digest(self, start: int, length: int, *also: Any) -> bytes:
+        """SHA-256 of ``[start, start+length)``, feeding every hasher in ``also`` the same blocks in order."""
+        hasher = hashlib.sha256()
+        position, end = start, start + length
+        while position < end:
+            block = self.read_at(position, min(READ_BLOCK, end - position))
+            if not block:
+                raise _truncated(self._key)
+            hasher.update(block)
+            for other in also:
+                other.update(block)
+            position += len(block)
+        return hasher.digest()
+
+    def window(self, start: int, length: int) -> SourceWindow:
+        return SourceWindow(self, start, length, self._key)
+
+
+class SourceWindow(io.RawIOBase):
+    """A seekable read-only window ``[start, start+length)`` of a ``PartSource``, so botocore can stream (and
+    rewind for payload signing or a retry) one part without the part ever being held in memory."""
+
+    def __init__(self, source: PartSource, start: int, length: int, key: str) -> None:
+        super().__init__()
+        self._source, self._start, self._length, self._key, self._pos = source, start, length, key, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return self._length
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = max(0, min(self._length, base + offset))
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes, at most ``READ_BLOCK`` (a raw stream may read short; every consumer loops until
+        ``b""``); ``read()`` with no size still returns everything left, as callers of that form expect."""
+        remaining = self._length - self._pos
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(READ_BLOCK), b""))
+        size = min(size, remaining, READ_BLOCK)
+        if size == 0:
+            return b""
+        data = self._source.read_at(self._start + self._pos, size)
+        if not data:
+            # Ending early would leave the server waiting for the declared Content-Length until a timeout.
+            raise _truncated(self._key)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@dataclass(frozen=True)
+class SentPart:
+    number: int  # 1-based, as S3 numbers parts
+    sha256: bytes
+    etag: str
+
+
+#: Sends one part: ``(part number, body, its SHA-256) -> ETag``. Raises a ``shared.errors`` exception on failure.
+SendPart = Callable[[int, SourceWindow, bytes], str]
+
+
+def send_parts(
+    source: PartSource, size: int, part_size: int, concurrency: int, send: SendPart
+) -> tuple[list[SentPart], bytes]:
+    """Send ``[0, size)`` in parts of ``part_size`` with at most ``concurrency`` in flight.
+
+    Returns the parts in order and the SHA-256 of everything read. The first failure (a part's send, or reading
+    the source) is raised once every part already in flight has finished, and no further part is started; so when
+    this returns or raises, no request of this upload is still running and the caller may complete or abort it.
+    """
+    if concurrency < 1 or part_size < 1:
+        raise ValueError("concurrency and part_size must be positive")
+    whole = hashlib.sha256()
+    sent: dict[int, SentPart] = {}
+    in_flight: set[Future[SentPart]] = set()
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="strongroom-part")
+    try:
+        for number, start in enumerate(range(0, size, part_size), start=1):
+            length = min(part_size, size - start)
+            digest = source.digest(start, length, whole)  # in order: this thread alone feeds ``whole``
+            _collect(in_flight, sent, FIRST_COMPLETED if len(in_flight) >= concurrency else None)
+            in_flight.add(pool.submit(_send_one, send, number, source.window(start, length), digest))
+        while in_flight:
+            _collect(in_flight, sent, FIRST_EXCEPTION)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [sent[n] for n in sorted(sent)], whole.digest()
+
+
+def _send_one(send: SendPart, number: int, body: SourceWindow, digest: bytes) -> SentPart:
+    return SentPart(number=number, sha256=digest, etag=send(number, body, digest))
+
+
+def _collect(in_flight: set[Future[SentPart]], sent: dict[int, SentPart], return_when: str | None) -> None:
+    """Move finished sends into ``sent`` (waiting first when ``return_when`` is given); re-raise a failed one."""
+    if return_when is None:
+        finished = {f for f in in_flight if f.done()}
+    else:
+        finished, _ = wait(in_flight, return_when=return_when)
+    for future in finished:
+        in_flight.discard(future)
+        part = future.result()
+        sent[part.number] = part
