@@ -6,17 +6,20 @@ from __future__ import annotations
 import hashlib
 import io
 import secrets
+import threading
 import time
+import tracemalloc
 from base64 import b64encode
 from collections.abc import Iterator
 from contextlib import suppress
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
 
 from shared.errors import NotFound, StorageError
+from shared.settings import Settings
 from shared.storage.s3 import MiB, S3ObjectStore, content_disposition, translate_errors
 from tests.unit.storage.contract import ObjectStoreContract, sha256_hex
 
@@ -211,26 +214,68 @@ def test_ensure_bucket_stores_lifecycle_rules(fresh_store: S3ObjectStore) -> Non
     assert [(r["Filter"].get("Prefix"), r["Expiration"]["Days"]) for r in expiry] == [("operations/", 8)]
 
 
-def test_put_file_memory_stays_below_one_part(object_store: S3ObjectStore, tmp_path: Any) -> None:
-    """Parts are streamed from the file (hashed, signed and sent in small reads), never buffered whole: the peak
-    stays under half a part (botocore reads 1 MiB blocks to sign the payload over plain HTTP)."""
-    import tracemalloc
+def _own_client_store(settings: Settings, **kwargs: Any) -> S3ObjectStore:
+    """The session bucket through a client of its own, so a test's event hooks touch no other test."""
+    base = S3ObjectStore.from_settings(settings)
+    return S3ObjectStore(base.client, base.bucket, **kwargs)
 
-    store = S3ObjectStore(object_store.client, object_store.bucket, multipart_threshold=8 * MiB, part_size=8 * MiB)
-    path = tmp_path / "big.bin"
+
+def _part_number(request: Any) -> int:
+    return int(parse_qs(urlsplit(request.url).query)["partNumber"][0])
+
+
+def _write_random(path: Any, mib: int) -> str:
     hasher = hashlib.sha256()
     with path.open("wb") as out:
-        for _ in range(24):
+        for _ in range(mib):
             block = secrets.token_bytes(MiB)
             hasher.update(block)
             out.write(block)
+    return hasher.hexdigest()
+
+
+def test_put_file_memory_stays_below_one_part(settings: Settings, tmp_path: Any) -> None:
+    """Parts are streamed from the file (hashed, signed and sent in small reads), never buffered whole: with four
+    8 MiB parts on the wire at once (a barrier proves it), the peak stays under half of one part."""
+    store = _own_client_store(settings, multipart_threshold=8 * MiB, part_size=8 * MiB, max_concurrency=4)
+    first_round = threading.Barrier(4, timeout=20)
+
+    def before_send(request: Any, **_: Any) -> None:
+        if _part_number(request) <= 4:
+            first_round.wait()
+
+    store.client.meta.events.register("before-send.s3.UploadPart", before_send)
+    path = tmp_path / "big.bin"
+    digest = _write_random(path, 40)
     key = f"t-{secrets.token_hex(4)}/rss.enc"
     tracemalloc.start()
     try:
         with path.open("rb") as src:
-            store.put_file(key, src, size=24 * MiB, sha256_hex=hasher.hexdigest())
+            store.put_file(key, src, size=40 * MiB, sha256_hex=digest)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert store.head(key).size == 24 * MiB
-    assert peak < 4 * MiB, f"peak Python allocation {peak} bytes while uploading 24 MiB in 8 MiB parts"
+    assert store.head(key).size == 40 * MiB
+    assert peak < 4 * MiB, f"peak Python allocation {peak} bytes while uploading 40 MiB, four 8 MiB parts at once"
+
+
+def test_a_part_corrupted_on_the_wire_is_refused_and_the_upload_aborted(settings: Settings, tmp_path: Any) -> None:
+    """Part 2's checksum header is changed after we computed it (as a flipped bit in transit would disagree with
+    it): SeaweedFS must refuse that part, and the concurrent upload must abort, leaving nothing behind."""
+    store = _own_client_store(settings, multipart_threshold=5 * MiB, part_size=5 * MiB, max_concurrency=3)
+    wrong = b64encode(hashlib.sha256(b"not this part").digest()).decode()
+
+    def before_sign(request: Any, **_: Any) -> None:
+        if _part_number(request) == 2:
+            del request.headers["x-amz-checksum-sha256"]
+            request.headers["x-amz-checksum-sha256"] = wrong
+
+    store.client.meta.events.register("before-sign.s3.UploadPart", before_sign)
+    prefix = f"t-{secrets.token_hex(4)}/"
+    path = tmp_path / "src.bin"
+    digest = _write_random(path, 21)
+    with path.open("rb") as src, pytest.raises(StorageError) as exc:
+        store.put_file(prefix + "obj", src, size=21 * MiB, sha256_hex=digest)
+    assert exc.value.code == "checksum_mismatch"
+    assert not store.exists(prefix + "obj")
+    assert store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=prefix).get("Uploads", []) == []

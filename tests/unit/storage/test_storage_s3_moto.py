@@ -11,13 +11,16 @@ import hashlib
 import io
 import os
 import secrets
+import threading
 from base64 import b64encode
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import httpx
 import pytest
+from botocore.awsrequest import AWSResponse, HTTPHeaders
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 from moto.server import ThreadedMotoServer
@@ -70,6 +73,15 @@ def moto_store(moto_url: str) -> S3ObjectStore:
     return small_parts(store)
 
 
+def own_client_store(moto_url: str, bucket: str, **kwargs: Any) -> S3ObjectStore:
+    """A store on ``bucket`` with a client of its own, so event hooks a test registers touch no other test."""
+    return small_parts(S3ObjectStore.from_settings(moto_settings(moto_url, STRONGROOM_S3_BUCKET=bucket)), **kwargs)
+
+
+def part_number(request: Any) -> int:
+    return int(parse_qs(urlsplit(request.url).query)["partNumber"][0])
+
+
 def pending_uploads(store: S3ObjectStore, prefix: str) -> list[Any]:
     return store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=prefix).get("Uploads", [])
 
@@ -104,6 +116,69 @@ def test_multipart_really_splits_into_parts(moto_store: S3ObjectStore, tmp_path:
     parts = [data[i : i + 5 * MiB] for i in range(0, len(data), 5 * MiB)]
     composite = b64encode(hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in parts)).digest()).decode()
     assert info.checksum_sha256 in (composite, f"{composite}-3")  # AWS appends the part count, moto does not
+
+
+def test_parts_travel_concurrently_and_never_beyond_the_limit(moto_url: str, moto_store: S3ObjectStore) -> None:
+    store = own_client_store(moto_url, moto_store.bucket, max_concurrency=2)
+    lock, calls = threading.Lock(), {"active": 0, "most": 0}
+    together = threading.Barrier(2, timeout=10)  # parts 1 and 2 pass only if both are on the wire at once
+
+    def before_call(**_: Any) -> None:
+        with lock:
+            calls["active"] += 1
+            calls["most"] = max(calls["most"], calls["active"])
+
+    def after_call(**_: Any) -> None:
+        with lock:
+            calls["active"] -= 1
+
+    def before_send(request: Any, **_: Any) -> None:
+        if part_number(request) <= 2:
+            together.wait()
+
+    events = store.client.meta.events
+    events.register("before-call.s3.UploadPart", before_call)
+    events.register("after-call.s3.UploadPart", after_call)
+    events.register("before-send.s3.UploadPart", before_send)
+    data = os.urandom(21 * MiB)  # five 5 MiB parts
+    store.put_file("conc/obj", io.BytesIO(data), size=len(data), sha256_hex=sha256_hex(data))
+    assert calls["most"] == 2
+    assert store.head("conc/obj").etag.endswith("-5")
+    assert store.get_bytes("conc/obj") == data
+
+
+def test_a_failing_part_aborts_the_whole_upload(moto_url: str, moto_store: S3ObjectStore) -> None:
+    store = own_client_store(moto_url, moto_store.bucket, max_concurrency=3)
+    prefix = f"t-{secrets.token_hex(4)}/"
+    key = prefix + "obj"
+    store.put_bytes(key, b"previous version")
+    refused: list[int] = []
+
+    class Body:
+        def stream(self, **_: Any) -> Iterator[bytes]:
+            yield b"<Error><Code>InvalidArgument</Code><Message>injected</Message></Error>"
+
+    def before_send(request: Any, **_: Any) -> Any:  # a response returned here is used instead of sending
+        if part_number(request) != 3:
+            return None
+        refused.append(3)
+        headers = HTTPHeaders()
+        headers["Content-Type"] = "application/xml"
+        return AWSResponse(request.url, 400, headers, Body())
+
+    store.client.meta.events.register("before-send.s3.UploadPart", before_send)
+    data = os.urandom(26 * MiB)  # six parts
+    with pytest.raises(StorageError) as exc:
+        store.put_file(key, io.BytesIO(data), size=len(data), sha256_hex=sha256_hex(data))
+    assert refused == [3]
+    assert "InvalidArgument" in exc.value.detail
+    assert store.get_bytes(key) == b"previous version"
+    assert pending_uploads(store, prefix) == []
+
+
+def test_max_concurrency_must_be_positive(moto_store: S3ObjectStore) -> None:
+    with pytest.raises(ValueError):
+        S3ObjectStore(moto_store.client, moto_store.bucket, max_concurrency=0)
 
 
 @pytest.mark.parametrize(("sse", "kms"), [("AES256", ""), ("aws:kms", "alias/strongroom")])
