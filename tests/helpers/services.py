@@ -83,19 +83,24 @@ class WorkerHandle(ServiceHandle):
             app.close()
         return self.hostname in replies
 
-    def set_consuming(self, consuming: bool) -> None:
+    def set_consuming(self, consuming: bool, attempts: int = 10) -> None:
         """Stop or resume taking tasks from the queue, so a test's specially configured worker is the only
-        consumer while it runs (otherwise the session's default worker may take its tasks)."""
+        consumer while it runs (otherwise the session's default worker may take its tasks). Retried until the
+        worker confirms: a test may just have restarted Redis."""
         from celery import Celery
 
-        app = Celery(broker=self.env["REDIS_URL"])
-        try:
-            if consuming:
-                app.control.add_consumer(QUEUE, destination=[self.hostname], reply=True, timeout=5)
-            else:
-                app.control.cancel_consumer(QUEUE, destination=[self.hostname], reply=True, timeout=5)
-        finally:
-            app.close()
+        for attempt in range(attempts):
+            app = Celery(broker=self.env["REDIS_URL"])
+            try:
+                control = app.control.add_consumer if consuming else app.control.cancel_consumer
+                if control(QUEUE, destination=[self.hostname], reply=True, timeout=5):
+                    return
+            except Exception:  # the broker may be coming back after a restart: try again
+                pass
+            finally:
+                app.close()
+            time.sleep(min(0.5 * (attempt + 1), 2))
+        raise EmbeddedServerError(f"{self.name} did not confirm {'add' if consuming else 'cancel'}_consumer")
 
     def stop(self, timeout: float = 10.0) -> int | None:
         code = super().stop(timeout)
