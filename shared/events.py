@@ -27,6 +27,11 @@ def _fields(event: AuditEvent) -> dict[str, str]:
     return {"event": event.model_dump_json()}
 
 
+def encode(event: AuditEvent) -> dict[str, str]:
+    """The stream entry ``publish`` writes, for callers that append it themselves (the API's admission script)."""
+    return _fields(event)
+
+
 def decode(fields: dict[Any, Any]) -> AuditEvent:
     """Parse a stream entry written by ``publish`` (bytes or str keys, depending on the client)."""
     raw = fields.get(b"event", fields.get("event"))

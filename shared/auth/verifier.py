@@ -3,7 +3,9 @@
 The order of checks is deliberate: everything that is pure and cheap (headers, parameters, clock, chain,
 authority, digest) runs before the secp256k1 recovery, the recovery runs before any Redis write, and the nonce is
 consumed only once the signature is known to be good, so nobody can burn another signer's nonces. The rate limit
-counts only fresh, verified requests, so replaying a captured request cannot exhaust its signer's quota.
+counts only fresh, verified requests, so replaying a captured request cannot exhaust its signer's quota. Those
+Redis steps, and the caller's audit event for an accepted request, run as one atomic script (``replay.admit``):
+one round trip per accepted request. Recovery calls libsecp256k1 directly (``recovery.py``).
 
 The API counts refusals per client (``SignedRequest.client``); the verifier consults that budget before the one
 costly step a refusal can trigger, the ERC-1271 RPC path, so a client that has used it up gets 429
@@ -17,16 +19,18 @@ import hmac
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 import redis.asyncio as aioredis
-from eth_account import Account
-from eth_account.messages import SignableMessage, encode_defunct
 
 from shared.auth.base import DIGEST_ALGORITHMS, REQUIRED_COMPONENTS, ComponentError, RequestParts, signature_base
 from shared.auth.contract_wallets import ContractWallets
 from shared.auth.headers import ParsedSignature, malformed, parse_dictionary, parse_signature
-from shared.auth.replay import check_failure_budget, consume_nonce, enforce_rate_limit
+from shared.auth.recovery import eip191_digest, recover_address
+from shared.auth.replay import admit, check_failure_budget
 from shared.errors import AuthError, NotGrantee
+from shared.events import encode
+from shared.models import AuditEvent
 from shared.settings import Settings
 
 
@@ -79,8 +83,15 @@ class Verifier:
             contract_wallets = Web3ContractWallets.from_settings(settings)
         self._contract_wallets = contract_wallets
 
-    async def verify(self, request: SignedRequest) -> VerifiedSigner:
-        """Return the proven signer, or raise ``AuthError`` (401, with ``code``), ``RateLimited`` or ``Unavailable``."""
+    async def verify(
+        self, request: SignedRequest, *, audit: Callable[[VerifiedSigner], AuditEvent] | None = None
+    ) -> VerifiedSigner:
+        """Return the proven signer, or raise ``AuthError`` (401, with ``code``), ``RateLimited`` or ``Unavailable``.
+
+        ``audit`` builds the event that records an accepted request; it is appended to the audit stream in the
+        same atomic Redis step that consumes the nonce and counts the rate limit (one round trip, and never an
+        accepted request without its event). Refusals are not recorded here: the caller knows whom to tell.
+        """
         headers = {name.lower(): value for name, value in request.headers.items()}
         parsed = parse_signature(headers)
         now = self._clock()
@@ -92,9 +103,7 @@ class Verifier:
         except ComponentError as exc:
             raise malformed(str(exc)) from None
         await self._check_signature(parsed, base, request.client, now)
-        await consume_nonce(self._redis, parsed.keyid, parsed.nonce, expires=parsed.expires, now=now)
-        await enforce_rate_limit(self._redis, parsed.address, limit=self._settings.rate_limit_per_minute, now=now)
-        return VerifiedSigner(
+        signer = VerifiedSigner(
             address=parsed.address,
             chain_id=parsed.chain_id,
             keyid=parsed.keyid,
@@ -102,6 +111,17 @@ class Verifier:
             created=parsed.created,
             expires=parsed.expires,
         )
+        await admit(
+            self._redis,
+            keyid=parsed.keyid,
+            nonce=parsed.nonce,
+            expires=parsed.expires,
+            address=parsed.address,
+            rate_limit=self._settings.rate_limit_per_minute,
+            now=now,
+            audit_entry=encode(audit(signer)) if audit is not None else None,
+        )
+        return signer
 
     def _check_policy(self, parsed: ParsedSignature, request: SignedRequest, now: float) -> None:
         settings = self._settings
@@ -122,8 +142,9 @@ class Verifier:
     async def _check_signature(self, parsed: ParsedSignature, base: str, client: str | None, now: float) -> None:
         """EOA recovery first (local, cheap). The ERC-1271 path costs RPC calls, so it is taken only for a client
         with failures left in its budget, and only when the keyid address holds contract code."""
-        message = encode_defunct(text=base)
-        if len(parsed.signature) == 65 and _recover(message, parsed.signature) == parsed.address:
+        digest = eip191_digest(base)
+        recovered = recover_address(digest, parsed.signature)
+        if recovered is not None and hmac.compare_digest(recovered, parsed.address):
             return
         invalid = AuthError("the signature does not match the keyid address", code="signature_invalid")
         wallets = self._contract_wallets
@@ -134,45 +155,37 @@ class Verifier:
             await check_failure_budget(self._redis, client, limit=limit, now=now)
         if not await wallets.has_code(parsed.chain_id, parsed.address):
             raise invalid  # an EOA: no contract could accept it, so no eth_call
-        if not await wallets.is_valid_signature(
-            parsed.chain_id, parsed.address, eip191_hash(message), parsed.signature
-        ):
+        # ERC-8128 s. 4: a wallet is asked about the EIP-191 hash of the signature base.
+        if not await wallets.is_valid_signature(parsed.chain_id, parsed.address, digest, parsed.signature):
             raise invalid
-
-
-def eip191_hash(message: SignableMessage) -> bytes:
-    """The 32-byte hash ``personal_sign`` signs; it is what ERC-1271 wallets are asked about (ERC-8128 s. 4)."""
-    from eth_utils import keccak
-
-    return keccak(b"\x19" + message.version + message.header + message.body)
-
-
-def _recover(message: SignableMessage, signature: bytes) -> str | None:
-    """EIP-191 recovery; accepts v as 27/28 or 0/1. ``None`` for signatures that cannot be recovered."""
-    if signature[64] in (0, 1):
-        signature = signature[:64] + bytes([signature[64] + 27])
-    try:
-        return str(Account.recover_message(message, signature=signature)).lower()
-    except Exception:  # eth_keys raises several types for out-of-range r/s/v: all mean "not this signer"
-        return None
 
 
 def check_content_digest(header: str | None, body: bytes) -> None:
     """RFC 9530: a sha-256 member is required; every member whose algorithm we know must match the body."""
     if header is None:
         raise AuthError("Content-Digest is required", code="digest_mismatch")
-    members = parse_dictionary("Content-Digest", header)
-    if "sha-256" not in members:
+    known = _known_digests(header)
+    if not any(algorithm == "sha-256" for algorithm, _ in known):
         raise AuthError("Content-Digest must include sha-256", code="digest_mismatch")
-    for algorithm, member in members.items():
-        if algorithm not in DIGEST_ALGORITHMS:
-            continue  # RFC 9530 section 2: unknown algorithms are ignored
-        value = member[0] if isinstance(member, tuple) else None
-        if not isinstance(value, bytes):
+    for algorithm, value in known:
+        if value is None:
             raise malformed("Content-Digest values must be byte sequences")
         actual = hashlib.new(DIGEST_ALGORITHMS[algorithm], body).digest()
         if not hmac.compare_digest(actual, value):
             raise AuthError("Content-Digest does not match the body", code="digest_mismatch")
+
+
+@lru_cache(maxsize=64)
+def _known_digests(header: str) -> tuple[tuple[str, bytes | None], ...]:
+    """The members of a ``Content-Digest`` value whose algorithm we know, in order, ``None`` for a value that is
+    not a byte sequence (RFC 9530 section 2: unknown algorithms are ignored). Cached by the raw value, since
+    every empty-body request (each GET) sends the same one; values that do not parse raise and are not cached."""
+    members = parse_dictionary("Content-Digest", header)
+    return tuple(
+        (algorithm, member[0] if isinstance(member, tuple) and isinstance(member[0], bytes) else None)
+        for algorithm, member in members.items()
+        if algorithm in DIGEST_ALGORITHMS
+    )
 
 
 def ensure_grantee(signer: VerifiedSigner, grantee: str) -> None:
