@@ -20,11 +20,12 @@ from starlette.requests import Request
 from api_service.errors import PayloadTooLarge
 from shared.auth.base import AuthorityError, normalize_authority
 from shared.auth.headers import claimed_address
-from shared.auth.replay import FailureLimited, count_failure, store_unavailable
+from shared.auth.replay import FailureLimited, count_failure
 from shared.auth.verifier import SignedRequest, VerifiedSigner, Verifier
 from shared.errors import AuthError, RateLimited, StrongroomError
 from shared.events import apublish, new_event
 from shared.layout import is_operation_id
+from shared.models import AuditEvent
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -41,29 +42,41 @@ async def authenticate(request: Request) -> VerifiedSigner:
     (429, ``STRONGROOM_AUTH_FAILURES_PER_MINUTE``): that budget is what keeps unauthenticated traffic from
     flooding the audit trail. A refusal names no actor and no operation (it goes to the global log), since
     nobody was proven; only the per-address rate limit, which runs after the signature verified, names its
-    signer. The proven signer is also left on ``request.state.signer`` for later middleware or logging.
+    signer. An accepted request's event is written by the verifier in the same atomic Redis step that consumes
+    its nonce (one round trip), so no access is granted unrecorded: if Redis cannot take it, the answer is 503.
+    The proven signer is also left on ``request.state.signer`` for later middleware or logging.
     """
     settings: Settings = _state(request, "settings")
     verifier: Verifier = _state(request, "verifier")
     headers = _joined_headers(request)
     client = client_id(request, settings.trusted_proxies)
+    request_id = getattr(request.state, "request_id", None)
+
+    def allowed(signer: VerifiedSigner) -> AuditEvent:
+        # Written by the verifier in the same Redis step that consumes the nonce: no access goes unrecorded.
+        return new_event(
+            action="auth",
+            result="allowed",
+            reason=None,
+            actor=signer.address,
+            operation_id=_operation_in(request),
+            request_id=request_id,
+        )
+
     try:
         signed = await signed_request(request, settings, headers, client=client)
-        signer = await verifier.verify(signed)
+        signer = await verifier.verify(signed, audit=allowed)
     except FailureLimited:
         raise
     except (AuthError, RateLimited) as exc:
         limit = settings.auth_failures_per_minute
         await count_failure(_state(request, "redis"), client, limit=limit, now=time.time())
         actor = claimed_address(headers) if isinstance(exc, RateLimited) else None
-        await _audit(request, result="denied", reason=exc.code, actor=actor, operation_id=None, strict=False)
+        await _audit_refusal(request, reason=exc.code, actor=actor)
         raise
     except StrongroomError as exc:  # dependencies down, body too large: nothing about the caller is known
-        await _audit(request, result="denied", reason=exc.code, actor=None, operation_id=None, strict=False)
+        await _audit_refusal(request, reason=exc.code, actor=None)
         raise
-    await _audit(
-        request, result="allowed", reason=None, actor=signer.address, operation_id=_operation_in(request), strict=True
-    )
     request.state.signer = signer
     return signer
 
@@ -177,21 +190,18 @@ def _operation_in(request: Request) -> str | None:
     return match.group(1) if match and is_operation_id(match.group(1)) else None
 
 
-async def _audit(
-    request: Request, *, result: str, reason: str | None, actor: str | None, operation_id: str | None, strict: bool
-) -> None:
-    """Publish the decision. An access that cannot be recorded is refused (``strict``); a refusal is only logged."""
+async def _audit_refusal(request: Request, *, reason: str | None, actor: str | None) -> None:
+    """Publish a refusal; one that cannot be recorded is only logged (the request is refused either way).
+    Accepted requests are recorded by the verifier itself, atomically with their nonce (see ``authenticate``)."""
     event = new_event(
         action="auth",
-        result=result,
+        result="denied",
         reason=reason,
         actor=actor,
-        operation_id=operation_id,
+        operation_id=None,
         request_id=getattr(request.state, "request_id", None),
     )
     try:
         await apublish(_state(request, "redis"), event)
     except (RedisError, OSError):
-        log.warning("auth.audit_unpublished", result=result, reason=reason)
-        if strict:
-            raise store_unavailable() from None
+        log.warning("auth.audit_unpublished", result="denied", reason=reason)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import http_sf
@@ -26,6 +27,7 @@ _KEYID_RE = re.compile(r"^erc8128:(?P<chain>[1-9][0-9]{0,19}):(?P<address>0x[0-9
 # base64url of at least 16 bytes (22 characters), optional padding, bounded so keys stay small.
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{22,128}={0,2}$")
 _FIELD_NAME_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
+_VISIBLE_ASCII_RE = re.compile(r"[ -~]*")  # SP to "~": one C-level scan instead of a Python loop per character
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ def check_header_value(name: str, value: str) -> bytes:
     """Bound the size and refuse anything but visible ASCII before any parser sees the value."""
     if len(value) > MAX_HEADER_BYTES:
         raise malformed(f"{name} is larger than {MAX_HEADER_BYTES} bytes")
-    if not all(" " <= ch <= "~" for ch in value):
+    if not _VISIBLE_ASCII_RE.fullmatch(value):
         raise malformed(f"{name} must be printable ASCII")
     return value.encode("ascii")
 
@@ -71,8 +73,11 @@ def parse_dictionary(name: str, value: str) -> dict[str, Any]:
     return parsed
 
 
+@lru_cache(maxsize=4096)
 def parse_keyid(keyid: str) -> tuple[int, str]:
-    """``erc8128:<chain id>:<address>`` -> (chain id, lowercase address)."""
+    """``erc8128:<chain id>:<address>`` -> (chain id, lowercase address).
+
+    Cached: a signer sends the same keyid on every request (refusals raise and are not cached)."""
     match = _KEYID_RE.fullmatch(keyid)
     if match is None:
         raise malformed('keyid must be "erc8128:<chain id>:<0x address>"')

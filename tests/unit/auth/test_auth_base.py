@@ -6,6 +6,9 @@ import base64
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from http_sf.innerlist import ser_innerlist
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.auth.base import (
     AuthorityError,
@@ -164,3 +167,35 @@ def test_rfc9530_content_digest_example() -> None:
 def test_params_serialize_in_given_order() -> None:
     params = {"created": 1, "expires": 2, "nonce": "n", "keyid": "k"}
     assert serialize_params(["@method"], params) == '("@method");created=1;expires=2;nonce="n";keyid="k"'
+
+
+# --- @signature-params: the direct serializer must write exactly what http-sf writes ----------------------------
+
+_sf_strings = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=24)  # includes " and \
+_sf_keys = st.one_of(st.from_regex(r"[a-z*][a-z0-9_.*-]{0,8}", fullmatch=True), st.text(max_size=4))
+_sf_values = st.one_of(
+    st.integers(-(10**16), 10**16), _sf_strings, st.booleans(), st.binary(max_size=8), st.text(max_size=4)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(_sf_strings, st.text(max_size=6)), max_size=6), st.dictionaries(_sf_keys, _sf_values))
+def test_serialize_params_is_http_sf(covered: list[str], params: dict[str, object]) -> None:
+    """Same text for every input http-sf can serialize, and the same refusal (ValueError) for the rest."""
+    try:
+        expected: str | None = ser_innerlist(([(name, {}) for name in covered], dict(params)))  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        expected = None
+    if expected is None:
+        with pytest.raises((ValueError, TypeError)):
+            serialize_params(covered, params)
+    else:
+        assert serialize_params(covered, params) == expected
+
+
+def test_serialize_params_erc8128_shape() -> None:
+    params = {"created": 1, "expires": 61, "nonce": "AAECAwQFBgcICQoLDA0ODw", "keyid": "erc8128:1:0xab", "tag": "t"}
+    assert serialize_params(("@method", "content-digest"), params) == (
+        '("@method" "content-digest");created=1;expires=61;nonce="AAECAwQFBgcICQoLDA0ODw"'
+        ';keyid="erc8128:1:0xab";tag="t"'
+    )

@@ -201,3 +201,42 @@ def test_memory_nonces_behave_like_set_nx() -> None:
     store = MemoryNonces()
     assert asyncio.run(store.set("k", b"1", nx=True, ex=5)) is True
     assert asyncio.run(store.set("k", b"1", nx=True, ex=5)) is None
+
+
+def test_content_digest_parse_cache_never_caches_an_outcome() -> None:
+    """Parsed Content-Digest values are cached by their text; the body is still hashed and compared every time,
+    and a value that does not parse is refused every time."""
+    from shared.auth.base import content_digest
+    from shared.auth.verifier import check_content_digest
+
+    header = content_digest(b"")
+    for _ in range(2):
+        check_content_digest(header, b"")
+        with pytest.raises(AuthError) as info:
+            check_content_digest(header, b"x")
+        assert info.value.code == "digest_mismatch"
+    for _ in range(2):
+        with pytest.raises(AuthError) as info:
+            check_content_digest("sha-256=1", b"")
+        assert info.value.code == "signature_malformed"
+        with pytest.raises(AuthError) as info:
+            check_content_digest("sha-256=(", b"")
+        assert info.value.code == "signature_malformed"
+        with pytest.raises(AuthError) as info:
+            check_content_digest("sha-512=:AAAA:", b"")
+        assert info.value.code == "digest_mismatch"
+
+
+def test_high_s_twin_of_a_good_signature_is_the_same_nonce(verify: VerifyFixture) -> None:
+    """High S is accepted as eth-account accepted it, and cannot be used to replay: nonces are keyed by
+    (keyid, nonce), never by signature bytes."""
+    from shared.auth.recovery import SECP256K1_ORDER
+
+    good = custom_signed()
+    raw = base64.b64decode(good.headers["signature"].split("=:", 1)[1].rstrip(":"))
+    s = int.from_bytes(raw[32:64], "big")
+    twin = raw[:32] + (SECP256K1_ORDER - s).to_bytes(32, "big") + bytes([55 - raw[64]])
+    replay = with_headers(good, signature=f"eth=:{base64.b64encode(twin).decode()}:")
+    assert verify.verify(good).address == ADDRESS
+    assert refused(verify, replay).code == "nonce_replayed"
+    assert VerifyFixture().verify(replay).address == ADDRESS  # on a fresh nonce store the twin itself verifies
