@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 import redis
 
 from shared import layout
 from shared.crypto.keyring import Keyring
-from shared.errors import NotFound, Unavailable
+from shared.errors import NotFound
+from shared.locks import redis_lock
 from shared.models import OperationRecord
 from shared.storage import ObjectStore
 
@@ -76,20 +77,14 @@ class OperationStore:
         if self.redis is None:
             yield
             return
-        lock = self.redis.lock(
-            layout.redis_operation_lock(operation_id), timeout=LOCK_TIMEOUT, blocking_timeout=LOCK_WAIT
-        )
-        try:
-            acquired = lock.acquire()
-        except redis.RedisError as exc:
-            raise Unavailable("lock service unavailable", code="redis_unavailable") from exc
-        if not acquired:
-            raise Unavailable("operation is busy, try again", code="operation_busy")
-        try:
+        with redis_lock(
+            self.redis,
+            layout.redis_operation_lock(operation_id),
+            timeout=LOCK_TIMEOUT,
+            wait=LOCK_WAIT,
+            busy_code="operation_busy",
+        ):
             yield
-        finally:
-            with suppress(redis.RedisError):  # expired or Redis gone: the lock times out by itself
-                lock.release()
 
     # --- listing ------------------------------------------------------------------------------------------
 

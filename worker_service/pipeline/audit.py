@@ -20,7 +20,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -28,6 +28,7 @@ import redis
 from shared import audit_log, layout
 from shared.errors import StrongroomError, Unavailable
 from shared.events import decode
+from shared.locks import redis_lock
 from shared.logging import get_logger
 from shared.models import AuditEvent
 from worker_service.services import Services
@@ -217,18 +218,8 @@ def _log_lock(services: Services, target: str | None) -> Iterator[None]:
 @contextmanager
 def global_log_lock(services: Services) -> Iterator[None]:
     """The global log's single-writer lock (the operation lock plays this part for an operation's log)."""
-    lock = services.redis.lock(GLOBAL_LOCK, timeout=LOCK_TIMEOUT, blocking_timeout=15)
-    try:
-        acquired = lock.acquire()
-    except redis.RedisError as exc:
-        raise Unavailable("lock service unavailable", code="redis_unavailable") from exc
-    if not acquired:
-        raise Unavailable("global audit log is busy", code="audit_log_busy")
-    try:
+    with redis_lock(services.redis, GLOBAL_LOCK, timeout=LOCK_TIMEOUT, wait=15, busy_code="audit_log_busy"):
         yield
-    finally:
-        with suppress(redis.RedisError):  # expired: it times out by itself
-            lock.release()
 
 
 def _prune_consumers(client: redis.Redis, current: str) -> None:
