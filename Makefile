@@ -9,7 +9,8 @@ PYTEST_ARGS ?=
 .PHONY: dev test lint typecheck pytest unit bench docs system-deps clean
 
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "strongroom needs Python 3.11+ (set PYTHON=python3.11)"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "cannot create a virtualenv: apt-get install -y python3-venv"; exit 1; }
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Reinstall only when the dependency list changes.

@@ -216,6 +216,8 @@ def _serve(stack: DevStack, stopping: threading.Event) -> int:
     wait_for(lambda: _api_ready(url), timeout=READY_TIMEOUT, what="strongroom (GET /readyz)", alive=alive)
     log.info("ready", api=url, data_dir=str(stack.data_dir))
     print(f"strongroom ready: {url} (Ctrl-C stops everything)", flush=True)
+    print(f"  browser page: {url}/app/   API reference: {url}/api/v1/openapi.json", flush=True)
+    print(f"  client: STRONGROOM_API_URL={url} strongroom client keygen", flush=True)
     while not stopping.is_set():
         dead = stack.dead_child()
         if dead is not None:
