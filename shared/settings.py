@@ -173,9 +173,9 @@ class Settings:
     agent_user: str = _opt(
         "STRONGROOM_AGENT_USER",
         "auto",
-        "User (name, uid or uid:gid) agents run as, with no supplementary groups; needs root or CAP_SETUID. "
-        "`auto`: `nobody` when the worker runs as root and that user can run its Python, else the worker's user; "
-        "empty: always the worker's user.",
+        "`auto`: `nobody` on a root worker (a run that user cannot start is refused), else the worker's user; "
+        "a user (name, uid or uid:gid; no supplementary groups; needs root or CAP_SETUID); `self`: the worker's "
+        "own user even as root (development only: agents get root). Empty is an error.",
     )
     agent_network: Literal["allowed", "none"] = _opt(
         "STRONGROOM_AGENT_NETWORK",
@@ -380,6 +380,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "worker_metrics_port": lambda var, raw: _int(var, raw, 0),
     "keyring_file": lambda var, raw: Path(raw) if raw else None,
     "work_dir": lambda var, raw: Path(raw) if raw else None,
+    "agent_user": lambda var, raw: raw or _choice(var, raw, ("auto", "self", "<user>[:<gid>]")),
 }
 
 

@@ -11,6 +11,7 @@ agent cannot read its environ or ptrace it, and a child subreaper that claims th
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -81,11 +82,21 @@ def _protect_worker(**_: Any) -> None:
     (each run still refuses on its own, so a worker that starts anyway never runs an agent unsandboxed)."""
     sandbox.protect_worker_process(claim_orphans=True)
     try:
-        problem = sandbox.probe(sandbox.SandboxPolicy.from_settings(settings()))
+        problem = _sandbox_problem(settings())
     except ConfigError as exc:
         problem = exc.detail
     if problem is not None:
         log.error("worker.agent_sandbox_unavailable", problem=problem)
+
+
+def _sandbox_problem(current: Settings) -> str | None:
+    """Why agents (the built-in one at least) would be refused here, or None; checked once, at start."""
+    try:
+        policy = sandbox.SandboxPolicy.from_settings(current)
+        sandbox.check_executable(sys.executable, "", policy.identity)  # the built-in agent's interpreter
+    except ConfigError as exc:
+        return exc.detail
+    return sandbox.probe(policy)
 
 
 @signals.worker_process_init.connect

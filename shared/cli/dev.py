@@ -49,6 +49,8 @@ def _prepare_env(args: argparse.Namespace, data_dir: Path, base: Mapping[str, st
     env.setdefault("STRONGROOM_S3_CORS_ORIGINS", f"http://{args.host}:{args.port}")
     env.setdefault("STRONGROOM_PUBLIC_AUTHORITIES", ",".join(dev_authorities(args.host, args.port)))
     env.setdefault("STRONGROOM_WORK_DIR", str(data_dir / "work"))
+    # A development tool: agents run as the developer's own user (root if dev runs as root) unless told otherwise.
+    env.setdefault("STRONGROOM_AGENT_USER", "self")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
@@ -214,7 +216,9 @@ def _serve(stack: DevStack, stopping: threading.Event) -> int:
         return stack.dead_child() is None
 
     wait_for(lambda: _api_ready(url), timeout=READY_TIMEOUT, what="strongroom (GET /readyz)", alive=alive)
-    log.info("ready", api=url, data_dir=str(stack.data_dir))
+    log.info("ready", api=url, data_dir=str(stack.data_dir), agent_user=settings.agent_user)
+    if settings.agent_user == "self":
+        log.warning("development: agents run as this user (STRONGROOM_AGENT_USER=self); set it to isolate them")
     print(f"strongroom ready: {url} (Ctrl-C stops everything)", flush=True)
     print(f"  browser page: {url}/app/   API reference: {url}/api/v1/openapi.json", flush=True)
     print(f"  client: STRONGROOM_API_URL={url} strongroom client keygen", flush=True)

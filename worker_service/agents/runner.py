@@ -278,6 +278,7 @@ def run_agent(
     because that policy cannot be enforced here (fail closed).
     """
     policy = SandboxPolicy.from_env() if policy is None else policy
+    policy.check_not_root()
     sandbox.protect_worker_process()  # whoever hosts us: the agent must not read our environ or escape our reaping
     run_id = secrets.token_hex(16)
     env = agent_environment(workdir, parent_env, run_id)

@@ -7,15 +7,16 @@ What each primitive buys (docs/agents.md has the full model, including what is *
   neither read ``/proc/<worker>/environ`` (the keyring, S3 and Redis credentials) nor ptrace the worker; and makes
   it a child subreaper (``PR_SET_CHILD_SUBREAPER``), so a descendant that leaves the agent's process group
   (``setsid``, double fork) is reparented to the worker instead of init, where ``RunTracker`` can still find it.
-* ``SandboxPolicy`` reads two variables (they belong in ``shared.settings.Settings``; read here until they move):
+* ``SandboxPolicy`` is built from two settings (``Settings.agent_user``, ``Settings.agent_network``):
 
   ``STRONGROOM_AGENT_USER``
-      user (name, ``uid`` or ``uid:gid``) the agent runs as, with no supplementary groups. Default ``nobody`` when
-      the worker runs as root (unless ``nobody`` cannot even reach this worker's Python: then the worker's UID,
-      with a warning), empty (the worker's own UID) otherwise. Needs root or CAP_SETUID+CAP_SETGID;
-      ``root``/UID 0 is refused; an explicitly named user that cannot run the agent program is refused per run.
-      A separate UID is what makes ``RLIMIT_NPROC`` safe to set and keeps the
-      keyring file and the worker's ``/proc`` entries out of the agent's reach.
+      ``auto`` (default): ``nobody`` when the worker runs as root, the worker's own user otherwise; a user
+      (name, ``uid`` or ``uid:gid``, no supplementary groups; needs root or CAP_SETUID+CAP_SETGID; root/UID 0 is
+      refused); or ``self``: the worker's own user even as root (development only: agents then *are* root).
+      Fail closed: a root worker never runs agents as root unless ``self`` says so, and a run whose program the
+      agent user cannot reach is refused (``SandboxUnavailable``) rather than run as the worker. Empty is a
+      configuration error. A separate UID is what makes ``RLIMIT_NPROC`` safe to set and keeps the keyring
+      file and the worker's ``/proc`` entries out of the agent's reach.
   ``STRONGROOM_AGENT_NETWORK``
       ``allowed`` (default: command agents such as gemini need the network) or ``none``: the agent gets a private
       network namespace with only its own loopback. Needs CAP_SYS_ADMIN or unprivileged user namespaces; when
@@ -194,8 +195,16 @@ class AgentIdentity:
 
 @dataclass(frozen=True)
 class SandboxPolicy:
+    """Who agents run as and whether they get a network.
+
+    ``identity`` None means "the worker's own user"; ``as_worker`` records that this was chosen on purpose
+    (``self``, or ``auto`` on a non-root worker). ``run_agent`` refuses an identity-less policy on a root worker
+    unless ``as_worker`` is set, so no code path runs agents as uid 0 by accident.
+    """
+
     identity: AgentIdentity | None = None
     network: Network = "allowed"
+    as_worker: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SandboxPolicy:
@@ -207,41 +216,73 @@ class SandboxPolicy:
         """The same, straight from environment variables (for processes without full settings)."""
         env = os.environ if environ is None else environ
         network = env.get(AGENT_NETWORK_VAR, "").strip().lower() or "allowed"
-        return cls.from_spec(env.get(AGENT_USER_VAR, "auto"), network)
+        return cls.from_spec(env.get(AGENT_USER_VAR, AUTO), network)
 
     @classmethod
     def from_spec(cls, user: str, network: str) -> SandboxPolicy:
         if network not in ("allowed", "none"):
             raise ConfigError(AGENT_NETWORK_VAR, "must be 'allowed' or 'none'")
         spec = user.strip()
-        explicit = spec != "auto"
-        if not explicit:
-            spec = "nobody" if os.geteuid() == 0 else ""
-        identity = _resolve_identity(spec) if spec else None
-        if identity is not None and not explicit and not identity.can_reach(Path(sys.executable)):
-            _warn_default_unusable(identity)
-            identity = None  # the default only; an explicit user that cannot run the agent is refused per run
+        identity = _identity_for(spec)
         if identity is not None and identity.uid == os.geteuid() and identity.gid == os.getegid():
             identity = None  # already that user: nothing to switch
         if identity is not None and not can_switch_user():
             raise SandboxUnavailable(AGENT_USER_VAR, "is set but the worker lacks root or CAP_SETUID/CAP_SETGID")
-        return cls(identity, "none" if network == "none" else "allowed")
+        policy = cls(identity, "none" if network == "none" else "allowed", as_worker=identity is None)
+        policy.check_not_root()
+        return policy
+
+    def check_not_root(self) -> None:
+        """``SandboxUnavailable`` if this policy would run agents as root without the operator asking for it."""
+        if self.identity is None and os.geteuid() == 0 and not self.as_worker:
+            raise SandboxUnavailable(
+                AGENT_USER_VAR,
+                "names no separate user and this worker runs as root: agents are never run as root "
+                f"implicitly (set a user, or {SELF!r} to accept root agents in development)",
+            )
 
 
-_warned_default = False
+AUTO = "auto"
+SELF = "self"
+DEFAULT_AGENT_USER = "nobody"  # what ``auto`` picks on a root worker
 
 
-def _warn_default_unusable(identity: AgentIdentity) -> None:
-    """Once per process: the built-in agent runs on this worker's Python, which the default user cannot reach
-    (e.g. a pyenv interpreter under a 0700 /root), so agents keep the worker's UID until the operator decides."""
-    global _warned_default
-    if not _warned_default:
-        _warned_default = True
+def _identity_for(spec: str) -> AgentIdentity | None:
+    """``auto``, ``self`` or a user spec to an identity (None: the worker's own user, explicitly chosen).
+
+    Empty is an error rather than ``self``: a variable blanked by templating must not quietly give agents root.
+    """
+    if not spec:
+        raise ConfigError(AGENT_USER_VAR, f"is empty: set {AUTO!r}, {SELF!r} or a user (name, uid or uid:gid)")
+    if spec == SELF:
+        if os.geteuid() == 0:
+            _warn_root_agents()
+        return None
+    if spec != AUTO:
+        return _resolve_identity(spec)
+    if os.geteuid() != 0:
+        return None  # an unprivileged worker cannot switch users: agents share its (unprivileged) UID
+    try:
+        return _resolve_identity(DEFAULT_AGENT_USER)
+    except ConfigError:
+        raise SandboxUnavailable(
+            AGENT_USER_VAR,
+            f"is {AUTO!r} but this root worker has no {DEFAULT_AGENT_USER!r} user: name the user agents run as",
+        ) from None
+
+
+_warned_root = False
+
+
+def _warn_root_agents() -> None:
+    """Once per process: ``self`` on a root worker hands agents root (they can read the worker's secrets)."""
+    global _warned_root
+    if not _warned_root:
+        _warned_root = True
         log.warning(
-            "sandbox.default_agent_user_unusable",
-            user=identity.name,
-            python=sys.executable,
-            remedy=f"set {AGENT_USER_VAR} explicitly, or install Python where that user can run it",
+            "sandbox.agents_run_as_root",
+            setting=f"{AGENT_USER_VAR}={SELF}",
+            risk="agents can read every secret of this worker; for development only",
         )
 
 
@@ -328,8 +369,9 @@ def check_executable(argv0: str, search_path: str, identity: AgentIdentity | Non
     if not identity.can_reach(Path(found)):
         raise SandboxUnavailable(
             AGENT_USER_VAR,
-            f"is {identity.name!r}, which cannot reach the agent program {found} (a directory above it is not "
-            "searchable): install it where that user can run it, or choose another user",
+            f"runs agents as {identity.name!r}, which cannot reach the agent program {found} (a directory above "
+            f"it is not searchable): install it where that user can run it, set {AGENT_USER_VAR} to a user that "
+            f"can, or to {SELF!r} for development (agents then run as the worker's own user)",
         )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from shared.errors import ConfigError
+from shared.settings import Settings
 from tests.agents.harness import AGENT, HOST, agent_python
 from worker_service.agents import sandbox
 from worker_service.agents.runner import Limits, Workdir, fresh_workdir, run_agent
@@ -93,26 +94,76 @@ def host(spec: dict[str, Any], *, user: int | None = None, env: dict[str, str] |
 def test_policy_defaults_follow_the_worker_uid() -> None:
     policy = SandboxPolicy.from_env({})
     assert policy.network == "allowed"
-    nobody = AgentIdentity(NOBODY, NOBODY, "nobody")
-    if ROOT and nobody.can_reach(Path(sys.executable)):
-        assert policy.identity is not None and policy.identity.name == "nobody"
-    else:  # not root, or the default user could not run this worker's Python (pyenv under /root here)
-        assert policy.identity is None
-    if ROOT:
-        assert SandboxPolicy.from_env({"STRONGROOM_AGENT_USER": "nobody"}).identity == AgentIdentity(
-            NOBODY, pwd_gid(NOBODY), "nobody"
-        )
+    if ROOT:  # always the separate user, whether or not it can run this worker's Python (checked per run)
+        assert policy.identity == AgentIdentity(NOBODY, pwd_gid(NOBODY), "nobody")
+    else:
+        assert policy.identity is None and policy.as_worker
 
 
 def test_policy_parses_and_refuses() -> None:
     assert SandboxPolicy.from_env({"STRONGROOM_AGENT_NETWORK": "none"}).network == "none"
-    assert SandboxPolicy.from_env({"STRONGROOM_AGENT_USER": ""}).identity is None  # explicit opt-out
+    with pytest.raises(ConfigError, match="STRONGROOM_AGENT_USER is empty"):
+        SandboxPolicy.from_env({"STRONGROOM_AGENT_USER": " "})
     with pytest.raises(ConfigError, match="STRONGROOM_AGENT_NETWORK must be"):
         SandboxPolicy.from_env({"STRONGROOM_AGENT_NETWORK": "off"})
     with pytest.raises(ConfigError, match="STRONGROOM_AGENT_USER names an unknown user"):
         SandboxPolicy.from_env({"STRONGROOM_AGENT_USER": "no-such-user-here"})
     with pytest.raises(ConfigError, match="must not be root"):
         SandboxPolicy.from_env({"STRONGROOM_AGENT_USER": "0"})
+
+
+def test_empty_agent_user_is_a_settings_error() -> None:
+    """Empty is refused, not read as "the worker's user": a blanked variable must not give agents root."""
+    with pytest.raises(ConfigError, match="STRONGROOM_AGENT_USER must be one of auto, self"):
+        Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "STRONGROOM_AGENT_USER": ""})
+    assert Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0"}).agent_user == "auto"
+
+
+def test_self_is_the_explicit_opt_in_to_the_workers_user() -> None:
+    policy = SandboxPolicy.from_env({"STRONGROOM_AGENT_USER": "self"})
+    assert policy.identity is None and policy.as_worker
+
+
+# --- fail closed: a root worker never runs agents as root implicitly (review 2, finding 2) ---------------------------
+
+
+@needs_root
+def test_default_user_that_cannot_run_the_program_refuses_instead_of_running_as_root(
+    shared_base: Path, tmp_path: Path
+) -> None:
+    """The old default fell back to the worker's UID (root) when ``nobody`` could not reach the program."""
+    program = tmp_path / "agent.sh"  # pytest's 0700 tmp dir: nobody cannot traverse it
+    marker = tmp_path / "ran-as-root"
+    program.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    program.chmod(0o755)
+    policy = SandboxPolicy.from_env({})
+    with fresh_workdir(shared_base, policy) as wd, pytest.raises(SandboxUnavailable) as refused:
+        run_agent([str(program)], wd, LIMITS, policy=policy)
+    assert not marker.exists()
+    detail = refused.value.detail
+    assert detail.startswith("STRONGROOM_AGENT_USER runs agents as 'nobody'") and "'self'" in detail
+
+
+@needs_root
+def test_a_policy_without_a_user_is_refused_on_a_root_worker(workdir: Workdir) -> None:
+    marker = workdir.tmp_dir / "started"
+    for policy in (SandboxPolicy(), SandboxPolicy(identity=None, network="allowed", as_worker=False)):
+        with pytest.raises(SandboxUnavailable, match="agents are never run as root implicitly"):
+            run_agent(["/bin/sh", "-c", f"touch {marker}"], workdir, LIMITS, policy=policy)
+    assert not marker.exists()
+    run = run_agent(["/bin/sh", "-c", "id -u"], workdir, LIMITS, policy=SandboxPolicy(as_worker=True))
+    assert run.exit_code == 0 and run.logs == ["0"]  # ``self``: root, because the operator said so
+
+
+def test_worker_start_names_what_to_set_when_the_builtin_agent_cannot_run() -> None:
+    from worker_service import celery_app
+
+    settings = Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0", "STRONGROOM_AGENT_USER": "self"})
+    assert celery_app._sandbox_problem(settings) is None
+    nobody = AgentIdentity(NOBODY, pwd_gid(NOBODY), "nobody")
+    if ROOT and not nobody.can_reach(Path(sys.executable)):
+        problem = celery_app._sandbox_problem(Settings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0"}))
+        assert problem is not None and "STRONGROOM_AGENT_USER" in problem and "'self'" in problem
 
 
 @needs_root
@@ -184,7 +235,7 @@ def test_unreachable_program_is_refused_with_a_reason(workdir: Workdir, tmp_path
 
 
 def test_setsid_grandchild_is_killed_when_the_run_ends(workdir: Workdir) -> None:
-    pidfile = workdir.root / "escapee.pid"
+    pidfile = workdir.tmp_dir / "escapee.pid"  # tmp/ is the agent's to write
     run = run_agent(misbehave("escape", str(pidfile)), workdir, LIMITS)
     assert run.exit_code == 0, run.logs
     pid = int(pidfile.read_text())
@@ -253,7 +304,7 @@ def test_network_none_unavailable_refuses_to_start_the_agent(workdir: Workdir, m
 
     monkeypatch.setattr(sandbox, "_unshare", no_namespaces)
     marker = workdir.root / "started"
-    policy = SandboxPolicy(identity=None, network="none")
+    policy = SandboxPolicy(identity=None, network="none", as_worker=True)
     with pytest.raises(SandboxUnavailable, match="STRONGROOM_AGENT_NETWORK cannot be enforced here"):
         run_agent(["/bin/sh", "-c", f"touch {marker}"], workdir, LIMITS, policy=policy)
     assert not marker.exists()
@@ -265,6 +316,6 @@ def test_celery_worker_start_protects_the_worker_process() -> None:
         "from worker_service import celery_app; from worker_service.agents import sandbox; "
         "celery_app._protect_worker(); print(sandbox.dumpable(), sandbox._claims_orphans)"
     )
-    env = {**os.environ, "STRONGROOM_AGENT_USER": "", "STRONGROOM_AGENT_NETWORK": "allowed"}
+    env = {**os.environ, "STRONGROOM_AGENT_USER": "self", "STRONGROOM_AGENT_NETWORK": "allowed"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO, env=env)
     assert done.stdout.split()[-2:] == ["0", "True"]
