@@ -23,7 +23,7 @@ from shared.auth.headers import claimed_address
 from shared.auth.replay import FailureLimited, count_failure
 from shared.auth.verifier import SignedRequest, VerifiedSigner, Verifier
 from shared.errors import AuthError, RateLimited, StrongroomError
-from shared.events import apublish, new_event
+from shared.events import apublish_refusal, new_event
 from shared.layout import is_operation_id
 from shared.models import AuditEvent
 from shared.settings import Settings
@@ -40,10 +40,12 @@ async def authenticate(request: Request) -> VerifiedSigner:
 
     Every decision is published as an ``auth`` audit event, except refusals past the client's failure budget
     (429, ``STRONGROOM_AUTH_FAILURES_PER_MINUTE``): that budget is what keeps unauthenticated traffic from
-    flooding the audit trail. A refusal names no actor and no operation (it goes to the global log), since
-    nobody was proven; only the per-address rate limit, which runs after the signature verified, names its
-    signer. An accepted request's event is written by the verifier in the same atomic Redis step that consumes
-    its nonce (one round trip), so no access is granted unrecorded: if Redis cannot take it, the answer is 503.
+    flooding the audit trail. Refusals travel on their own capped stream, so even a flood from many clients
+    never trims accepted accesses before they are persisted. A refusal names no actor and no operation (it goes
+    to the global log), since nobody was proven; only the per-address rate limit, which runs after the signature
+    verified, names its signer. An accepted request's event is written by the verifier in the same atomic Redis
+    step that consumes its nonce (one round trip), so no access is granted unrecorded: if Redis cannot take it,
+    the answer is 503.
     The proven signer is also left on ``request.state.signer`` for later middleware or logging.
     """
     settings: Settings = _state(request, "settings")
@@ -192,7 +194,10 @@ def _operation_in(request: Request) -> str | None:
 
 async def _audit_refusal(request: Request, *, reason: str | None, actor: str | None) -> None:
     """Publish a refusal; one that cannot be recorded is only logged (the request is refused either way).
-    Accepted requests are recorded by the verifier itself, atomically with their nonce (see ``authenticate``)."""
+
+    Refusals go to their own capped stream (``shared.events.apublish_refusal``): anyone can cause them, so their
+    volume must never trim the stream of accepted accesses, which the verifier writes atomically with the nonce.
+    """
     event = new_event(
         action="auth",
         result="denied",
@@ -202,6 +207,7 @@ async def _audit_refusal(request: Request, *, reason: str | None, actor: str | N
         request_id=getattr(request.state, "request_id", None),
     )
     try:
-        await apublish(_state(request, "redis"), event)
+        settings: Settings = _state(request, "settings")
+        await apublish_refusal(_state(request, "redis"), event, maxlen=settings.audit_refusals_maxlen)
     except (RedisError, OSError):
         log.warning("auth.audit_unpublished", result="denied", reason=reason)

@@ -225,7 +225,10 @@ def redis_job_lock(job: str) -> str:
 
 
 REDIS_WORKERS = f"{REDIS_PREFIX}workers"  # sorted set: worker name -> last heartbeat (unix seconds)
-REDIS_AUDIT_STREAM = f"{REDIS_PREFIX}audit:events"
+REDIS_AUDIT_STREAM = f"{REDIS_PREFIX}audit:events"  # accepted accesses and worker changes; trimmed only as a bound
+# Refusals of requests that proved nobody: capped on their own, so their volume never trims REDIS_AUDIT_STREAM.
+REDIS_AUDIT_REFUSALS = f"{REDIS_PREFIX}audit:refusals"
+REDIS_AUDIT_STREAMS = (REDIS_AUDIT_STREAM, REDIS_AUDIT_REFUSALS)  # what the consumer group reads, in this order
 REDIS_AUDIT_GROUP = "strongroom-audit"
 REDIS_AUDIT_SEEN = f"{REDIS_PREFIX}audit:seen"  # sorted set: event id -> persisted at (unix seconds; dedup)
 REDIS_MONITOR_SNAPSHOT = f"{REDIS_PREFIX}monitor:snapshot"  # last resource report (JSON) for any metrics endpoint

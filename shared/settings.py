@@ -156,6 +156,12 @@ class Settings:
         "Refused signed requests per client IP (IPv6: per /64) per minute before 429; bounds the audit events "
         "and ERC-1271 RPC calls unauthenticated traffic can cause. Counted in Redis, fail closed (0 disables).",
     )
+    audit_refusals_maxlen: int = _opt(
+        "STRONGROOM_AUDIT_REFUSALS_MAXLEN",
+        "100000",
+        "Approximate cap of the Redis stream holding refusals of unproven requests until the worker persists them; "
+        "a flood trims old refusals there, never accepted accesses (their stream is separate).",
+    )
 
     # --- agent limits (the design's AGENT_RESOURCE_LIMITS) ---
     max_execution_time: int = _opt("STRONGROOM_MAX_EXECUTION_TIME", "600", "Agent wall-clock limit, seconds.")
@@ -365,6 +371,7 @@ _POSITIVE_INTS = {
     "rotation_interval",
     "quota_per_operation",
     "quota_per_grantee",
+    "audit_refusals_maxlen",
 }
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "log_level": lambda var, raw: _choice(var, raw.upper(), ("DEBUG", "INFO", "WARNING", "ERROR")),

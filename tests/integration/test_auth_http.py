@@ -30,7 +30,7 @@ from shared.auth.signer import sign_request
 from shared.auth.verifier import Verifier
 from shared.devstack import free_port
 from shared.events import decode
-from shared.layout import REDIS_AUDIT_STREAM, new_operation_id
+from shared.layout import REDIS_AUDIT_REFUSALS, REDIS_AUDIT_STREAM, new_operation_id
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -240,33 +240,64 @@ def test_rate_limit_answers_429_with_retry_after(redis_url: str) -> None:
     assert 1 <= int(response.headers["retry-after"]) <= 60
 
 
-def _events_after(client: sync_redis.Redis, last_id: bytes) -> list[Any]:
-    return [decode(fields) for _, fields in client.xrange(REDIS_AUDIT_STREAM, min=b"(" + last_id)]
+def _events_after(client: sync_redis.Redis, last_id: bytes, stream: str = REDIS_AUDIT_STREAM) -> list[Any]:
+    entries: Any = client.xrange(stream, min=b"(" + last_id)
+    return [decode(fields) for _, fields in entries]
 
 
-def _stream_tail(client: sync_redis.Redis) -> bytes:
-    newest = client.xrevrange(REDIS_AUDIT_STREAM, count=1)
-    return newest[0][0] if newest else b"0-0"
+def _stream_tail(client: sync_redis.Redis, stream: str = REDIS_AUDIT_STREAM) -> bytes:
+    newest: Any = client.xrevrange(stream, count=1)
+    return bytes(newest[0][0]) if newest else b"0-0"
 
 
 def test_decisions_are_audited(api: Api, redis_url: str) -> None:
-    """Finding 4: a refusal proves nobody, so it names no actor and no operation (it goes to the global log)."""
+    """Finding 4: a refusal proves nobody, so it names no actor and no operation (it goes to the global log).
+    Second review, finding 7: refusals go to their own stream; the accepted request's event to the main one."""
     operation_id = new_operation_id("demo")
     url = f"{OPERATIONS}/{operation_id}"
     headers = api.headers("GET", url)
     client = sync_redis.Redis.from_url(redis_url)
-    start = _stream_tail(client)
+    start, refusals_start = _stream_tail(client), _stream_tail(client, REDIS_AUDIT_REFUSALS)
     assert api.send("GET", url, headers=headers).status_code == 200
     assert api.send("GET", url, headers=headers).status_code == 401  # a replay of a real signature
     assert api.send("GET", url).status_code == 401  # unsigned
-    events = [(e.action, e.result, e.reason, e.actor, e.operation_id) for e in _events_after(client, start)]
-    assert events == [
-        ("auth", "allowed", None, api.address, operation_id),
+    accepted = _events_after(client, start)
+    refused = _events_after(client, refusals_start, REDIS_AUDIT_REFUSALS)
+    assert [(e.action, e.result, e.reason, e.actor, e.operation_id) for e in accepted] == [
+        ("auth", "allowed", None, api.address, operation_id)
+    ]
+    assert [(e.action, e.result, e.reason, e.actor, e.operation_id) for e in refused] == [
         ("auth", "denied", "nonce_replayed", None, None),
         ("auth", "denied", "signature_missing", None, None),
     ]
-    payload = json.dumps([e.model_dump(mode="json") for e in _events_after(client, start)])
+    payload = json.dumps([e.model_dump(mode="json") for e in accepted + refused])
     assert headers["Signature"].split("=:", 1)[1].rstrip(":") not in payload
+
+
+def test_a_refusal_flood_from_many_clients_never_trims_accepted_events(redis_url: str) -> None:
+    """Finding 7: every client stays inside its own failure budget, yet together they send far more refusals than
+    the refusal stream holds; the refusal stream is trimmed to its cap and the accepted stream is not touched."""
+    proxy = "10.1.2.3"
+    api = Api(
+        redis_url,
+        client=(proxy, 4000),
+        trusted_proxies=(f"{proxy}/32",),
+        auth_failures_per_minute=5,
+        audit_refusals_maxlen=100,
+    )
+    redis = sync_redis.Redis.from_url(redis_url)
+    url = f"{OPERATIONS}/{new_operation_id('demo')}"
+    flood = 400
+    with api.client:
+        assert api.send("GET", url, headers=api.headers("GET", url)).status_code == 200
+        start = _stream_tail(redis)
+        length = redis.xlen(REDIS_AUDIT_STREAM)
+        prefix = f"2001:db8:{secrets.token_hex(2)}"
+        for n in range(flood):  # one request from each of 400 /64s
+            forwarded = {"X-Forwarded-For": f"{prefix}:{n:x}::1"}
+            assert_problem(api.send("GET", url, headers=forwarded), 401, "signature_missing")
+    assert redis.xlen(REDIS_AUDIT_REFUSALS) < flood
+    assert redis.xlen(REDIS_AUDIT_STREAM) == length and _events_after(redis, start) == []
 
 
 def test_refusals_per_client_are_limited_and_then_not_audited(redis_url: str) -> None:
@@ -277,7 +308,7 @@ def test_refusals_per_client_are_limited_and_then_not_audited(redis_url: str) ->
     other = Api(redis_url, client=(f"2001:db8:{secrets.token_hex(2)}::1", 4000), auth_failures_per_minute=3)
     url = f"{OPERATIONS}/{new_operation_id('demo')}"
     redis = sync_redis.Redis.from_url(redis_url)
-    start = _stream_tail(redis)
+    start = _stream_tail(redis, REDIS_AUDIT_REFUSALS)
     with api.client, other.client:
         for _ in range(3):
             assert_problem(api.send("GET", url), 401, "signature_missing")
@@ -287,7 +318,7 @@ def test_refusals_per_client_are_limited_and_then_not_audited(redis_url: str) ->
         assert_problem(api.send("GET", url, headers=api.headers("GET", OPERATIONS)), 429, "rate_limited")
         assert api.send("GET", url, headers=api.headers("GET", url)).status_code == 200
         assert_problem(other.send("GET", url), 401, "signature_missing")
-    denied = [e for e in _events_after(redis, start) if e.result == "denied"]
+    denied = [e for e in _events_after(redis, start, REDIS_AUDIT_REFUSALS) if e.result == "denied"]
     assert [e.reason for e in denied] == ["signature_missing"] * 4  # 3 from the limited client, 1 from the other
     assert all(e.actor is None and e.operation_id is None for e in denied)
 

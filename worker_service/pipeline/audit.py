@@ -1,4 +1,9 @@
-"""Persist audit events from the Redis Stream into the hash-chained access logs in S3.
+"""Persist audit events from the Redis Streams into the hash-chained access logs in S3.
+
+One consumer group reads both streams of ``shared.events``: accepted accesses and worker changes
+(``REDIS_AUDIT_STREAM``), then refusals of unproven requests (``REDIS_AUDIT_REFUSALS``, capped on its own so a
+flood of them never trims the first). Each call takes up to ``batch_size`` entries from *each* stream, so a
+refusal flood cannot slow the persistence of accepted events either.
 
 Delivery is at-least-once and the log holds each event once:
 
@@ -42,7 +47,8 @@ GLOBAL_ONLY_ACTIONS = frozenset({"operation.expired"})  # the operation's own lo
 GLOBAL_LOCK = layout.redis_job_lock("audit-global-log")
 LOCK_TIMEOUT = 60
 
-Entry = tuple[str, dict[Any, Any] | None]
+Ref = tuple[str, str]  # (stream, entry id): entry ids of two streams can be equal
+Entry = tuple[Ref, dict[Any, Any] | None]
 
 
 def default_consumer() -> str:
@@ -51,12 +57,13 @@ def default_consumer() -> str:
 
 
 def ensure_group(client: redis.Redis) -> None:
-    """Create the consumer group (and the stream) if missing; from the start, so no event is skipped."""
-    try:
-        client.xgroup_create(layout.REDIS_AUDIT_STREAM, layout.REDIS_AUDIT_GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+    """Create the consumer group (and the streams) if missing; from the start, so no event is skipped."""
+    for stream in layout.REDIS_AUDIT_STREAMS:
+        try:
+            client.xgroup_create(stream, layout.REDIS_AUDIT_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
 
 def persist_audit_events(
@@ -67,7 +74,8 @@ def persist_audit_events(
     consumer: str | None = None,
     claim_idle_ms: int = CLAIM_IDLE_MS,
 ) -> int:
-    """Move up to ``batch_size`` stream entries into the access logs; return how many new events were stored.
+    """Move up to ``batch_size`` entries of each stream into the access logs; return how many new events were
+    stored.
 
     ``block_ms`` > 0 waits that long for new entries when none are ready (0 returns at once).
     """
@@ -85,56 +93,86 @@ def _persist(services: Services, name: str, batch_size: int, block_ms: int, clai
         return 0
     events, done = _parse(entries)
     fresh = _drop_seen(client, events)
-    done.extend(entry_id for entry_id, event in events if entry_id not in fresh)
+    done.extend(ref for ref, event in events if ref not in fresh)
     stored = 0
     for target, group in _route(services, fresh).items():
         try:
-            stored += _append(services, target, [fresh[eid] for eid in group])
+            stored += _append(services, target, [fresh[ref] for ref in group])
         except StrongroomError as exc:  # leave them pending: this consumer re-reads them next call
             log.warning("audit_append_failed", log=audit_log.log_name(target), error=exc.code, events=len(group))
             continue
-        _remember(client, [fresh[eid].id for eid in group])
+        _remember(client, [fresh[ref].id for ref in group])
         done.extend(group)
-    if done:
-        client.xack(layout.REDIS_AUDIT_STREAM, layout.REDIS_AUDIT_GROUP, *done)
+    _ack(client, done)
     client.zremrangebyscore(layout.REDIS_AUDIT_SEEN, "-inf", time.time() - SEEN_TTL)
-    _prune_consumers(client, name)
+    for stream in layout.REDIS_AUDIT_STREAMS:
+        _prune_consumers(client, stream, name)
     return stored
+
+
+def _ack(client: redis.Redis, refs: list[Ref]) -> None:
+    by_stream: dict[str, list[str]] = {}
+    for stream, entry_id in refs:
+        by_stream.setdefault(stream, []).append(entry_id)
+    for stream, ids in by_stream.items():
+        client.xack(stream, layout.REDIS_AUDIT_GROUP, *ids)
 
 
 # --- reading the stream -----------------------------------------------------------------------------------
 
 
 def _take_entries(client: redis.Redis, name: str, batch_size: int, block_ms: int, claim_idle_ms: int) -> list[Entry]:
-    """Own pending entries first, then stale ones of dead consumers, then new ones."""
-    stream, group = layout.REDIS_AUDIT_STREAM, layout.REDIS_AUDIT_GROUP
-    taken: dict[str, dict[Any, Any] | None] = {}
-    for entry_id, fields in _entries(client.xreadgroup(group, name, {stream: "0"}, count=batch_size)):
-        taken[entry_id] = fields
-    if len(taken) < batch_size:
-        claimed = client.xautoclaim(stream, group, name, claim_idle_ms, "0-0", count=batch_size - len(taken))
-        for entry_id, fields in _pairs(claimed[1]):
-            taken.setdefault(entry_id, fields)
-        for entry_id in claimed[2] if len(claimed) > 2 else ():  # trimmed away while pending
-            taken.setdefault(_text(entry_id), None)
-    if len(taken) < batch_size:
-        block = block_ms if block_ms > 0 and not taken else None
-        response = client.xreadgroup(group, name, {stream: ">"}, count=batch_size - len(taken), block=block)
-        for entry_id, fields in _entries(response):
-            taken.setdefault(entry_id, fields)
+    """Up to ``batch_size`` entries of each stream; if there are none at all, wait up to ``block_ms`` for some."""
+    taken: dict[Ref, dict[Any, Any] | None] = {}
+    for stream in layout.REDIS_AUDIT_STREAMS:
+        _take_from(client, stream, name, batch_size, claim_idle_ms, taken)
+    if not taken and block_ms > 0:
+        streams: dict[Any, Any] = dict.fromkeys(layout.REDIS_AUDIT_STREAMS, ">")
+        response = client.xreadgroup(layout.REDIS_AUDIT_GROUP, name, streams, count=batch_size, block=block_ms)
+        for ref, fields in _entries(response):
+            taken.setdefault(ref, fields)
     return list(taken.items())
 
 
+def _take_from(
+    client: redis.Redis,
+    stream: str,
+    name: str,
+    batch_size: int,
+    claim_idle_ms: int,
+    taken: dict[Ref, dict[Any, Any] | None],
+) -> None:
+    """Own pending entries of ``stream`` first, then stale ones of dead consumers, then new ones (no waiting)."""
+    group, start = layout.REDIS_AUDIT_GROUP, len(taken)
+
+    def room() -> int:
+        return batch_size - (len(taken) - start)
+
+    for ref, fields in _entries(client.xreadgroup(group, name, {stream: "0"}, count=batch_size)):
+        taken[ref] = fields
+    if room() > 0:
+        claimed = client.xautoclaim(stream, group, name, claim_idle_ms, "0-0", count=room())
+        for entry_id, fields in _pairs(claimed[1]):
+            taken.setdefault((stream, entry_id), fields)
+        for entry_id in claimed[2] if len(claimed) > 2 else ():  # trimmed away while pending
+            taken.setdefault((stream, _text(entry_id)), None)
+    if room() > 0:
+        for ref, fields in _entries(client.xreadgroup(group, name, {stream: ">"}, count=room())):
+            taken.setdefault(ref, fields)
+
+
 def _entries(response: Any) -> Iterator[Entry]:
-    """Flatten XREADGROUP's answer (RESP2 list or RESP3 dict) into (id, fields)."""
+    """Flatten XREADGROUP's answer (RESP2 list or RESP3 dict) into ((stream, id), fields)."""
     if not response:
         return
     streams = response.items() if isinstance(response, dict) else response
-    for _stream, messages in streams:
-        yield from _pairs(messages[0] if messages and isinstance(messages[0], list) else messages)
+    for stream, messages in streams:
+        batch = messages[0] if messages and isinstance(messages[0], list) else messages
+        for entry_id, fields in _pairs(batch):
+            yield (_text(stream), entry_id), fields
 
 
-def _pairs(messages: Any) -> Iterator[Entry]:
+def _pairs(messages: Any) -> Iterator[tuple[str, dict[Any, Any] | None]]:
     for entry_id, fields in messages or ():
         yield _text(entry_id), fields or None
 
@@ -143,36 +181,36 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _parse(entries: list[Entry]) -> tuple[list[tuple[str, AuditEvent]], list[str]]:
-    """Decoded events, and the ids of entries to acknowledge as they are (trimmed or malformed)."""
-    events: list[tuple[str, AuditEvent]] = []
-    poison: list[str] = []
-    for entry_id, fields in entries:
+def _parse(entries: list[Entry]) -> tuple[list[tuple[Ref, AuditEvent]], list[Ref]]:
+    """Decoded events, and the entries to acknowledge as they are (trimmed or malformed)."""
+    events: list[tuple[Ref, AuditEvent]] = []
+    poison: list[Ref] = []
+    for ref, fields in entries:
         if not fields:
-            poison.append(entry_id)
+            poison.append(ref)
             continue
         try:
-            events.append((entry_id, decode(fields)))
+            events.append((ref, decode(fields)))
         except (ValueError, TypeError):
-            log.error("audit_event_malformed", entry=entry_id)  # kept out of the log: it can never succeed
-            poison.append(entry_id)
+            log.error("audit_event_malformed", stream=ref[0], entry=ref[1])  # it can never succeed: drop it
+            poison.append(ref)
     return events, poison
 
 
 # --- deduplication ----------------------------------------------------------------------------------------
 
 
-def _drop_seen(client: redis.Redis, events: list[tuple[str, AuditEvent]]) -> dict[str, AuditEvent]:
-    """Entries (by stream id) whose event id was neither persisted before nor repeated in this call."""
+def _drop_seen(client: redis.Redis, events: list[tuple[Ref, AuditEvent]]) -> dict[Ref, AuditEvent]:
+    """Entries whose event id was neither persisted before nor repeated in this call."""
     if not events:
         return {}
     scores = client.zmscore(layout.REDIS_AUDIT_SEEN, [event.id for _, event in events])
-    fresh: dict[str, AuditEvent] = {}
+    fresh: dict[Ref, AuditEvent] = {}
     ids: set[str] = set()
-    for (entry_id, event), score in zip(events, scores, strict=True):
+    for (ref, event), score in zip(events, scores, strict=True):
         if score is None and event.id not in ids:
             ids.add(event.id)
-            fresh[entry_id] = event
+            fresh[ref] = event
     return fresh
 
 
@@ -184,18 +222,18 @@ def _remember(client: redis.Redis, event_ids: list[str]) -> None:
 # --- routing and appending --------------------------------------------------------------------------------
 
 
-def _route(services: Services, events: dict[str, AuditEvent]) -> dict[str | None, list[str]]:
-    """Entry ids grouped by target log (``None`` is the global log), in stream order."""
+def _route(services: Services, events: dict[Ref, AuditEvent]) -> dict[str | None, list[Ref]]:
+    """Entries grouped by target log (``None`` is the global log), in stream order."""
     known: dict[str, bool] = {}
-    targets: dict[str | None, list[str]] = {}
-    for entry_id, event in events.items():
+    targets: dict[str | None, list[Ref]] = {}
+    for ref, event in events.items():
         op = event.operation_id
         target: str | None = None
         if op and event.action not in GLOBAL_ONLY_ACTIONS and layout.is_operation_id(op):
             if op not in known:
                 known[op] = services.store.exists(layout.record_key(op))
             target = op if known[op] else None
-        targets.setdefault(target, []).append(entry_id)
+        targets.setdefault(target, []).append(ref)
     return targets
 
 
@@ -222,9 +260,9 @@ def global_log_lock(services: Services) -> Iterator[None]:
         yield
 
 
-def _prune_consumers(client: redis.Redis, current: str) -> None:
+def _prune_consumers(client: redis.Redis, stream: str, current: str) -> None:
     """Forget consumers of exited processes once they hold nothing (XAUTOCLAIM took their entries)."""
-    for info in client.xinfo_consumers(layout.REDIS_AUDIT_STREAM, layout.REDIS_AUDIT_GROUP):
+    for info in client.xinfo_consumers(stream, layout.REDIS_AUDIT_GROUP):
         name = _text(info["name"])
         if name != current and int(info["pending"]) == 0 and int(info["idle"]) > CONSUMER_IDLE_MS:
-            client.xgroup_delconsumer(layout.REDIS_AUDIT_STREAM, layout.REDIS_AUDIT_GROUP, name)
+            client.xgroup_delconsumer(stream, layout.REDIS_AUDIT_GROUP, name)
