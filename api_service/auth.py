@@ -40,13 +40,14 @@ async def authenticate(request: Request) -> VerifiedSigner:
 
     Every decision is published as an ``auth`` audit event, except refusals past the client's failure budget
     (429, ``STRONGROOM_AUTH_FAILURES_PER_MINUTE``): that budget is what keeps unauthenticated traffic from
-    flooding the audit trail. Refusals travel on their own capped stream, so even a flood from many clients
-    never trims accepted accesses before they are persisted. A refusal names no actor and no operation (it goes
-    to the global log), since nobody was proven; only the per-address rate limit, which runs after the signature
-    verified, names its signer. An accepted request's event is written by the verifier in the same atomic Redis
-    step that consumes its nonce (one round trip), so no access is granted unrecorded: if Redis cannot take it,
-    the answer is 503.
-    The proven signer is also left on ``request.state.signer`` for later middleware or logging.
+    flooding the audit trail. Every refusal the client caused is charged to it, a body over the input limit
+    included; only a dependency that is down (503) is not. Refusals travel on their own capped stream, so even a
+    flood from many clients never trims accepted accesses before they are persisted. A refusal names no actor
+    and no operation (it goes to the global log), since nobody was proven; only the per-address rate limit,
+    which runs after the signature verified, names its signer. An accepted request's event is written by the
+    verifier in the same atomic Redis step that consumes its nonce (one round trip), so no access is granted
+    unrecorded: if Redis cannot take it, the answer is 503. The proven signer is also left on
+    ``request.state.signer`` for later middleware or logging.
     """
     settings: Settings = _state(request, "settings")
     verifier: Verifier = _state(request, "verifier")
@@ -70,13 +71,13 @@ async def authenticate(request: Request) -> VerifiedSigner:
         signer = await verifier.verify(signed, audit=allowed)
     except FailureLimited:
         raise
-    except (AuthError, RateLimited) as exc:
+    except (AuthError, RateLimited, PayloadTooLarge) as exc:  # the client's doing: charged to its budget
         limit = settings.auth_failures_per_minute
         await count_failure(_state(request, "redis"), client, limit=limit, now=time.time())
         actor = claimed_address(headers) if isinstance(exc, RateLimited) else None
         await _audit_refusal(request, reason=exc.code, actor=actor)
         raise
-    except StrongroomError as exc:  # dependencies down, body too large: nothing about the caller is known
+    except StrongroomError as exc:  # a dependency is down: not the client's fault, so not charged
         await _audit_refusal(request, reason=exc.code, actor=None)
         raise
     request.state.signer = signer

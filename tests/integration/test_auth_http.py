@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from eth_account import Account
 from eth_account.messages import encode_defunct
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -25,6 +26,7 @@ from starlette.testclient import TestClient
 
 from api_service.auth import authenticate
 from api_service.errors import exception_handlers
+from api_service.middleware import BodyLimitMiddleware
 from shared.auth.base import REQUIRED_COMPONENTS, RequestParts, content_digest, serialize_params, signature_base
 from shared.auth.signer import sign_request
 from shared.auth.verifier import Verifier
@@ -60,7 +62,8 @@ def build_app(settings: Settings, clock: Callable[[], float]) -> Starlette:
         Route("/api/v1/operations/{operation_id}", whoami, methods=["GET", "DELETE"]),
         Route("/api/v1/operations/{operation_id}/artifacts/{name:path}", whoami, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers())
+    body_limit = Middleware(BodyLimitMiddleware, limit=settings.max_input_bytes)  # as in api_service.app
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers(), middleware=[body_limit])
 
 
 class Api:
@@ -321,6 +324,33 @@ def test_refusals_per_client_are_limited_and_then_not_audited(redis_url: str) ->
     denied = [e for e in _events_after(redis, start, REDIS_AUDIT_REFUSALS) if e.result == "denied"]
     assert [e.reason for e in denied] == ["signature_missing"] * 4  # 3 from the limited client, 1 from the other
     assert all(e.actor is None and e.operation_id is None for e in denied)
+
+
+def test_a_body_over_the_limit_is_charged_to_the_clients_budget(redis_url: str) -> None:
+    """Finding 9: a streamed body that outgrows the input limit (no Content-Length, so only reading it finds out)
+    is a refusal like any other: audited, and counted until the client gets 429 and is no longer audited."""
+    peer = f"198.51.100.{secrets.randbelow(250) + 1}"
+    api = Api(redis_url, client=(peer, 4000), auth_failures_per_minute=2, max_input_bytes=64)
+    redis = sync_redis.Redis.from_url(redis_url)
+    start = _stream_tail(redis, REDIS_AUDIT_REFUSALS)
+    big = b"x" * 200
+
+    def chunked() -> Iterator[bytes]:
+        yield big[:100]
+        yield big[100:]
+
+    with api.client:
+        for _ in range(2):
+            headers = api.headers("POST", OPERATIONS, big)
+            response = api.client.request("POST", OPERATIONS, content=chunked(), headers=headers)
+            assert "content-length" not in {k.lower() for k in response.request.headers}
+            assert_problem(response, 422, "input_too_large")
+        headers = api.headers("POST", OPERATIONS, big)
+        assert_problem(api.client.request("POST", OPERATIONS, content=chunked(), headers=headers), 429, "rate_limited")
+        assert_problem(api.send("GET", OPERATIONS), 429, "rate_limited")  # the same budget as other refusals
+        assert api.send("GET", OPERATIONS, headers=api.headers("GET", OPERATIONS)).status_code == 200
+    refused = _events_after(redis, start, REDIS_AUDIT_REFUSALS)
+    assert [(e.reason, e.actor) for e in refused if e.result == "denied"] == [("input_too_large", None)] * 2
 
 
 def test_refusals_fail_closed_when_redis_is_down() -> None:
