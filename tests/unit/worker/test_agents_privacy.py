@@ -12,6 +12,7 @@ from shared.settings import Settings
 from worker_service.agents import privacy_audit, registry
 from worker_service.agents.inputs import write_input
 from worker_service.agents.runner import Limits, fresh_workdir, run_agent
+from worker_service.agents.sandbox import SandboxPolicy
 
 pytestmark = pytest.mark.unit
 
@@ -58,9 +59,11 @@ def test_agent_runs_under_the_runner_protocol(tmp_path: Path) -> None:
     spec = registry.resolve(settings, "privacy-audit")
     limits = Limits(max_execution_time=30, max_disk_usage=1 << 26, max_artifact_count=50, max_artifact_size=1 << 20)
     agent_input = {"text": TEXT, "files": {"notes.txt": base64.b64encode(b"ok\nbob@example.org\n").decode()}}
-    with fresh_workdir(tmp_path) as workdir:
+    # The worker's own user: nobody cannot reach this machine's Python under a 0700 /root (see test_sandbox.py).
+    policy = SandboxPolicy.from_spec("self", "allowed")
+    with fresh_workdir(tmp_path, policy) as workdir:
         write_input(workdir, agent_input)
-        run = run_agent(spec.argv(workdir, agent_input), workdir, limits)
+        run = run_agent(spec.argv(workdir, agent_input), workdir, limits, policy=policy)
         assert run.exit_code == 0, run.logs
         assert run.reported_status == "ok"
         assert run.reported_summary is not None and run.reported_summary.startswith("7 finding(s) in 2 source(s)")
