@@ -7,6 +7,7 @@ misbehave.py disk BYTES          fill the working directory (tmp/) with BYTES, 2
 misbehave.py stubborn PIDFILE    ignore SIGTERM, start a child that ignores it too, record both pids, sleep
 misbehave.py slowfiles N PIDFILE write N files, record the pid, then sleep 0.2 s per file (for crash tests)
 misbehave.py symlink | subdir    leave a symlink / a directory in out/
+misbehave.py swapout TARGET      replace out/ itself with a symlink to TARGET (exit 1 if it is not allowed to)
 misbehave.py fail                print a line and exit 3
 misbehave.py env                 write the environment it sees to out/env.json
 misbehave.py chatty LINES        print LINES long lines, then a final JSON report
@@ -15,7 +16,8 @@ misbehave.py escape PIDFILE [clean]  a grandchild calls setsid() and sleeps (wit
 misbehave.py peek                try to read the parent's (the worker's) /proc environ; write what happened to
                                  out/peek.json
 misbehave.py connect PORT        try to connect to 127.0.0.1:PORT; write the outcome to out/connect.json
-misbehave.py whoami              write uid, gid, groups, RLIMIT_NPROC and the working dir's owner to out/whoami.json
+misbehave.py whoami              write uid, gid, groups, RLIMIT_NPROC and the owners of the working dir and out/
+                                 to out/whoami.json
 """
 
 from __future__ import annotations
@@ -121,6 +123,14 @@ def main(mode: str, *args: str) -> int:
         report("slow files done")
     elif mode == "symlink":
         (OUT / "link.txt").symlink_to("/etc/hostname")
+    elif mode == "swapout":
+        try:
+            OUT.rmdir()
+            OUT.symlink_to(args[0])
+        except OSError as exc:
+            report(f"could not replace out/: {type(exc).__name__}", status="error")
+            return 1
+        report("replaced out/")
     elif mode == "subdir":
         (OUT / "nested").mkdir()
         write("nested/inner.txt", 3)
@@ -144,6 +154,7 @@ def main(mode: str, *args: str) -> int:
             "groups": os.getgroups(),
             "nproc": resource.getrlimit(resource.RLIMIT_NPROC)[0],
             "workdir_uid": os.stat(".").st_uid,
+            "out_uid": os.stat("out").st_uid,
         }
         (OUT / "whoami.json").write_text(json.dumps(facts))
     elif mode == "chatty":

@@ -2,8 +2,10 @@
 
 The agent protocol (documented for operators writing command agents):
 
-* the agent starts in a fresh working directory (its ``HOME``); ``input.json`` there holds the operation input,
-  ``in/`` holds the input files (``{"files": {name: base64}}``), and the agent writes its artifacts into ``out/``;
+* the agent starts in a fresh working directory; ``input.json`` there holds the operation input, ``in/`` holds
+  the input files (``{"files": {name: base64}}``), the agent writes its artifacts into ``out/``, and may write
+  to ``tmp/`` (``TMPDIR``) and ``home/`` (``HOME``); the directory itself is not writable by a separate agent
+  user, so ``out/`` cannot be replaced;
 * its environment is scrubbed: ``PATH``, ``HOME``, ``LANG``, ``TMPDIR`` and the ``AGENT_*`` variables below, and
   nothing else (no strongroom, S3 or Redis credentials);
 * it may print, as its last JSON line on stdout, ``{"status": "ok"|"error", "summary": "..."}``;
@@ -77,7 +79,11 @@ class Limits:
 
 @dataclass(frozen=True)
 class Workdir:
-    """The agent's fresh directory: ``input.json``, ``in/``, ``out/``, ``tmp/``."""
+    """The agent's fresh directory: ``input.json``, ``in/``, ``out/``, ``tmp/`` and ``home/`` (its ``HOME``).
+
+    The root itself stays the worker's (``sandbox.hand_over`` gives a separate agent user only the
+    subdirectories), so the agent cannot swap ``out/`` for a link to somewhere only the worker may read.
+    """
 
     root: Path
 
@@ -96,6 +102,27 @@ class Workdir:
     @property
     def tmp_dir(self) -> Path:
         return self.root / "tmp"
+
+    @property
+    def home_dir(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def agent_dirs(self) -> tuple[Path, ...]:
+        """What the agent may write to (everything else in the root is the worker's)."""
+        return (self.in_dir, self.out_dir, self.tmp_dir, self.home_dir)
+
+
+# out/ directories fresh_workdir created, by path: (st_dev, st_ino), so the worker can tell that the out/ it
+# reads is the one it made (outputs.open_out_dir), not a directory or link put in its place.
+_created_out: dict[str, tuple[int, int]] = {}
+_created_lock = threading.Lock()
+
+
+def created_out_dir(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of ``path`` as ``fresh_workdir`` created it; None for a directory it did not create."""
+    with _created_lock:
+        return _created_out.get(str(path))
 
 
 @dataclass
@@ -133,11 +160,17 @@ def fresh_workdir(base: Path | None, policy: SandboxPolicy | None = None) -> Ite
         base.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="strongroom-agent-", dir=base))
     workdir = Workdir(root)
-    for sub in (workdir.in_dir, workdir.out_dir, workdir.tmp_dir):
-        sub.mkdir(mode=0o700)
+    key = str(workdir.out_dir)
     try:
+        for sub in workdir.agent_dirs:
+            sub.mkdir(mode=0o700)
+        st = workdir.out_dir.lstat()
+        with _created_lock:
+            _created_out[key] = (st.st_dev, st.st_ino)
         yield workdir
     finally:
+        with _created_lock:
+            _created_out.pop(key, None)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -154,7 +187,7 @@ def agent_environment(
     env.setdefault("PATH", _DEFAULT_PATH)
     env.setdefault("LANG", "C.UTF-8")
     env.update(
-        HOME=str(workdir.root),
+        HOME=str(workdir.home_dir),
         TMPDIR=str(workdir.tmp_dir),
         AGENT_WORKDIR=str(workdir.root),
         AGENT_INPUT=str(workdir.input_file),
@@ -283,7 +316,7 @@ def run_agent(
     run_id = secrets.token_hex(16)
     env = agent_environment(workdir, parent_env, run_id)
     sandbox.check_executable(argv[0], env["PATH"], policy.identity)
-    sandbox.hand_over(workdir.root, policy.identity)
+    sandbox.hand_over(workdir.root, workdir.agent_dirs, policy.identity)
     started = time.monotonic()
     proc = _spawn(argv, workdir, limits, policy, env)
     tracker = sandbox.RunTracker(proc.pid, run_id)

@@ -347,16 +347,27 @@ def agent_base(configured: Path | None, identity: AgentIdentity | None) -> Path 
     return fallback
 
 
-def hand_over(root: Path, identity: AgentIdentity | None) -> None:
-    """Give the agent user its working directory (and the input files the worker wrote into it)."""
+def hand_over(root: Path, writable: Iterable[Path], identity: AgentIdentity | None) -> None:
+    """Give the agent user the ``writable`` subdirectories of its run directory (and what the worker put there).
+
+    The run directory itself stays the worker's, search-only for others (0711): the agent reaches its files by
+    name but cannot rename, remove or replace them, so ``out/`` stays the directory the worker created instead
+    of a link to something only the worker may read. ``input.json`` becomes the agent's to read.
+    """
     if identity is None:
         return
     if not identity.can_reach(root):
         raise SandboxUnavailable(AGENT_USER_VAR, "is set but the agent user cannot reach its working directory")
-    for current, dirs, files in os.walk(root):
-        os.chown(current, identity.uid, identity.gid, follow_symlinks=False)
-        for name in (*dirs, *files):
-            os.chown(os.path.join(current, name), identity.uid, identity.gid, follow_symlinks=False)
+    os.chmod(root, 0o711)  # noqa: S103 (search only: no listing, no writing)
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):  # input.json: the agent's to read (not to replace)
+                os.chown(entry.path, identity.uid, identity.gid, follow_symlinks=False)
+    for sub in writable:
+        for current, dirs, files in os.walk(sub):
+            os.chown(current, identity.uid, identity.gid, follow_symlinks=False)
+            for name in (*dirs, *files):
+                os.chown(os.path.join(current, name), identity.uid, identity.gid, follow_symlinks=False)
 
 
 def check_executable(argv0: str, search_path: str, identity: AgentIdentity | None) -> None:

@@ -15,7 +15,6 @@ import io
 import mimetypes
 import os
 import secrets
-import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ from shared import layout
 from shared.crypto import cobblestone, keywrap
 from shared.events import new_event, publish
 from shared.models import Encryption, OperationRecord, StoredArtifact, WrappedKey, utcnow
-from worker_service.agents.outputs import LimitExceeded, OutputFile, collect_outputs
+from worker_service.agents.outputs import OutputFile, changed, collect_outputs, open_output_fd
 from worker_service.agents.runner import Limits
 from worker_service.services import Services
 
@@ -64,32 +63,16 @@ def _looks_like_utf8(head: bytes) -> bool:
     return True
 
 
-def _changed(item: OutputFile) -> LimitExceeded:
-    return LimitExceeded(f"invalid artifact: {item.name!r} changed after the agent finished", code="artifact_changed")
-
-
 @contextmanager
 def open_output(item: OutputFile) -> Iterator[BinaryIO]:
     """Open an output file once, as ``collect_outputs`` saw it, for every later read.
 
-    A process the agent left behind may have swapped the path since: ``O_NOFOLLOW`` refuses a symlink (to
-    /dev/zero, to a secret), ``O_NONBLOCK`` keeps a FIFO from blocking the open forever, and ``fstat`` on the
-    descriptor insists on a regular file of the collected size. Callers never touch the path again.
+    A process the agent left behind may have swapped the file, or ``out/`` itself, since:
+    ``outputs.open_output_fd`` opens it through a no-follow descriptor of the very ``out/`` the worker created,
+    refuses links and FIFOs, and insists on the same regular file of the collected size. Callers never touch
+    the path again.
     """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(item.path, flags)
-    except OSError:  # ELOOP (a symlink), ENOENT (removed), ENXIO...
-        raise _changed(item) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != item.size:
-            raise _changed(item)
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    with os.fdopen(fd, "rb") as handle:
+    with os.fdopen(open_output_fd(item), "rb") as handle:
         yield handle
 
 
@@ -112,7 +95,7 @@ class _Bounded(io.RawIOBase):
 def _check_unchanged(src: BinaryIO, item: OutputFile, plaintext_size: int) -> None:
     """The bytes encrypted were the whole file as collected: same size read, same size now, nothing beyond."""
     if plaintext_size != item.size or os.fstat(src.fileno()).st_size != item.size:
-        raise _changed(item)
+        raise changed(item)
 
 
 def store_artifact(
@@ -180,7 +163,7 @@ def _store_embedded(
     src.seek(0)
     plaintext = src.read(item.size + 1)  # bounded by embedded_max_size; one byte more reveals growth
     if len(plaintext) != item.size or hashlib.sha256(plaintext).hexdigest() != sha256_hex:
-        raise _changed(item)
+        raise changed(item)
     ensure_owner()
     services.records.put_sealed(layout.embedded_key(record.id, item.name, run_id), plaintext)
     return True

@@ -53,7 +53,7 @@ def alive(pid: int) -> bool:
 
 def test_fresh_workdir_is_private_and_removed(tmp_path: Path) -> None:
     with fresh_workdir(tmp_path / "base") as wd:
-        assert wd.out_dir.is_dir() and wd.in_dir.is_dir() and wd.tmp_dir.is_dir()
+        assert all(sub.is_dir() for sub in (wd.out_dir, wd.in_dir, wd.tmp_dir, wd.home_dir))
         assert wd.root.stat().st_mode & 0o077 == 0
         root = wd.root
     assert not root.exists()
@@ -73,7 +73,7 @@ def test_environment_is_scrubbed(workdir: Workdir) -> None:
     seen = json.loads((workdir.out_dir / "env.json").read_text())
     assert not any(k.startswith(("STRONGROOM_", "AWS_", "REDIS_")) for k in seen)
     assert "SOMETHING_ELSE" not in seen
-    assert seen["HOME"] == str(workdir.root)
+    assert seen["HOME"] == str(workdir.home_dir)
     assert seen["TMPDIR"] == str(workdir.tmp_dir)
     assert seen["PATH"] == "/usr/bin"
     assert agent_environment(workdir, {})["PATH"]  # a default PATH when the parent has none
@@ -118,7 +118,7 @@ def test_disk_limit_kills_the_agent(workdir: Workdir) -> None:
 
 
 def test_cancel_kills_the_whole_group_even_when_sigterm_is_ignored(workdir: Workdir) -> None:
-    pidfile = workdir.root / "pids.json"  # written by the agent: possibly another user, so in its own directory
+    pidfile = workdir.tmp_dir / "pids.json"  # written by the agent: possibly another user, so in its own directory
     started = time.monotonic()
 
     def should_stop() -> bool:

@@ -208,7 +208,8 @@ def test_agent_runs_as_the_agent_user_with_nproc_limit(workdir: Workdir) -> None
     run = run_agent(misbehave("whoami"), workdir, LIMITS, policy=SandboxPolicy.from_env(NOBODY_ENV))
     assert run.exit_code == 0, run.logs
     facts = json.loads((workdir.out_dir / "whoami.json").read_text())
-    assert facts["uid"] == NOBODY and facts["workdir_uid"] == NOBODY
+    assert facts["uid"] == NOBODY and facts["out_uid"] == NOBODY
+    assert facts["workdir_uid"] == 0  # the run directory stays the worker's: out/ cannot be swapped
     assert facts["groups"] in ([], [facts["gid"]])  # no supplementary groups of the worker
     assert facts["nproc"] == sandbox.AGENT_MAX_PROCESSES
 
