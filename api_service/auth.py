@@ -20,7 +20,7 @@ from starlette.requests import Request
 from api_service.errors import PayloadTooLarge
 from shared.auth.base import AuthorityError, normalize_authority
 from shared.auth.headers import claimed_address
-from shared.auth.replay import FailureLimited, count_failure
+from shared.auth.replay import FailureLimited, SignerRateLimited, count_failure
 from shared.auth.verifier import SignedRequest, VerifiedSigner, Verifier
 from shared.errors import AuthError, RateLimited, StrongroomError
 from shared.events import apublish_refusal, new_event
@@ -73,8 +73,9 @@ async def authenticate(request: Request) -> VerifiedSigner:
         raise
     except (AuthError, RateLimited, PayloadTooLarge) as exc:  # the client's doing: charged to its budget
         limit = settings.auth_failures_per_minute
-        await count_failure(_state(request, "redis"), client, limit=limit, now=time.time())
-        actor = claimed_address(headers) if isinstance(exc, RateLimited) else None
+        claimed = claimed_address(headers)  # also charged to (client, address): the budget of the ERC-1271 path
+        await count_failure(_state(request, "redis"), client, limit=limit, now=time.time(), address=claimed)
+        actor = claimed if isinstance(exc, SignerRateLimited) else None  # the only refusal with a proven signer
         await _audit_refusal(request, reason=exc.code, actor=actor)
         raise
     except StrongroomError as exc:  # a dependency is down: not the client's fault, so not charged

@@ -202,6 +202,17 @@ def redis_auth_failure_key(client: str, window: int) -> str:
     return f"{REDIS_PREFIX}authfail:{client}:{window}"
 
 
+def redis_wallet_failure_key(client: str, address: str, window: int) -> str:
+    """Refused requests from one client naming one keyid address in one rate window: the budget that gates the
+    ERC-1271 path, so a neighbour behind the same NAT cannot use up a contract-wallet user's budget."""
+    return f"{REDIS_PREFIX}authfail-wallet:{address.lower()}:{client}:{window}"
+
+
+def redis_rpc_budget_key(window: int) -> str:
+    """ERC-1271 RPC calls made by all API replicas together in one rate window."""
+    return f"{REDIS_PREFIX}rpc-budget:{window}"
+
+
 def redis_cancel_key(operation_id: str) -> str:
     return f"{REDIS_PREFIX}cancel:{operation_id}"
 

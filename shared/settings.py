@@ -156,6 +156,13 @@ class Settings:
         "Refused signed requests per client IP (IPv6: per /64) per minute before 429; bounds the audit events "
         "and ERC-1271 RPC calls unauthenticated traffic can cause. Counted in Redis, fail closed (0 disables).",
     )
+    eth_rpc_calls_per_minute: int = _opt(
+        "STRONGROOM_ETH_RPC_CALLS_PER_MINUTE",
+        "600",
+        "ERC-1271 RPC calls (eth_getCode/eth_call not answered from cache) all API replicas together make per "
+        "minute; past it contract-wallet signatures get 503 `rpc_busy` with Retry-After until the minute ends. "
+        "Bounds what many clients and addresses can cost in RPC. Counted in Redis, fail closed (0 disables).",
+    )
     audit_refusals_maxlen: int = _opt(
         "STRONGROOM_AUDIT_REFUSALS_MAXLEN",
         "100000",
@@ -384,6 +391,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "signature_clock_skew": lambda var, raw: _int(var, raw, 0),
     "rate_limit_per_minute": lambda var, raw: _int(var, raw, 0),
     "auth_failures_per_minute": lambda var, raw: _int(var, raw, 0),
+    "eth_rpc_calls_per_minute": lambda var, raw: _int(var, raw, 0),
     "worker_metrics_port": lambda var, raw: _int(var, raw, 0),
     "keyring_file": lambda var, raw: Path(raw) if raw else None,
     "work_dir": lambda var, raw: Path(raw) if raw else None,

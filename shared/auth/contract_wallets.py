@@ -2,7 +2,9 @@
 
 The verifier only needs "is there a contract at ``address``?" and "does it accept ``signature`` over ``digest``?".
 The first question (``eth_getCode``, cached per address) keeps bad signatures for plain EOAs from costing an
-``eth_call`` each: their digests are unique, so the answer cache could never absorb them. Production builds
+``eth_call`` each: their digests are unique, so the answer cache could never absorb them. Each question takes a
+``before_rpc`` hook, awaited only when the cache cannot answer: the verifier's global RPC budget, which may raise
+instead of letting the call happen. Production builds
 ``Web3ContractWallets`` from ``STRONGROOM_ETH_RPC_URL``; tests pass the same class built on web3's
 ``EthereumTesterProvider``, so the code under test is the code that runs. web3 is an optional dependency
 (``strongroom[contracts]``) and is imported only when an RPC URL is configured.
@@ -14,7 +16,7 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from shared.errors import AuthError, Unavailable
@@ -25,14 +27,20 @@ CACHE_TTL_SECONDS = 30.0
 CODE_CACHE_TTL_SECONDS = 60.0  # a wallet deployed after a "no code" answer is usable within a minute
 CACHE_SIZE = 4096
 
+RpcHook = Callable[[], Awaitable[None]]
+
 
 class ContractWallets(Protocol):
     """Answers ERC-1271 questions for one chain. Raises ``Unavailable`` when the chain cannot be asked, and
-    ``AuthError`` (``contract_wallet_unsupported``) for a chain it does not serve."""
+    ``AuthError`` (``contract_wallet_unsupported``) for a chain it does not serve. ``before_rpc`` is awaited
+    before each RPC call the implementation actually makes (not for cached answers); whatever it raises
+    propagates and the call is not made."""
 
-    async def has_code(self, chain_id: int, address: str) -> bool: ...
+    async def has_code(self, chain_id: int, address: str, *, before_rpc: RpcHook | None = None) -> bool: ...
 
-    async def is_valid_signature(self, chain_id: int, address: str, digest: bytes, signature: bytes) -> bool: ...
+    async def is_valid_signature(
+        self, chain_id: int, address: str, digest: bytes, signature: bytes, *, before_rpc: RpcHook | None = None
+    ) -> bool: ...
 
 
 def encode_is_valid_signature(digest: bytes, signature: bytes) -> bytes:
@@ -78,23 +86,35 @@ class Web3ContractWallets:
         provider = HTTPProvider(settings.eth_rpc_url, request_kwargs={"timeout": settings.eth_rpc_timeout})
         return cls(Web3(provider), timeout=settings.eth_rpc_timeout)
 
-    async def has_code(self, chain_id: int, address: str) -> bool:
+    async def has_code(self, chain_id: int, address: str, *, before_rpc: RpcHook | None = None) -> bool:
         """Whether ``address`` holds contract code (``eth_getCode``), cached per address for ``code_cache_ttl``."""
         key = (chain_id, address.lower())
-        return await self._cached(self._code_cache, key, self._code_cache_ttl, self._code_at, chain_id, address)
+        ttl = self._code_cache_ttl
+        return await self._cached(self._code_cache, key, ttl, before_rpc, self._code_at, chain_id, address)
 
-    async def is_valid_signature(self, chain_id: int, address: str, digest: bytes, signature: bytes) -> bool:
+    async def is_valid_signature(
+        self, chain_id: int, address: str, digest: bytes, signature: bytes, *, before_rpc: RpcHook | None = None
+    ) -> bool:
         key = hashlib.sha256(b"|".join([str(chain_id).encode(), address.lower().encode(), digest, signature])).digest()
-        return await self._cached(self._cache, key, self._cache_ttl, self._ask, chain_id, address, digest, signature)
+        args = (chain_id, address, digest, signature)
+        return await self._cached(self._cache, key, self._cache_ttl, before_rpc, self._ask, *args)
 
     async def _cached(
-        self, cache: OrderedDict[Any, tuple[float, bool]], key: Any, ttl: float, ask: Callable[..., bool], *args: Any
+        self,
+        cache: OrderedDict[Any, tuple[float, bool]],
+        key: Any,
+        ttl: float,
+        before_rpc: RpcHook | None,
+        ask: Callable[..., bool],
+        *args: Any,
     ) -> bool:
         """One RPC question in a worker thread, with the timeout and a bounded TTL cache; failures are never a yes."""
         now = self._clock()
         cached = cache.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
+        if before_rpc is not None:
+            await before_rpc()
         try:
             result = await asyncio.wait_for(asyncio.to_thread(ask, *args), self._timeout)
         except (AuthError, Unavailable):

@@ -1,5 +1,5 @@
-"""Redis state for signed requests: single-use nonces, per-address rate limits and per-client failure budgets.
-All fail closed.
+"""Redis state for signed requests: single-use nonces, per-address rate limits, per-client failure budgets and the
+global ERC-1271 RPC budget. All fail closed.
 
 A nonce is consumed with one atomic ``SET key 1 NX EX ttl`` (no check-then-insert race between API replicas),
 keyed by (keyid, nonce) and never by signature bytes, which an attacker could re-encode. Any Redis error becomes
@@ -20,7 +20,14 @@ from redis.exceptions import NoScriptError, RedisError
 
 from shared.errors import AuthError, RateLimited, Unavailable
 from shared.events import STREAM_MAXLEN
-from shared.layout import REDIS_AUDIT_STREAM, redis_auth_failure_key, redis_nonce_key, redis_rate_key
+from shared.layout import (
+    REDIS_AUDIT_STREAM,
+    redis_auth_failure_key,
+    redis_nonce_key,
+    redis_rate_key,
+    redis_rpc_budget_key,
+    redis_wallet_failure_key,
+)
 
 NONCE_GRACE_SECONDS = 60  # kept past ``expires`` so clock skew cannot reopen the window
 RATE_WINDOW_SECONDS = 60
@@ -120,33 +127,101 @@ def _nonce_ttl(expires: int, now: float) -> int:
     return max(1, int(expires + NONCE_GRACE_SECONDS - now))
 
 
-def _rate_limited(window: int, now: float) -> RateLimited:
+class SignerRateLimited(RateLimited):
+    """429 for a verified signer over its per-address rate limit: the one refusal that may name its signer."""
+
+
+def _rate_limited(window: int, now: float) -> SignerRateLimited:
     retry_after = max(1, int((window + 1) * RATE_WINDOW_SECONDS - now))
-    return RateLimited("too many signed requests for this address", retry_after=retry_after)
+    return SignerRateLimited("too many signed requests for this address", retry_after=retry_after)
 
 
 class FailureLimited(RateLimited):
-    """429 for a client that has used up its refused-request budget: nothing more is verified, looked up on chain
-    or audited for it until the window ends, so unauthenticated traffic cannot flood the audit trail or the RPC."""
+    """429 for a client that has used up its refused-request budget: its further refusals are not audited until
+    the window ends, so one client cannot flood the audit trail; and for a (client, keyid address) pair out of
+    budget, the ERC-1271 path is not taken (no RPC call). Good signatures from the client still verify."""
 
     def __init__(self, retry_after: int) -> None:
         super().__init__("too many refused requests from this client; retry later", retry_after=retry_after)
 
 
-def _failure_window(client: str, now: float) -> tuple[str, int]:
+class RpcBusy(RateLimited):
+    """503 with ``Retry-After`` once all API replicas together have made ``STRONGROOM_ETH_RPC_CALLS_PER_MINUTE``
+    ERC-1271 RPC calls this minute: the chain is not down, the server is protecting its RPC quota."""
+
+    status = 503
+    code = "rpc_busy"
+    title = "Contract-wallet verification busy"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many contract-wallet verifications right now; retry later", retry_after=retry_after)
+
+
+def _retry_after(now: float) -> tuple[int, int]:
     window = int(now // RATE_WINDOW_SECONDS)
-    retry_after = max(1, int((window + 1) * RATE_WINDOW_SECONDS - now))
-    return redis_auth_failure_key(client, window), retry_after
+    return window, max(1, int((window + 1) * RATE_WINDOW_SECONDS - now))
 
 
-async def count_failure(redis: aioredis.Redis, client: str, *, limit: int, now: float) -> None:
+async def count_failure(
+    redis: aioredis.Redis, client: str, *, limit: int, now: float, address: str | None = None
+) -> None:
     """Count one refusal for ``client`` (an IP, see ``api_service.auth``); ``FailureLimited`` once over ``limit``.
 
+    With the keyid ``address`` the request claimed, the refusal is also counted for the (``client``, ``address``)
+    pair, the budget that gates the ERC-1271 path (``check_failure_budget``). Fixed one-minute windows, one
+    transaction; ``limit == 0`` disables both. Redis errors are ``Unavailable``.
+    """
+    if limit <= 0:
+        return
+    window, retry_after = _retry_after(now)
+    keys = [redis_auth_failure_key(client, window)]
+    if address is not None:
+        keys.append(redis_wallet_failure_key(client, address, window))
+    try:
+        async with redis.pipeline(transaction=True) as pipe:
+            for key in keys:
+                pipe.incr(key)
+                pipe.expire(key, RATE_WINDOW_SECONDS * 2)
+            results = await pipe.execute()
+    except (RedisError, OSError):
+        raise store_unavailable() from None
+    if int(results[0]) > limit:
+        raise FailureLimited(retry_after)
+
+
+async def check_failure_budget(
+    redis: aioredis.Redis, client: str, *, limit: int, now: float, address: str | None = None
+) -> None:
+    """``FailureLimited`` if ``client`` has no refusals left this window, checked before costly work.
+
+    With ``address`` only the (``client``, ``address``) pair's refusals count: that is how the ERC-1271 path is
+    gated, so a neighbour behind the same NAT or proxy who uses up the IP's budget cannot lock a contract-wallet
+    user out (only refusals naming that same wallet, from that same IP, can).
+    """
+    if limit <= 0:
+        return
+    window, retry_after = _retry_after(now)
+    key = (
+        redis_auth_failure_key(client, window) if address is None else redis_wallet_failure_key(client, address, window)
+    )
+    try:
+        count = await redis.get(key)
+    except (RedisError, OSError):
+        raise store_unavailable() from None
+    if count is not None and int(count) >= limit:
+        raise FailureLimited(retry_after)
+
+
+async def spend_rpc_call(redis: aioredis.Redis, *, limit: int, now: float) -> None:
+    """Count one ERC-1271 RPC call against the budget shared by all API replicas; ``RpcBusy`` once over ``limit``.
+
+    Called right before each call that the contract-wallet cache cannot answer, so cached answers cost nothing.
     Fixed one-minute window, one INCR and one EXPIRE; ``limit == 0`` disables it. Redis errors are ``Unavailable``.
     """
     if limit <= 0:
         return
-    key, retry_after = _failure_window(client, now)
+    window, retry_after = _retry_after(now)
+    key = redis_rpc_budget_key(window)
     try:
         async with redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
@@ -155,17 +230,4 @@ async def count_failure(redis: aioredis.Redis, client: str, *, limit: int, now: 
     except (RedisError, OSError):
         raise store_unavailable() from None
     if int(count) > limit:
-        raise FailureLimited(retry_after)
-
-
-async def check_failure_budget(redis: aioredis.Redis, client: str, *, limit: int, now: float) -> None:
-    """``FailureLimited`` if ``client`` has no refusals left this window (checked before costly work: RPC calls)."""
-    if limit <= 0:
-        return
-    key, retry_after = _failure_window(client, now)
-    try:
-        count = await redis.get(key)
-    except (RedisError, OSError):
-        raise store_unavailable() from None
-    if count is not None and int(count) >= limit:
-        raise FailureLimited(retry_after)
+        raise RpcBusy(retry_after)

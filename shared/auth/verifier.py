@@ -7,9 +7,13 @@ counts only fresh, verified requests, so replaying a captured request cannot exh
 Redis steps, and the caller's audit event for an accepted request, run as one atomic script (``replay.admit``):
 one round trip per accepted request. Recovery calls libsecp256k1 directly (``recovery.py``).
 
-The API counts refusals per client (``SignedRequest.client``); the verifier consults that budget before the one
-costly step a refusal can trigger, the ERC-1271 RPC path, so a client that has used it up gets 429
-``FailureLimited`` instead of more RPC calls. Good EOA signatures from the same client still verify.
+The API counts refusals per client (``SignedRequest.client``) and per (client, keyid address) pair; the verifier
+consults the pair's budget before the one costly step a refusal can trigger, the ERC-1271 RPC path, so a client
+that keeps failing for one address gets 429 ``FailureLimited`` instead of more RPC calls, while a neighbour behind
+the same NAT failing for other addresses cannot lock a contract-wallet user out. Every RPC call that the wallet
+cache cannot answer is also charged to one budget shared by all replicas (``STRONGROOM_ETH_RPC_CALLS_PER_MINUTE``,
+503 ``rpc_busy`` past it), which bounds what many clients cycling many addresses can cost. Good EOA signatures
+never touch either budget.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from shared.auth.base import DIGEST_ALGORITHMS, REQUIRED_COMPONENTS, ComponentEr
 from shared.auth.contract_wallets import ContractWallets
 from shared.auth.headers import ParsedSignature, malformed, parse_dictionary, parse_signature
 from shared.auth.recovery import eip191_digest, recover_address
-from shared.auth.replay import admit, check_failure_budget
+from shared.auth.replay import admit, check_failure_budget, spend_rpc_call
 from shared.errors import AuthError, NotGrantee
 from shared.events import encode
 from shared.models import AuditEvent
@@ -140,8 +144,9 @@ class Verifier:
             raise AuthError("the request authority is not served here", code="authority_not_allowed")
 
     async def _check_signature(self, parsed: ParsedSignature, base: str, client: str | None, now: float) -> None:
-        """EOA recovery first (local, cheap). The ERC-1271 path costs RPC calls, so it is taken only for a client
-        with failures left in its budget, and only when the keyid address holds contract code."""
+        """EOA recovery first (local, cheap). The ERC-1271 path costs RPC calls, so it is taken only while this
+        (client, keyid address) pair has failures left in its budget, each call not answered from cache is charged
+        to the global RPC budget, and ``eth_call`` is made only when the keyid address holds contract code."""
         digest = eip191_digest(base)
         recovered = recover_address(digest, parsed.signature)
         if recovered is not None and hmac.compare_digest(recovered, parsed.address):
@@ -152,11 +157,16 @@ class Verifier:
             raise invalid  # without an RPC endpoint a contract wallet and a wrong key look the same
         if client is not None:
             limit = self._settings.auth_failures_per_minute
-            await check_failure_budget(self._redis, client, limit=limit, now=now)
-        if not await wallets.has_code(parsed.chain_id, parsed.address):
+            await check_failure_budget(self._redis, client, limit=limit, now=now, address=parsed.address)
+
+        async def spend() -> None:
+            await spend_rpc_call(self._redis, limit=self._settings.eth_rpc_calls_per_minute, now=self._clock())
+
+        if not await wallets.has_code(parsed.chain_id, parsed.address, before_rpc=spend):
             raise invalid  # an EOA: no contract could accept it, so no eth_call
         # ERC-8128 s. 4: a wallet is asked about the EIP-191 hash of the signature base.
-        if not await wallets.is_valid_signature(parsed.chain_id, parsed.address, digest, parsed.signature):
+        chain_id, address, signature = parsed.chain_id, parsed.address, parsed.signature
+        if not await wallets.is_valid_signature(chain_id, address, digest, signature, before_rpc=spend):
             raise invalid
 
 

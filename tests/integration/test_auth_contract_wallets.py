@@ -124,8 +124,9 @@ class NoRedisNeeded:
         return True
 
 
-def verifier_for(w3: Any, redis: Any, **overrides: Any) -> Verifier:
+def verifier_for(w3: Any, redis: Any, clock: Any = time.time, **overrides: Any) -> Verifier:
     chain_id = int(w3.eth.chain_id)
+    overrides.setdefault("eth_rpc_calls_per_minute", 0)  # the budget tests below turn it on, with a real Redis
     settings = Settings.from_env(
         {"REDIS_URL": "redis://127.0.0.1:1/0"},
         allowed_chain_ids=(1, chain_id),
@@ -133,7 +134,7 @@ def verifier_for(w3: Any, redis: Any, **overrides: Any) -> Verifier:
         eth_rpc_url="http://in-process",
         **overrides,
     )
-    return Verifier(settings, redis, contract_wallets=Web3ContractWallets(w3, timeout=10))
+    return Verifier(settings, redis, clock=clock, contract_wallets=Web3ContractWallets(w3, timeout=10))
 
 
 def test_owner_signature_is_accepted_for_the_wallet(chain: Any, redis_url: str) -> None:
@@ -256,31 +257,118 @@ def test_an_eoa_bad_signature_makes_no_eth_call(recorded_chain: Any, rpc_log: li
     assert rpc_log.count("eth_getCode") == 1 and rpc_log.count("eth_call") == 1
 
 
-def test_a_client_out_of_refusals_gets_no_rpc_at_all(recorded_chain: Any, redis_url: str, rpc_log: list[str]) -> None:
-    """Finding 8: the per-client failure budget is checked before the ERC-1271 path spends any RPC call."""
+def _with_client(request: SignedRequest, client: str) -> SignedRequest:
+    return SignedRequest(**{**request.__dict__, "client": client})
+
+
+def _fresh_client() -> str:
     import secrets
 
+    return f"192.0.2.{secrets.randbelow(250) + 1}:{secrets.token_hex(4)}"  # unique per test run (a key, not an IP)
+
+
+def test_a_client_out_of_refusals_for_the_wallet_gets_no_rpc_at_all(
+    recorded_chain: Any, redis_url: str, rpc_log: list[str]
+) -> None:
+    """Finding 8: the (client, keyid address) failure budget is checked before the ERC-1271 path spends any RPC
+    call; the same client may still try another address, and another client the same one."""
     import redis.asyncio as aioredis
 
     from shared.auth.replay import FailureLimited, count_failure
 
     owner = "0x" + "a7" * 32
     wallet = deploy_wallet(recorded_chain, Account.from_key(owner).address)
-    client = f"192.0.2.{secrets.randbelow(250) + 1}"
-    stranger = contract_signed("0x" + "b7" * 32, wallet, int(recorded_chain.eth.chain_id))
-    stranger = SignedRequest(**{**stranger.__dict__, "client": client})
+    other_wallet = deploy_wallet(recorded_chain, Account.from_key("0x" + "a8" * 32).address)
+    client, elsewhere = _fresh_client(), _fresh_client()
+    chain_id = int(recorded_chain.eth.chain_id)
 
     async def run() -> None:
         redis = aioredis.Redis.from_url(redis_url)
         try:
             verifier = verifier_for(recorded_chain, redis, auth_failures_per_minute=2)
-            rpc_log.clear()
             for _ in range(2):
-                await count_failure(redis, client, limit=2, now=time.time())
+                await count_failure(redis, client, limit=2, now=time.time(), address=wallet)
+            rpc_log.clear()
             with pytest.raises(FailureLimited):
-                await verifier.verify(stranger)
+                await verifier.verify(_with_client(contract_signed("0x" + "b7" * 32, wallet, chain_id), client))
+            assert rpc_log == []
+            for stranger in (_with_client(contract_signed("0x" + "b7" * 32, other_wallet, chain_id), client),
+                             _with_client(contract_signed("0x" + "b7" * 32, wallet, chain_id), elsewhere)):  # fmt: skip
+                with pytest.raises(AuthError) as info:
+                    await verifier.verify(stranger)
+                assert info.value.code == "signature_invalid"
+            assert rpc_log.count("eth_call") == 2
         finally:
             await redis.aclose()
 
     asyncio.run(run())
-    assert rpc_log == []
+
+
+def test_a_neighbour_behind_the_same_ip_cannot_lock_out_a_wallet_user(recorded_chain: Any, redis_url: str) -> None:
+    """Finding 8: the neighbour uses up the shared IP's whole failure budget, on other addresses and on no address
+    at all; the contract-wallet user behind the same IP still signs in (before, the IP budget gated ERC-1271)."""
+    import redis.asyncio as aioredis
+
+    from shared.auth.replay import FailureLimited, count_failure
+
+    owner = "0x" + "a9" * 32
+    wallet = deploy_wallet(recorded_chain, Account.from_key(owner).address)
+    shared_ip = _fresh_client()
+    chain_id = int(recorded_chain.eth.chain_id)
+
+    async def run() -> Any:
+        redis = aioredis.Redis.from_url(redis_url)
+        try:
+            verifier = verifier_for(recorded_chain, redis, auth_failures_per_minute=3)
+            with pytest.raises(FailureLimited):
+                for n in range(10):
+                    address = None if n % 2 else "0x" + f"{n:02x}" * 20
+                    await count_failure(redis, shared_ip, limit=3, now=time.time(), address=address)
+            return await verifier.verify(_with_client(contract_signed(owner, wallet, chain_id), shared_ip))
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(run()).address == wallet
+
+
+def test_the_global_rpc_budget_bounds_calls_across_clients_and_addresses(
+    recorded_chain: Any, redis_url: str, rpc_log: list[str]
+) -> None:
+    """Finding 8: fresh clients and fresh addresses each start with a full pair budget, so what bounds their total
+    RPC cost is the budget all replicas share; past it the answer is 503 rpc_busy with Retry-After and no call."""
+    import redis.asyncio as aioredis
+
+    from shared.auth.replay import RpcBusy
+    from shared.layout import redis_rpc_budget_key
+
+    chain_id = int(recorded_chain.eth.chain_id)
+    owner = "0x" + "aa" * 32
+    wallet = deploy_wallet(recorded_chain, Account.from_key(owner).address)
+
+    async def run() -> list[str]:
+        redis = aioredis.Redis.from_url(redis_url)
+        now = time.time()  # frozen: every call falls in one budget window, however slow the test runs
+        try:
+            await redis.delete(redis_rpc_budget_key(int(now // 60)))
+            verifier = verifier_for(recorded_chain, redis, clock=lambda: now, eth_rpc_calls_per_minute=3)
+            outcomes = []
+            rpc_log.clear()
+            for n in range(5):  # a fresh EOA address each time: a cache miss for eth_getCode each time
+                victim = Account.from_key("0x" + f"{n + 0xD0:02x}" * 32).address.lower()
+                request = _with_client(contract_signed("0x" + "c2" * 32, victim, chain_id), _fresh_client())
+                try:
+                    await verifier.verify(request)
+                except RpcBusy as exc:
+                    assert (exc.status, exc.code) == (503, "rpc_busy") and 1 <= exc.retry_after <= 60
+                    outcomes.append("busy")
+                except AuthError as exc:
+                    outcomes.append(exc.code)
+            assert rpc_log.count("eth_getCode") == 3 and "eth_call" not in rpc_log
+            with pytest.raises(RpcBusy):  # a real wallet's fresh digest needs an eth_call, which is not made
+                await verifier.verify(_with_client(contract_signed(owner, wallet, chain_id), "x"))
+            assert rpc_log.count("eth_call") == 0
+            return outcomes
+        finally:
+            await redis.aclose()
+
+    assert asyncio.run(run()) == ["signature_invalid"] * 3 + ["busy"] * 2

@@ -32,7 +32,13 @@ from shared.auth.signer import sign_request
 from shared.auth.verifier import Verifier
 from shared.devstack import free_port
 from shared.events import decode
-from shared.layout import REDIS_AUDIT_REFUSALS, REDIS_AUDIT_STREAM, new_operation_id
+from shared.layout import (
+    REDIS_AUDIT_REFUSALS,
+    REDIS_AUDIT_STREAM,
+    new_operation_id,
+    redis_auth_failure_key,
+    redis_wallet_failure_key,
+)
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -351,6 +357,35 @@ def test_a_body_over_the_limit_is_charged_to_the_clients_budget(redis_url: str) 
         assert api.send("GET", OPERATIONS, headers=api.headers("GET", OPERATIONS)).status_code == 200
     refused = _events_after(redis, start, REDIS_AUDIT_REFUSALS)
     assert [(e.reason, e.actor) for e in refused if e.result == "denied"] == [("input_too_large", None)] * 2
+
+
+def test_refusals_naming_an_address_are_also_charged_to_that_client_and_address(redis_url: str) -> None:
+    """Finding 8: what gates the ERC-1271 path is the (client, keyid address) count, so the API charges a refusal
+    to it whenever the request names an address; a refusal naming none is charged to the client alone."""
+    peer = f"198.51.100.{secrets.randbelow(250) + 1}"
+    api = Api(redis_url, client=(peer, 4000), auth_failures_per_minute=10)
+    forger = Account.from_key("0x" + secrets.token_hex(32))
+    redis = sync_redis.Redis.from_url(redis_url)
+    with api.client:
+        window = int(time.time() // 60)
+        for _ in range(2):  # signed by another key, naming api.address
+            headers = sign_request(_Impostor(forger, api.address), "GET", OPERATIONS, created=api.now)
+            assert_problem(api.send("GET", OPERATIONS, headers=headers), 401, "signature_invalid")
+        assert_problem(api.send("GET", OPERATIONS), 401, "signature_missing")
+    if int(time.time() // 60) != window:
+        pytest.skip("the minute changed while the test ran")  # counts are per fixed window
+    assert int(redis.get(redis_auth_failure_key(peer, window)) or 0) == 3
+    assert int(redis.get(redis_wallet_failure_key(peer, api.address, window)) or 0) == 2
+
+
+class _Impostor:
+    """Signs with ``account`` while claiming ``address`` in the keyid (what a forger, or a wallet SDK, sends)."""
+
+    def __init__(self, account: Any, address: str) -> None:
+        self._account, self.address = account, address
+
+    def sign_message(self, message: Any) -> Any:
+        return self._account.sign_message(message)
 
 
 def test_refusals_fail_closed_when_redis_is_down() -> None:
