@@ -318,8 +318,9 @@ def run_agent(
     sandbox.check_executable(argv[0], env["PATH"], policy.identity)
     sandbox.hand_over(workdir.root, workdir.agent_dirs, policy.identity)
     started = time.monotonic()
-    proc = _spawn(argv, workdir, limits, policy, env)
-    tracker = sandbox.RunTracker(proc.pid, run_id)
+    with sandbox.spawning():  # no other run claims our child as an orphan before it is registered as ours
+        proc = _spawn(argv, workdir, limits, policy, env)
+        tracker = sandbox.RunTracker(proc.pid, run_id)
     assert proc.stdout is not None
     tail = _Tail(proc.stdout)
     log.info("agent.started", pid=proc.pid, program=Path(argv[0]).name, network=policy.network,

@@ -44,8 +44,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -451,6 +451,11 @@ def probe(policy: SandboxPolicy) -> str | None:
     """
     if policy.network == "allowed" and policy.identity is None:
         return None
+    with spawning():  # the throw-away child belongs to no run: nobody may claim it as an orphan
+        return _probe_in_child(policy)
+
+
+def _probe_in_child(policy: SandboxPolicy) -> str | None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit status only
         code = 0
@@ -526,6 +531,25 @@ def _environ_has(pid: int, marker: bytes) -> bool:
 
 _active_lock = threading.Lock()
 _active: dict[str, RunTracker] = {}
+_spawning = 0  # children forked (or about to be) whose run is not registered yet; guarded by _active_lock
+
+
+@contextmanager
+def spawning() -> Iterator[None]:
+    """Hold from before a fork until the child's ``RunTracker`` is registered (or the fork failed).
+
+    Between ``fork`` and the registration the new child is a direct child of this process that no run accounts
+    for: exactly what another run's orphan claiming kills. While any spawn is in flight nobody claims orphans
+    (they are claimed by a later cleanup instead).
+    """
+    global _spawning
+    with _active_lock:
+        _spawning += 1
+    try:
+        yield
+    finally:
+        with _active_lock:
+            _spawning -= 1
 
 
 @dataclass
@@ -589,7 +613,9 @@ class RunTracker:
         mine = [table[pid] for pid, start in keys if pid in table and table[pid].starttime == start]
         if not _claims_orphans:
             return mine
-        with _active_lock:
+        with _active_lock:  # after the table was read: every child in it has a registered run or is in flight
+            if _spawning:
+                return mine
             others = [tracker for tracker in _active.values() if tracker is not self]
         for tracker in others:
             tracker.observe(table)
@@ -607,18 +633,20 @@ class RunTracker:
         """
         spare = set(keep_waiting_for)
         killed: set[tuple[int, int]] = set()
+        me = os.getpid()
         deadline = time.monotonic() + REAP_TIMEOUT
         try:
             while True:
                 table = process_table()
                 self.observe(table)
-                targets = [info for info in self._targets(table) if info.pid != os.getpid()]
+                targets = [info for info in self._targets(table) if info.pid != me]
                 if not targets:
                     return len(killed)
+                waited_for = spare | _run_roots()  # each run's Popen reaps its own child
                 for info in targets:
                     if info.state != "Z" and _kill(info):
                         killed.add(info.key)
-                    if info.ppid == os.getpid() and info.pid not in spare:
+                    if info.ppid == me and info.pid not in waited_for:
                         _reap(info.pid)
                 if time.monotonic() > deadline:
                     log.warning("sandbox.survivors", count=len(targets))
@@ -626,6 +654,12 @@ class RunTracker:
                 time.sleep(0.01)
         finally:
             self.close()
+
+
+def _run_roots() -> set[int]:
+    """The agent pids active runs' ``Popen`` objects will wait for themselves."""
+    with _active_lock:
+        return {tracker.root_pid for tracker in _active.values()}
 
 
 def _kill(info: ProcInfo) -> bool:

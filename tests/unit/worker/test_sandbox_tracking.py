@@ -1,0 +1,44 @@
+"""Which processes belong to which run: concurrent runs in one agent host never kill or reap each other's.
+
+Review 2, finding 3: with the threads pool, run A's cleanup claimed run B's freshly forked agent as an orphan
+(it was not registered yet) and SIGKILLed it, about one run in ten. Finding 10: a new session whose id reuses an
+old member's pid was attributed to the old run. The host-level checks run in tests/agents/race_host.py, a clean
+agent host: claiming orphans inside pytest would kill the session's Redis and S3 servers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[3]
+RACE_HOST = str(REPO / "tests" / "agents" / "race_host.py")
+
+
+def race_host(*args: str) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, RACE_HOST, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_many_concurrent_short_runs_never_kill_each_other() -> None:
+    result = race_host("race", "300", "8")
+    assert result["outcomes"] == ["exited"] * 300
+    assert [code for code in result["exit_codes"] if code != 0] == []  # -9: another run's cleanup killed it
+
+
+def test_orphan_claiming_waits_while_a_spawn_is_in_flight() -> None:
+    """A child no run accounts for yet is spared while a spawn is in flight, and claimed once none is."""
+    assert race_host("inflight") == {"spared_in_flight": True, "claimed_after": 1, "gone_after": True}
