@@ -593,11 +593,24 @@ class RunTracker:
                     continue
                 parent = table.get(info.ppid)
                 by_ancestry = parent is not None and parent.key in self.members
-                if by_ancestry or info.sid in self.sessions:
+                if by_ancestry or self._in_our_session(info, table):
                     self.members[info.key] = info
                     self.sessions.add(info.sid)
                 elif info.state != "Z" and _environ_has(info.pid, self._marker):
                     self.members[info.key] = info
+
+    def _in_our_session(self, info: ProcInfo, table: Mapping[int, ProcInfo]) -> bool:
+        """In a session one of our processes had, and still the same session (caller holds ``_lock``).
+
+        A session id is a pid, so once every process of an old session is gone it can be reused: a new leader
+        (``sid == pid``) is never attributed by session, and a process whose leader is alive but not ours is
+        in a new session that merely has the old number. A gone leader is fine: its id stays allocated while
+        any member of its session lives, so the session is still the one we saw.
+        """
+        if info.sid not in self.sessions or info.sid == info.pid:
+            return False
+        leader = table.get(info.sid)
+        return leader is None or leader.key in self.members
 
     def owns(self, info: ProcInfo) -> bool:
         with self._lock:

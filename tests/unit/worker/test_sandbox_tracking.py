@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from worker_service.agents.sandbox import ProcInfo, RunTracker
 
 pytestmark = pytest.mark.unit
 
@@ -42,3 +45,30 @@ def test_many_concurrent_short_runs_never_kill_each_other() -> None:
 def test_orphan_claiming_waits_while_a_spawn_is_in_flight() -> None:
     """A child no run accounts for yet is spared while a spawn is in flight, and claimed once none is."""
     assert race_host("inflight") == {"spared_in_flight": True, "claimed_after": 1, "gone_after": True}
+
+
+# --- finding 10: session ids are pids, and pids are reused ----------------------------------------------------------
+
+
+def _info(pid: int, ppid: int, sid: int, start: int) -> ProcInfo:
+    return ProcInfo(pid=pid, ppid=ppid, sid=sid, state="S", starttime=start)
+
+
+def test_a_new_session_reusing_an_old_members_pid_is_not_ours() -> None:
+    me = os.getpid()
+    tracker = RunTracker(root_pid=2**22 + 9, token=secrets.token_hex(8))  # no such process: no members yet
+    try:
+        old_leader = _info(4242, me, 4242, start=100)
+        tracker.members[old_leader.key] = old_leader
+        tracker.sessions.add(4242)
+        reused = _info(4242, me, 4242, start=999)  # pid 4242 again: a new process, leader of a new session
+        its_child = _info(4243, 4242, 4242, start=1000)
+        stranger = _info(4244, me, 4242, start=1001)  # reparented here; its leader is alive and not ours
+        tracker.observe({p.pid: p for p in (reused, its_child, stranger)})
+        assert not any(tracker.owns(p) for p in (reused, its_child, stranger))
+
+        survivor = _info(5000, me, 4242, start=150)  # our old session with its leader gone: still ours
+        tracker.observe({survivor.pid: survivor})
+        assert tracker.owns(survivor)
+    finally:
+        tracker.close()
