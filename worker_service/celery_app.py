@@ -6,7 +6,8 @@ configuration: the ``on_configure`` hook hands Celery ``shared.contracts.celery_
 Signals bind the task id (and the operation id when the task has one) into structlog's context, start the
 heartbeat when the worker is ready, and build ``Services`` once per process. Every process that may run agents
 (the main process for the threads/solo pools, each prefork child) protects itself first: non-dumpable, so an
-agent cannot read its environ or ptrace it, and a child subreaper that claims the orphans agents leave.
+agent cannot read its environ or ptrace it, and a child subreaper that claims the orphans agents leave. The
+prefork main process sweeps the orphans of pool processes that died.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ _lock = threading.Lock()
 _settings: Settings | None = None
 _services: Services | None = None
 _heartbeat: Heartbeat | None = None
+_sweeper: threading.Event | None = None
+ORPHAN_SWEEP_INTERVAL = 5.0  # seconds; prefork main process only
 
 
 def settings() -> Settings:
@@ -77,16 +80,36 @@ def _setup_logging(**_: Any) -> None:
 
 
 @signals.worker_init.connect
-def _protect_worker(**_: Any) -> None:
+def _protect_worker(sender: Any = None, **_: Any) -> None:
     """Before any task: the agent sandbox's host-side half, and an early word if the policy cannot be enforced
-    (each run still refuses on its own, so a worker that starts anyway never runs an agent unsandboxed)."""
+    (each run still refuses on its own, so a worker that starts anyway never runs an agent unsandboxed).
+
+    With the prefork pool this main process runs no agents, but as a subreaper it inherits the agent processes
+    of a pool process that died (their own pool process, also a subreaper, handles everything else); the orphan
+    sweeper kills and reaps those. Not for the threads/solo pools: there this process *is* the agent host and
+    ``RunTracker`` does the work.
+    """
+    global _sweeper
     sandbox.protect_worker_process(claim_orphans=True)
+    if _sweeper is None and _is_prefork(sender):
+        _sweeper = sandbox.start_orphan_sweeper(ORPHAN_SWEEP_INTERVAL)
     try:
         problem = _sandbox_problem(settings())
     except ConfigError as exc:
         problem = exc.detail
     if problem is not None:
         log.error("worker.agent_sandbox_unavailable", problem=problem)
+
+
+def _is_prefork(worker: Any) -> bool:
+    from celery import concurrency
+    from celery.concurrency.prefork import TaskPool
+
+    try:
+        pool = concurrency.get_implementation(getattr(worker, "pool_cls", None) or app.conf.worker_pool)
+    except (ImportError, KeyError, AttributeError):
+        return False
+    return isinstance(pool, type) and issubclass(pool, TaskPool)
 
 
 def _sandbox_problem(current: Settings) -> str | None:

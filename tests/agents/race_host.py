@@ -6,6 +6,8 @@ children include the session's Redis and S3 servers). Prints one JSON line:
     race_host.py race RUNS THREADS   many concurrent short runs; {"exit_codes": [...], "outcomes": [...]}
     race_host.py inflight            an unregistered child while a spawn is in flight, then without one;
                                      {"spared_in_flight": bool, "claimed_after": int, "gone_after": bool}
+    race_host.py prefork             this process as the prefork main: a pool process leaves an escaped agent
+                                     descendant and dies; {"escapee_gone": bool, "pool_process_alive": bool}
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import secrets
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -62,9 +65,51 @@ def inflight() -> dict[str, Any]:
     return {"spared_in_flight": spared, "claimed_after": claimed, "gone_after": gone}
 
 
+def _wait_for_pid(path: Path) -> int:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text().endswith("\n"):
+            return int(path.read_text())
+        time.sleep(0.01)
+    raise TimeoutError(str(path))
+
+
+def prefork() -> dict[str, Any]:
+    """A dying pool process's escaped agent descendant is swept; a live pool process (same session) is not."""
+    pidfile = Path(tempfile.mkdtemp(prefix="sr-prefork-")) / "escapee.pid"
+    pool = os.fork()
+    if pool == 0:  # a pool process that dies right after an agent's descendant escaped into its own session
+        if os.fork() == 0:
+            os.setsid()
+            pidfile.write_text(f"{os.getpid()}\n")
+            os.execv("/bin/sleep", ["sleep", "30"])
+        os._exit(0)
+    live_pool = os.fork()
+    if live_pool == 0:  # a healthy pool process: same session as the main process
+        os.execv("/bin/sleep", ["sleep", "30"])
+    os.waitpid(pool, 0)  # billiard reaps its own pool processes
+    escapee = _wait_for_pid(pidfile)
+    deadline = time.monotonic() + 10
+    while (info := sandbox.read_proc(escapee)) is not None and info.ppid != os.getpid():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the escapee was not reparented to this subreaper")
+        time.sleep(0.01)
+    for _ in range(20):
+        sandbox.sweep_foreign_sessions()
+        if sandbox.read_proc(escapee) is None:
+            break
+        time.sleep(0.05)
+    live = sandbox.read_proc(live_pool)
+    result = {"escapee_gone": sandbox.read_proc(escapee) is None, "pool_process_alive": live is not None}
+    os.kill(live_pool, 9)
+    os.waitpid(live_pool, 0)
+    return result
+
+
 def main(mode: str, *args: str) -> int:
     sandbox.protect_worker_process(claim_orphans=True)
-    result = race(int(args[0]), int(args[1])) if mode == "race" else inflight()
+    modes = {"race": lambda: race(int(args[0]), int(args[1])), "inflight": inflight, "prefork": prefork}
+    result = modes[mode]()
     print(json.dumps(result))
     return 0
 

@@ -669,6 +669,41 @@ class RunTracker:
             self.close()
 
 
+def sweep_foreign_sessions() -> int:
+    """Kill and reap this process's children that are not in its session; how many were killed.
+
+    For the prefork main process, a subreaper whose own children are the pool processes (same session, never
+    touched: billiard reaps them). Every agent starts a new session, so a child here in another session is an
+    agent process orphaned when its pool process died (crash, time limit, recycling). Its own children are
+    reparented here when it dies and go on a later sweep.
+    """
+    me, own_session = os.getpid(), os.getsid(0)
+    killed = 0
+    for info in process_table().values():
+        if info.ppid != me or info.sid == own_session:
+            continue
+        if info.state != "Z" and _kill(info):
+            killed += 1
+        _reap(info.pid)
+    return killed
+
+
+def start_orphan_sweeper(interval: float = 5.0) -> threading.Event:
+    """``sweep_foreign_sessions`` every ``interval`` seconds in a daemon thread; set the event to stop it."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                if killed := sweep_foreign_sessions():
+                    log.warning("sandbox.orphans_swept", count=killed)
+            except OSError as exc:  # /proc unreadable for a moment: try again next time
+                log.warning("sandbox.sweep_failed", error=exc.strerror)
+
+    threading.Thread(target=loop, name="orphan-sweeper", daemon=True).start()
+    return stop
+
+
 def _run_roots() -> set[int]:
     """The agent pids active runs' ``Popen`` objects will wait for themselves."""
     with _active_lock:

@@ -47,6 +47,22 @@ def test_orphan_claiming_waits_while_a_spawn_is_in_flight() -> None:
     assert race_host("inflight") == {"spared_in_flight": True, "claimed_after": 1, "gone_after": True}
 
 
+def test_prefork_main_sweeps_what_a_dead_pool_process_left() -> None:
+    """Finding 11: the prefork main process is a subreaper; it must not collect escaped agents forever."""
+    assert race_host("prefork") == {"escapee_gone": True, "pool_process_alive": True}
+
+
+def test_only_a_prefork_worker_starts_the_sweeper() -> None:
+    from worker_service import celery_app
+
+    class Worker:
+        def __init__(self, pool: str) -> None:
+            self.pool_cls = pool
+
+    assert celery_app._is_prefork(Worker("prefork"))
+    assert not celery_app._is_prefork(Worker("threads")) and not celery_app._is_prefork(Worker("solo"))
+
+
 # --- finding 10: session ids are pids, and pids are reused ----------------------------------------------------------
 
 
