@@ -117,28 +117,51 @@ class RunProbe:
     def __init__(self, lease: RunLease) -> None:
         self.lease = lease
         self.lease_lost = False
+        self._retired = False
+        self._mutex = threading.Lock()  # the agent watchdog and the keep-alive thread both call in
         self._last_refresh = self._last_ok = time.monotonic()
 
     def __call__(self) -> bool:
-        if self.lease_lost:
+        """The watchdog's question: stop the agent? (lease lost, or the grantee cancelled)."""
+        if not self.keep_fresh():
             return True
-        now = time.monotonic()
         try:
-            if now - self._last_refresh >= LEASE_REFRESH:
-                if not self.lease.refresh():
-                    log.warning("run.lease_taken", operation_id=self.lease.operation_id)
-                    self.lease_lost = True
-                    return True
-                self._last_refresh = now
             cancelled = bool(self.lease.client.exists(layout.redis_cancel_key(self.lease.operation_id)))
-            self._last_ok = now
-            return cancelled
         except redis.RedisError as exc:
-            log.warning("run.probe_failed", error=type(exc).__name__)
-            if now - self._last_ok > LEASE_TTL * 0.8:
-                self.lease_lost = True
+            return self._redis_failed(exc)
+        with self._mutex:
+            self._last_ok = time.monotonic()
+        return cancelled
+
+    def keep_fresh(self) -> bool:
+        """Refresh the lease when due; ``False`` once it is lost (final)."""
+        with self._mutex:
+            if self.lease_lost or self._retired:
+                return not self.lease_lost
+            now = time.monotonic()
+            if now - self._last_refresh < LEASE_REFRESH:
                 return True
-            return False
+            try:
+                refreshed = self.lease.refresh()
+            except redis.RedisError as exc:
+                return not self._redis_failed_locked(exc, now)
+            if not refreshed:
+                log.warning("run.lease_taken", operation_id=self.lease.operation_id)
+                self.lease_lost = True
+                return False
+            self._last_refresh = self._last_ok = now
+            return True
+
+    def _redis_failed(self, exc: redis.RedisError) -> bool:
+        with self._mutex:
+            return self._redis_failed_locked(exc, time.monotonic())
+
+    def _redis_failed_locked(self, exc: redis.RedisError, now: float) -> bool:
+        """Log a failed probe; ``True`` (lost) once Redis stayed unreachable for most of the TTL."""
+        log.warning("run.probe_failed", error=type(exc).__name__)
+        if now - self._last_ok > LEASE_TTL * 0.8:
+            self.lease_lost = True
+        return self.lease_lost
 
     def owns_lease(self) -> bool:
         return not self.lease_lost and self.lease.held()
@@ -149,15 +172,32 @@ class RunProbe:
             self.lease_lost = True
             raise LeaseLost("lost the run lease")
 
+    def confirm_owner(self) -> bool:
+        """Extend the lease to a full TTL if it is still ours (one compare-and-set): the check right before the
+        record write, so the write starts with the whole TTL ahead of it."""
+        with self._mutex:  # not short-cut by ``lease_lost``: our value still there means nobody else held it
+            if not self.lease.refresh():
+                self.lease_lost = True
+                return False
+            self._last_refresh = self._last_ok = time.monotonic()
+            return True
+
+    def release(self) -> bool:
+        """Stop refreshing and delete the lease if it is still ours (the run is over, or will be retried)."""
+        with self._mutex:
+            self._retired = True
+        return self.lease.release()
+
     @contextmanager
     def kept_alive(self) -> Iterator[None]:
-        """Keep refreshing the lease from a thread while the caller works with no watchdog (the uploads), so a
-        long upload is never mistaken for a dead worker and re-claimed under its feet."""
+        """Keep refreshing the lease from a thread for as long as the run owns the operation: while the agent runs
+        (beside the watchdog), while it uploads, and while the record is written, so none of them is ever mistaken
+        for a dead worker and re-claimed under its feet."""
         stop = threading.Event()
 
         def refresh() -> None:
-            while not stop.wait(POLL_INTERVAL):
-                self()
+            while not stop.wait(POLL_INTERVAL) and self.keep_fresh() and not self._retired:
+                pass
 
         thread = threading.Thread(target=refresh, name=f"lease-{self.lease.operation_id}", daemon=True)
         thread.start()

@@ -4,14 +4,16 @@ Concurrency contract (shared with the API, see shared/records.py):
 
 * Only a ``pending`` record starts (-> ``running``), under the per-operation lock, so a redelivered or cancelled
   task is a no-op. Each claim holds a lease in Redis (``pipeline/lease.py``) naming its token (the Celery task id)
-  and a fresh run id, and refreshes it with a compare-and-set while the agent runs and while it uploads; a
-  ``running`` record whose lease is gone belongs to a dead (or cut-off) worker and is re-claimed: its
-  uploaded-but-unnamed objects are deleted and the agent runs again.
+  and a fresh run id, and refreshes it with a compare-and-set from claim to record write (agent, uploads,
+  finish); a ``running`` record whose lease is gone belongs to a dead (or cut-off) worker and is re-claimed.
 * A run uploads under its own keys (``layout.artifact_key(..., run_id)``) and checks it still holds the lease
   before each upload, so two runs of one operation never overwrite each other, and a run that lost its lease
   stops uploading and never writes the record. The record is written once at the end, naming all artifacts
-  (metadata last), only by the lease holder. A crash at any point leaves the record naming all artifacts or none,
-  and the leftovers are unnamed objects that the next claim (or the orphan sweep) deletes.
+  (metadata last), only by the lease holder, right after a compare-and-set proved and extended the lease.
+* Nothing here deletes unnamed objects: a record PUT can land late (a worker stalled past every TTL after its
+  check) and name the objects of a run that lost, so only the orphan sweep removes them (age-gated, skipping live
+  leases, re-reading the record under the lock). A crash at any point leaves the record naming all artifacts or
+  none.
 * Cancel: the API sets ``cancel_requested`` and the Redis cancel key; the agent's process group is killed within
   a poll interval and the record ends ``cancelled`` with no artifacts.
 """
@@ -36,7 +38,7 @@ from worker_service.agents.registry import resolve
 from worker_service.agents.runner import AgentRun, Limits, fresh_workdir, run_agent
 from worker_service.agents.sandbox import SandboxPolicy, SandboxUnavailable
 from worker_service.pipeline.lease import POLL_INTERVAL, LeaseLost, RunLease, RunProbe, holder_token, release_if
-from worker_service.pipeline.store import publish_stored, store_artifacts, unnamed_objects
+from worker_service.pipeline.store import publish_stored, store_artifacts
 from worker_service.services import Services
 
 log = structlog.get_logger(__name__)
@@ -69,8 +71,8 @@ class Verdict:
 def claim(services: Services, operation_id: str, token: str) -> tuple[OperationRecord, RunLease] | None:
     """Move the record to ``running`` and take a fresh lease; ``None`` when there is nothing to do.
 
-    A ``running`` record is re-claimed only when its lease is gone or was taken by this same task (a retry): the
-    leftovers deleted then are objects no record names, which with per-run keys can never be the current run's.
+    A ``running`` record is re-claimed only when its lease is gone or was taken by this same task (a retry).
+    Leftovers of earlier runs stay where they are (see the module docstring).
     """
     records, client = services.records, services.redis
     lease = RunLease.new(client, operation_id, token)
@@ -81,9 +83,7 @@ def claim(services: Services, operation_id: str, token: str) -> tuple[OperationR
             if holder is not None and holder_token(holder) != token:
                 log.info("run.skipped", reason="running elsewhere")
                 return None
-            leftovers = unnamed_objects(services, record)
-            services.store.delete_many(leftovers)
-            log.warning("run.reclaimed", removed_objects=len(leftovers))
+            log.warning("run.reclaimed")
         elif record.status != "pending":
             log.info("run.skipped", reason=f"status {record.status}")
             return None
@@ -173,15 +173,14 @@ def execute(services: Services, record: OperationRecord, probe: RunProbe) -> Ver
             return Verdict("failed", out_problem.detail, run.logs)
         probe.ensure_owner()
         try:
-            with probe.kept_alive():
-                artifacts = store_artifacts(
-                    services,
-                    record,
-                    workdir.out_dir,
-                    run_id=probe.lease.run_id,
-                    ensure_owner=probe.ensure_owner,
-                    scratch=workdir.root,
-                )
+            artifacts = store_artifacts(
+                services,
+                record,
+                workdir.out_dir,
+                run_id=probe.lease.run_id,
+                ensure_owner=probe.ensure_owner,
+                scratch=workdir.root,
+            )
         except LimitExceeded as exc:
             return Verdict("failed", exc.detail, run.logs)
         if probe.lease_lost:
@@ -193,24 +192,28 @@ def execute(services: Services, record: OperationRecord, probe: RunProbe) -> Ver
 # --- finishing ------------------------------------------------------------------------------------------------------
 
 
-def finish(services: Services, lease: RunLease, verdict: Verdict, execution_time: float) -> OperationRecord | None:
-    """Write the record once (status, result, artifacts) if this run still owns it; then drop leftovers.
+def finish(services: Services, probe: RunProbe, verdict: Verdict, execution_time: float) -> OperationRecord | None:
+    """Write the record once (status, result, artifacts) while this run owns the lease; ``None`` if superseded.
 
-    Naming artifacts needs the lease itself: once it lapsed, another claim may have deleted this run's uploads as
-    unnamed, so ``LeaseLost`` sends the task round again instead. A verdict without artifacts only needs nobody
-    else to hold it.
+    Ownership is proved by a compare-and-set that also extends the lease to a full TTL, under the operation lock,
+    right before the PUT (the keep-alive thread goes on refreshing during it). A lost lease raises ``LeaseLost``
+    for a success (the task retries and runs again); any other verdict may still be written when nobody holds the
+    lease, by taking it first.
     """
-    records, client = services.records, services.redis
+    records, lease = services.records, probe.lease
     operation_id = lease.operation_id
     with records.locked(operation_id):
         current = records.get(operation_id)
-        holder = client.get(lease.key)
-        ours = lease.is_value(holder)
-        if current.status != "running" or not (ours or holder is None):
+        if current.status != "running":
             log.warning("run.superseded", status=current.status)
             return None
-        if verdict.status == "succeeded" and not ours:
-            raise LeaseLost("the run lease lapsed before the record was written")
+        if not probe.confirm_owner():
+            if verdict.status == "succeeded":
+                raise LeaseLost("the run lease lapsed before the record was written")
+            if services.redis.get(lease.key) is not None:
+                log.warning("run.superseded", status=current.status)
+                return None
+            lease.take()
         if current.cancel_requested and verdict.status != "cancelled":
             verdict = Verdict("cancelled", CANCELLED_SUMMARY, verdict.logs)
         ok = verdict.status == "succeeded"
@@ -224,17 +227,9 @@ def finish(services: Services, lease: RunLease, verdict: Verdict, execution_time
             status=verdict.status, finished_at=utcnow(), result=result, artifacts=verdict.artifacts if ok else []
         )
         records.put(final)
-        lease.release()
-        client.delete(layout.redis_cancel_key(operation_id))
-    _drop_unnamed(services, final)
+        probe.release()
+        services.redis.delete(layout.redis_cancel_key(operation_id))
     return final
-
-
-def _drop_unnamed(services: Services, record: OperationRecord) -> None:
-    try:
-        services.store.delete_many(unnamed_objects(services, record))
-    except Unavailable:
-        log.warning("run.cleanup_deferred")  # invisible leftovers: the orphan sweep removes them
 
 
 def _announce(services: Services, record: OperationRecord) -> None:
@@ -266,26 +261,32 @@ def run_operation(services: Services, operation_id: str, token: str | None = Non
         return None
     record, lease = claimed
     probe = RunProbe(lease)
-    try:
-        verdict = execute(services, record, probe)
-    except TRANSIENT_ERRORS:
-        raise
-    except Exception:
-        log.exception("run.failed_internally")
-        verdict = Verdict("failed", INTERNAL_SUMMARY)
-    final = finish(services, lease, verdict, time.monotonic() - started)
+    with probe.kept_alive():
+        verdict = _verdict(services, record, probe)
+        final = finish(services, probe, verdict, time.monotonic() - started)
     if final is not None:
         _announce(services, final)
         log.info("run.finished", status=final.status, artifacts=len(final.artifacts))
     return final
 
 
+def _verdict(services: Services, record: OperationRecord, probe: RunProbe) -> Verdict:
+    """``execute``, with every unexpected (non-transient) exception turned into a generic failure."""
+    try:
+        return execute(services, record, probe)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:
+        log.exception("run.failed_internally")
+        return Verdict("failed", INTERNAL_SUMMARY)
+
+
 def fail_operation(services: Services, operation_id: str, summary: str, *, token: str) -> OperationRecord | None:
     """End an unfinished operation as ``failed`` for task ``token`` that ran out of retries.
 
     Only when the run lease is gone or was this task's: a live lease of another task means a redelivered run owns
-    the operation now, and failing it would throw away (and delete) that run's work. Returns ``None`` then; the
-    record unchanged once it is finished.
+    the operation now, and failing it would throw away that run's work. Returns ``None`` then; the record
+    unchanged once it is finished. Leftover uploads are the orphan sweep's.
     """
     records, client = services.records, services.redis
     lease_key = layout.redis_run_lease(operation_id)
@@ -302,7 +303,6 @@ def fail_operation(services: Services, operation_id: str, summary: str, *, token
         records.put(final)
         if holder is not None:
             release_if(client, operation_id, holder)
-    _drop_unnamed(services, final)
     return final
 
 
