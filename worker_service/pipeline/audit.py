@@ -21,6 +21,7 @@ grows a new access-log prefix. Each log is appended under its lock, one batch pe
 
 from __future__ import annotations
 
+import hmac
 import os
 import socket
 import time
@@ -31,7 +32,7 @@ from typing import Any
 import redis
 
 from shared import audit_log, layout
-from shared.errors import StrongroomError, Unavailable
+from shared.errors import NotFound, StrongroomError, Unavailable
 from shared.events import decode
 from shared.locks import redis_lock
 from shared.logging import get_logger
@@ -240,7 +241,28 @@ def _route(services: Services, events: dict[Ref, AuditEvent]) -> dict[str | None
 def _append(services: Services, target: str | None, events: list[AuditEvent]) -> int:
     with _log_lock(services, target):
         batch = audit_log.append_batch(services.records, target, events)
-    return len(batch.events) if batch else 0
+    if batch is None:
+        return 0
+    # The external anchor (docs/audit-log.md): shipped to a log store the S3 writer cannot edit, this line is what
+    # exposes a rolled-back head.json; a digest of a batch of random-id events reveals nothing of its content.
+    log.info("audit_head", log=audit_log.log_name(target), sequence=batch.sequence, sha256=batch.digest)
+    return len(batch.events)
+
+
+def anchor_problems(services: Services, operation_id: str | None, sequence: int, sha256: str) -> list[str]:
+    """Check a log in S3 against a head recorded outside it (an ``audit_head`` log line): batch ``sequence`` must
+    still exist with digest ``sha256``. Together with ``audit_log.verify_chain`` (which chains every batch up to
+    the stored head) this detects a head rolled back to an older version with the batches after it deleted,
+    which S3 alone cannot show. Returns the problems found, none if the log still contains the anchored head."""
+    try:
+        batch = audit_log.read_batch(services.records, operation_id, sequence)
+    except NotFound:
+        return [f"batch {sequence} named by the external anchor is missing (tail removed, head rolled back?)"]
+    except StrongroomError as exc:
+        return [f"batch {sequence} named by the external anchor does not verify ({exc.detail})"]
+    if not hmac.compare_digest(batch.digest, sha256.lower()):
+        return [f"batch {sequence} differs from the digest in the external anchor"]
+    return []
 
 
 @contextmanager
