@@ -304,16 +304,22 @@ def test_only_verified_denials_name_the_operation(api: ApiHarness, client: TestC
     """Finding 4: an unsigned request names neither actor nor operation; a verified non-grantee stays on record."""
     record = api.make_record()
     r = sync_redis.Redis.from_url(redis_url)
-    newest = r.xrevrange(layout.REDIS_AUDIT_STREAM, count=1)
-    start = b"(" + (newest[0][0] if newest else b"0-0")
+
+    def after_now(stream: str) -> bytes:
+        newest = r.xrevrange(stream, count=1)
+        return b"(" + (newest[0][0] if newest else b"0-0")
+
+    start, refusals_start = after_now(layout.REDIS_AUDIT_STREAM), after_now(layout.REDIS_AUDIT_REFUSALS)
     unsigned = client.get(f"http://testserver{OPS}/{record.id}", headers={"X-Request-ID": "anon-1"})
     assert_problem(unsigned, 401, "signature_missing")
     assert_problem(api.signed(client, "GET", f"{OPS}/{record.id}", signer=api.mallory), 403, "not_grantee")
     events = [decode(fields) for _, fields in r.xrange(layout.REDIS_AUDIT_STREAM, min=start)]
-    anonymous = [e for e in events if e.request_id == "anon-1"]
+    refusals = [decode(fields) for _, fields in r.xrange(layout.REDIS_AUDIT_REFUSALS, min=refusals_start)]
+    anonymous = [e for e in refusals if e.request_id == "anon-1"]  # no signer proven: the refusals stream
     assert [(e.result, e.reason, e.actor, e.operation_id) for e in anonymous] == [
         ("denied", "signature_missing", None, None)
     ]
+    assert not [e for e in events if e.request_id == "anon-1"]
     refused = [e for e in events if e.reason == "not_grantee"]
     assert [(e.actor, e.operation_id) for e in refused] == [(api.mallory.address, record.id)]
 
