@@ -204,14 +204,19 @@ class WorkerMetricsCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             raw = self.client.get(layout.REDIS_MONITOR_SNAPSHOT)
-            backlog = self._audit_backlog()
+            backlogs = {stream: self._audit_backlog(stream) for stream in layout.REDIS_AUDIT_STREAMS}
         except redis.RedisError:
             yield GaugeMetricFamily("strongroom_worker_redis_up", "1 when Redis answered the scrape.", value=0)
             return
         yield GaugeMetricFamily("strongroom_worker_redis_up", "1 when Redis answered the scrape.", value=1)
-        yield GaugeMetricFamily(
-            "strongroom_audit_events_unpersisted", "Audit events in the stream not yet acknowledged.", value=backlog
+        unpersisted = GaugeMetricFamily(
+            "strongroom_audit_events_unpersisted",
+            "Audit events not yet persisted, by stream (events: accesses and changes; refusals: unsigned refusals).",
+            labels=["stream"],
         )
+        for stream, backlog in backlogs.items():
+            unpersisted.add_metric([stream.rsplit(":", 1)[-1]], backlog)
+        yield unpersisted
         if not raw:
             return
         snap = json.loads(raw)
@@ -243,10 +248,10 @@ class WorkerMetricsCollector(Collector):
             "strongroom_workers_alive", "Workers with a recent heartbeat.", value=snap["workers_alive"]
         )
 
-    def _audit_backlog(self) -> int:
+    def _audit_backlog(self, stream: str) -> int:
         """Entries not yet acknowledged by the consumer group: delivered-but-pending plus never delivered."""
         try:
-            groups = self.client.xinfo_groups(layout.REDIS_AUDIT_STREAM)
+            groups = self.client.xinfo_groups(stream)
         except redis.ResponseError:  # no stream yet
             return 0
         for group in groups:
@@ -254,7 +259,7 @@ class WorkerMetricsCollector(Collector):
             if name == layout.REDIS_AUDIT_GROUP:
                 lag = group.get("lag")
                 return int(group["pending"]) + (int(lag) if lag is not None else 0)
-        return int(self.client.xlen(layout.REDIS_AUDIT_STREAM))
+        return int(self.client.xlen(stream))
 
 
 def metrics_registry(client: redis.Redis) -> CollectorRegistry:

@@ -102,7 +102,8 @@ def test_metrics_come_from_the_latest_snapshot(services: Services, client: redis
     assert 'strongroom_operations{status="running"} 0.0' in text
     assert "strongroom_dead_runs_failed 1.0" in text
     assert "strongroom_worker_redis_up 1.0" in text
-    assert "strongroom_audit_events_unpersisted 1.0" in text  # the worker_lost event, not yet persisted
+    assert 'strongroom_audit_events_unpersisted{stream="events"} 1.0' in text  # worker_lost, not yet persisted
+    assert 'strongroom_audit_events_unpersisted{stream="refusals"} 0.0' in text
     assert "0x" not in text  # never an address in a label
 
 
