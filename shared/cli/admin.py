@@ -32,9 +32,22 @@ def run_audit_verify(args: argparse.Namespace) -> int:
     target = None if args.operation_id == "global" else args.operation_id
     if target is not None:
         layout.operation_prefix(target)  # refuse a malformed id before touching S3
-    report = audit_log.verify_chain(_services().records, target)
-    _print(report.as_dict())
-    return 0 if report.ok else 1
+    services = _services()
+    report = audit_log.verify_chain(services.records, target)
+    doc = report.as_dict()
+    ok = report.ok
+    if args.anchor:
+        from worker_service.pipeline.audit import anchor_problems
+
+        sequence, _, digest = args.anchor.partition(":")
+        if not (sequence.isascii() and sequence.isdigit() and len(digest) == 64):
+            usage = "--anchor takes SEQUENCE:SHA256 (from an audit_head log line)"
+            print(f"strongroom audit verify: {usage}", file=sys.stderr)
+            return 2
+        doc["anchor_problems"] = anchor_problems(services, target, int(sequence), digest)
+        ok = ok and not doc["anchor_problems"]
+    _print(doc)
+    return 0 if ok else 1
 
 
 @fails_cleanly
@@ -69,6 +82,11 @@ def register(sub: Any) -> None:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_sub.add_parser("verify", help="verify an operation's access log chain (or `global`)")
     verify.add_argument("operation_id", help="operation id, or `global` for events that name no operation")
+    verify.add_argument(
+        "--anchor",
+        metavar="SEQUENCE:SHA256",
+        help="a head recorded outside S3 (the worker's audit_head log line): detects a rolled-back head",
+    )
     verify.set_defaults(handler=run_audit_verify)
 
     keys = sub.add_parser("keys", help="what the server keyring protects; re-encrypt under the primary")

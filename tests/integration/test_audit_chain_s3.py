@@ -39,9 +39,9 @@ def _operation_with_log(services: Services, batches: int = 3) -> str:
     return op.id
 
 
-def _verify_cli(services: Services, stack_env: dict[str, str], target: str) -> tuple[int, dict]:
+def _verify_cli(services: Services, stack_env: dict[str, str], target: str, *extra: str) -> tuple[int, dict]:
     done = subprocess.run(
-        [sys.executable, "-m", "shared.cli.admin", "audit", "verify", target],
+        [sys.executable, "-m", "shared.cli.admin", "audit", "verify", target, *extra],
         env=env_for(services, stack_env, KEYRING),
         capture_output=True,
         text=True,
@@ -75,3 +75,23 @@ def test_removed_batch_is_detected_and_the_cli_exits_nonzero(services: Services,
     code, doc = _verify_cli(services, stack_env, op)
     assert code == 1 and not doc["ok"], doc
     assert any("batch 2 is missing" in p for p in doc["problems"])
+
+
+def test_a_rolled_back_head_is_caught_only_with_an_external_anchor(
+    services: Services, stack_env: dict[str, str]
+) -> None:
+    """An attacker with S3 write access restores an older head and deletes the tail: the chain alone still
+    verifies; the head the worker logged outside S3 (``--anchor``) shows it."""
+    op = _operation_with_log(services, batches=2)
+    old_head = services.store.get_bytes(audit_log.head_key(op))
+    event = new_event(operation_id=op, action="artifact.url", result="allowed")
+    publish(services.redis, event)
+    assert persist_audit_events(services) == 1
+    newest = audit_log.read_batch(services.records, op, 3)
+    services.store.put_bytes(audit_log.head_key(op), old_head)
+    services.store.delete(audit_log.batch_key(op, 3))
+
+    code, doc = _verify_cli(services, stack_env, op)
+    assert code == 0 and doc["ok"], doc  # S3 alone cannot tell
+    code, doc = _verify_cli(services, stack_env, op, "--anchor", f"3:{newest.digest}")
+    assert code == 1 and doc["anchor_problems"], doc
