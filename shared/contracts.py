@@ -58,8 +58,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_track_started": True,
         "result_expires": 3600,
         "broker_connection_retry_on_startup": True,
-        # Redis redelivers unacked messages after this; longer than the longest task (the agent time limit).
-        "broker_transport_options": {"visibility_timeout": settings.max_execution_time + 900},
+        # Redis redelivers unacked messages after this: the agent time limit plus hours of uploads (a copy of a
+        # live run is a no-op anyway; lost runs are redelivered sooner by the monitor).
+        "broker_transport_options": {"visibility_timeout": settings.max_execution_time + 6 * 3600},
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "timezone": "UTC",

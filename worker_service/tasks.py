@@ -38,8 +38,8 @@ STORAGE_GAVE_UP = "storage unavailable: the worker gave up after repeated S3/Red
 class RunOperationTask(Task):
     """Fails the operation once its retries are exhausted (the message is acked then; nobody would run it).
 
-    Only this task's own run: if a redelivered task (another id) holds a live lease, the operation is its now and
-    ``fail_operation`` leaves it alone.
+    Every failed attempt released its run lease, so a lease still there belongs to a live run (a redelivered copy,
+    possibly with this very task id): ``fail_operation`` leaves the operation to it.
     """
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
@@ -47,7 +47,7 @@ class RunOperationTask(Task):
         if not isinstance(operation_id, str):
             return
         try:
-            fail_operation(services(), operation_id, STORAGE_GAVE_UP, token=task_id)
+            fail_operation(services(), operation_id, STORAGE_GAVE_UP)
         except Exception:  # Redis or S3 still down: the monitor fails it after max_execution_time + grace
             log.exception("run.fail_after_retries_failed")
 

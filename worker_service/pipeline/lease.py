@@ -4,6 +4,11 @@ The lease (``layout.redis_run_lease``) holds ``{token}/{run_id}``: ``token`` is 
 same task may re-claim its own lease), ``run_id`` is fresh per claim and names the run's objects. Every change
 after the claim is a compare-and-set on that exact value, so a worker that stalled past the TTL can never refresh,
 extend or delete a lease another claim has taken since: it learns it lost and stops.
+
+A claim starts only where no lease exists at all (``take`` is a SET NX). Whoever finds a lease cannot tell from the
+value whether its holder is alive (a redelivered copy of a task carries the same task id as the live delivery), so
+``await_lapse`` watches it instead: a live holder refreshes it within ``LEASE_REFRESH``, a dead one lets it lapse
+within ``LEASE_TTL``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ log = structlog.get_logger(__name__)
 LEASE_TTL = 30  # seconds; a run that stops refreshing for this long is presumed dead
 LEASE_REFRESH = 5.0
 POLL_INTERVAL = 0.5
+_REFRESH_SLACK = 0.25  # seconds; an unrefreshed lease's expiry stays put (up to read jitter), a refresh moves it
 
 # KEYS[1] lease, ARGV[1] expected value, ARGV[2] TTL in ms. 1 = refreshed, 0 = someone else's (or gone).
 _REFRESH = """
@@ -86,9 +92,9 @@ class RunLease:
     def value(self) -> str:
         return f"{self.token}/{self.run_id}"
 
-    def take(self) -> None:
-        """Set the lease unconditionally; only ``claim`` calls it, under the operation lock, after checking."""
-        self.client.set(self.key, self.value, ex=LEASE_TTL)
+    def take(self) -> bool:
+        """Create the lease if nobody holds one; ``False`` means somebody does (never overwrite a holder)."""
+        return bool(self.client.set(self.key, self.value, ex=LEASE_TTL, nx=True))
 
     def refresh(self) -> bool:
         """Extend the lease if it is still ours; ``False`` means it lapsed or another claim took it."""
@@ -104,6 +110,37 @@ class RunLease:
     def is_value(self, holder: bytes | str | None) -> bool:
         """``holder`` (a GET of the lease) is this claim's lease."""
         return holder is not None and as_text(holder) == self.value
+
+
+def await_lapse(client: redis.Redis, operation_id: str) -> bool:
+    """Watch another holder's lease: ``True`` once it is gone, ``False`` as soon as it proves alive.
+
+    Alive means refreshed (its expiry moved later) or replaced by another claim. A holder that shows neither for a
+    full refresh interval past its remaining TTL is treated as alive too (a lease without expiry is not ours to
+    break). Called outside the operation lock: it may take up to ``LEASE_TTL``.
+    """
+    key = layout.redis_run_lease(operation_id)
+    first, expires = _lease_state(client, key)
+    if first is None:
+        return True
+    deadline = max(expires, time.monotonic()) + LEASE_REFRESH + POLL_INTERVAL
+    while time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL)
+        value, now_expires = _lease_state(client, key)
+        if value is None:
+            return True
+        if value != first or now_expires > expires + _REFRESH_SLACK:
+            return False
+    return False
+
+
+def _lease_state(client: redis.Redis, key: str) -> tuple[bytes | None, float]:
+    """The lease value and when it expires (``time.monotonic`` scale; now if it has no TTL), read atomically."""
+    pipe = client.pipeline(transaction=True)
+    pipe.get(key)
+    pipe.pttl(key)
+    value, ttl_ms = pipe.execute()
+    return value, time.monotonic() + max(int(ttl_ms), 0) / 1000
 
 
 class RunProbe:
@@ -215,6 +252,7 @@ __all__ = [
     "LeaseLost",
     "RunLease",
     "RunProbe",
+    "await_lapse",
     "holder_token",
     "release_if",
 ]

@@ -6,6 +6,9 @@ Concurrency contract (shared with the API, see shared/records.py):
   task is a no-op. Each claim holds a lease in Redis (``pipeline/lease.py``) naming its token (the Celery task id)
   and a fresh run id, and refreshes it with a compare-and-set from claim to record write (agent, uploads,
   finish); a ``running`` record whose lease is gone belongs to a dead (or cut-off) worker and is re-claimed.
+* A claim proceeds only when nobody holds the lease. A holder, even one with this task's id (the broker handed a
+  live task out again), is watched until it lapses (dead: claim) or is refreshed (alive: no-op). An attempt that
+  fails transiently releases its lease before Celery retries, so the retry claims at once.
 * A run uploads under its own keys (``layout.artifact_key(..., run_id)``) and checks it still holds the lease
   before each upload, so two runs of one operation never overwrite each other, and a run that lost its lease
   stops uploading and never writes the record. The record is written once at the end, naming all artifacts
@@ -24,6 +27,7 @@ import signal
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Literal
 
 import redis
 import structlog
@@ -37,7 +41,7 @@ from worker_service.agents.outputs import LimitExceeded, collect_outputs
 from worker_service.agents.registry import resolve
 from worker_service.agents.runner import AgentRun, Limits, fresh_workdir, run_agent
 from worker_service.agents.sandbox import SandboxPolicy, SandboxUnavailable
-from worker_service.pipeline.lease import POLL_INTERVAL, LeaseLost, RunLease, RunProbe, holder_token, release_if
+from worker_service.pipeline.lease import POLL_INTERVAL, LeaseLost, RunLease, RunProbe, await_lapse
 from worker_service.pipeline.store import publish_stored, store_artifacts
 from worker_service.services import Services
 
@@ -71,27 +75,50 @@ class Verdict:
 def claim(services: Services, operation_id: str, token: str) -> tuple[OperationRecord, RunLease] | None:
     """Move the record to ``running`` and take a fresh lease; ``None`` when there is nothing to do.
 
-    A ``running`` record is re-claimed only when its lease is gone or was taken by this same task (a retry).
-    Leftovers of earlier runs stay where they are (see the module docstring).
+    Only where no lease exists: another holder (whatever its task id) is waited out if dead and left alone if
+    alive. Leftovers of earlier runs stay where they are (see the module docstring).
     """
-    records, client = services.records, services.redis
-    lease = RunLease.new(client, operation_id, token)
+    for attempt in range(2):
+        outcome = _claim_once(services, operation_id, token)
+        if outcome != "held":
+            return outcome
+        if attempt or not await_lapse(services.redis, operation_id):
+            log.info("run.skipped", reason="a live run holds the lease")
+            return None
+    return None
+
+
+def _claim_once(
+    services: Services, operation_id: str, token: str
+) -> tuple[OperationRecord, RunLease] | Literal["held"] | None:
+    """One claim under the lock: the claimed record, ``"held"`` while a lease exists, ``None`` if finished."""
+    records = services.records
+    lease = RunLease.new(services.redis, operation_id, token)
     with records.locked(operation_id):
         record = records.get(operation_id)
-        if record.status == "running":
-            holder = client.get(lease.key)
-            if holder is not None and holder_token(holder) != token:
-                log.info("run.skipped", reason="running elsewhere")
-                return None
-            log.warning("run.reclaimed")
-        elif record.status != "pending":
+        if record.status not in ("pending", "running"):
             log.info("run.skipped", reason=f"status {record.status}")
             return None
-        lease.take()
-        record = record.evolve(status="running", started_at=utcnow(), finished_at=None, result=None, artifacts=[])
-        records.put(record)
+        if not lease.take():
+            return "held"
+        try:
+            if record.status == "running":
+                log.warning("run.reclaimed")
+            record = record.evolve(status="running", started_at=utcnow(), finished_at=None, result=None, artifacts=[])
+            records.put(record)
+        except BaseException:
+            _release_quietly(lease)
+            raise
     publish(services.redis, new_event(operation_id=operation_id, action="operation.started", result="ok"))
     return record, lease
+
+
+def _release_quietly(lease: RunLease) -> None:
+    """Give the lease up for a retry; if Redis is down it lapses within ``LEASE_TTL`` by itself."""
+    try:
+        lease.release()
+    except redis.RedisError as exc:
+        log.warning("run.lease_release_failed", error=type(exc).__name__)
 
 
 # --- judging a run --------------------------------------------------------------------------------------------------
@@ -210,10 +237,9 @@ def finish(services: Services, probe: RunProbe, verdict: Verdict, execution_time
         if not probe.confirm_owner():
             if verdict.status == "succeeded":
                 raise LeaseLost("the run lease lapsed before the record was written")
-            if services.redis.get(lease.key) is not None:
+            if not lease.take():
                 log.warning("run.superseded", status=current.status)
                 return None
-            lease.take()
         if current.cancel_requested and verdict.status != "cancelled":
             verdict = Verdict("cancelled", CANCELLED_SUMMARY, verdict.logs)
         ok = verdict.status == "succeeded"
@@ -251,8 +277,9 @@ def _announce(services: Services, record: OperationRecord) -> None:
 def run_operation(services: Services, operation_id: str, token: str | None = None) -> OperationRecord | None:
     """Run one operation to its end state; idempotent (a repeat after the end is a no-op returning ``None``).
 
-    Transient storage/Redis errors propagate (the task retries with the same token and re-claims); any other
-    failure ends the operation ``failed`` with a generic summary and the details in the worker log.
+    Transient storage/Redis errors release the lease and propagate (the task retries with the same token and
+    claims again); any other failure ends the operation ``failed`` with a generic summary and the details in the
+    worker log.
     """
     token = token or uuid.uuid4().hex
     started = time.monotonic()
@@ -261,9 +288,13 @@ def run_operation(services: Services, operation_id: str, token: str | None = Non
         return None
     record, lease = claimed
     probe = RunProbe(lease)
-    with probe.kept_alive():
-        verdict = _verdict(services, record, probe)
-        final = finish(services, probe, verdict, time.monotonic() - started)
+    try:
+        with probe.kept_alive():
+            verdict = _verdict(services, record, probe)
+            final = finish(services, probe, verdict, time.monotonic() - started)
+    except TRANSIENT_ERRORS:
+        _release_quietly(lease)
+        raise
     if final is not None:
         _announce(services, final)
         log.info("run.finished", status=final.status, artifacts=len(final.artifacts))
@@ -281,28 +312,25 @@ def _verdict(services: Services, record: OperationRecord, probe: RunProbe) -> Ve
         return Verdict("failed", INTERNAL_SUMMARY)
 
 
-def fail_operation(services: Services, operation_id: str, summary: str, *, token: str) -> OperationRecord | None:
-    """End an unfinished operation as ``failed`` for task ``token`` that ran out of retries.
+def fail_operation(services: Services, operation_id: str, summary: str) -> OperationRecord | None:
+    """End an unfinished operation as ``failed`` once its run task ran out of retries.
 
-    Only when the run lease is gone or was this task's: a live lease of another task means a redelivered run owns
-    the operation now, and failing it would throw away that run's work. Returns ``None`` then; the record
-    unchanged once it is finished. Leftover uploads are the orphan sweep's.
+    Only when nobody holds the run lease: each failed attempt released its own before retrying, so a lease now
+    belongs to a live run (another delivery, perhaps of the same task id), and failing the operation would throw
+    its work away. Returns ``None`` then; the record unchanged once it is finished. Leftover uploads are the orphan
+    sweep's.
     """
-    records, client = services.records, services.redis
-    lease_key = layout.redis_run_lease(operation_id)
+    records = services.records
     with records.locked(operation_id):
         current = records.get(operation_id)
         if current.finished:
             return current
-        holder = client.get(lease_key)
-        if holder is not None and holder_token(holder) != token:
-            log.warning("run.fail_skipped", reason="another task holds the run lease")
+        if services.redis.exists(layout.redis_run_lease(operation_id)):
+            log.warning("run.fail_skipped", reason="a run holds the lease")
             return None
         result = OperationResult(status="error", summary=summary, execution_time=0)
         final = current.evolve(status="failed", finished_at=utcnow(), result=result, artifacts=[])
         records.put(final)
-        if holder is not None:
-            release_if(client, operation_id, holder)
     return final
 
 

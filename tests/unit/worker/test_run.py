@@ -173,17 +173,6 @@ def test_disk_limit(client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, s
     assert final.result.summary.endswith(f"bytes, max {4 << 20}")
 
 
-def test_live_lease_elsewhere_means_no_second_run(
-    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str]
-) -> None:
-    services = make_services(client, tmp_path)
-    record = create(services, keypair[1], text="x")
-    services.records.put(record.evolve(status="running", started_at=utcnow()))
-    client.set(layout.redis_run_lease(record.id), "other-worker", ex=30)
-    assert pipeline.run_operation(services, record.id, token="mine") is None
-    assert services.records.get(record.id).status == "running"
-
-
 def test_cancel_while_running_kills_the_group(client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str]) -> None:
     pidfile = tmp_path / "pids.json"
     services = make_services(client, tmp_path, agents=agents(stuck=["stubborn", str(pidfile)]))
@@ -238,6 +227,7 @@ def test_storage_error_is_retried_with_the_same_token(
         pipeline.run_operation(services, record.id, token="task-1")
     assert services.records.get(record.id).status == "running"  # nothing visible yet
     assert services.records.get(record.id).artifacts == []
+    assert not client.exists(layout.redis_run_lease(record.id))  # given up for the retry
 
     final = pipeline.run_operation(services, record.id, token="task-1")  # Celery's retry keeps the task id
     assert final is not None and final.status == "succeeded" and len(final.artifacts) == 2
@@ -263,10 +253,10 @@ def test_fail_operation_is_a_no_op_once_finished(
     services = make_services(client, tmp_path)
     record = create(services, keypair[1], text="x")
     services.records.put(record.evolve(status="running", started_at=utcnow()))
-    failed = pipeline.fail_operation(services, record.id, "storage unavailable", token="t1")
+    failed = pipeline.fail_operation(services, record.id, "storage unavailable")
     assert failed is not None and failed.status == "failed"
     assert failed.result is not None and failed.result.summary == "storage unavailable"
-    assert pipeline.fail_operation(services, record.id, "again", token="t1") == failed
+    assert pipeline.fail_operation(services, record.id, "again") == failed
 
 
 def test_a_slow_upload_keeps_the_run_lease(
@@ -410,14 +400,17 @@ def _running_with_uploads(services: Services, public: str, holder: str | None) -
     return record, uploaded
 
 
-def test_on_failure_leaves_an_operation_another_task_runs_alone(
-    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("holder", ["t2", "t1"])
+def test_on_failure_leaves_an_operation_a_live_run_holds_alone(
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch, holder: str
 ) -> None:
+    """Each failed attempt released its lease, so a lease now is a live run's: another task's, or a redelivered
+    copy of this very task (same id)."""
     from worker_service import tasks
 
     services = make_services(client, tmp_path)
     monkeypatch.setattr(tasks, "services", lambda: services)
-    record, uploaded = _running_with_uploads(services, keypair[1], holder=f"t2/{layout.new_run_id()}")
+    record, uploaded = _running_with_uploads(services, keypair[1], holder=f"{holder}/{layout.new_run_id()}")
     lease_value = client.get(layout.redis_run_lease(record.id))
 
     tasks.run_operation_task.on_failure(StorageError("S3 down"), "t1", (), {"operation_id": record.id}, None)
@@ -428,19 +421,14 @@ def test_on_failure_leaves_an_operation_another_task_runs_alone(
     assert services.store.exists(uploaded)
 
 
-@pytest.mark.parametrize("holder", [None, "t1/0123456789abcdef"])
-def test_on_failure_fails_its_own_or_an_abandoned_run(
-    client: redis.Redis,
-    tmp_path: Path,
-    keypair: tuple[bytes, str],
-    monkeypatch: pytest.MonkeyPatch,
-    holder: str | None,
+def test_on_failure_fails_an_abandoned_run(
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from worker_service import tasks
 
     services = make_services(client, tmp_path)
     monkeypatch.setattr(tasks, "services", lambda: services)
-    record, uploaded = _running_with_uploads(services, keypair[1], holder=holder)
+    record, uploaded = _running_with_uploads(services, keypair[1], holder=None)
 
     tasks.run_operation_task.on_failure(StorageError("S3 down"), "t1", (), {"operation_id": record.id}, None)
 

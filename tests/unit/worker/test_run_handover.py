@@ -1,4 +1,4 @@
-"""Two runs of one operation (second review, finding 5): a late record write must never name deleted objects.
+"""Two runs of one operation (second review, findings 5 and 6): a late record write and a redelivered copy.
 
 Real Redis (lease, locks), in-memory S3, real agents; the stalls are injected where the review found the races.
 """
@@ -6,18 +6,22 @@ Real Redis (lease, locks), in-memory S3, real agents; the stalls are injected wh
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from shared import layout
 from shared.crypto import cobblestone, keywrap
+from shared.errors import StorageError
 from shared.models import OperationRecord, utcnow
-from tests.unit.worker.test_run import TEST_DB, create, make_services, stored_keys
+from shared.storage.memory import MemoryObjectStore
+from tests.unit.worker.test_run import TEST_DB, actions, create, make_services, stored_keys
 from worker_service.pipeline import lease
 from worker_service.pipeline import run as pipeline
 from worker_service.pipeline.retention import sweep_orphans
@@ -147,3 +151,108 @@ def test_a_reclaim_leaves_a_dead_runs_uploads_to_the_orphan_sweep(
     assert sweep_later(services) == 1
     assert not services.store.exists(leftover)
     assert sorted(stored_keys(services, record)) == named_keys(final)
+
+
+# --- finding 6: a redelivered copy of the same task -----------------------------------------------------------------
+
+
+def test_a_redelivered_copy_during_the_uploads_does_not_take_over(
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker hands the same task id out again while the first delivery is still uploading: one run, the
+    first keeps its lease, the copy is a no-op, the operation succeeds with intact artifacts."""
+    monkeypatch.setattr(lease, "LEASE_REFRESH", 0.2)  # the copy sees the live run refresh quickly
+    secret, public = keypair
+    copy_result: list[OperationRecord | None] = []
+    lease_during: list[bytes | str | None] = []
+
+    class UploadsWhileTheCopyArrives(MemoryObjectStore):
+        def put_file(self, key: str, src: Any, **kwargs: Any) -> None:
+            if not lease_during:
+                lease_key = layout.redis_run_lease(operation_id)
+                lease_during.append(client.get(lease_key))
+                copy = threading.Thread(
+                    target=lambda: copy_result.append(pipeline.run_operation(services, operation_id, token="t1"))
+                )
+                copy.start()
+                copy.join(timeout=30)
+                assert not copy.is_alive(), "the copy never returned"
+                lease_during.append(client.get(lease_key))
+            super().put_file(key, src, **kwargs)
+
+    services = make_services(client, tmp_path, store=UploadsWhileTheCopyArrives())
+    record = create(services, public, text="mail eve@example.com")
+    operation_id = record.id
+
+    final = pipeline.run_operation(services, record.id, token="t1")
+
+    assert copy_result == [None]  # the copy did nothing
+    assert lease_during[0] is not None and lease_during[0] == lease_during[1]  # and stole nothing
+    assert final is not None and final.status == "succeeded" and len(final.artifacts) == 2
+    assert actions(client, record.id).count("operation.started") == 1  # one run
+    assert_named_objects_intact(services, final, secret)
+    assert sorted(stored_keys(services, record)) == named_keys(final)  # nothing else was uploaded
+
+
+def test_a_copy_waits_out_a_dead_deliverys_lease_then_runs(
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str]
+) -> None:
+    """A worker killed mid-run leaves its lease for up to the TTL; the redelivered copy (same task id) sees it is
+    not refreshed, waits for it to lapse and runs the operation instead of giving it up."""
+    services = make_services(client, tmp_path)
+    record = create(services, keypair[1], text="x")
+    services.records.put(record.evolve(status="running", started_at=utcnow()))
+    client.set(layout.redis_run_lease(record.id), f"t1/{layout.new_run_id()}", px=1500)  # nobody refreshes it
+
+    final = pipeline.run_operation(services, record.id, token="t1")
+
+    assert final is not None and final.status == "succeeded"
+
+
+def test_a_live_lease_of_another_task_means_no_second_run(
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lease, "LEASE_REFRESH", 0.2)
+    services = make_services(client, tmp_path)
+    record = create(services, keypair[1], text="x")
+    services.records.put(record.evolve(status="running", started_at=utcnow()))
+    other = lease.RunLease.new(client, record.id, "other-task")
+    other.take()
+    stop = threading.Event()
+
+    def keep_refreshing() -> None:  # the other worker is alive
+        while not stop.wait(0.1):
+            other.refresh()
+
+    refresher = threading.Thread(target=keep_refreshing)
+    refresher.start()
+    try:
+        assert pipeline.run_operation(services, record.id, token="mine") is None
+    finally:
+        stop.set()
+        refresher.join()
+    assert services.records.get(record.id).status == "running"
+    assert other.held()
+
+
+def test_a_transient_error_releases_the_lease_before_the_retry(
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery retries with the same task id; the retry must find no holder (or it would wait, or be a no-op)."""
+    failures = [1]
+
+    class Flaky(MemoryObjectStore):
+        def put_file(self, key: str, src: Any, **kwargs: Any) -> None:
+            if failures[0]:
+                failures[0] -= 1
+                raise StorageError("S3 hiccup")
+            super().put_file(key, src, **kwargs)
+
+    services = make_services(client, tmp_path, store=Flaky())
+    record = create(services, keypair[1], text="x")
+    with pytest.raises(StorageError):
+        pipeline.run_operation(services, record.id, token="task-1")
+    assert not client.exists(layout.redis_run_lease(record.id))
+
+    final = pipeline.run_operation(services, record.id, token="task-1")  # Celery's retry keeps the task id
+    assert final is not None and final.status == "succeeded" and len(final.artifacts) == 2
