@@ -131,7 +131,9 @@ def _orphans_of(services: Services, operation_id: str, objects: list[ObjectInfo]
             record = services.records.get(operation_id)
         except NotFound:
             return []  # cleanup got there first; the next sweep sees the prefix without a record
-        if _run_alive(services, record):
+        if not record.finished:
+            # A pending or running operation may still get a late record write naming what it uploaded (a
+            # stalled finish of a run whose lease lapsed): its leftovers wait until the operation has ended.
             return []
         named = {layout.record_key(operation_id), layout.input_key(operation_id)}
         for artifact in record.artifacts:

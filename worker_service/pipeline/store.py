@@ -183,8 +183,8 @@ def store_artifacts(
 
     Raises ``LimitExceeded`` before uploading anything if ``out_dir`` breaks a limit (or when a file changed after
     the check), whatever ``ensure_owner`` raises once the run lost its lease, and lets storage errors
-    (``StorageError``/``Unavailable``) propagate: objects already uploaded are unnamed, so invisible, and a
-    re-run or the orphan sweep removes them.
+    (``StorageError``/``Unavailable``) propagate: objects already uploaded are unnamed, so invisible, and the
+    orphan sweep removes them once the operation has ended.
     """
     files = collect_outputs(out_dir, Limits.from_settings(services.settings))
     keywrap.parse_public_key(record.encryption_public_key)  # a bad key fails before anything is uploaded

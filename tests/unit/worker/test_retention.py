@@ -151,5 +151,21 @@ def test_sweep_removes_prefixes_without_a_record_and_spares_live_runs(services: 
     assert services.store.exists(uploading)
 
 
+def test_sweep_waits_until_an_unfinished_operation_ends(services: Services, client: redis.Redis) -> None:
+    """A running record whose lease lapsed may still get a late write naming what that run uploaded (a finish
+    that stalled after proving its lease): its unnamed objects stay until the operation has ended."""
+    stalled = make_record(status="running")
+    store_operation(services, stalled)
+    late = layout.artifact_key(stalled.id, "late.txt", layout.new_run_id())
+    services.store.put_bytes(late, b"x")
+    later = NOW.replace(year=2100)
+    assert not client.exists(layout.redis_run_lease(stalled.id))
+    assert retention.sweep_orphans(services, now=later) == 0
+    assert services.store.exists(late)
+    services.records.update(stalled.id, lambda r: r.evolve(status="failed", finished_at=NOW))
+    assert retention.sweep_orphans(services, now=later) == 1
+    assert not services.store.exists(late)
+
+
 def test_lifecycle_backstop_is_a_few_days_past_retention(services: Services) -> None:
     assert services.settings.lifecycle_days == services.settings.artifact_retention_days + 3
