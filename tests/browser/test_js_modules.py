@@ -12,8 +12,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,33 +19,20 @@ import pytest
 
 from shared.auth.signer import sign_request
 from shared.crypto import cobblestone, keywrap
+from tests.helpers.node import requires_node, run_node
 
 pytestmark = [
     pytest.mark.unit,
     pytest.mark.interop,
-    pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed"),
+    requires_node,
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-JS = ROOT / "tests" / "interop" / "js"
 OP, NAME = "privacy-audit_9f8e7d6c5b4a39281706f5e4", "report (final).md"
 
 
-def run_node(request: dict[str, Any]) -> dict[str, Any]:
-    node = shutil.which("node")
-    assert node is not None
-    done = subprocess.run(
-        [node, str(JS / "browser_modules.mjs")],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        cwd=JS,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    answer: dict[str, Any] = json.loads(done.stdout)
-    return answer
+def run_modules(request: dict[str, Any]) -> dict[str, Any]:
+    return run_node("browser_modules.mjs", request)
 
 
 def doc_json(doc: str, name: str) -> dict[str, Any]:
@@ -83,7 +68,7 @@ def test_decrypts_the_documented_example() -> None:
         "name": ex["artifact_name"],
         "ciphertext_b64": b64(bytes.fromhex(ex["ciphertext_hex"])),
     }
-    [result] = run_node({"decrypt": [case]})["decrypt"]
+    [result] = run_modules({"decrypt": [case]})["decrypt"]
     assert base64.b64decode(result["plaintext_b64"]).decode() == ex["plaintext_utf8"]
 
 
@@ -91,7 +76,7 @@ def test_decrypts_the_documented_example() -> None:
 def test_decrypts_python_payloads_at_chunk_boundaries(size: int) -> None:
     key, plaintext = os.urandom(32), os.urandom(size)
     case = {"key_hex": key.hex(), "op": OP, "name": NAME, "ciphertext_b64": b64(encrypt(key, OP, NAME, plaintext))}
-    [result] = run_node({"decrypt": [case]})["decrypt"]
+    [result] = run_modules({"decrypt": [case]})["decrypt"]
     assert base64.b64decode(result["plaintext_b64"]) == plaintext
 
 
@@ -120,7 +105,7 @@ def test_refuses_every_tampered_payload() -> None:
             for k, op, name, ct in cases.values()
         ]
     }
-    for label, result in zip(cases, run_node(request)["decrypt"], strict=True):
+    for label, result in zip(cases, run_modules(request)["decrypt"], strict=True):
         assert "plaintext_b64" not in result, label
         assert result["error"].startswith("IntegrityError"), (label, result)
 
@@ -132,7 +117,7 @@ def test_unwraps_the_documented_example() -> None:
     ex = doc_json("encryption.md", "keywrap")
     cob = doc_json("encryption.md", "cobblestone")
     case = {"secret_hex": ex["recipient_secret_hex"], "wrap": ex["wrap"], "op": ex["operation_id"]}
-    [result] = run_node({"unwrap": [{**case, "name": ex["artifact_name"]}]})["unwrap"]
+    [result] = run_modules({"unwrap": [{**case, "name": ex["artifact_name"]}]})["unwrap"]
     assert base64.b64decode(result["data_key_b64"]).hex() == cob["data_key_hex"]
     assert result["sha256"] == hashlib.sha256(cob["plaintext_utf8"].encode()).hexdigest()
 
@@ -161,7 +146,7 @@ def test_unwraps_python_wraps_and_refuses_misplaced_ones() -> None:
             "name": NAME,
         },
     ]
-    ok, *refused = run_node({"unwrap": cases})["unwrap"]
+    ok, *refused = run_modules({"unwrap": cases})["unwrap"]
     assert base64.b64decode(ok["data_key_b64"]) == data_key and ok["sha256"] == digest
     for result in refused:
         assert result.get("error", "").startswith("IntegrityError"), result
@@ -184,7 +169,7 @@ def test_signs_the_documented_example_byte_for_byte() -> None:
         "nonce": params[3],
         "chain_id": 1,
     }
-    [result] = run_node({"sign": [case]})["sign"]
+    [result] = run_modules({"sign": [case]})["sign"]
     assert result["headers"] == expected
 
 
@@ -205,7 +190,7 @@ def test_signature_base_matches_the_documented_base() -> None:
             "keyid": "erc8128:1:0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266",
         },
     }
-    assert run_node({"base": [case]})["base"] == [base]
+    assert run_modules({"base": [case]})["base"] == [base]
 
 
 @pytest.mark.parametrize(
@@ -221,5 +206,5 @@ def test_headers_equal_the_python_signer(method: str, url: str) -> None:
     key = "0x" + os.urandom(32).hex()
     created, nonce = 1_767_225_600, "AAECAwQFBgcICQoLDA0ODw"
     case = {"key_hex": key, "method": method, "url": url, "body_b64": "", "created": created, "ttl": 60}
-    [result] = run_node({"sign": [{**case, "nonce": nonce, "chain_id": 8453}]})["sign"]
+    [result] = run_modules({"sign": [{**case, "nonce": nonce, "chain_id": 8453}]})["sign"]
     assert result["headers"] == sign_request(key, method, url, b"", chain_id=8453, created=created, nonce=nonce)

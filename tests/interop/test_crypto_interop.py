@@ -4,41 +4,25 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shared.crypto import keywrap
+from tests.helpers.node import requires_node, run_node
 
 pytestmark = [
     pytest.mark.interop,
-    pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed"),
+    requires_node,
 ]
 
-JS = Path(__file__).resolve().parent / "js"
 BOB_SECRET_HEX = "7e5374ec2ef0d91761a6e72fdf8f6ac665519bfdf6da0a2329cf0d804514b816"
 BOB_PUBLIC = "C5YMNdqE4kLgxQhJO1MfuQcHP5hjVSXzamzd/TxlR0U="
 SHA = "ab" * 32
 
 
 def eth_sig_util(request: dict[str, Any]) -> dict[str, Any]:
-    node = shutil.which("node")
-    assert node is not None
-    done = subprocess.run(
-        [node, str(JS / "crypto_keywrap.mjs")],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        cwd=JS,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    answer: dict[str, Any] = json.loads(done.stdout)
-    return answer
+    return run_node("crypto_keywrap.mjs", request)
 
 
 def test_published_vector_in_node() -> None:

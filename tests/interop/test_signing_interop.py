@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
-import shutil
-import subprocess
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,13 +19,13 @@ from shared.auth.base import normalize_authority
 from shared.auth.signer import new_nonce, sign_request
 from shared.auth.verifier import SignedRequest, Verifier
 from shared.settings import Settings
+from tests.helpers.node import requires_node, run_node
 
 pytestmark = [
     pytest.mark.interop,
-    pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed"),
+    requires_node,
 ]
 
-JS = Path(__file__).parent / "js"
 KEY = "0x" + "5a" * 32
 ADDRESS = Account.from_key(KEY).address.lower()
 URLS = [
@@ -40,19 +36,7 @@ URLS = [
 
 
 def node(script: str, payload: dict[str, Any]) -> dict[str, Any]:
-    executable = shutil.which("node")
-    assert executable is not None
-    done = subprocess.run(
-        [executable, str(JS / script)],
-        input=json.dumps(payload).encode(),
-        capture_output=True,
-        cwd=JS,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+    return run_node(script, payload)
 
 
 class OnceStore:
