@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -415,13 +416,29 @@ def s3_client(endpoint_url: str, credentials: S3Credentials, region: str = "us-e
     )
 
 
-def write_private(path: Path, text: str) -> None:
-    """Create ``path`` with mode 0600 from the start (no window where it is world-readable)."""
+def write_private(path: Path, text: str, *, overwrite: bool = True) -> None:
+    """Write a secret file atomically with mode 0600 from the start.
+
+    The text goes to a 0600 temporary file in the same directory, is fsynced, then renamed over ``path``: a crash
+    or a full disk leaves the old file whole (a keyring truncated half-way would lose every key). With
+    ``overwrite=False`` an existing ``path`` is an error (``FileExistsError``), never silently replaced.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(path, 0o600)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp creates it 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path exists, atomically
+            os.unlink(tmp)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 class SeaweedServer(_EmbeddedServer):

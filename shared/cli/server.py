@@ -168,16 +168,22 @@ def run_keyring(args: argparse.Namespace) -> int:
     if args.keyring_command == "generate":
         text = Keyring.generate_json()
         if args.output:
-            write_private(Path(args.output), text)
+            try:
+                write_private(Path(args.output), text, overwrite=args.force)
+            except FileExistsError:
+                raise ConfigError(
+                    "--output", f"{args.output} exists: it may be a live keyring (use --force to replace it)"
+                ) from None
         else:
             print(text)
         return 0
     path = Path(args.file)
     try:
-        current = Keyring.from_json(path.read_text())
+        original = path.read_text()
     except OSError as exc:
         raise ConfigError("STRONGROOM_KEYRING_FILE", f"cannot be read ({exc.strerror})") from None
-    rotated = current.add_primary()
+    rotated = Keyring.from_json(original).add_primary()
+    write_private(path.with_name(path.name + ".bak"), original)  # the previous keyring, in case of doubt
     write_private(path, rotated.to_json())
     print(f"new primary key {rotated.primary_id}; older keys kept for decryption", file=sys.stderr)
     return 0
@@ -211,6 +217,7 @@ def register(sub: Any) -> None:
     keyring_sub = keyring.add_subparsers(dest="keyring_command", required=True)
     generate = keyring_sub.add_parser("generate", help="print a new one-key keyring (a secret)")
     generate.add_argument("--output", help="write it to this file (mode 0600) instead of stdout")
+    generate.add_argument("--force", action="store_true", help="replace an existing --output file")
     rotate = keyring_sub.add_parser("rotate", help="add a new primary key to a keyring file")
     rotate.add_argument("file")
     keyring.set_defaults(handler=run_keyring)
