@@ -31,6 +31,7 @@ from shared.devstack import (
     wait_for,
     write_private,
 )
+from shared.errors import ConfigError
 from shared.logging import configure, get_logger
 from shared.settings import Settings
 
@@ -97,6 +98,11 @@ class DevStack:
 
     def start_servers(self) -> None:
         if not self.env.get("STRONGROOM_KEYRING") and not self.env.get("STRONGROOM_KEYRING_FILE"):
+            if self.env.get("STRONGROOM_S3_ENDPOINT_URL"):
+                # Records sealed with a key that only this data dir holds would be unreadable by the real API.
+                raise ConfigError(
+                    "STRONGROOM_KEYRING", "is required when `strongroom dev` uses an external S3 (or set _FILE)"
+                )
             self.env["STRONGROOM_KEYRING_FILE"] = str(_dev_keyring(self.data_dir / "keyring.json"))
         if not (self.env.get("REDIS_URL") or self.env.get("STRONGROOM_REDIS_URL")):
             redis = ValkeyServer(self.data_dir / "valkey", port=_remembered_port(self.data_dir / "valkey.port"))

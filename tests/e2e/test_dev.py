@@ -158,3 +158,20 @@ def test_dev_with_a_bad_setting_exits_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "STRONGROOM_PRESIGN_TTL" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "d" / "valkey").exists()  # nothing was started
+
+
+def test_dev_against_an_external_s3_needs_a_real_keyring(tmp_path: Path) -> None:
+    """A keyring generated into the data dir would seal records in a shared bucket that only this machine can read."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "AWS_", "REDIS_"))}
+    env["STRONGROOM_S3_ENDPOINT_URL"] = "http://127.0.0.1:9"
+
+    result = subprocess.run(
+        [sys.executable, "-m", "shared", "dev", "--data-dir", str(tmp_path / "d"), "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "STRONGROOM_KEYRING" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "d" / "keyring.json").exists()
