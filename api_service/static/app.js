@@ -33,7 +33,13 @@ function identityFromFile(doc) {
   if (!doc || doc.version !== 1 || typeof doc.signing_key !== 'string') {
     throw new Error('this is not a strongroom identity file (version 1)');
   }
-  const wallet = new Wallet(doc.signing_key);
+  let wallet;
+  try {
+    wallet = new Wallet(doc.signing_key);
+  } catch {
+    // ethers' message quotes the value it could not parse: never let the key reach the page.
+    throw new Error('the identity file has a malformed signing key');
+  }
   const address = wallet.address.toLowerCase();
   if (doc.address && String(doc.address).toLowerCase() !== address) {
     throw new Error('the identity file is inconsistent: its address does not match its signing key');
@@ -351,6 +357,10 @@ if (globalThis.ethereum?.request) {
 $('identity-forget').addEventListener('click', () => {
   stopPolling();
   useIdentity(null);
+  if (lastObjectUrl) URL.revokeObjectURL(lastObjectUrl); // the decrypted file goes with the identity
+  lastObjectUrl = null;
+  $('saved').replaceChildren();
+  $('saved').hidden = true;
 });
 
 $('op-form').addEventListener(

@@ -185,3 +185,22 @@ def stored_key(store: Any, operation_id: str, name: str) -> str:
     """The one object holding artifact ``name`` (keys are per run; the served shape does not name the run)."""
     [key] = [i.key for i in store.list(layout.artifacts_prefix(operation_id)) if i.key.endswith(f"/{name}.enc")]
     return key
+
+
+def test_a_malformed_signing_key_never_reaches_the_page(
+    page_api: str, browser_page: Any, grantee: tuple[Identity, Path], tmp_path: Path
+) -> None:
+    """ethers quotes the value it cannot parse; the page must show a generic message instead of the key."""
+    identity, identity_file = grantee
+    doc = json.loads(identity_file.read_text())
+    doc["signing_key"] = doc["signing_key"] + " "  # a pasted trailing space: still the whole secret
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(doc))
+    page = browser_page
+    page.goto(f"{page_api}/app/")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page.set_input_files("#identity-file", str(broken))
+    expect(page.locator("#error")).to_contain_text("malformed signing key")
+    secret = identity.account.key.hex().removeprefix("0x")
+    assert secret not in page.content()
+    assert not any(secret in line for line in page.console_messages_seen)
