@@ -12,7 +12,7 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import NotFound
+from shared.errors import CryptoError, NotFound
 from shared.models import (
     ArtifactCollection,
     ArtifactMetadata,
@@ -96,6 +96,9 @@ def _embedded(
             plaintext = records.get_sealed(key)
         except NotFound:
             warnings.append(f"{artifact.name}: the embedded copy is gone; download it instead")
+            continue
+        except CryptoError:  # a damaged copy (or a key no longer in the keyring) must not break the status
+            warnings.append(f"{artifact.name}: the embedded copy cannot be read; download it instead")
             continue
         embedded.append(
             EmbeddedArtifact(

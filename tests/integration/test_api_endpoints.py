@@ -264,6 +264,23 @@ def test_embedded_artifact_modes(redis_url: str, mode: str) -> None:
     assert len(body["warnings"]) == 1 and body["warnings"][0].startswith("big.json")
 
 
+def test_a_damaged_embedded_copy_becomes_a_warning_not_a_500(redis_url: str) -> None:
+    api = ApiHarness(redis_url, embedded_artifacts="deprecated", embedded_max_size=16)
+    record = api.make_record(status="succeeded")
+    stored = api.add_artifact(record, "small.json", b"c1", plaintext=b'{"a": 1}', embedded=True).artifacts[0]
+    key = stored.embedded_object_key(record.id)
+    assert key is not None
+    blob = bytearray(api.store.get_bytes(key))
+    blob[-1] ^= 1  # a flipped bit in the sealed copy
+    api.store.put_bytes(key, bytes(blob))
+    with api.client() as client:
+        response = api.signed(client, "GET", f"{OPS}/{record.id}")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["embedded_artifacts"] == []
+    assert body["warnings"] == ["small.json: the embedded copy cannot be read; download it instead"]
+
+
 # --- access log, health, metrics, request ids, CORS ---------------------------------------------------------
 
 
