@@ -39,8 +39,11 @@ class ListOperationsResponse(_Doc):
 
 
 class ArtifactUrlResponse(_Doc):
-    url: str = Field(description="presigned S3 GET URL")
-    expires_at: str
+    url: str = Field(
+        description="presigned S3 GET URL; in proxy mode this artifact's own API path "
+        "(`/api/v1/operations/{id}/artifacts/{name}`), fetched with a signed GET"
+    )
+    expires_at: str | None = Field(description="when the presigned URL stops working; null in proxy mode")
     size: int = Field(description="plaintext size, bytes")
     content_type: str
     checksum: str
@@ -239,7 +242,8 @@ def _paths() -> dict[str, Any]:
                 "Download: 307 to a presigned URL, JSON with the URL, or (proxy mode) the ciphertext",
                 {
                     "200": {
-                        "description": "JSON (Accept: application/json) or, in proxy mode, the ciphertext",
+                        "description": "JSON (Accept: application/json; proxy mode too, recording no "
+                        "download) or, in proxy mode, the ciphertext",
                         "headers": _ARTIFACT_HEADERS,
                         "content": {"application/json": {"schema": _ref("ArtifactUrlResponse")}, **binary},
                     },

@@ -1,13 +1,21 @@
 """``/api/v1/operations/{id}/artifacts``: list, deliver (presigned 307, JSON, or proxied ciphertext), delete.
 
 Bytes never pass through the API in the default ``presigned`` mode. In ``proxy`` mode the ciphertext is streamed
-from S3 chunk by chunk (never buffered whole), with single-range ``Range`` support so clients can resume.
+from S3 chunk by chunk (never buffered whole), with single-range ``Range`` support so clients can resume. Every
+storage call (opening the object, each chunk, closing it) runs in a worker thread: a slow S3 delays that download,
+never the event loop.
+
+Audit actions say what really happened: handing out a URL (``artifact.url``: presigned mode, or the JSON ticket
+in proxy mode, whose ``url`` is this same route) is not a download; only a proxied byte stream is
+``artifact.download``. ``HEAD`` in proxy mode answers the headers from the object's metadata, no body.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import anyio
 from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
@@ -19,7 +27,14 @@ from api_service.http import ByteRange, parse_range, prefers_json
 from api_service.views import collection
 from shared.auth.verifier import VerifiedSigner
 from shared.errors import NotFound
-from shared.models import ENCRYPTION_SCHEME, AuditAction, OperationRecord, StoredArtifact, format_time
+from shared.models import (
+    ENCRYPTION_SCHEME,
+    AuditAction,
+    OperationRecord,
+    StoredArtifact,
+    artifact_url,
+    format_time,
+)
 from shared.storage.s3 import content_disposition
 
 
@@ -34,12 +49,25 @@ async def get_artifact(request: Request) -> Response:
     signer = await authenticate(request)
     name = request.path_params["name"]
     proxy = services(request).settings.delivery_mode == "proxy"
-    action: AuditAction = "artifact.download" if proxy else "artifact.url"
+    action = _action(request, proxy)
     record = await load_operation(request, signer, request.path_params["operation_id"], action, artifact=name)
     artifact = await _find(request, signer, record, name, action)
-    if proxy:
-        return await _proxy(request, signer, record, artifact)
-    return await _presigned(request, signer, record, artifact)
+    if not proxy:
+        return await _presigned(request, signer, record, artifact)
+    if action == "artifact.url":
+        return await _proxy_ticket(request, signer, record, artifact)
+    if request.method == "HEAD":
+        return await _proxy_head(request, signer, record, artifact)
+    return await _proxy(request, signer, record, artifact)
+
+
+def _action(request: Request, proxy: bool) -> AuditAction:
+    """What this request would do, for its audit events (denials included)."""
+    if not proxy or prefers_json(request.headers.get("accept")):
+        return "artifact.url"
+    if request.method == "HEAD":
+        return "artifact.list"  # metadata only: size and checksums, like the artifact list
+    return "artifact.download"
 
 
 async def delete_artifact(request: Request) -> Response:
@@ -105,17 +133,58 @@ async def _presigned(
     )
     request.app.state.metrics.urls_minted.labels(delivery="json" if as_json else "redirect").inc()
     if as_json:
-        body = {
-            "url": url.url,
-            "expires_at": format_time(url.expires_at),
-            "size": artifact.size,
-            "content_type": artifact.content_type,
-            "checksum": artifact.checksum,
-            "ciphertext_checksum": artifact.ciphertext_checksum,
-            "encryption": artifact.encryption.model_dump(mode="json"),
-        }
-        return json_response(body, 200, artifact_headers(artifact))
+        return json_response(
+            _ticket_body(artifact, url.url, format_time(url.expires_at)), 200, artifact_headers(artifact)
+        )
     return RedirectResponse(url.url, status_code=307, headers=artifact_headers(artifact))
+
+
+def _ticket_body(artifact: StoredArtifact, url: str, expires_at: str | None) -> dict[str, Any]:
+    return {
+        "url": url,
+        "expires_at": expires_at,
+        "size": artifact.size,
+        "content_type": artifact.content_type,
+        "checksum": artifact.checksum,
+        "ciphertext_checksum": artifact.ciphertext_checksum,
+        "encryption": artifact.encryption.model_dump(mode="json"),
+    }
+
+
+async def _proxy_ticket(
+    request: Request, signer: VerifiedSigner, record: OperationRecord, artifact: StoredArtifact
+) -> Response:
+    """Proxy mode, JSON preferred: the ticket names this same route (signed GETs, no expiry); nothing is read."""
+    await audit(
+        request, "artifact.url", "allowed", actor=signer.address, operation_id=record.id, artifact=artifact.name
+    )
+    request.app.state.metrics.urls_minted.labels(delivery="json").inc()
+    body = _ticket_body(artifact, artifact_url(record.id, artifact.name), None)
+    return json_response(body, 200, artifact_headers(artifact))
+
+
+def _proxy_headers(artifact: StoredArtifact) -> dict[str, str]:
+    return {
+        **artifact_headers(artifact),
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": content_disposition(artifact.name + ".enc"),
+    }
+
+
+async def _proxy_head(
+    request: Request, signer: VerifiedSigner, record: OperationRecord, artifact: StoredArtifact
+) -> Response:
+    """The headers a GET would answer, from the object's metadata: no body, no S3 GET, no download recorded.
+
+    ``Range`` is ignored, as RFC 9110 section 14.2 requires for methods other than GET.
+    """
+    svc = services(request)
+    info = await blocking(svc.store.head, artifact.object_key(record.id))  # NotFound -> 404 like a GET
+    await audit(
+        request, "artifact.list", "allowed", actor=signer.address, operation_id=record.id, artifact=artifact.name
+    )
+    headers = {**_proxy_headers(artifact), "Content-Length": str(info.size)}
+    return Response(status_code=200, headers=headers, media_type="application/octet-stream")
 
 
 async def _proxy(
@@ -125,39 +194,55 @@ async def _proxy(
     size = artifact.ciphertext_size
     wanted = parse_range(request.headers.get("range"), size)
     key = artifact.object_key(record.id)
-    headers = {
-        **artifact_headers(artifact),
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": content_disposition(artifact.name + ".enc"),
-    }
-    chunks: Iterator[bytes]
+    headers = _proxy_headers(artifact)
     if wanted is None:
-        status, length = 200, size
-        chunks = svc.store.open_range(key)
+        status, length, first_byte, last_byte = 200, size, None, None
     else:
-        status, length = 206, wanted.length
+        status, length, first_byte, last_byte = 206, wanted.length, wanted.first, wanted.last
         headers["Content-Range"] = f"bytes {wanted.first}-{wanted.last}/{size}"
-        chunks = svc.store.open_range(key, wanted.first, wanted.last)
-    # Pull the first chunk before answering, so a missing object is a clean 404, not a broken 200 stream.
-    first = await blocking(next, chunks, b"")
-    await audit(
-        request, "artifact.download", "allowed", actor=signer.address, operation_id=record.id, artifact=artifact.name
-    )
+    # Opening the object is a blocking S3 GetObject (timeouts, retries): never on the event loop.
+    chunks = await blocking(svc.store.open_range, key, first_byte, last_byte)
+    try:
+        # Pull the first chunk before answering, so a missing object is a clean 404, not a broken 200 stream.
+        first = await blocking(next, chunks, b"")
+        await audit(
+            request,
+            "artifact.download",
+            "allowed",
+            actor=signer.address,
+            operation_id=record.id,
+            artifact=artifact.name,
+        )
+    except BaseException:
+        await _close(chunks)
+        raise
     request.app.state.metrics.urls_minted.labels(delivery="proxy").inc()
     headers["Content-Length"] = str(length)
     return StreamingResponse(
-        _prepend(first, iterate_in_threadpool(chunks)),
+        _stream(first, chunks),
         status_code=status,
         headers=headers,
         media_type="application/octet-stream",
     )
 
 
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if first:
-        yield first
-    async for chunk in rest:
-        yield chunk
+async def _stream(first: bytes, chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """``first``, then the rest, each chunk fetched in a worker thread; the object is closed off the loop too."""
+    try:
+        if first:
+            yield first
+        async for chunk in iterate_in_threadpool(chunks):
+            yield chunk
+    finally:
+        await _close(chunks)
+
+
+async def _close(chunks: Iterator[bytes]) -> None:
+    """Release the S3 body (a generator's ``finally``) in a thread, even when the client went away."""
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        with anyio.CancelScope(shield=True):
+            await blocking(close)
 
 
 __all__ = ["ByteRange", "RangeNotSatisfiable", "delete_artifact", "get_artifact", "list_artifacts"]

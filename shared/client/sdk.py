@@ -58,6 +58,7 @@ API_PREFIX = "/api/v1"
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 API_URL_ENV = "STRONGROOM_API_URL"
 JSON = "application/json"
+OCTET_STREAM = "application/octet-stream"
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -233,7 +234,9 @@ class StrongroomClient:
         self._request("DELETE", _artifact(operation_id, name))
 
     def ticket(self, operation_id: str, name: str) -> DownloadTicket:
-        """Where and how to fetch one artifact: the JSON download answer, or the metadata in proxy mode."""
+        """Where and how to fetch one artifact: the JSON download answer (both delivery modes; in proxy mode its
+        ``url`` is the API's own artifact path). Older servers that answer a redirect or the bytes themselves fall
+        back to the artifact list's metadata."""
         path = _artifact(operation_id, name)
         with self._stream("GET", path, headers={"Accept": JSON}) as response:
             kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -273,6 +276,8 @@ class StrongroomClient:
         def open_range(first: int, last: int | None) -> Iterator[RangeAnswer]:
             headers = {"Range": f"bytes={first}-{'' if last is None else last}"} if first or last is not None else {}
             if ticket.url is None:
+                # Ask for the bytes: a proxy-mode API answers JSON (the ticket) to a client that prefers it.
+                headers["Accept"] = OCTET_STREAM
                 context = self._stream("GET", _artifact(ticket.operation_id, ticket.name), headers=headers)
             else:
                 context = self._plain_stream(ticket.url, headers)
@@ -419,7 +424,7 @@ def _ticket(operation_id: str, name: str, data: Mapping[str, Any], api_url: str)
         url = data.get("url")
         if isinstance(url, str) and url.startswith("/"):
             url = f"{api_url}{url}"
-        if isinstance(url, str) and url.startswith(api_url):
+        if isinstance(url, str) and _is_api_url(url, api_url):
             url = None  # proxy mode: the API serves the bytes, with a signed request
         return DownloadTicket(
             operation_id=operation_id,
@@ -433,6 +438,13 @@ def _ticket(operation_id: str, name: str, data: Mapping[str, Any], api_url: str)
         )
     except (KeyError, TypeError, ValueError):
         raise ProtocolError(f"the download answer for {name!r} is missing fields") from None
+
+
+def _is_api_url(url: str, api_url: str) -> bool:
+    """``url`` is under the API's base URL at a path boundary (``http://api.test`` is not a prefix of
+    ``http://api.test.evil``: such a URL is fetched unsigned, like any presigned URL)."""
+    base = api_url.rstrip("/")
+    return url == base or url.startswith(base + "/")
 
 
 def _is_digits(text: str) -> bool:

@@ -7,25 +7,31 @@ the server stored afterwards.
 from __future__ import annotations
 
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
+import httpx
 import pytest
 import redis as sync_redis
 from httpx import Response
+from jsonschema import Draft202012Validator
 from starlette.testclient import TestClient
 
 from api_service.endpoints.operations import CANCEL_KEY_TTL
+from api_service.openapi import openapi_document
 from shared import audit_log, layout
+from shared.auth.signer import sign_request
 from shared.contracts import RunOperation
 from shared.events import decode, new_event
-from shared.models import GetOperationResponse, OperationResult, utcnow
+from shared.models import AuditEvent, GetOperationResponse, OperationResult, utcnow
 from tests.unit.api.api_harness import ApiHarness
 
 pytestmark = pytest.mark.integration
 
 OPS = "/api/v1/operations"
+DOCUMENT = openapi_document()
 
 
 @pytest.fixture
@@ -233,6 +239,138 @@ def test_proxy_mode_streams_with_ranges(redis_url: str) -> None:
         over = api.signed(client, "GET", path, headers={"Range": f"bytes={len(ciphertext)}-"})
         assert_problem(over, 416, "range_not_satisfiable")
         assert over.headers["content-range"] == f"bytes */{len(ciphertext)}"
+
+
+def _audit_since(redis_url: str) -> Callable[[], list[AuditEvent]]:
+    """The audit events published from now on (call the result to read them)."""
+    r = sync_redis.Redis.from_url(redis_url)
+    newest = r.xrevrange(layout.REDIS_AUDIT_STREAM, count=1)
+    start = b"(" + (newest[0][0] if newest else b"0-0")
+    return lambda: [decode(fields) for _, fields in r.xrange(layout.REDIS_AUDIT_STREAM, min=start)]
+
+
+def _count_opens(api: ApiHarness) -> list[str]:
+    """Record every object the store opens for reading (a proxied S3 GetObject)."""
+    opened: list[str] = []
+    real = api.store.open_range
+
+    def open_range(key: str, first: int | None = None, last: int | None = None) -> Iterator[bytes]:
+        opened.append(key)
+        return real(key, first, last)
+
+    api.store.open_range = open_range  # type: ignore[method-assign]
+    return opened
+
+
+def test_proxy_mode_json_ticket_is_not_a_download(redis_url: str) -> None:
+    """Review finding 2: Accept: application/json in proxy mode answers the ticket (its url is this route), opens
+    no object and records artifact.url; only the byte stream that follows records artifact.download."""
+    api = ApiHarness(redis_url, delivery_mode="proxy")
+    record = api.make_record(status="succeeded")
+    ciphertext = bytes(range(256)) * 8
+    api.add_artifact(record, "b c.bin", ciphertext, plaintext=b"p")
+    path = f"{OPS}/{record.id}/artifacts/b%20c.bin"
+    opened = _count_opens(api)
+    events = _audit_since(redis_url)
+    with api.client() as client:
+        ticket = api.signed(client, "GET", path, headers={"Accept": "application/json"})
+        assert ticket.status_code == 200, ticket.text
+        assert ticket.headers["content-type"] == "application/json"
+        assert ticket.headers["x-artifact-checksum"].startswith("sha256:")
+        assert ticket.headers["cache-control"] == "no-store"
+        body = ticket.json()
+        assert set(body) == {
+            "url", "expires_at", "size", "content_type", "checksum", "ciphertext_checksum", "encryption",
+        }  # fmt: skip
+        assert body["url"] == path and body["expires_at"] is None
+        assert body["size"] == 1 and body["ciphertext_checksum"].startswith("sha256:")
+        schema = {**DOCUMENT["components"]["schemas"]["ArtifactUrlResponse"], "components": DOCUMENT["components"]}
+        assert not [e.message for e in Draft202012Validator(schema).iter_errors(body)]
+        assert opened == []
+        assert [(e.action, e.result) for e in events() if e.artifact == "b c.bin"] == [("artifact.url", "allowed")]
+
+        full = api.signed(client, "GET", body["url"], headers={"Accept": "application/octet-stream"})
+        assert full.status_code == 200 and full.content == ciphertext
+    assert len(opened) == 1
+    assert [(e.action, e.result) for e in events() if e.artifact == "b c.bin"] == [
+        ("artifact.url", "allowed"),
+        ("artifact.download", "allowed"),
+    ]
+
+
+def test_proxy_mode_head_answers_headers_without_reading_or_recording_a_download(redis_url: str) -> None:
+    """Review finding 3: HEAD is the GET's headers from the object's metadata: no body, no GetObject, no
+    artifact.download event; Range is ignored (RFC 9110 section 14.2); a missing object is still 404."""
+    api = ApiHarness(redis_url, delivery_mode="proxy")
+    record = api.make_record(status="succeeded")
+    ciphertext = bytes(range(256)) * 8
+    api.add_artifact(record, "b.bin", ciphertext, plaintext=b"p")
+    path = f"{OPS}/{record.id}/artifacts/b.bin"
+    opened = _count_opens(api)
+    events = _audit_since(redis_url)
+    with api.client() as client:
+        get = api.signed(client, "GET", path)
+        for headers in ({}, {"Range": "bytes=10-19"}):
+            head = api.signed(client, "HEAD", path, headers=headers)
+            assert head.status_code == 200 and head.content == b""
+            for name in ("content-length", "content-type", "x-artifact-checksum", "accept-ranges"):
+                assert head.headers[name] == get.headers[name], name
+            assert "content-range" not in head.headers
+        assert len(opened) == 1  # the GET's only
+        downloads = [e for e in events() if e.action == "artifact.download"]
+        assert len(downloads) == 1
+
+        api.store.delete(opened[0])  # the object is gone, the record still names it
+        assert api.signed(client, "HEAD", path).status_code == 404
+    assert len(opened) == 1
+
+
+@pytest.mark.parametrize("slow", ["open", "chunk"])
+def test_slow_storage_in_proxy_mode_does_not_block_the_event_loop(redis_url: str, slow: str) -> None:
+    """Review finding 1: opening the object (S3 GetObject, up to 60 s x 4 attempts) and every later chunk run in
+    worker threads; a download stuck on storage must not stall other requests on the same uvicorn loop."""
+    api = ApiHarness(redis_url, delivery_mode="proxy")
+    record = api.make_record(status="succeeded")
+    ciphertext = bytes(range(256)) * 8
+    api.add_artifact(record, "b.bin", ciphertext, plaintext=b"p")
+    path = f"{OPS}/{record.id}/artifacts/b.bin"
+    stalled = threading.Event()
+    real = api.store.open_range
+
+    def open_range(key: str, first: int | None = None, last: int | None = None) -> Iterator[bytes]:
+        data = b"".join(real(key, first, last))
+        if slow == "open":
+            stalled.set()
+            time.sleep(STALL)
+            return iter([data])
+        return _slow_after_first(data, stalled)
+
+    api.store.open_range = open_range  # type: ignore[method-assign]
+    with api.uvicorn() as port, httpx.Client(timeout=30) as http:
+        url = f"http://127.0.0.1:{port}{path}"
+        result: list[httpx.Response] = []
+        download = threading.Thread(
+            target=lambda: result.append(http.get(url, headers=sign_request(api.alice.key, "GET", url, b"")))
+        )
+        download.start()
+        assert stalled.wait(10)
+        began = time.monotonic()
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30)
+        elapsed = time.monotonic() - began
+        download.join(30)
+    assert health.status_code == 200
+    assert elapsed < STALL / 2, f"/healthz waited {elapsed:.2f}s behind a stalled {slow}"
+    assert result and result[0].status_code == 200 and result[0].content == ciphertext
+
+
+STALL = 2.0
+
+
+def _slow_after_first(data: bytes, stalled: threading.Event) -> Iterator[bytes]:
+    yield data[:10]
+    stalled.set()
+    time.sleep(STALL)
+    yield data[10:]
 
 
 # --- embedded-artifacts migration ---------------------------------------------------------------------------

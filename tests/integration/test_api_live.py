@@ -141,5 +141,15 @@ def test_proxy_delivery_streams_ciphertext_with_ranges(
         part = client.request("GET", meta["download_url"], Range="bytes=5-")
         assert part.status_code == 206 and part.content == full.content[5:]
         assert sha256(client.decrypt(operation_id, meta, full.content)) == meta["checksum"]
+        # JSON preferred: the ticket, naming this same route (fetched with a signed GET); no bytes
+        ticket = client.request("GET", meta["download_url"], Accept="application/json")
+        assert ticket.status_code == 200 and ticket.headers["content-type"] == "application/json"
+        assert ticket.json()["url"] == meta["download_url"] and ticket.json()["expires_at"] is None
+        assert ticket.json()["ciphertext_checksum"] == meta["ciphertext_checksum"]
+        # HEAD: the GET's headers from S3 HeadObject, no body
+        head = client.request("HEAD", meta["download_url"])
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(len(full.content))
+        assert head.headers["x-artifact-checksum"] == meta["checksum"]
     finally:
         proxy.stop()

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from shared import layout
 from shared.client import StrongroomClient
 from shared.client.download import partial_path
 from shared.client.identity import Identity, generate_identity
 from shared.errors import IntegrityError, NotFound, NotGrantee
+from shared.events import decode
 from shared.models import GetOperationResponse
+from shared.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -168,15 +171,25 @@ def wait_until(check: Callable[[], bool], *, timeout: float) -> None:
 @pytest.fixture(scope="module")
 def proxy_client(api_factory: Callable[..., Any], celery_worker: Any, identity: Identity) -> Iterator[StrongroomClient]:
     handle = api_factory(STRONGROOM_DELIVERY_MODE="proxy")
-    with StrongroomClient(handle.url, identity) as c:
-        yield c
+    try:
+        with StrongroomClient(handle.url, identity) as c:
+            yield c
+    finally:
+        handle.stop()
 
 
 def test_proxy_mode_download_range_and_resume(
-    proxy_client: StrongroomClient, finished: GetOperationResponse, object_store: Any, tmp_path: Path
+    proxy_client: StrongroomClient,
+    finished: GetOperationResponse,
+    object_store: Any,
+    settings: Settings,
+    tmp_path: Path,
 ) -> None:
     name = "privacy_audit.md"
     meta = next(a for a in finished.artifacts.artifacts if a.name == name)
+    audit = redis.Redis.from_url(settings.redis_url)
+    newest = audit.xrevrange(layout.REDIS_AUDIT_STREAM, count=1)
+    since = b"(" + (newest[0][0] if newest else b"0-0")
     ticket = proxy_client.ticket(finished.id, name)
     assert ticket.url is None  # served by the API itself
     dest = tmp_path / name
@@ -189,6 +202,11 @@ def test_proxy_mode_download_range_and_resume(
     partial_path(dest, ticket).write_bytes(ciphertext[:100])
     assert proxy_client.download(finished.id, name, dest).resumed_from == 100
     assert sha256_file(dest) == meta.checksum
+    # Review finding 2: a ticket is artifact.url, only a byte stream is artifact.download (one each for the two
+    # downloads and one for the single-chunk range), never a download for the ticket request.
+    events = [decode(f) for _, f in audit.xrange(layout.REDIS_AUDIT_STREAM, min=since)]
+    mine = [e.action for e in events if e.operation_id == finished.id and e.artifact == name]
+    assert sorted(mine) == ["artifact.download"] * 3 + ["artifact.url"] * 4
 
 
 def stored_key(store: Any, operation_id: str, name: str) -> str:

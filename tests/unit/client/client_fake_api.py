@@ -87,7 +87,9 @@ class FakeOperation:
 class FakeApi:
     """Route table over in-memory state; ``fail_next`` queues canned error answers before normal handling."""
 
-    def __init__(self, *, proxy: bool = False) -> None:
+    def __init__(self, *, proxy: bool = False, proxy_tickets: bool = True, s3: str = S3) -> None:
+        self.s3 = s3  # where presigned URLs point
+        self.proxy_tickets = proxy_tickets  # False: an older proxy-mode API that streams even when JSON is preferred
         self.operations: dict[str, FakeOperation] = {}
         self.nonces: set[str] = set()
         self.fail_next: list[httpx.Response] = []
@@ -95,6 +97,7 @@ class FakeApi:
         self.s3_objects: dict[str, bytes] = {}
         self.s3_truncate_once: int | None = None  # serve only this many bytes on the next S3 GET
         self.proxy = proxy
+        self.downloads = 0  # proxy mode: byte streams the API served (what the real API audits as downloads)
         self.events: list[dict[str, Any]] = []
         self.chain_valid = True
 
@@ -123,7 +126,7 @@ class FakeApi:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
-        if str(request.url).startswith(S3):
+        if str(request.url).startswith(self.s3 + "/"):
             return self._s3(request)
         if self.fail_next:
             return self.fail_next.pop(0)
@@ -224,13 +227,17 @@ class FakeApi:
         return httpx.Response(200, json={"operations": rows, "next_cursor": nxt})
 
     def _download(self, request: httpx.Request, op: FakeOperation, artifact: FakeArtifact) -> httpx.Response:
-        if self.proxy:
-            return ranged(request, self.s3_objects[f"{op.id}/{artifact.name}"])
         meta = artifact.metadata(op.id)
-        url = f"{S3}/{op.id}/{artifact.name}?X-Amz-Signature=fake"
-        if "application/json" not in request.headers.get("accept", ""):
-            return httpx.Response(307, headers={"Location": url})
         ticket = {k: meta[k] for k in ("size", "content_type", "checksum", "ciphertext_checksum", "encryption")}
+        wants_json = "application/json" in request.headers.get("accept", "")
+        if self.proxy:
+            if wants_json and self.proxy_tickets:  # the ticket names the API's own artifact path; nothing is streamed
+                return httpx.Response(200, json={"url": meta["download_url"], "expires_at": None, **ticket})
+            self.downloads += 1
+            return ranged(request, self.s3_objects[f"{op.id}/{artifact.name}"])
+        url = f"{self.s3}/{op.id}/{artifact.name}?X-Amz-Signature=fake"
+        if not wants_json:
+            return httpx.Response(307, headers={"Location": url})
         return httpx.Response(200, json={"url": url, "expires_at": LATER, **ticket})
 
     def _s3(self, request: httpx.Request) -> httpx.Response:

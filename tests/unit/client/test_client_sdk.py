@@ -264,6 +264,48 @@ def test_download_verifies_and_decrypts(identity: Identity, tmp_path: Path, prox
         assert s3 and all("signature" not in r.headers for r in s3)  # presigned URLs are never ERC-8128 signed
 
 
+def test_proxy_mode_ticket_is_json_and_bytes_are_streamed_once(identity: Identity, tmp_path: Path) -> None:
+    """Review finding 2: the ticket GET must not open a byte stream (the API would record a download that never
+    happened); the one byte GET asks for bytes, not JSON, and fetch_range streams only the chunks it needs."""
+    api = FakeApi(proxy=True)
+    op_id = finished_op(api, identity)
+    with StrongroomClient(API, identity, transport=api.transport) as client:
+        ticket = client.ticket(op_id, "big.bin")
+        assert ticket.url is None and api.downloads == 0
+        client.download(op_id, "big.bin", tmp_path / "big.bin")
+        assert api.downloads == 1
+        assert client.fetch_range(op_id, "big.bin", 10, 99) == BIG[10:100]
+        assert api.downloads == 2
+    assert (tmp_path / "big.bin").read_bytes() == BIG
+    artifact_gets = [r for r in api.requests if r.url.path.endswith("/artifacts/big.bin")]
+    ticket_get, byte_get = "application/json", "application/octet-stream"
+    # ticket(); download: ticket + one stream; fetch_range: ticket + one ranged stream (one Cobblestone chunk)
+    assert [r.headers["accept"] for r in artifact_gets] == [ticket_get, ticket_get, byte_get, ticket_get, byte_get]
+    assert all("signature" in r.headers for r in artifact_gets)
+
+
+def test_older_proxy_api_that_streams_on_the_ticket_request_still_works(identity: Identity, tmp_path: Path) -> None:
+    api = FakeApi(proxy=True, proxy_tickets=False)
+    op_id = finished_op(api, identity)
+    with StrongroomClient(API, identity, transport=api.transport) as client:
+        client.download(op_id, "big.bin", tmp_path / "big.bin")
+    assert (tmp_path / "big.bin").read_bytes() == BIG
+
+
+@pytest.mark.parametrize("s3", ["http://api.test-s3", "http://api.test.storage.example", "http://api.test:9000"])
+def test_presigned_url_sharing_the_api_url_prefix_is_not_proxy(identity: Identity, tmp_path: Path, s3: str) -> None:
+    """Review finding 2: only a URL under the API at a path boundary is proxy delivery; a storage host whose name
+    merely starts with the API's is fetched unsigned, like every presigned URL."""
+    api = FakeApi(s3=s3)
+    op_id = finished_op(api, identity)
+    with StrongroomClient(API, identity, transport=api.transport) as client:
+        assert client.ticket(op_id, "big.bin").url is not None
+        client.download(op_id, "big.bin", tmp_path / "big.bin")
+    assert (tmp_path / "big.bin").read_bytes() == BIG
+    storage = [r for r in api.requests if str(r.url).startswith(s3 + "/")]
+    assert storage and all("signature" not in r.headers for r in storage)
+
+
 def test_swapped_ciphertext_is_rejected_and_leaves_nothing(
     client: StrongroomClient, api: FakeApi, identity: Identity, tmp_path: Path
 ) -> None:
