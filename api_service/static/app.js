@@ -19,6 +19,7 @@ const CHAIN_ID = 1;
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 const POLL_MS = 3000;
 const API = new URL('../api/v1/', document.baseURI);
+const API_PATH = '/api/v1/'; // how the API writes its own URLs (download_url, proxy tickets)
 
 const $ = (id) => document.getElementById(id);
 let identity = null; // {address, label, signMessage(text), openWrap(wrap) -> payload text}
@@ -200,7 +201,9 @@ async function downloadArtifact(operationId, name) {
   let ciphertext;
   if (kind === 'application/json') {
     ticket = await response.json();
-    ciphertext = await fetchPresigned(ticket.url);
+    ciphertext = ticket.url?.startsWith?.(API_PATH)
+      ? await fetchThroughApi(ticket.url) // proxy delivery: the ticket points back at the API
+      : await fetchPresigned(ticket.url);
   } else {
     // Proxy delivery: the API streamed the ciphertext itself; the checksums come from the operation's metadata.
     if (!meta) throw new ApiError('the artifact is not in the operation shown; open the operation again');
@@ -210,6 +213,13 @@ async function downloadArtifact(operationId, name) {
   if (ticket.encryption?.scheme !== 'cobblestone-256') throw new ApiError('unsupported encryption scheme');
   const plaintext = await verifyAndDecrypt(operationId, name, ticket, ciphertext);
   offer(name, plaintext);
+}
+
+/** Proxy delivery: a signed GET of the API's own download path, relative to this page's API base (so a path
+ * prefix added by an ingress is kept). */
+async function fetchThroughApi(path) {
+  const response = await api('GET', path.slice(API_PATH.length), { accept: 'application/octet-stream' });
+  return response.blob();
 }
 
 async function fetchPresigned(url) {

@@ -52,16 +52,32 @@ def serving(app: Any, port: int) -> Iterator[str]:
 def page_api(stack_env: dict[str, str], page_origin: str) -> Iterator[str]:
     """Base URL of the full API serving /app/ on ``page_origin``; stopped at session end."""
     from api_service.app import create_app
-    from api_service.endpoints import page
     from shared.settings import Settings
 
     port = urlsplit(page_origin).port
     assert port is not None
     settings = Settings.from_env({**stack_env, "STRONGROOM_API_HOST": "127.0.0.1", "STRONGROOM_API_PORT": str(port)})
-    app = create_app(settings)
-    if not any(getattr(route, "path", None) == "/app/" for route in app.router.routes):
-        app.router.routes.extend(page.routes)
-    with serving(app, port) as url:
+    with serving(create_app(settings), port) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def proxy_page_api(stack_env: dict[str, str]) -> Iterator[str]:
+    """The same API in proxy delivery mode: the page fetches ciphertext through the API, not from S3."""
+    from api_service.app import create_app
+    from shared.settings import Settings
+    from tests.helpers.ports import free_port
+
+    port = free_port()
+    settings = Settings.from_env(
+        {
+            **stack_env,
+            "STRONGROOM_API_HOST": "127.0.0.1",
+            "STRONGROOM_API_PORT": str(port),
+            "STRONGROOM_DELIVERY_MODE": "proxy",
+        }
+    )
+    with serving(create_app(settings), port) as url:
         yield url
 
 

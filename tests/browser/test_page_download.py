@@ -204,3 +204,21 @@ def test_a_malformed_signing_key_never_reaches_the_page(
     secret = identity.account.key.hex().removeprefix("0x")
     assert secret not in page.content()
     assert not any(secret in line for line in page.console_messages_seen)
+
+
+def test_proxy_delivery_downloads_through_the_api(
+    proxy_page_api: str, celery_worker: Any, browser_page: Any, grantee: tuple[Identity, Path], tmp_path: Path
+) -> None:
+    """In proxy mode the JSON ticket points back at the API: the page makes a signed GET there, not to S3."""
+    identity, identity_file = grantee
+    done = finished_operation(proxy_page_api, identity)
+    name = done.artifacts.artifacts[0].name
+    with StrongroomClient(proxy_page_api, identity) as client:
+        client.download(done.id, name, tmp_path / "sdk")
+
+    page = browser_page
+    load_identity_and_open(page, proxy_page_api, identity_file, identity, done.id)
+    with page.expect_download() as info:
+        page.click(f"#artifacts button[data-artifact='{name}']")
+    assert Path(info.value.path()).read_bytes() == (tmp_path / "sdk").read_bytes()
+    expect(page.locator("#error")).to_be_hidden()
