@@ -11,6 +11,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -100,7 +101,7 @@ def _guarded(handler: Handler) -> Handler:
         try:
             return handler(args)
         except StrongroomError as exc:
-            print(f"error: {exc.detail}", file=sys.stderr)
+            print(f"error: {terminal_safe(exc.detail)}", file=sys.stderr)
             return exit_code(exc)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -128,8 +129,16 @@ def _client(args: argparse.Namespace) -> StrongroomClient:
     return StrongroomClient(api, load_identity(_identity_path(args)))
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """Agent-written text (a summary, a log line) must not drive the terminal: control characters become U+FFFD."""
+    return _CONTROL.sub("\ufffd", text)
+
+
 def _emit(args: argparse.Namespace, document: Any, human: str) -> None:
-    print(json.dumps(document, indent=2) if args.json else human)
+    print(json.dumps(document, indent=2) if args.json else terminal_safe(human))
 
 
 def _operation_lines(op: GetOperationResponse) -> str:

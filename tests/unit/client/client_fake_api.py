@@ -68,6 +68,7 @@ class FakeOperation:
     status: str = "pending"
     artifacts: dict[str, FakeArtifact] = field(default_factory=dict)
     polls_until_done: int = 0
+    summary: str = "done"
 
     def body(self) -> dict[str, Any]:
         arts = [a.metadata(self.id) for a in self.artifacts.values()]
@@ -79,7 +80,7 @@ class FakeOperation:
             "expires_at": LATER,
             "started_at": NOW if self.status != "pending" else None,
             "finished_at": NOW if done else None,
-            "result": {"status": "ok", "summary": "done", "execution_time": 1.5, "logs": []} if done else None,
+            "result": {"status": "ok", "summary": self.summary, "execution_time": 1.5, "logs": []} if done else None,
             "artifacts": {"count": len(arts), "total_size": sum(a["size"] for a in arts), "artifacts": arts},
         }
 

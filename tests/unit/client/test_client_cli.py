@@ -141,6 +141,20 @@ def test_wait_exit_code_for_failed_operation(capsys: pytest.CaptureFixture[str],
     assert code == cli.EXIT_NOT_SUCCEEDED
 
 
+def test_agent_written_text_cannot_drive_the_terminal(
+    capsys: pytest.CaptureFixture[str], api: FakeApi, ident: Path
+) -> None:
+    run(capsys, "keygen")
+    identity = load_identity(ident)
+    op = api.add_operation("privacy-audit_" + "t" * 26, identity.address, identity.encryption_public_key)
+    op.status = "succeeded"
+    op.summary = "all good\x1b]0;pwned\x07\x1b[2J"
+    code, out, _ = run(capsys, "status", op.id)
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out
+    assert "all good\ufffd]0;pwned" in out
+
+
 def test_missing_identity_is_a_clear_error(capsys: pytest.CaptureFixture[str], api: FakeApi, ident: Path) -> None:
     code, _, err = run(capsys, "ls")
     assert code == 10 and "keygen" in err
