@@ -120,7 +120,9 @@ def run_worker(args: argparse.Namespace) -> int:
 @fails_cleanly
 def run_beat(args: argparse.Namespace) -> int:
     settings = load_settings("beat")
-    schedule = args.schedule or str(Path(tempfile.gettempdir()) / "strongroom-celerybeat-schedule")
+    # Default: a private directory of this run (a fixed name in the shared temp dir could be planted by another
+    # user); losing it on restart only means the periodic jobs may run once early, which their locks make safe.
+    schedule = args.schedule or str(Path(tempfile.mkdtemp(prefix="strongroom-beat-")) / "celerybeat-schedule")
     _celery_app().start(argv=["beat", "--loglevel", settings.log_level, "--schedule", schedule])
     return 0
 
@@ -207,7 +209,7 @@ def register(sub: Any) -> None:
     worker.set_defaults(handler=run_worker)
 
     beat = sub.add_parser("beat", help="run Celery beat (exactly one per deployment)")
-    beat.add_argument("--schedule", help="beat state file (default: in the temp directory)")
+    beat.add_argument("--schedule", help="beat state file (default: a private temporary directory per run)")
     beat.set_defaults(handler=run_beat)
 
     init = sub.add_parser("init", help="create the bucket and apply its configuration (idempotent)")
