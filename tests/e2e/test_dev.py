@@ -144,34 +144,28 @@ def test_dev_round_trip_restart_and_clean_stop(dev_dir: Path, tmp_path: Path) ->
         again.process.stop()
 
 
-def test_dev_with_a_bad_setting_exits_with_one_line(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "AWS_", "REDIS_"))}
-    env["STRONGROOM_PRESIGN_TTL"] = "soon"
-
+def refused_dev(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `strongroom dev` with only ``env`` configured; it must refuse before starting anything."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "AWS_", "REDIS_"))}
     result = subprocess.run(
         [sys.executable, "-m", "shared", "dev", "--data-dir", str(tmp_path / "d"), "--port", str(free_port())],
-        env=env,
+        env={**clean, **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert result.returncode == 2
-    assert "STRONGROOM_PRESIGN_TTL" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    return result
+
+
+def test_dev_with_a_bad_setting_exits_with_one_line(tmp_path: Path) -> None:
+    result = refused_dev(tmp_path, STRONGROOM_PRESIGN_TTL="soon")
+    assert "STRONGROOM_PRESIGN_TTL" in result.stderr
     assert not (tmp_path / "d" / "valkey").exists()  # nothing was started
 
 
 def test_dev_against_an_external_s3_needs_a_real_keyring(tmp_path: Path) -> None:
     """A keyring generated into the data dir would seal records in a shared bucket that only this machine can read."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "AWS_", "REDIS_"))}
-    env["STRONGROOM_S3_ENDPOINT_URL"] = "http://127.0.0.1:9"
-
-    result = subprocess.run(
-        [sys.executable, "-m", "shared", "dev", "--data-dir", str(tmp_path / "d"), "--port", str(free_port())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2
-    assert "STRONGROOM_KEYRING" in result.stderr and "Traceback" not in result.stderr
+    result = refused_dev(tmp_path, STRONGROOM_S3_ENDPOINT_URL="http://127.0.0.1:9")
+    assert "STRONGROOM_KEYRING" in result.stderr
     assert not (tmp_path / "d" / "keyring.json").exists()
