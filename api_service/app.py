@@ -16,7 +16,7 @@ from starlette.middleware.cors import CORSMiddleware
 from api_service.errors import exception_handlers
 from api_service.metrics import ApiMetrics
 from api_service.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from api_service.routes import routes
+from api_service.routes import metrics_route, routes
 from api_service.services import ApiServices
 from shared.settings import Settings
 
@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, *, services: ApiServices | None
                 await svc.aclose()
 
     app = Starlette(
-        routes=routes(),
+        routes=routes(metrics=not settings.api_metrics_port),
         middleware=[
             Middleware(RequestContextMiddleware, metrics=metrics),
             Middleware(
@@ -82,3 +82,14 @@ def _expose(app: Starlette, svc: ApiServices) -> None:
     app.state.services = svc
     app.state.verifier = svc.verifier
     app.state.redis = svc.redis
+
+
+def create_metrics_app(app: Starlette) -> Starlette:
+    """``/metrics`` alone, for the port Prometheus scrapes (``STRONGROOM_API_METRICS_PORT``), reading ``app``'s state.
+
+    It shares the API app's state (metrics registry, Redis client), so it must be served in the same process and
+    event loop, and it has no lifespan of its own: the API app's lifespan builds and closes what both use.
+    """
+    metrics_app = Starlette(routes=[metrics_route()])
+    metrics_app.state = app.state
+    return metrics_app

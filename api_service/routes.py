@@ -11,7 +11,8 @@ from api_service.openapi import OPENAPI_PATH
 OPERATION = "/api/v1/operations/{operation_id}"
 
 
-def routes() -> list[BaseRoute]:
+def routes(*, metrics: bool = True) -> list[BaseRoute]:
+    """Every route; ``metrics=False`` leaves ``/metrics`` to the separate listener (``api_service.serve``)."""
     return [
         Route("/api/v1/operations", operations.create_operation, methods=["POST"]),
         Route("/api/v1/operations", operations.list_operations, methods=["GET"]),
@@ -24,6 +25,10 @@ def routes() -> list[BaseRoute]:
         Route(OPENAPI_PATH, openapi_json, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
-        Route("/metrics", health.metrics, methods=["GET"]),
+        *([metrics_route()] if metrics else []),
         *page.routes,  # the browser page: static files only, unsigned (it holds no data)
     ]
+
+
+def metrics_route() -> Route:
+    return Route("/metrics", health.metrics, methods=["GET"])

@@ -96,6 +96,12 @@ class Settings:
     # --- API ---
     api_host: str = _opt("STRONGROOM_API_HOST", "127.0.0.1", "Address the API listens on.")
     api_port: int = _opt("STRONGROOM_API_PORT", "8080", "Port the API listens on.")
+    api_metrics_port: int = _opt(
+        "STRONGROOM_API_METRICS_PORT",
+        "0",
+        "Port of the API's Prometheus `/metrics`, bound on STRONGROOM_API_HOST, apart from the public port (the "
+        "image and chart use 9090); 0 serves `/metrics` on the API port itself (development only).",
+    )
     public_authorities: tuple[str, ...] = _opt(
         "STRONGROOM_PUBLIC_AUTHORITIES",
         "",
@@ -279,6 +285,8 @@ class Settings:
         In production the accepted ``@authority`` values must be pinned: a signature binds the authority, and a
         server that believes any ``Host`` would accept a request captured for another deployment (once per nonce).
         """
+        if self.api_metrics_port and self.api_metrics_port == self.api_port:
+            raise ConfigError("STRONGROOM_API_METRICS_PORT", "must differ from STRONGROOM_API_PORT (or be 0)")
         if self.env == "production" and not self.public_authorities:
             raise ConfigError(
                 "STRONGROOM_PUBLIC_AUTHORITIES",
@@ -393,6 +401,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "auth_failures_per_minute": lambda var, raw: _int(var, raw, 0),
     "eth_rpc_calls_per_minute": lambda var, raw: _int(var, raw, 0),
     "worker_metrics_port": lambda var, raw: _int(var, raw, 0),
+    "api_metrics_port": lambda var, raw: _int(var, raw, 0),
     "keyring_file": lambda var, raw: Path(raw) if raw else None,
     "work_dir": lambda var, raw: Path(raw) if raw else None,
     "agent_user": lambda var, raw: raw or _choice(var, raw, ("auto", "self", "<user>[:<gid>]")),

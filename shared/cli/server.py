@@ -65,24 +65,14 @@ def run_api(args: argparse.Namespace) -> int:
         overrides["api_port"] = args.port
     settings = load_settings("api", **overrides)
     settings.validate_api()
-    import uvicorn
-
     from api_service.app import create_app
+    from api_service.serve import serve
 
     app = create_app(settings) if inspect.signature(create_app).parameters else create_app()
-    get_logger(__name__).info("api starting", host=settings.api_host, port=settings.api_port)
-    uvicorn.run(
-        app,
-        host=settings.api_host,
-        port=settings.api_port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,  # our structlog handler on the root logger formats uvicorn's lines too
-        access_log=False,  # the API's middleware logs each request with its request id
-        proxy_headers=False,  # forwarded headers are honoured only from STRONGROOM_TRUSTED_PROXIES, in the app
-        server_header=False,
-        timeout_graceful_shutdown=8,
+    get_logger(__name__).info(
+        "api starting", host=settings.api_host, port=settings.api_port, metrics_port=settings.api_metrics_port
     )
+    serve(app, settings)
     return 0
 
 
