@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from shared.agents import AgentList
 from shared.models import (
     ArtifactCollection,
     AuditEvent,
@@ -83,6 +84,7 @@ class ReadyResponse(BaseModel):
 
 
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    AgentList,
     GetOperationResponse,
     ArtifactCollection,
     CreateOperationResponse,
@@ -188,6 +190,13 @@ def _paths() -> dict[str, Any]:
     status_values: list[str] = list(OperationStatus.__args__)  # type: ignore[attr-defined]
     binary = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
     return {
+        "/api/v1/agents": {
+            "get": _signed(
+                "The agents this server runs: name, description, the JSON Schema of their input, and the limits",
+                {"200": _json("AgentList", "The agents and the limits of a new operation")},
+                operationId="listAgents",
+            ),
+        },
         "/api/v1/operations": {
             "post": _signed(
                 "Create an operation; the signer becomes its grantee",

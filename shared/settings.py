@@ -187,7 +187,8 @@ class Settings:
     agents: str = _opt(
         "STRONGROOM_AGENTS",
         "",
-        'Command agents, JSON `{"<name>": {"command": ["gemini", "-p", "{prompt}", "-y"]}}`.',
+        'Command agents, JSON `{"<name>": {"command": ["gemini", "-p", "{prompt}", "-y"], "description": "..."}}` '
+        "(`description` optional: what `GET /api/v1/agents` tells grantees).",
     )
     agent_user: str = _opt(
         "STRONGROOM_AGENT_USER",
@@ -272,6 +273,8 @@ class Settings:
                 isinstance(v, dict) and isinstance(v.get("command"), list) and v["command"] for v in agents.values()
             ):
                 raise ConfigError("STRONGROOM_AGENTS", 'must map names to {"command": [<argv>...]}')
+            if not all(isinstance(v.get("description", ""), str) for v in agents.values()):
+                raise ConfigError("STRONGROOM_AGENTS", "an agent's description must be a string")
         if self.keyring and self.keyring_file:
             raise ConfigError("STRONGROOM_KEYRING", "set either STRONGROOM_KEYRING or STRONGROOM_KEYRING_FILE")
         if self.signature_max_window > 3600:
@@ -332,6 +335,12 @@ class Settings:
         if not self.agents:
             return {}
         return {name: list(spec["command"]) for name, spec in json.loads(self.agents).items()}
+
+    def agent_descriptions(self) -> dict[str, str]:
+        """Operator-written descriptions of the command agents that have one, by name."""
+        if not self.agents:
+            return {}
+        return {name: spec["description"] for name, spec in json.loads(self.agents).items() if spec.get("description")}
 
     def __repr__(self) -> str:  # secrets stay out of reprs, tracebacks and logs
         return f"Settings(env={self.env!r}, redis=<set>, bucket={self.s3_bucket!r})"

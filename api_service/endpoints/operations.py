@@ -21,6 +21,7 @@ from api_service.auth import authenticate
 from api_service.endpoints.common import audit, blocking, json_response, load_operation, services
 from api_service.views import API_PREFIX, dump_operation, operation_response, operation_view
 from shared import audit_log, layout
+from shared.agents import agent_names
 from shared.contracts import RunOperation
 from shared.crypto.keywrap import parse_public_key
 from shared.errors import Conflict, NotFound, Unavailable, ValidationFailed
@@ -34,7 +35,6 @@ from shared.models import (
 )
 from shared.settings import Settings
 
-BUILTIN_AGENTS = frozenset({"privacy-audit"})
 STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
@@ -107,7 +107,7 @@ def parse_create(raw: bytes, settings: Settings) -> CreateOperationRequest:
         field = str(first["loc"][0]) if first.get("loc") else ""
         code = _FIELD_CODES.get(field, "body_invalid")
         raise ValidationFailed(f"{field or 'body'}: {first.get('msg', 'invalid')}", code=code) from None
-    if body.agent not in BUILTIN_AGENTS and body.agent not in settings.agent_commands():
+    if body.agent not in agent_names(settings):
         raise ValidationFailed("no such agent on this server", code="agent_unknown")
     parse_public_key(body.encryption_public_key)  # raises encryption_public_key_invalid
     if body.retention_days is not None and not 1 <= body.retention_days <= settings.artifact_retention_days:
