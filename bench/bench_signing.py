@@ -33,8 +33,8 @@ from api_service.auth import authenticate
 from api_service.errors import exception_handlers
 from shared.auth.signer import sign_request
 from shared.auth.verifier import SignedRequest, Verifier
-from shared.devstack import ValkeyServer
 from shared.settings import Settings
+from strongroom.dev.servers import ValkeyServer
 
 KEY = "0x" + "42" * 32
 URL = "http://bench.local/api/v1/operations"

@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.devstack import S3Credentials, SeaweedServer
 from shared.settings import Settings
 from shared.storage.s3 import MULTIPART_THRESHOLD, PART_CONCURRENCY, PART_SIZE, MiB, S3ObjectStore
+from strongroom.dev.servers import S3Credentials, SeaweedServer
 
 BUCKET = "bench"
 

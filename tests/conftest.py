@@ -23,12 +23,14 @@ if str(ROOT) not in sys.path:  # `tests.helpers` importable however pytest was l
     sys.path.insert(0, str(ROOT))
 
 from shared.crypto.keyring import Keyring  # noqa: E402
-from shared.devstack import S3Credentials, SeaweedServer, ValkeyServer  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from tests.helpers import services  # noqa: E402
+from strongroom.dev.servers import S3Credentials, SeaweedServer, ValkeyServer  # noqa: E402
+from tests.helpers import repo_guard, services  # noqa: E402
 from tests.helpers.ports import free_port  # noqa: E402
 
 __all__ = ["free_port"]
+
+repo_guard.install(ROOT)  # a test that reads ../shared (CI has it, a user's clone does not) fails
 
 
 # --- servers ---------------------------------------------------------------------------------------------------

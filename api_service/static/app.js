@@ -1,6 +1,6 @@
 // The strongroom page: a grantee reads their operations and downloads artifacts, decrypting them here.
 //
-// Flow of a download (the browser twin of shared/client/download.py):
+// Flow of a download (the browser twin of strongroom/client/download.py):
 //   signed GET .../artifacts/{name} (Accept: application/json) -> presigned S3 URL + checksums + wrapped key
 //   -> fetch the ciphertext from S3 (CORS) -> SHA-256 must equal ciphertext_checksum
 //   -> open the key wrap (identity file: tweetnacl; wallet: eth_decrypt), bound to this op id and name
@@ -29,7 +29,7 @@ let lastObjectUrl = null;
 
 // --- identities ---
 
-/** An identity file from `strongroom client keygen` (shared/client/identity.py, format version 1). */
+/** An identity file from `strongroom client keygen` (strongroom/client/identity.py, format version 1). */
 function identityFromFile(doc) {
   if (!doc || doc.version !== 1 || typeof doc.signing_key !== 'string') {
     throw new Error('this is not a strongroom identity file (version 1)');

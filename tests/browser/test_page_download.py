@@ -18,10 +18,10 @@ from eth_account.messages import encode_defunct
 from playwright.sync_api import expect
 
 from shared import layout
-from shared.client.identity import Identity, create_identity
-from shared.client.sdk import StrongroomClient
 from shared.crypto import keywrap
 from shared.models import GetOperationResponse
+from strongroom.client.identity import Identity, create_identity
+from strongroom.client.sdk import StrongroomClient
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 

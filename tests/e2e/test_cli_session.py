@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.devstack import free_port
+from strongroom.dev.servers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -32,7 +32,7 @@ def dev_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = (data / "dev.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared", "dev", "--data-dir", str(data / "state"), "--port", str(port)],
+        [sys.executable, "-m", "strongroom", "dev", "--data-dir", str(data / "state"), "--port", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: stopping it stops its children too
@@ -73,7 +73,7 @@ class Cli:
 
     def __call__(self, *args: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [sys.executable, "-m", "shared", "client", *args],
+            [sys.executable, "-m", "strongroom", "client", *args],
             env=self.env,
             cwd=self.cwd,
             capture_output=True,

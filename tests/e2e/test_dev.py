@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from shared import devstack
-from shared.client.identity import generate_identity
-from shared.client.sdk import StrongroomClient
-from shared.devstack import ManagedProcess, S3Credentials, wait_for
+from strongroom.client.identity import generate_identity
+from strongroom.client.sdk import StrongroomClient
+from strongroom.dev import servers
+from strongroom.dev.servers import ManagedProcess, S3Credentials, wait_for
 from tests.helpers.ports import free_port
 
 pytestmark = pytest.mark.e2e
@@ -36,7 +36,7 @@ class Dev:
         env["STRONGROOM_LOG_FORMAT"] = "json"
         self.url = f"http://127.0.0.1:{port}"
         self.process = ManagedProcess(
-            [sys.executable, "-m", "shared", "dev", "--data-dir", str(data_dir), "--port", str(port)],
+            [sys.executable, "-m", "strongroom", "dev", "--data-dir", str(data_dir), "--port", str(port)],
             log_path=log,
             env=env,
             name="dev",
@@ -94,7 +94,7 @@ def s3_client(data_dir: Path) -> Any:
     creds = json.loads((data_dir / "s3-credentials.json").read_text())
     ports = json.loads((data_dir / "seaweedfs" / "ports.json").read_text())
     endpoint = f"http://127.0.0.1:{ports['s3']}"
-    return devstack.s3_client(endpoint, S3Credentials(creds["access_key"], creds["secret_key"]))
+    return servers.s3_client(endpoint, S3Credentials(creds["access_key"], creds["secret_key"]))
 
 
 def test_dev_round_trip_restart_and_clean_stop(dev_dir: Path, tmp_path: Path) -> None:
@@ -148,7 +148,7 @@ def refused_dev(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """Run `strongroom dev` with only ``env`` configured; it must refuse before starting anything."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "AWS_", "REDIS_"))}
     result = subprocess.run(
-        [sys.executable, "-m", "shared", "dev", "--data-dir", str(tmp_path / "d"), "--port", str(free_port())],
+        [sys.executable, "-m", "strongroom", "dev", "--data-dir", str(tmp_path / "d"), "--port", str(free_port())],
         env={**clean, **env},
         capture_output=True,
         text=True,

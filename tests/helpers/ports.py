@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from shared.devstack import free_port, port_is_free
+from strongroom.dev.servers import free_port, port_is_free
 
 __all__ = ["free_port", "port_is_free"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from shared.contracts import QUEUE
-from shared.devstack import LOOPBACK, EmbeddedServerError, ManagedProcess, free_port, wait_for
+from strongroom.dev.servers import LOOPBACK, EmbeddedServerError, ManagedProcess, free_port, wait_for
 
 STARTED: list[ServiceHandle] = []
 
@@ -28,7 +28,7 @@ class ServiceHandle:
         self.env = dict(env)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.process = ManagedProcess(
-            [sys.executable, "-m", "shared", *args], log_path=log_dir / f"{name}.log", env=self.env, name=name
+            [sys.executable, "-m", "strongroom", *args], log_path=log_dir / f"{name}.log", env=self.env, name=name
         )
 
     @property

@@ -41,7 +41,7 @@ def _operation_with_log(services: Services, batches: int = 3) -> str:
 
 def _verify_cli(services: Services, stack_env: dict[str, str], target: str, *extra: str) -> tuple[int, dict]:
     done = subprocess.run(
-        [sys.executable, "-m", "shared.cli.admin", "audit", "verify", target, *extra],
+        [sys.executable, "-m", "strongroom.cli.admin", "audit", "verify", target, *extra],
         env=env_for(services, stack_env, KEYRING),
         capture_output=True,
         text=True,

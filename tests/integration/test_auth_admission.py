@@ -18,11 +18,11 @@ import redis.asyncio as aioredis
 from shared.auth.replay import admit
 from shared.auth.signer import sign_request
 from shared.auth.verifier import SignedRequest, Verifier
-from shared.devstack import free_port
 from shared.errors import AuthError, RateLimited, Unavailable
 from shared.events import decode, encode, new_event
 from shared.layout import REDIS_AUDIT_STREAM, redis_nonce_key, redis_rate_key
 from shared.settings import Settings
+from strongroom.dev.servers import free_port
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")

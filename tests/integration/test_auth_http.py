@@ -30,7 +30,6 @@ from api_service.middleware import BodyLimitMiddleware
 from shared.auth.base import REQUIRED_COMPONENTS, RequestParts, content_digest, serialize_params, signature_base
 from shared.auth.signer import sign_request
 from shared.auth.verifier import Verifier
-from shared.devstack import free_port
 from shared.events import decode
 from shared.layout import (
     REDIS_AUDIT_REFUSALS,
@@ -40,6 +39,7 @@ from shared.layout import (
     redis_wallet_failure_key,
 )
 from shared.settings import Settings
+from strongroom.dev.servers import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -450,7 +450,7 @@ def test_strongroom_api_in_production_stops_at_start_up_naming_public_authoritie
 
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "REDIS_URL": "redis://127.0.0.1:1/0"}
     result = subprocess.run(
-        [sys.executable, "-m", "shared", "api"],
+        [sys.executable, "-m", "strongroom", "api"],
         env={**env, "STRONGROOM_ENV": "production"},
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,

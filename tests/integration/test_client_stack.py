@@ -16,13 +16,13 @@ import pytest
 import redis
 
 from shared import layout
-from shared.client import StrongroomClient
-from shared.client.download import partial_path
-from shared.client.identity import Identity, generate_identity
 from shared.errors import IntegrityError, NotFound, NotGrantee
 from shared.events import decode
 from shared.models import GetOperationResponse
 from shared.settings import Settings
+from strongroom.client import StrongroomClient
+from strongroom.client.download import partial_path
+from strongroom.client.identity import Identity, generate_identity
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

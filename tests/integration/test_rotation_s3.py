@@ -60,7 +60,7 @@ def _cli(
     services: Services, stack_env: dict[str, str], keyring: Keyring, *args: str
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli.admin", "keys", *args],
+        [sys.executable, "-m", "strongroom.cli.admin", "keys", *args],
         env=env_for(services, stack_env, keyring),
         capture_output=True,
         text=True,

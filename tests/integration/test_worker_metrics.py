@@ -5,7 +5,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.devstack import wait_for
+from strongroom.dev.servers import wait_for
 from tests.helpers.ports import free_port
 
 pytestmark = pytest.mark.integration

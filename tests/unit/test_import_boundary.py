@@ -1,4 +1,10 @@
-"""api_service and worker_service speak only through shared, Redis and S3: neither imports the other."""
+"""The floors of the tree, by import: who may use whom.
+
+``shared`` holds the contracts both services use and imports neither service nor ``strongroom``, not even lazily
+inside a function. ``api_service`` and ``worker_service`` speak only through ``shared``, Redis and S3: neither
+imports the other, nor the public ``strongroom`` package. ``strongroom`` (SDK, command, dev stack) sits on top and
+may use all three.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,12 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-FORBIDDEN = {"api_service": "worker_service", "worker_service": "api_service"}
+FLOORS = {
+    "shared": {"api_service", "worker_service", "strongroom"},
+    "api_service": {"worker_service", "strongroom"},
+    "worker_service": {"api_service", "strongroom"},
+    "strongroom": set(),
+}
 
 
 def imported_modules(source: str, filename: str) -> set[str]:
@@ -34,36 +45,34 @@ def imported_modules(source: str, filename: str) -> set[str]:
 
 
 def violations(package: str) -> list[str]:
-    other = FORBIDDEN[package]
+    forbidden = FLOORS[package]
     bad = []
     for path in sorted((ROOT / package).rglob("*.py")):
         for module in imported_modules(path.read_text(), str(path)):
-            if module == other or module.startswith(other + "."):
+            if module.split(".")[0] in forbidden:
                 bad.append(f"{path.relative_to(ROOT)} imports {module}")
     return bad
 
 
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
-def test_no_cross_imports(package: str) -> None:
+@pytest.mark.parametrize("package", sorted(FLOORS))
+def test_each_floor_imports_only_what_lies_below(package: str) -> None:
     assert (ROOT / package / "__init__.py").exists()
     assert violations(package) == []
 
 
-def test_shared_never_imports_a_service_at_module_level() -> None:
-    """shared/ is the contract layer; only the CLI may load a service, and only inside a function."""
-    bad = []
-    for path in sorted((ROOT / "shared").rglob("*.py")):
-        tree = ast.parse(path.read_text(), str(path))
-        for node in tree.body:
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
-            )
-            bad += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
-    assert bad == []
+def test_every_top_level_package_has_a_floor() -> None:
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "bench"}
+    assert packages == set(FLOORS)
+
+
+def test_shared_keeps_only_contracts() -> None:
+    """The SDK, the command and the dev stack are the public package's, not the contracts'."""
+    assert not (ROOT / "shared" / "client").exists()
+    assert not (ROOT / "shared" / "cli").exists()
+    assert not (ROOT / "shared" / "devstack.py").exists()
+    assert (ROOT / "strongroom" / "client" / "__init__.py").exists()
+    assert (ROOT / "strongroom" / "cli" / "__init__.py").exists()
+    assert (ROOT / "strongroom" / "dev" / "__init__.py").exists()
 
 
 def test_detector_catches_every_import_form() -> None:

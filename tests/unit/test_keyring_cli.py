@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import main
 from shared.crypto.keyring import Keyring
-from shared.devstack import write_private
+from strongroom.cli import main
+from strongroom.files import write_private
 
 pytestmark = pytest.mark.unit
 

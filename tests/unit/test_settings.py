@@ -96,7 +96,7 @@ def test_process_with_bad_value_exits_with_one_line(command: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "AWS_", "REDIS_"))}
     env.update(BASE, STRONGROOM_API_PORT="eighty")
     result = subprocess.run(
-        [sys.executable, "-m", "shared", command], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "strongroom", command], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

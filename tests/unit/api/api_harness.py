@@ -82,7 +82,7 @@ class ApiHarness:
         """
         import uvicorn
 
-        from shared.devstack import free_port
+        from strongroom.dev.servers import free_port
 
         port = free_port()
         config = uvicorn.Config(

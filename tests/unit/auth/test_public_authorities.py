@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli.dev import _prepare_env, dev_authorities
 from shared.errors import ConfigError
 from shared.settings import Settings
+from strongroom.dev.stack import _prepare_env, dev_authorities
 
 pytestmark = pytest.mark.unit
 

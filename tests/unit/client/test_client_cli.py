@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from client_fake_api import API, FakeApi, problem
 
-from shared.cli import client as cli
-from shared.cli import main
-from shared.client.identity import load_identity
-from shared.client.sdk import StrongroomClient
+from strongroom.cli import client as cli
+from strongroom.cli import main
+from strongroom.client.identity import load_identity
+from strongroom.client.sdk import StrongroomClient
 
 pytestmark = pytest.mark.unit
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.client.errors import IdentityError
-from shared.client.identity import create_identity, default_identity_path, load_identity
 from shared.crypto import keywrap
+from strongroom.client.errors import IdentityError
+from strongroom.client.identity import create_identity, default_identity_path, load_identity
 
 pytestmark = pytest.mark.unit
 

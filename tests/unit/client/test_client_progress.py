@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from shared.client.progress import ProgressBar, human_size
+from strongroom.client.progress import ProgressBar, human_size
 
 pytestmark = pytest.mark.unit
 

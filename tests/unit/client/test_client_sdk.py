@@ -11,10 +11,6 @@ import httpx
 import pytest
 from client_fake_api import API, FakeApi, problem
 
-from shared.client import StrongroomClient, WaitTimeout
-from shared.client.download import partial_path
-from shared.client.errors import ProtocolError
-from shared.client.identity import Identity, generate_identity
 from shared.crypto import cobblestone
 from shared.errors import (
     AuthError,
@@ -28,6 +24,10 @@ from shared.errors import (
     Unavailable,
     ValidationFailed,
 )
+from strongroom.client import StrongroomClient, WaitTimeout
+from strongroom.client.download import partial_path
+from strongroom.client.errors import ProtocolError
+from strongroom.client.identity import Identity, generate_identity
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Loading the shared Wycheproof vectors. A missing folder is a failure, never a skip: CI always has it."""
+"""Loading the vendored Wycheproof vectors (tests/vectors). A missing file is a failure, never a skip."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-VECTORS = Path(__file__).resolve().parents[3] / ".." / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[2] / "vectors"
 
 
 def load(name: str) -> dict[str, Any]:
     path = VECTORS / name
     if not path.is_file():
-        raise FileNotFoundError(f"test vectors missing: {path} (the shared/vectors folder must exist)")
+        raise FileNotFoundError(f"test vectors missing: {path} (tests/vectors is part of the repository)")
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 

@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from shared.cli.server import fails_cleanly, load_settings
+from strongroom.cli.server import fails_cleanly, load_settings
 
 
 def _services() -> Any:
@@ -102,7 +102,7 @@ def register(sub: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m shared.cli.admin ...``: the same commands before (or without) the main dispatcher."""
+    """``python -m strongroom.cli.admin ...``: the same commands before (or without) the main dispatcher."""
     parser = argparse.ArgumentParser(prog="strongroom", description=__doc__)
     register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)

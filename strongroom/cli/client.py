@@ -1,4 +1,4 @@
-"""`strongroom client ...`: the command line on top of the SDK (``shared.client``).
+"""`strongroom client ...`: the command line on top of the SDK (``strongroom.client``).
 
 Every command prints a short human summary, or one JSON document with ``--json``. Expected failures print one
 line on stderr (``error: <what happened and what to do>``) and exit with a code naming the kind of failure (see
@@ -17,10 +17,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from shared.client.errors import ClientError, IdentityError, WaitTimeout
-from shared.client.identity import create_identity, default_identity_path, load_identity
-from shared.client.progress import ProgressBar, human_size
-from shared.client.sdk import API_URL_ENV, DEFAULT_API_URL, StrongroomClient
 from shared.errors import (
     AuthError,
     Conflict,
@@ -35,6 +31,10 @@ from shared.errors import (
 )
 from shared.layout import validate_artifact_name
 from shared.models import GetOperationResponse
+from strongroom.client.errors import ClientError, IdentityError, WaitTimeout
+from strongroom.client.identity import create_identity, default_identity_path, load_identity
+from strongroom.client.progress import ProgressBar, human_size
+from strongroom.client.sdk import API_URL_ENV, DEFAULT_API_URL, StrongroomClient
 
 # Most specific first: the first matching class decides the exit code.
 EXIT_CODES: tuple[tuple[type[StrongroomError], int], ...] = (

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from shared.client.errors import ProtocolError
 from shared.crypto import cobblestone, keywrap
 from shared.errors import IntegrityError, Unavailable
+from strongroom.client.errors import ProtocolError
 
 READ_SIZE = 1024 * 1024
 

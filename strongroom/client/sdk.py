@@ -2,7 +2,7 @@
 
 Every request is signed (ERC-8128) over the exact URL and body bytes that go on the wire, with a fresh nonce per
 attempt, so a retry is never a replay. Errors arrive as the typed exceptions of ``shared.errors`` (see
-``shared.client.errors``); ``429`` answers are retried a bounded number of times, honouring ``Retry-After``.
+``strongroom.client.errors``); ``429`` answers are retried a bounded number of times, honouring ``Retry-After``.
 
 Usage::
 
@@ -29,22 +29,6 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from shared.auth.signer import sign_request
-from shared.client.download import (
-    DownloadResult,
-    DownloadTicket,
-    Progress,
-    RangeAnswer,
-    RangeSource,
-    download_artifact,
-    fetch_range,
-)
-from shared.client.errors import (
-    ProtocolError,
-    WaitTimeout,
-    error_from_response,
-    unreachable,
-)
-from shared.client.identity import Identity
 from shared.errors import NotFound, RateLimited, StorageError, StrongroomError, Unavailable
 from shared.models import (
     ENCRYPTION_SCHEME,
@@ -53,6 +37,22 @@ from shared.models import (
     CreateOperationResponse,
     GetOperationResponse,
 )
+from strongroom.client.download import (
+    DownloadResult,
+    DownloadTicket,
+    Progress,
+    RangeAnswer,
+    RangeSource,
+    download_artifact,
+    fetch_range,
+)
+from strongroom.client.errors import (
+    ProtocolError,
+    WaitTimeout,
+    error_from_response,
+    unreachable,
+)
+from strongroom.client.identity import Identity
 
 API_PREFIX = "/api/v1"
 DEFAULT_API_URL = "http://127.0.0.1:8080"

@@ -2,7 +2,7 @@
 
 ``api``, ``worker`` and ``beat`` each run one process against the configured Redis and S3 (what containers run);
 ``init`` prepares the bucket idempotently; ``dev`` runs everything on one machine with embedded servers
-(``shared.cli.dev``). Settings are validated before anything starts: a bad value prints one line naming the
+(``strongroom.dev.stack``). Settings are validated before anything starts: a bad value prints one line naming the
 variable and exits 2, with no traceback. Imports of api_service/worker_service are lazy, so each process loads
 only the side it runs.
 """
@@ -155,7 +155,7 @@ def run_init(args: argparse.Namespace) -> int:
 def run_keyring(args: argparse.Namespace) -> int:
     """``generate`` prints a new keyring; ``rotate FILE`` adds a new primary key to a keyring file in place."""
     from shared.crypto.keyring import Keyring
-    from shared.devstack import write_private
+    from strongroom.files import write_private
 
     if args.keyring_command == "generate":
         text = Keyring.generate_json()
@@ -181,12 +181,20 @@ def run_keyring(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- dev -----------------------------------------------------------------------------------------------------------
+
+
+@fails_cleanly
+def run_dev(args: argparse.Namespace) -> int:
+    from strongroom.dev.stack import run_dev as run_stack
+
+    return run_stack(args)
+
+
 # --- registration ------------------------------------------------------------------------------------------------
 
 
 def register(sub: Any) -> None:
-    from shared.cli import dev
-
     api = sub.add_parser("api", help="run the HTTP API (uvicorn)")
     api.add_argument("--host", help="listen address (default STRONGROOM_API_HOST)")
     api.add_argument("--port", type=int, help="listen port (default STRONGROOM_API_PORT)")
@@ -214,4 +222,9 @@ def register(sub: Any) -> None:
     rotate.add_argument("file")
     keyring.set_defaults(handler=run_keyring)
 
-    dev.register(sub, fails_cleanly)
+    dev = sub.add_parser("dev", help="run everything locally with embedded Redis and S3")
+    dev.add_argument("--data-dir", default="./.strongroom", help="where all state lives (default ./.strongroom)")
+    dev.add_argument("--host", default="127.0.0.1", help="API listen address (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, default=8080, help="API port (default 8080)")
+    dev.add_argument("--concurrency", type=int, default=2, help="worker threads (default 2)")
+    dev.set_defaults(handler=run_dev)

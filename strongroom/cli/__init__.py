@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shared.cli import admin, client, server
+from strongroom.cli import admin, client, server
 
 
 def build_parser() -> argparse.ArgumentParser:

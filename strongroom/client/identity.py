@@ -23,9 +23,9 @@ from typing import Any
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from shared.client.errors import IdentityError
 from shared.crypto import keywrap
 from shared.errors import CryptoError
+from strongroom.client.errors import IdentityError
 
 IDENTITY_ENV = "STRONGROOM_IDENTITY"
 FORMAT_VERSION = 1

@@ -14,26 +14,25 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import httpx
 
 from shared.auth.base import normalize_authority
-from shared.devstack import (
+from shared.errors import ConfigError
+from shared.logging import configure, get_logger
+from shared.settings import Settings
+from strongroom.dev.servers import (
     EmbeddedServerError,
     ManagedProcess,
     S3Credentials,
     SeaweedServer,
     ValkeyServer,
     wait_for,
-    write_private,
 )
-from shared.errors import ConfigError
-from shared.logging import configure, get_logger
-from shared.settings import Settings
+from strongroom.files import write_private
 
 _WILDCARD_BINDS = frozenset({"0.0.0.0", "::"})  # noqa: S104 (recognising a wildcard bind, not binding one)
 STOP_BUDGET = 9.0  # seconds for SIGTERM-then-SIGKILL of every child; the issue allows 10
@@ -127,7 +126,7 @@ class DevStack:
             log.info("embedded seaweedfs started", endpoint=s3.endpoint_url, pid=s3.pid)
 
     def start_children(self) -> None:
-        python = [sys.executable, "-m", "shared"]
+        python = [sys.executable, "-m", "strongroom"]
         commands = {
             "api": [*python, "api"],
             "worker": [*python, "worker", "--pool", "threads", "--concurrency", str(self.args.concurrency)],
@@ -155,7 +154,7 @@ class DevStack:
 
 def _remembered_port(path: Path) -> int | None:
     """Reuse the last Valkey port so REDIS_URL stays the same across restarts when the port is still free."""
-    from shared.devstack import port_is_free
+    from strongroom.dev.servers import port_is_free
 
     try:
         port = int(path.read_text())
@@ -209,7 +208,7 @@ def run_dev(args: argparse.Namespace) -> int:
 
 
 def _serve(stack: DevStack, stopping: threading.Event) -> int:
-    from shared.cli.server import initialise
+    from strongroom.cli.server import initialise
 
     stack.start_servers()
     settings = Settings.from_env(stack.env)
@@ -235,12 +234,3 @@ def _serve(stack: DevStack, stopping: threading.Event) -> int:
             return 1
         time.sleep(0.5)
     return 0
-
-
-def register(sub: Any, wrap: Callable[[Callable[[argparse.Namespace], int]], Any]) -> None:
-    parser = sub.add_parser("dev", help="run everything locally with embedded Redis and S3")
-    parser.add_argument("--data-dir", default="./.strongroom", help="where all state lives (default ./.strongroom)")
-    parser.add_argument("--host", default="127.0.0.1", help="API listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="API port (default 8080)")
-    parser.add_argument("--concurrency", type=int, default=2, help="worker threads (default 2)")
-    parser.set_defaults(handler=wrap(run_dev))
