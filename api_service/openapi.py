@@ -109,9 +109,11 @@ _ERRORS: dict[str, str] = {
 }
 
 _SIGNATURE_DOC = (
-    "ERC-8128 signed request (RFC 9421 + RFC 9530 + EIP-191): every request carries `Content-Digest`, "
+    "ERC-8128 signed request (RFC 9421 + RFC 9530 + EIP-191), Request-Bound and Non-Replayable: "
     '`Signature-Input: eth=("@method" "@authority" "@path" "@query" "content-digest");created=..;expires=..;'
-    'nonce="..";keyid="erc8128:<chain>:<0xaddress>"` and `Signature: eth=:<base64 65 bytes>:`. See docs/signing.md.'
+    'nonce="..";keyid="erc8128:<chain>:<0xaddress>"` and `Signature: eth=:<base64 65 bytes>:`, with '
+    "`Content-Digest` for the body. `@query` is required only with a query, `content-digest` only with a body. "
+    "See docs/signing.md."
 )
 
 

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 from http_sf.innerlist import ser_innerlist
 
+# What strongroom's own signers cover: always all five (``@query`` is ``?`` without a query, the digest is the empty
+# body's), so one shape fits every request. The verifier asks only what ERC-8128 section 3.1.1 asks (see below).
 REQUIRED_COMPONENTS: tuple[str, ...] = ("@method", "@authority", "@path", "@query", "content-digest")
+# ERC-8128 section 3.1.1, Request-Bound: always these three, plus ``@query`` when the request has a query and
+# ``content-digest`` when it has a body (``request_bound_components``).
+REQUEST_BOUND_COMPONENTS: tuple[str, ...] = ("@method", "@authority", "@path")
 DERIVED_COMPONENTS: frozenset[str] = frozenset({"@method", "@authority", "@path", "@query"})
 DEFAULT_PORTS: Mapping[str, int] = {"http": 80, "https": 443}
 
@@ -82,6 +87,20 @@ def normalize_authority(host: str, scheme: str) -> str:
 def normalize_query(query: str) -> str:
     """``@query`` is ``?`` followed by the raw query, and just ``?`` when there is none (section 2.2.7)."""
     return query if query.startswith("?") else f"?{query}"
+
+
+def request_bound_components(query: str, body: bytes) -> tuple[str, ...]:
+    """The components a Request-Bound signature must cover for this request (ERC-8128 section 3.1.1).
+
+    ``query`` is the raw query with or without its ``?``; an empty one is no query (an ASGI server cannot tell
+    ``/path?`` from ``/path``, and RFC 9421 gives both the same ``@query`` value, ``?``). An empty body is no body.
+    """
+    required = REQUEST_BOUND_COMPONENTS
+    if query not in ("", "?"):
+        required += ("@query",)
+    if body:
+        required += ("content-digest",)
+    return required
 
 
 def content_digest(body: bytes) -> str:

@@ -24,8 +24,10 @@ ALLOWED_PARAMS = frozenset({"created", "expires", "nonce", "keyid", "tag"})
 REQUIRED_PARAMS = ("created", "expires", "nonce", "keyid")
 
 _KEYID_RE = re.compile(r"^erc8128:(?P<chain>[1-9][0-9]{0,19}):(?P<address>0x[0-9a-fA-F]{40})$")
-# base64url of at least 16 bytes (22 characters), optional padding, bounded so keys stay small.
-_NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{22,128}={0,2}$")
+# ERC-8128 leaves the nonce's form to the signer (an sf-string; base64url recommended): any 1-128 printable ASCII
+# characters. Only the length is ours, so nonce keys in Redis stay small. How guessable a nonce is matters to
+# nobody but its signer: another party cannot sign with it, and (keyid, nonce) is what is consumed.
+_NONCE_RE = re.compile(r"^[ -~]{1,128}$")
 _FIELD_NAME_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _VISIBLE_ASCII_RE = re.compile(r"[ -~]*")  # SP to "~": one C-level scan instead of a Python loop per character
 
@@ -146,7 +148,7 @@ def _validated(label: str, covered: tuple[str, ...], params: dict[str, Any], sig
     if expires <= created:
         raise malformed("expires must be later than created")
     if type(nonce) is not str or not _NONCE_RE.fullmatch(nonce):
-        raise malformed("nonce must be base64url of at least 16 random bytes")
+        raise malformed("nonce must be 1 to 128 printable ASCII characters")
     if type(keyid) is not str:
         raise malformed("keyid must be a string")
     if "tag" in params and type(params["tag"]) is not str:

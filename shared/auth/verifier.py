@@ -27,7 +27,13 @@ from functools import lru_cache
 
 import redis.asyncio as aioredis
 
-from shared.auth.base import DIGEST_ALGORITHMS, REQUIRED_COMPONENTS, ComponentError, RequestParts, signature_base
+from shared.auth.base import (
+    DIGEST_ALGORITHMS,
+    ComponentError,
+    RequestParts,
+    request_bound_components,
+    signature_base,
+)
 from shared.auth.contract_wallets import ContractWallets
 from shared.auth.headers import ParsedSignature, malformed, parse_dictionary, parse_signature
 from shared.auth.recovery import eip191_digest, recover_address
@@ -100,7 +106,8 @@ class Verifier:
         parsed = parse_signature(headers)
         now = self._clock()
         self._check_policy(parsed, request, now)
-        check_content_digest(headers.get("content-digest"), request.body)
+        if "content-digest" in parsed.covered:  # a digest nobody signed proves nothing, so it is not checked
+            check_content_digest(headers.get("content-digest"), request.body)
         parts = RequestParts(request.method, request.authority, request.path, request.query, headers)
         try:
             base = signature_base(parsed.covered, parsed.params, parts)
@@ -129,9 +136,10 @@ class Verifier:
 
     def _check_policy(self, parsed: ParsedSignature, request: SignedRequest, now: float) -> None:
         settings = self._settings
-        missing = [name for name in REQUIRED_COMPONENTS if name not in parsed.covered]
+        required = request_bound_components(request.query, request.body)
+        missing = [name for name in required if name not in parsed.covered]
         if missing:
-            raise malformed(f"the signature must cover {', '.join(missing)}")
+            raise malformed(f"the signature must cover {', '.join(missing)} (ERC-8128 Request-Bound)")
         if parsed.expires - parsed.created > settings.signature_max_window:
             raise AuthError(f"expires - created exceeds {settings.signature_max_window} s", code="signature_expired")
         if now > parsed.expires:
@@ -171,12 +179,13 @@ class Verifier:
 
 
 def check_content_digest(header: str | None, body: bytes) -> None:
-    """RFC 9530: a sha-256 member is required; every member whose algorithm we know must match the body."""
+    """RFC 9530: a member whose algorithm we know (sha-256 or sha-512) is required, and every such member must
+    match the body; members with other algorithms are ignored, as the RFC says."""
     if header is None:
         raise AuthError("Content-Digest is required", code="digest_mismatch")
     known = _known_digests(header)
-    if not any(algorithm == "sha-256" for algorithm, _ in known):
-        raise AuthError("Content-Digest must include sha-256", code="digest_mismatch")
+    if not known:
+        raise AuthError("Content-Digest must include sha-256 or sha-512", code="digest_mismatch")
     for algorithm, value in known:
         if value is None:
             raise malformed("Content-Digest values must be byte sequences")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import secrets
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -110,3 +112,36 @@ def test_js_refuses_a_tampered_python_request() -> None:
         {"method": "PUT", "url": url, "body_b64": base64.b64encode(b"{}").decode(), "headers": headers},
     )
     assert result["ethers"] != ADDRESS and result["viem"] != ADDRESS
+
+
+# --- an independent ERC-8128 client against the running API ---------------------------------------------------
+
+
+def test_slicekit_erc8128_client_is_accepted_by_the_running_api(redis_url: str) -> None:
+    """@slicekit/erc8128 signs Request-Bound requests its own way (``@query`` only when there is a query,
+    ``content-digest`` only when there is a body, its own component order) and sends them with fetch to a real
+    uvicorn serving the app: GET and POST, with and without a query, all accepted (ERC-8128 section 3.2.1)."""
+    from tests.unit.api.api_harness import ApiHarness
+
+    api = ApiHarness(redis_url)
+    key = "0x" + secrets.token_hex(32)
+    address = Account.from_key(key).address.lower()
+    body = json.dumps({"agent": "privacy-audit", "input": {"text": "x"}, "encryption_public_key": api.public_key})
+    with api.uvicorn() as port:
+        base = f"http://127.0.0.1:{port}/api/v1/operations"
+        json_headers = {"Content-Type": "application/json"}
+        requests = [
+            {"method": "GET", "url": base, "body": None},
+            {"method": "GET", "url": f"{base}?limit=5&status=pending", "body": None},
+            {"method": "POST", "url": base, "body": body, "headers": json_headers},
+            {"method": "POST", "url": f"{base}?source=interop", "body": body, "headers": json_headers},
+        ]
+        answer = node("erc8128_slicekit_fetch.mjs", {"key": key, "chain_id": 1, "requests": requests})
+    get_plain, get_query, post_plain, post_query = answer["responses"]
+    assert get_plain["signature_input"].startswith('eth=("@authority" "@method" "@path");')
+    assert '"@query"' in get_query["signature_input"] and "content-digest" not in get_query["signature_input"]
+    assert '"@query"' not in post_plain["signature_input"] and "content-digest" in post_plain["signature_input"]
+    assert '"@query" "content-digest"' in post_query["signature_input"]
+    assert [r["status"] for r in answer["responses"]] == [200, 200, 202, 202], answer
+    created = [json.loads(r["body"])["id"] for r in (post_plain, post_query)]
+    assert all(api.records.get(operation_id).grantee == address for operation_id in created)

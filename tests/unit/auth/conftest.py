@@ -99,8 +99,15 @@ def custom_signed(
     body: bytes = b"{}",
     digest: str | None = None,
     extra_headers: dict[str, str] | None = None,
+    method: str = "POST",
+    query: str = "?",
+    signed_query: str | None = None,
 ) -> SignedRequest:
-    """A correctly signed request with any covered list and parameters, to reach checks the SDK never fails."""
+    """A correctly signed request with any covered list and parameters, to reach checks the SDK never fails.
+
+    ``signed_query`` is the ``@query`` value the signer put in its base when it differs from the request's (a
+    signer that does not follow RFC 9421).
+    """
     import base64
 
     from eth_account.messages import encode_defunct
@@ -115,9 +122,11 @@ def custom_signed(
             "keyid": f"erc8128:1:{Account.from_key(key).address.lower()}",
         }
     headers = {"content-digest": digest or content_digest(body), **(extra_headers or {})}
-    parts = RequestParts("POST", "strongroom.example", "/api/v1/operations", "?", headers)
+    parts = RequestParts(method, "strongroom.example", "/api/v1/operations", query, headers)
     base = signature_base(covered, params, parts)
+    if signed_query is not None:
+        base = base.replace(f'"@query": {query}', f'"@query": {signed_query}', 1)
     signature = bytes(Account.from_key(key).sign_message(encode_defunct(text=base)).signature)
     headers["signature-input"] = f"{label}={serialize_params(covered, params)}"
     headers["signature"] = f"{signature_label or label}=:{base64.b64encode(signature).decode()}:"
-    return SignedRequest("POST", "strongroom.example", "/api/v1/operations", "?", headers, body)
+    return SignedRequest(method, "strongroom.example", "/api/v1/operations", query, headers, body)

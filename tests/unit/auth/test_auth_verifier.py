@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import hashlib
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from shared.errors import AuthError, NotGrantee
 
 pytestmark = pytest.mark.unit
 FIVE = ("@method", "@authority", "@path", "@query", "content-digest")
+THREE = ("@method", "@authority", "@path")
 
 
 def refused(verify: VerifyFixture, request: SignedRequest, **overrides: Any) -> AuthError:
@@ -102,9 +104,13 @@ def _params(**changes: Any) -> dict[str, Any]:
         (lambda: with_headers(signed(), signature=None), "signature_missing"),
         (lambda: with_headers(signed(), signature_input=None), "signature_missing"),
         (lambda: custom_signed(label="sig1", signature_label="eth"), "signature_malformed"),
-        (lambda: custom_signed(covered=("@method", "@authority", "@path", "content-digest")), "signature_malformed"),
+        (lambda: custom_signed(covered=THREE, query="?a=1"), "signature_malformed"),
+        (lambda: custom_signed(covered=(*THREE, "content-digest"), query="?a=1"), "signature_malformed"),
+        (lambda: custom_signed(covered=(*THREE, "@query"), query="?a=1"), "signature_malformed"),
+        (lambda: custom_signed(covered=("@method", "@path", "@query", "content-digest")), "signature_malformed"),
         (lambda: custom_signed(params=_params(nonce=None)), "signature_malformed"),
-        (lambda: custom_signed(params=_params(nonce="short")), "signature_malformed"),
+        (lambda: custom_signed(params=_params(nonce="")), "signature_malformed"),
+        (lambda: custom_signed(params=_params(nonce="n" * 129)), "signature_malformed"),
         (lambda: custom_signed(params=_params(alg="ecdsa-p256-sha256")), "signature_malformed"),
         (lambda: custom_signed(params=_params(keyid="erc8128:1:0x1234")), "signature_malformed"),
         (lambda: custom_signed(params=_params(created=None)), "signature_malformed"),
@@ -240,3 +246,56 @@ def test_high_s_twin_of_a_good_signature_is_the_same_nonce(verify: VerifyFixture
     assert verify.verify(good).address == ADDRESS
     assert refused(verify, replay).code == "nonce_replayed"
     assert VerifyFixture().verify(replay).address == ADDRESS  # on a fresh nonce store the twin itself verifies
+
+
+# --- ERC-8128 section 3.1.1: what a Request-Bound signature must cover, and nothing more ---------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "query", "body", "covered"),
+    [
+        ("GET", "?", b"", ("@authority", "@method", "@path")),  # no query, no body: the three are enough
+        ("GET", "?after=12&limit=5", b"", ("@authority", "@method", "@path", "@query")),
+        ("POST", "?", b'{"agent":"x"}', ("@authority", "@method", "@path", "content-digest")),
+        ("POST", "?dry=1", b"{}", ("@authority", "@method", "@path", "@query", "content-digest")),
+        ("POST", "?", b"", THREE),  # an empty body is no body
+        ("GET", "?", b"", FIVE),  # what strongroom's own signers send: still accepted
+    ],
+)
+def test_request_bound_signatures_are_accepted(
+    verify: VerifyFixture, method: str, query: str, body: bytes, covered: tuple[str, ...]
+) -> None:
+    request = custom_signed(method=method, query=query, body=body, covered=covered)
+    assert verify.verify(request).address == ADDRESS
+
+
+def test_an_unsigned_content_digest_is_not_checked(verify: VerifyFixture) -> None:
+    """Only a covered digest proves anything; an uncovered one (for an empty body) is ignored, not refused."""
+    request = custom_signed(method="GET", body=b"", covered=THREE, digest="sha-256=:" + "A" * 43 + "=:")
+    assert verify.verify(request).address == ADDRESS
+
+
+def test_a_sha512_only_digest_is_enough(verify: VerifyFixture) -> None:
+    body = b'{"agent":"x"}'
+    digest = "sha-512=:" + base64.b64encode(hashlib.sha512(body).digest()).decode() + ":"
+    assert verify.verify(custom_signed(body=body, digest=digest)).address == ADDRESS
+    other = "sha-512=:" + base64.b64encode(hashlib.sha512(b"other").digest()).decode() + ":"
+    assert refused(verify, custom_signed(body=body, digest=other)).code == "digest_mismatch"
+    assert refused(verify, custom_signed(body=body, digest="md5=:AAAA:")).code == "digest_mismatch"
+
+
+def test_any_printable_nonce_is_accepted(verify: VerifyFixture) -> None:
+    """ERC-8128 leaves the nonce's form to the signer; it is still single-use."""
+    request = custom_signed(params=_params(nonce="1"))
+    assert verify.verify(request).address == ADDRESS
+    assert refused(verify, request).code == "nonce_replayed"
+
+
+def test_an_empty_query_signed_as_empty_is_not_rfc_9421(verify: VerifyFixture) -> None:
+    """RFC 9421 section 2.2.7: ``@query`` without a query is ``?``; a base that says ``"@query": `` (what
+    @slicekit/erc8128 0.2.0 signs when asked to cover a missing query) does not verify."""
+    assert verify.verify(custom_signed(method="GET", body=b"", covered=(*THREE, "@query"))).address == ADDRESS
+    empty = custom_signed(
+        method="GET", body=b"", covered=(*THREE, "@query"), signed_query="", params=_params(nonce="n2")
+    )
+    assert refused(verify, empty).code == "signature_invalid"
