@@ -1,6 +1,7 @@
 """Starlette glue for ERC-8128 signed requests: rebuild what the client signed, verify it, audit the decision.
 
-Endpoints call ``await authenticate(request)`` first. The verifier itself (``shared.auth``) knows nothing about
+Endpoints do not call ``authenticate`` themselves: they are declared ``@signed(...)`` (``api_service.access``),
+which calls it first and then makes the access decision. The verifier itself (``shared.auth``) knows nothing about
 Starlette; this module only decides which ``@authority`` and ``@path`` the client saw, which depends on the
 ingress: forwarded headers are believed only from ``settings.trusted_proxies``.
 """

@@ -10,11 +10,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api_service.auth import authenticate
+from api_service.access import signed
 from api_service.endpoints.common import json_response, services
 from shared.agents import agent_list
 
 
+@signed()  # verified, not recorded: server configuration, nobody's data
 async def list_agents(request: Request) -> Response:
-    await authenticate(request)
     return json_response(agent_list(services(request).settings).model_dump(mode="json"))

@@ -20,12 +20,11 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from api_service.auth import authenticate
-from api_service.endpoints.common import audit, blocking, json_response, load_operation, services
+from api_service.access import artifact, record, signed
+from api_service.endpoints.common import blocking, json_response, services
 from api_service.errors import RangeNotSatisfiable
 from api_service.http import ByteRange, parse_range, prefers_json
 from api_service.views import collection
-from shared.auth.verifier import VerifiedSigner
 from shared.errors import NotFound
 from shared.models import (
     ENCRYPTION_SCHEME,
@@ -38,31 +37,14 @@ from shared.models import (
 from shared.storage.s3 import content_disposition
 
 
+@signed("artifact.list", operation=True)
 async def list_artifacts(request: Request) -> Response:
-    signer = await authenticate(request)
-    record = await load_operation(request, signer, request.path_params["operation_id"], "artifact.list")
-    await audit(request, "artifact.list", "allowed", actor=signer.address, operation_id=record.id)
-    return json_response(collection(record).model_dump(mode="json"))
+    return json_response(collection(record(request)).model_dump(mode="json"))
 
 
-async def get_artifact(request: Request) -> Response:
-    signer = await authenticate(request)
-    name = request.path_params["name"]
-    proxy = services(request).settings.delivery_mode == "proxy"
-    action = _action(request, proxy)
-    record = await load_operation(request, signer, request.path_params["operation_id"], action, artifact=name)
-    artifact = await _find(request, signer, record, name, action)
-    if not proxy:
-        return await _presigned(request, signer, record, artifact)
-    if action == "artifact.url":
-        return await _proxy_ticket(request, signer, record, artifact)
-    if request.method == "HEAD":
-        return await _proxy_head(request, signer, record, artifact)
-    return await _proxy(request, signer, record, artifact)
-
-
-def _action(request: Request, proxy: bool) -> AuditAction:
+def _action(request: Request) -> AuditAction:
     """What this request would do, for its audit events (denials included)."""
+    proxy = services(request).settings.delivery_mode == "proxy"
     if not proxy or prefers_json(request.headers.get("accept")):
         return "artifact.url"
     if request.method == "HEAD":
@@ -70,13 +52,22 @@ def _action(request: Request, proxy: bool) -> AuditAction:
     return "artifact.download"
 
 
+@signed(_action, operation=True, artifact=True)
+async def get_artifact(request: Request) -> Response:
+    current, stored = record(request), artifact(request)
+    action = _action(request)
+    if services(request).settings.delivery_mode != "proxy":
+        return await _presigned(request, current, stored)
+    if action == "artifact.url":
+        return _proxy_ticket(request, current, stored)
+    if action == "artifact.list":
+        return await _proxy_head(request, current, stored)
+    return await _proxy(request, current, stored)
+
+
+@signed("artifact.delete", operation=True, artifact=True, result="ok")
 async def delete_artifact(request: Request) -> Response:
-    signer = await authenticate(request)
-    name = request.path_params["name"]
-    record = await load_operation(
-        request, signer, request.path_params["operation_id"], "artifact.delete", artifact=name
-    )
-    await _find(request, signer, record, name, "artifact.delete")
+    current, name = record(request), artifact(request).name
     svc = services(request)
     removed: list[StoredArtifact] = []
 
@@ -89,27 +80,9 @@ async def delete_artifact(request: Request) -> Response:
 
     # Record first: the artifact vanishes for readers; a crash before the object delete leaves an orphan the
     # sweep removes, never a record pointing at nothing.
-    await blocking(svc.records.update, record.id, remove)
-    await blocking(svc.store.delete_many, removed[0].object_keys(record.id))
-    await audit(request, "artifact.delete", "ok", actor=signer.address, operation_id=record.id, artifact=name)
+    await blocking(svc.records.update, current.id, remove)
+    await blocking(svc.store.delete_many, removed[0].object_keys(current.id))
     return Response(status_code=204, headers={"Cache-Control": "no-store"})
-
-
-async def _find(
-    request: Request, signer: VerifiedSigner, record: OperationRecord, name: str, action: AuditAction
-) -> StoredArtifact:
-    artifact = record.artifact(name)
-    if artifact is None:
-        await audit(
-            request,
-            action,
-            "denied",
-            actor=signer.address,
-            operation_id=record.id,
-            reason="artifact_not_found",
-        )
-        raise NotFound("no such artifact", code="artifact_not_found")
-    return artifact
 
 
 def artifact_headers(artifact: StoredArtifact) -> dict[str, str]:
@@ -121,16 +94,11 @@ def artifact_headers(artifact: StoredArtifact) -> dict[str, str]:
     }
 
 
-async def _presigned(
-    request: Request, signer: VerifiedSigner, record: OperationRecord, artifact: StoredArtifact
-) -> Response:
+async def _presigned(request: Request, record: OperationRecord, artifact: StoredArtifact) -> Response:
     svc = services(request)
     key = artifact.object_key(record.id)
     url = await blocking(lambda: svc.store.presign_get(key, ttl=svc.settings.presign_ttl, filename=artifact.name))
     as_json = prefers_json(request.headers.get("accept"))
-    await audit(
-        request, "artifact.url", "allowed", actor=signer.address, operation_id=record.id, artifact=artifact.name
-    )
     request.app.state.metrics.urls_minted.labels(delivery="json" if as_json else "redirect").inc()
     if as_json:
         return json_response(
@@ -151,13 +119,8 @@ def _ticket_body(artifact: StoredArtifact, url: str, expires_at: str | None) -> 
     }
 
 
-async def _proxy_ticket(
-    request: Request, signer: VerifiedSigner, record: OperationRecord, artifact: StoredArtifact
-) -> Response:
+def _proxy_ticket(request: Request, record: OperationRecord, artifact: StoredArtifact) -> Response:
     """Proxy mode, JSON preferred: the ticket names this same route (signed GETs, no expiry); nothing is read."""
-    await audit(
-        request, "artifact.url", "allowed", actor=signer.address, operation_id=record.id, artifact=artifact.name
-    )
     request.app.state.metrics.urls_minted.labels(delivery="json").inc()
     body = _ticket_body(artifact, artifact_url(record.id, artifact.name), None)
     return json_response(body, 200, artifact_headers(artifact))
@@ -171,25 +134,20 @@ def _proxy_headers(artifact: StoredArtifact) -> dict[str, str]:
     }
 
 
-async def _proxy_head(
-    request: Request, signer: VerifiedSigner, record: OperationRecord, artifact: StoredArtifact
-) -> Response:
+async def _proxy_head(request: Request, record: OperationRecord, artifact: StoredArtifact) -> Response:
     """The headers a GET would answer, from the object's metadata: no body, no S3 GET, no download recorded.
 
     ``Range`` is ignored, as RFC 9110 section 14.2 requires for methods other than GET.
     """
     svc = services(request)
     info = await blocking(svc.store.head, artifact.object_key(record.id))  # NotFound -> 404 like a GET
-    await audit(
-        request, "artifact.list", "allowed", actor=signer.address, operation_id=record.id, artifact=artifact.name
-    )
     headers = {**_proxy_headers(artifact), "Content-Length": str(info.size)}
     return Response(status_code=200, headers=headers, media_type="application/octet-stream")
 
 
-async def _proxy(
-    request: Request, signer: VerifiedSigner, record: OperationRecord, artifact: StoredArtifact
-) -> Response:
+async def _proxy(request: Request, record: OperationRecord, artifact: StoredArtifact) -> Response:
+    """The ciphertext, streamed (``Range`` honoured). Returned unsent: if ``@signed`` cannot record the download
+    it closes the body (``_Body.aclose``), which releases the open S3 object."""
     svc = services(request)
     size = artifact.ciphertext_size
     wanted = parse_range(request.headers.get("range"), size)
@@ -205,36 +163,43 @@ async def _proxy(
     try:
         # Pull the first chunk before answering, so a missing object is a clean 404, not a broken 200 stream.
         first = await blocking(next, chunks, b"")
-        await audit(
-            request,
-            "artifact.download",
-            "allowed",
-            actor=signer.address,
-            operation_id=record.id,
-            artifact=artifact.name,
-        )
     except BaseException:
         await _close(chunks)
         raise
     request.app.state.metrics.urls_minted.labels(delivery="proxy").inc()
     headers["Content-Length"] = str(length)
     return StreamingResponse(
-        _stream(first, chunks),
+        _Body(first, chunks),
         status_code=status,
         headers=headers,
         media_type="application/octet-stream",
     )
 
 
-async def _stream(first: bytes, chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """``first``, then the rest, each chunk fetched in a worker thread; the object is closed off the loop too."""
-    try:
-        if first:
-            yield first
-        async for chunk in iterate_in_threadpool(chunks):
-            yield chunk
-    finally:
-        await _close(chunks)
+class _Body:
+    """``first``, then the rest, each chunk fetched in a worker thread; the object is closed off the loop too.
+
+    A class rather than an async generator so ``aclose`` releases the object even when the body was never
+    iterated (a response discarded before it was sent).
+    """
+
+    def __init__(self, first: bytes, chunks: Iterator[bytes]) -> None:
+        self.first, self.chunks = first, chunks
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        try:
+            if self.first:
+                yield self.first
+            async for chunk in iterate_in_threadpool(self.chunks):
+                yield chunk
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        await _close(self.chunks)
 
 
 async def _close(chunks: Iterator[bytes]) -> None:

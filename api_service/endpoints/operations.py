@@ -17,8 +17,8 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api_service.auth import authenticate
-from api_service.endpoints.common import audit, blocking, json_response, load_operation, services
+from api_service.access import record, signed, signer
+from api_service.endpoints.common import blocking, json_response, services
 from api_service.views import API_PREFIX, dump_operation, operation_response, operation_view
 from shared import audit_log, layout
 from shared.agents import agent_names
@@ -55,41 +55,33 @@ _FIELD_CODES = {
 # --- create -----------------------------------------------------------------------------------------------
 
 
+@signed("operation.create", result="ok", audited={"queue_unavailable": "error"})
 async def create_operation(request: Request) -> Response:
-    signer = await authenticate(request)
     svc = services(request)
     body = parse_create(await request.body(), svc.settings)
     now = utcnow()
     days = body.retention_days or svc.settings.artifact_retention_days
-    record = OperationRecord(
+    created = OperationRecord(
         id=layout.new_operation_id(body.agent),
         agent=body.agent,
-        grantee=signer.address.lower(),
+        grantee=signer(request).address.lower(),
         encryption_public_key=body.encryption_public_key,
         created_at=now,
         expires_at=expiry(now, days),
     )
-    await blocking(svc.records.create, record, body.input)
+    await blocking(svc.records.create, created, body.input)
+    request.state.record = created  # the operation the audit event names, from here on
     try:
-        await blocking(svc.producer.send, RunOperation.TASK, RunOperation(operation_id=record.id).model_dump())
+        await blocking(svc.producer.send, RunOperation.TASK, RunOperation(operation_id=created.id).model_dump())
     except Exception as exc:  # any broker failure: the record must not stay pending unnoticed
-        await blocking(svc.records.update, record.id, _mark_unqueued)
-        await audit(
-            request,
-            "operation.create",
-            "error",
-            actor=signer.address,
-            operation_id=record.id,
-            reason="queue_unavailable",
-        )
+        await blocking(svc.records.update, created.id, _mark_unqueued)
         raise Unavailable(
             "the work queue is unavailable; the operation was marked failed", code="queue_unavailable"
         ) from exc
-    await audit(request, "operation.create", "ok", actor=signer.address, operation_id=record.id)
-    created = CreateOperationResponse(
-        id=record.id, status=record.status, created_at=record.created_at, expires_at=record.expires_at
+    answer = CreateOperationResponse(
+        id=created.id, status=created.status, created_at=created.created_at, expires_at=created.expires_at
     )
-    return json_response(created.model_dump(mode="json"), 202, {"Location": f"{API_PREFIX}/operations/{record.id}"})
+    return json_response(answer.model_dump(mode="json"), 202, {"Location": f"{API_PREFIX}/operations/{created.id}"})
 
 
 def parse_create(raw: bytes, settings: Settings) -> CreateOperationRequest:
@@ -130,22 +122,22 @@ def _mark_unqueued(record: OperationRecord) -> OperationRecord:
 # --- list -------------------------------------------------------------------------------------------------
 
 
+@signed("operation.list")
 async def list_operations(request: Request) -> Response:
-    signer = await authenticate(request)
+    address = signer(request).address
     svc = services(request)
     limit, cursor, status = _list_params(request)
-    ids, next_cursor = await blocking(lambda: svc.records.list_ids(signer.address, cursor=cursor, limit=limit))
+    ids, next_cursor = await blocking(lambda: svc.records.list_ids(address, cursor=cursor, limit=limit))
     records = await _fetch_many(svc.records.get, ids)
     now = utcnow()
     page = [
         dump_operation(operation_response(r))
         for r in records
         if r is not None
-        and r.grantee == signer.address.lower()
+        and r.grantee == address.lower()
         and not r.is_expired(now)
         and (status is None or r.status == status)
     ]
-    await audit(request, "operation.list", "allowed", actor=signer.address)
     return json_response({"operations": page, "next_cursor": next_cursor})
 
 
@@ -189,40 +181,24 @@ async def _fetch_many(get: Any, ids: list[str]) -> list[OperationRecord | None]:
 # --- read and cancel --------------------------------------------------------------------------------------
 
 
+@signed("operation.read", operation=True)
 async def get_operation(request: Request) -> Response:
-    signer = await authenticate(request)
-    operation_id = request.path_params["operation_id"]
-    record = await load_operation(request, signer, operation_id, "operation.read")
     svc = services(request)
-    view = await blocking(operation_view, record, svc.settings, svc.records)
-    await audit(request, "operation.read", "allowed", actor=signer.address, operation_id=record.id)
+    view = await blocking(operation_view, record(request), svc.settings, svc.records)
     return json_response(view.body, 200, view.headers)
 
 
+@signed("operation.cancel", operation=True, result="ok", audited={"operation_finished": "denied"})
 async def cancel_operation(request: Request) -> Response:
-    signer = await authenticate(request)
-    operation_id = request.path_params["operation_id"]
-    await load_operation(request, signer, operation_id, "operation.cancel")
     svc = services(request)
-    try:
-        record = await blocking(svc.records.update, operation_id, _cancel)
-    except Conflict:
-        await audit(
-            request,
-            "operation.cancel",
-            "denied",
-            actor=signer.address,
-            operation_id=operation_id,
-            reason="operation_finished",
-        )
-        raise
-    if record.status == "running":
+    operation_id = record(request).id
+    cancelled = await blocking(svc.records.update, operation_id, _cancel)
+    if cancelled.status == "running":
         try:
-            await svc.redis.set(layout.redis_cancel_key(record.id), b"1", ex=CANCEL_KEY_TTL)
+            await svc.redis.set(layout.redis_cancel_key(operation_id), b"1", ex=CANCEL_KEY_TTL)
         except (RedisError, OSError) as exc:
             raise Unavailable("cancellation could not be signalled; try again", code="redis_unavailable") from exc
-    await audit(request, "operation.cancel", "ok", actor=signer.address, operation_id=record.id)
-    return json_response(dump_operation(operation_response(record)), 202)
+    return json_response(dump_operation(operation_response(cancelled)), 202)
 
 
 def _cancel(record: OperationRecord) -> OperationRecord:
@@ -241,6 +217,7 @@ def _cancel(record: OperationRecord) -> OperationRecord:
 # --- access log -------------------------------------------------------------------------------------------
 
 
+@signed("access_log.read", operation=True)
 async def access_log(request: Request) -> Response:
     """One page of the operation's access log, oldest first; follow ``next_cursor`` (as ``?after=``) to the end.
 
@@ -248,15 +225,12 @@ async def access_log(request: Request) -> Response:
     page's batches, their link to the batch before them and, on the last page, the head. A client that sees it
     true on every page from the first has verified the whole log.
     """
-    signer = await authenticate(request)
-    operation_id = request.path_params["operation_id"]
-    await load_operation(request, signer, operation_id, "access_log.read")
+    operation_id = record(request).id
     after, limit = _log_params(request)
     svc = services(request)
     page = await blocking(
         lambda: audit_log.read_verified_page(svc.records, operation_id, after=after, max_events=limit)
     )
-    await audit(request, "access_log.read", "allowed", actor=signer.address, operation_id=operation_id)
     return json_response(
         {
             "events": [e.model_dump(mode="json") for e in page.events],

@@ -314,3 +314,35 @@ def test_proxied_artifact_endpoints_record_what_they_recorded_before(proxied: Re
         "head-gone": [_auth("alice", "done")],
         "ticket": [_auth("alice", "done"), ("audit", "artifact.url", "allowed", "alice", "done", "a.bin", None)],
     }
+
+
+def test_an_access_that_cannot_be_recorded_is_refused_and_its_download_released(
+    proxied: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fail closed: the allowed event is written before the response leaves; when it cannot be, the answer is
+    503 ``audit_unavailable`` and the proxied download's open object is closed, though no byte was sent."""
+    rec, api = proxied, proxied.api
+    record = api.make_record(status="succeeded", **_finished())
+    api.add_artifact(record, "a.bin", bytes(range(256)), plaintext=b"p")
+    closed: list[str] = []
+    opened: list[Iterator[bytes]] = []  # held here, so only an explicit close (not garbage collection) closes them
+    real = api.store.open_range
+
+    def body(key: str, first: int | None, last: int | None) -> Iterator[bytes]:
+        try:
+            yield from real(key, first, last)
+        finally:
+            closed.append(key)
+
+    def open_range(key: str, first: int | None = None, last: int | None = None) -> Iterator[bytes]:
+        opened.append(body(key, first, last))
+        return opened[-1]
+
+    async def unavailable(*_: object) -> None:
+        raise sync_redis.ConnectionError("audit stream down")
+
+    api.store.open_range = open_range  # type: ignore[method-assign]
+    monkeypatch.setattr("api_service.access.apublish", unavailable)
+    response = api.signed(rec.client, "GET", f"{OPS}/{record.id}/artifacts/a.bin")
+    assert response.status_code == 503 and response.json()["code"] == "audit_unavailable"
+    assert len(opened) == 1 and len(closed) == 1

@@ -1,0 +1,200 @@
+"""Signed endpoints by declaration: ``@signed(action, ...)`` makes the access decision and records it.
+
+One decorator (like Starlette's ``authentication.requires``) does for every ``/api/v1`` data endpoint what each
+used to repeat by hand:
+
+1. verify the ERC-8128 signature (``api_service.auth.authenticate``; refusals are audited there);
+2. with ``operation=True``, load ``{operation_id}``: a malformed or unknown id is 404 ``operation_not_found``,
+   another signer's operation 403 ``not_grantee``, an expired one 404 ``expired``;
+3. with ``artifact=True``, find ``{name}`` in the record: 404 ``artifact_not_found``;
+4. leave the signer, the record and the artifact on ``request.state`` (read them with ``signer``, ``record``
+   and ``artifact``) and run the endpoint, which does only its own work;
+5. record the outcome: every refusal above as ``denied`` with its reason; the endpoint's success as
+   ``allowed`` (reads) or ``ok`` (changes); an error the endpoint raises only when its code is declared in
+   ``audited``, with the result given there (``operation_finished`` -> ``denied``...).
+
+A success is recorded after the endpoint has done its work and before the response is sent: an access that
+cannot be recorded is refused (503 ``audit_unavailable``) and its response discarded, a streamed body closed.
+Denials are best effort (the request is refused either way). An endpoint that creates its operation sets
+``request.state.record`` itself, so the event names it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api_service.auth import authenticate
+from api_service.endpoints.common import blocking, services
+from shared import layout
+from shared.auth.verifier import VerifiedSigner
+from shared.errors import Expired, NotFound, NotGrantee, StrongroomError, Unavailable
+from shared.events import apublish, new_event
+from shared.models import AuditAction, OperationRecord, StoredArtifact
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+Result = Literal["allowed", "denied", "ok", "error"]
+ActionOf = AuditAction | Callable[[Request], AuditAction] | None
+
+
+def signed(
+    action: ActionOf = None,
+    *,
+    operation: bool = False,
+    artifact: bool = False,
+    result: Result = "allowed",
+    audited: Mapping[str, Result] | None = None,
+) -> Callable[[Endpoint], Endpoint]:
+    """Declare a signed endpoint whose decisions are recorded as ``action`` (see the module docstring).
+
+    ``action`` may depend on the request (a function of it); ``None`` verifies the signature and records nothing
+    more (an endpoint that reads no one's data). ``result`` is the success's result; ``audited`` maps error
+    codes the endpoint raises to the result they are recorded with.
+    """
+    errors: Mapping[str, Result] = audited or {}
+
+    def decorate(endpoint: Endpoint) -> Endpoint:
+        @functools.wraps(endpoint)
+        async def wrapper(request: Request) -> Response:
+            who = await authenticate(request)
+            what = action(request) if callable(action) else action
+            if what is None:
+                return await endpoint(request)
+            name = request.path_params["name"] if artifact else None
+            if operation:
+                found = await load_operation(request, who, request.path_params["operation_id"], what, artifact=name)
+                request.state.record = found
+                if name is not None:
+                    request.state.artifact = await _find(request, who, found, name, what)
+            try:
+                response = await endpoint(request)
+            except StrongroomError as exc:
+                outcome = errors.get(exc.code)
+                if outcome is not None:
+                    await audit(request, what, outcome, actor=who.address, **_subject(request, name), reason=exc.code)
+                raise
+            try:
+                await audit(request, what, result, actor=who.address, **_subject(request, name))
+            except Unavailable:
+                await _discard(response)
+                raise
+            return response
+
+        return wrapper
+
+    return decorate
+
+
+def signer(request: Request) -> VerifiedSigner:
+    """The proven signer of a ``@signed`` request."""
+    value: VerifiedSigner = request.state.signer
+    return value
+
+
+def record(request: Request) -> OperationRecord:
+    """The operation a ``@signed(..., operation=True)`` request may access (grantee, not expired)."""
+    value: OperationRecord = request.state.record
+    return value
+
+
+def artifact(request: Request) -> StoredArtifact:
+    """The artifact a ``@signed(..., artifact=True)`` request names, as the record lists it."""
+    value: StoredArtifact = request.state.artifact
+    return value
+
+
+def _subject(request: Request, name: str | None) -> dict[str, Any]:
+    """What an event is about: the operation on ``request.state`` (loaded, or created by the endpoint)."""
+    found: OperationRecord | None = getattr(request.state, "record", None)
+    return {"operation_id": None if found is None else found.id, "artifact": name}
+
+
+async def _discard(response: Response) -> None:
+    """Release what an unsent response holds (a proxied download's open S3 body)."""
+    close = getattr(getattr(response, "body_iterator", None), "aclose", None)
+    if close is not None:
+        await close()
+
+
+async def audit(
+    request: Request,
+    action: AuditAction,
+    result: str,
+    *,
+    actor: str | None,
+    operation_id: str | None = None,
+    artifact: str | None = None,
+    reason: str | None = None,
+) -> None:
+    """Publish one decision. Allowed accesses fail closed (503) if unrecorded; denials are best effort."""
+    event = new_event(
+        action=action,
+        result=result,
+        actor=actor,
+        operation_id=operation_id,
+        artifact=artifact,
+        reason=reason,
+        request_id=getattr(request.state, "request_id", None),
+    )
+    try:
+        await apublish(services(request).redis, event)
+    except (RedisError, OSError):
+        if result != "denied":
+            raise Unavailable("the audit log is unavailable", code="audit_unavailable") from None
+
+
+async def load_operation(
+    request: Request, signer: VerifiedSigner, operation_id: str, action: AuditAction, *, artifact: str | None = None
+) -> OperationRecord:
+    """The signer's live operation, or the typed error (audited as a denial).
+
+    A malformed id is recorded without it, and so without the artifact: only what names a real operation is.
+    """
+    if not layout.is_operation_id(operation_id):
+        await audit(request, action, "denied", actor=signer.address, reason="operation_not_found")
+        raise NotFound("no such operation", code="operation_not_found")
+    try:
+        found = await blocking(services(request).records.get, operation_id)
+    except NotFound:
+        await _deny(request, action, signer, operation_id, artifact, "operation_not_found")
+        raise NotFound("no such operation", code="operation_not_found") from None
+    if not is_grantee(signer, found):
+        await _deny(request, action, signer, operation_id, artifact, "not_grantee")
+        raise NotGrantee("the signer is not the grantee of this operation")
+    if found.is_expired():
+        await _deny(request, action, signer, operation_id, artifact, "expired")
+        raise Expired("this operation has expired")
+    return found
+
+
+def is_grantee(signer: VerifiedSigner, found: OperationRecord) -> bool:
+    return hmac.compare_digest(signer.address.lower().encode(), found.grantee.lower().encode())
+
+
+async def _find(
+    request: Request, signer: VerifiedSigner, found: OperationRecord, name: str, action: AuditAction
+) -> StoredArtifact:
+    stored = found.artifact(name)
+    if stored is None:
+        await _deny(request, action, signer, found.id, None, "artifact_not_found")
+        raise NotFound("no such artifact", code="artifact_not_found")
+    return stored
+
+
+async def _deny(
+    request: Request,
+    action: AuditAction,
+    signer: VerifiedSigner,
+    operation_id: str,
+    artifact: str | None,
+    reason: str,
+) -> None:
+    await audit(
+        request, action, "denied", actor=signer.address, operation_id=operation_id, artifact=artifact, reason=reason
+    )
