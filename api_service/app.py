@@ -70,6 +70,9 @@ def create_app(settings: Settings | None = None, *, services: ApiServices | None
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
+    # No automatic 307 from /path/ to /path: it answered before authentication, with a Location built from the
+    # Host the client sent. Unknown paths, trailing slash or not, are 404 problem+json.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.metrics = metrics
     if services is not None:

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
 
 from shared.errors import AuthError, RateLimited, StrongroomError
 
@@ -88,7 +89,26 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code, title = _HTTP_CODES.get(exc.status_code, ("http_error", "HTTP error"))
     detail = exc.detail if exc.status_code in _HTTP_CODES and isinstance(exc.detail, str) else title
-    return problem(exc.status_code, code, title, detail, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
+    return problem(exc.status_code, code, title, detail, headers=headers)
+
+
+_METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> str:
+    """RFC 9110 section 15.5.6: ``Allow`` lists every method the target supports. The route table has one route
+    per (path, method), and Starlette's 405 names only the first route whose path matched, so the methods of
+    every route on the path are gathered here."""
+    methods: set[str] = set()
+    probe = {**request.scope, "method": ""}  # matches no route's methods: any path match is PARTIAL
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(probe)[0] is not Match.NONE:
+            methods |= route.methods
+    known = [m for m in _METHOD_ORDER if m in methods]
+    return ", ".join(known + sorted(methods - set(known)))
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:

@@ -512,6 +512,33 @@ def test_unknown_route_and_method_are_problems(client: TestClient) -> None:
     assert_problem(client.get("/nope"), 404, "not_found")
     response = client.put("/healthz")
     assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, HEAD"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("OPTIONS", OPS, "GET, HEAD, POST"),
+        ("PUT", OPS, "GET, HEAD, POST"),
+        ("DELETE", f"{OPS}/demo_abc", "GET, HEAD"),
+        ("POST", f"{OPS}/demo_abc/artifacts/report.json", "GET, HEAD, DELETE"),
+        ("OPTIONS", f"{OPS}/demo_abc/artifacts/report.json", "GET, HEAD, DELETE"),
+        ("GET", f"{OPS}/demo_abc/cancel", "POST"),
+    ],
+)
+def test_405_lists_every_method_of_the_resource(client: TestClient, method: str, path: str, allow: str) -> None:
+    """RFC 9110 section 15.5.6: the Allow list is the resource's, not that of the first route on its path."""
+    response = client.request(method, path)
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == allow
+
+
+@pytest.mark.parametrize("path", [f"{OPS}/", f"{OPS}/demo_abc/artifacts/x/", "/healthz/", "/api/v1/openapi.json/"])
+def test_a_trailing_slash_is_404_not_a_redirect_to_the_clients_host(client: TestClient, path: str) -> None:
+    """Issue 10, item 8: no automatic slash redirect (it answered 307 to whatever Host the client sent)."""
+    response = client.get(path, headers={"Host": "evil.example"}, follow_redirects=False)
+    assert_problem(response, 404, "not_found")
+    assert "location" not in response.headers
 
 
 def test_cors_only_for_configured_origins(redis_url: str) -> None:
