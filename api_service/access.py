@@ -9,7 +9,8 @@ used to repeat by hand:
 3. with ``artifact=True``, find ``{name}`` in the record: 404 ``artifact_not_found``;
 4. leave the signer, the record and the artifact on ``request.state`` (read them with ``signer``, ``record``
    and ``artifact``) and run the endpoint, which does only its own work;
-5. record the outcome: every refusal above as ``denied`` with its reason; the endpoint's success as
+5. record the outcome: every refusal above as ``denied`` with its reason code and, once it names a real
+   operation, the artifact asked for (so a refused delete says what it refused); the endpoint's success as
    ``allowed`` (reads) or ``ok`` (changes); an error the endpoint raises only when its code is declared in
    ``audited``, with the result given there (``operation_finished`` -> ``denied``...).
 
@@ -182,7 +183,7 @@ async def _find(
 ) -> StoredArtifact:
     stored = found.artifact(name)
     if stored is None:
-        await _deny(request, action, signer, found.id, None, "artifact_not_found")
+        await _deny(request, action, signer, found.id, name, "artifact_not_found")
         raise NotFound("no such artifact", code="artifact_not_found")
     return stored
 

@@ -297,14 +297,19 @@ def _log(args: argparse.Namespace) -> int:
     with _client(args) as client:
         log = client.access_log(args.id)
     verdict = {True: "hash chain verified", False: "HASH CHAIN BROKEN", None: "hash chain not reported"}
-    lines = [
-        f"{e.get('time', '')}  {e.get('action', ''):<18} {e.get('result', ''):<8} "
-        f"{e.get('actor') or '-'}  {e.get('artifact') or ''}".rstrip()
-        for e in log.events
-    ]
+    lines = [_event_line(e) for e in log.events]
     lines.append(f"{len(log.events)} event(s), {verdict[log.chain_verified]}")
     _emit(args, {"events": log.events, "chain_verified": log.chain_verified}, "\n".join(lines))
     return 0 if log.chain_verified is not False else 9
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    """One access-log line: when, what, the result, who, which artifact and, for a refusal, its reason code."""
+    reason = f"({event['reason']})" if event.get("reason") else ""
+    return (
+        f"{event.get('time', '')}  {event.get('action', ''):<18} {event.get('result', ''):<8} "
+        f"{event.get('actor') or '-'}  {event.get('artifact') or ''}  {reason}"
+    ).rstrip()
 
 
 def _cancel(args: argparse.Namespace) -> int:

@@ -1,7 +1,9 @@
 """The audit trail the API writes, request by request: every allow/deny path of every signed endpoint.
 
-The expected lists below were recorded on main before the signed endpoints moved to one declaration (issue 16);
-the refactor must keep them, event for event.
+The expected lists below were recorded on main before the signed endpoints moved to one declaration
+(``api_service.access.signed``, issue 16); the refactor kept them, event for event. The one deliberate change
+since (issue 9, item 6, marked ``# issue 9``): an ``artifact_not_found`` refusal names the artifact asked for, as
+the other refusals that name an operation already did, so a refused read or delete says which name was refused.
 
 Each request carries its own ``X-Request-ID``, so its events are picked out of both streams (the audit stream and
 the refusals stream) by that id. Signers and operations are replaced by the names the scenario gave them.
@@ -245,7 +247,7 @@ def test_presigned_artifact_endpoints_record_what_they_recorded_before(presigned
         "url-json": [_auth("alice", "done"), ("audit", "artifact.url", "allowed", "alice", "done", "a.json", None)],
         "url-missing": [
             _auth("alice", "done"),
-            ("audit", "artifact.url", "denied", "alice", "done", None, "artifact_not_found"),
+            ("audit", "artifact.url", "denied", "alice", "done", "nope.json", "artifact_not_found"),  # issue 9
         ],
         "url-other": [
             _auth("mallory", "done"),
@@ -266,7 +268,7 @@ def test_presigned_artifact_endpoints_record_what_they_recorded_before(presigned
         "delete": [_auth("alice", "done"), ("audit", "artifact.delete", "ok", "alice", "done", "b.json", None)],
         "delete-missing": [
             _auth("alice", "done"),
-            ("audit", "artifact.delete", "denied", "alice", "done", None, "artifact_not_found"),
+            ("audit", "artifact.delete", "denied", "alice", "done", "b.json", "artifact_not_found"),  # issue 9
         ],
     }
 
@@ -304,7 +306,7 @@ def test_proxied_artifact_endpoints_record_what_they_recorded_before(proxied: Re
         "download-gone": [_auth("alice", "done")],
         "download-missing": [
             _auth("alice", "done"),
-            ("audit", "artifact.download", "denied", "alice", "done", None, "artifact_not_found"),
+            ("audit", "artifact.download", "denied", "alice", "done", "nope.bin", "artifact_not_found"),  # issue 9
         ],
         "download-other": [
             _auth("mallory", "done"),

@@ -98,9 +98,16 @@ def test_session(capsys: pytest.CaptureFixture[str], api: FakeApi, ident: Path, 
     code, _, err = run(capsys, "get", op_id, "data.bin", "-o", str(out_dir), "--force")
     assert code == 5 and "data.bin" in err
 
-    api.events = [{"time": "t", "action": "artifact.delete", "result": "ok", "actor": "0xabc"}]
+    api.events = [
+        {"time": "t", "action": "artifact.delete", "result": "ok", "actor": "0xabc", "artifact": "data.bin"},
+        {"time": "t", "action": "artifact.delete", "result": "denied", "actor": "0xabc", "artifact": "data.bin",
+         "reason": "artifact_not_found"},
+    ]  # fmt: skip
     code, out, _ = run(capsys, "log", op_id)
-    assert code == 0 and "artifact.delete" in out and "verified" in out
+    assert code == 0 and "verified" in out
+    ok, refused = out.splitlines()[:2]
+    assert ok.split() == ["t", "artifact.delete", "ok", "0xabc", "data.bin"]
+    assert refused.split() == ["t", "artifact.delete", "denied", "0xabc", "data.bin", "(artifact_not_found)"]
 
 
 @pytest.mark.parametrize(
