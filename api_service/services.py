@@ -58,7 +58,7 @@ class ApiServices:
     records: OperationStore
     verifier: Verifier
     producer: TaskProducer
-    sync_redis: SyncRedis | None = None
+    sync_redis: SyncRedis  # the records' lock client; also for blocking calls such as shared.cancel
     _closers: list[Any] = field(default_factory=list, repr=False)
 
     @classmethod

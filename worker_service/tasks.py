@@ -18,9 +18,11 @@ import structlog
 from celery import Task
 
 from shared import contracts, layout
+from shared.cancel import request_cancel
 from shared.contracts import CancelOperation, RunOperation
+from shared.events import new_event, publish
 from worker_service.celery_app import app, services
-from worker_service.pipeline.run import TRANSIENT_ERRORS, fail_operation, request_cancel, run_operation
+from worker_service.pipeline.run import TRANSIENT_ERRORS, fail_operation, run_operation
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +64,16 @@ def run_operation_task(self: Task, operation_id: str) -> str | None:
 @app.task(name=CancelOperation.TASK, **RETRY_OPTIONS)
 def cancel_operation_task(operation_id: str, request_id: str | None = None, actor: str | None = None) -> str:
     message = CancelOperation(operation_id=operation_id, request_id=request_id, actor=actor)
-    record = request_cancel(services(), message.operation_id, actor=message.actor, request_id=message.request_id)
+    current = services()
+    record = request_cancel(current.records, current.redis, message.operation_id)
+    event = new_event(
+        operation_id=message.operation_id,
+        actor=message.actor,
+        action="operation.cancel",
+        result="ok",
+        request_id=message.request_id,
+    )
+    publish(current.redis, event)
     return record.status
 
 

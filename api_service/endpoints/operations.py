@@ -13,7 +13,6 @@ from typing import Any
 
 import anyio
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -22,9 +21,10 @@ from api_service.endpoints.common import blocking, json_response, services
 from api_service.views import API_PREFIX, dump_operation, operation_response, operation_view
 from shared import audit_log, layout
 from shared.agents import agent_names
+from shared.cancel import request_cancel
 from shared.contracts import RunOperation
 from shared.crypto.keywrap import parse_public_key
-from shared.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from shared.errors import NotFound, Unavailable, ValidationFailed
 from shared.models import (
     CreateOperationRequest,
     CreateOperationResponse,
@@ -40,7 +40,6 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 DEFAULT_LOG_PAGE = 500  # events; a page is whole batches, at least one
 MAX_LOG_PAGE = 1000
-CANCEL_KEY_TTL = 86400
 _LIMIT_RE = re.compile(r"[0-9]{1,6}")
 _LOG_CURSOR_RE = re.compile(r"[1-9][0-9]{0,11}")  # a batch sequence (access-log page cursor)
 _CURSOR_RE = re.compile(r"^[0-9]{12}_[a-z0-9][a-z0-9-]{0,47}_[a-z2-7]{26}$")
@@ -190,28 +189,10 @@ async def get_operation(request: Request) -> Response:
 
 @signed("operation.cancel", operation=True, result="ok", audited={"operation_finished": "denied"})
 async def cancel_operation(request: Request) -> Response:
+    """``shared.cancel.request_cancel``: pending -> cancelled, running -> flagged for the run, finished -> 409."""
     svc = services(request)
-    operation_id = record(request).id
-    cancelled = await blocking(svc.records.update, operation_id, _cancel)
-    if cancelled.status == "running":
-        try:
-            await svc.redis.set(layout.redis_cancel_key(operation_id), b"1", ex=CANCEL_KEY_TTL)
-        except (RedisError, OSError) as exc:
-            raise Unavailable("cancellation could not be signalled; try again", code="redis_unavailable") from exc
+    cancelled = await blocking(request_cancel, svc.records, svc.sync_redis, record(request).id)
     return json_response(dump_operation(operation_response(cancelled)), 202)
-
-
-def _cancel(record: OperationRecord) -> OperationRecord:
-    """The agreed lifecycle: pending -> cancelled now; running -> flagged for the worker; finished -> 409."""
-    if record.status == "pending":
-        return record.evolve(
-            status="cancelled",
-            finished_at=utcnow(),
-            result=OperationResult(status="error", summary="cancelled by grantee", execution_time=0),
-        )
-    if record.status == "running":
-        return record if record.cancel_requested else record.evolve(cancel_requested=True)
-    raise Conflict("the operation has already finished", code="operation_finished")
 
 
 # --- access log -------------------------------------------------------------------------------------------

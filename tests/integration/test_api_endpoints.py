@@ -19,10 +19,10 @@ from httpx import Response
 from jsonschema import Draft202012Validator
 from starlette.testclient import TestClient
 
-from api_service.endpoints.operations import CANCEL_KEY_TTL
 from api_service.openapi import openapi_document
 from shared import audit_log, layout
 from shared.auth.signer import sign_request
+from shared.cancel import CANCEL_TTL
 from shared.contracts import RunOperation
 from shared.events import decode, new_event
 from shared.models import AuditEvent, GetOperationResponse, OperationResult, utcnow
@@ -179,7 +179,7 @@ def test_cancel_follows_the_lifecycle(api: ApiHarness, client: TestClient) -> No
     assert response.status_code == 202 and response.json()["status"] == "running"
     assert api.records.get(running.id).cancel_requested
     ttl = api.sync_redis.ttl(layout.redis_cancel_key(running.id))
-    assert 0 < ttl <= CANCEL_KEY_TTL
+    assert 0 < ttl <= CANCEL_TTL
 
     done = api.make_record(
         status="succeeded", finished_at=utcnow(), result=OperationResult(status="ok", summary="", execution_time=1)

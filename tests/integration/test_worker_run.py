@@ -13,6 +13,7 @@ import pytest
 from celery import Celery
 
 from shared import layout
+from shared.cancel import request_cancel
 from shared.crypto import keywrap
 from shared.settings import Settings
 from tests.agents.harness import (
@@ -25,7 +26,6 @@ from tests.agents.harness import (
     stored_keys,
     wait_status,
 )
-from worker_service.pipeline.run import request_cancel
 from worker_service.services import Services
 
 pytestmark = pytest.mark.integration
@@ -95,7 +95,7 @@ def test_cancel_kills_the_agent_process_group(worker: Any, services: Services, a
     assert wait_status(services, record.id, {"running"}).status == "running"
 
     requested = time.monotonic()
-    request_cancel(services, record.id, actor=record.grantee)  # exactly what the API does
+    request_cancel(services.records, services.redis, record.id)  # exactly what the API does
     final = wait_status(services, record.id, {"cancelled", "failed", "succeeded"}, timeout=20)
 
     assert final.status == "cancelled"

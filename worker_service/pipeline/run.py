@@ -17,8 +17,8 @@ Concurrency contract (shared with the API, see shared/records.py):
   check) and name the objects of a run that lost, so only the orphan sweep removes them (age-gated, skipping live
   leases, re-reading the record under the lock). A crash at any point leaves the record naming all artifacts or
   none.
-* Cancel: the API sets ``cancel_requested`` and the Redis cancel key; the agent's process group is killed within
-  a poll interval and the record ends ``cancelled`` with no artifacts.
+* Cancel (``shared.cancel``): the Redis cancel key and ``cancel_requested`` are set; the agent's process group is
+  killed within a poll interval and the record ends ``cancelled`` with no artifacts.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ import redis
 import structlog
 
 from shared import layout
-from shared.errors import ConfigError, Conflict, StorageError, Unavailable, ValidationFailed
+from shared.cancel import CANCELLED_SUMMARY
+from shared.errors import ConfigError, StorageError, Unavailable, ValidationFailed
 from shared.events import new_event, publish
 from shared.models import OperationRecord, OperationResult, OperationStatus, StoredArtifact, utcnow
 from worker_service.agents.inputs import write_input
@@ -47,8 +48,6 @@ from worker_service.services import Services
 
 log = structlog.get_logger(__name__)
 
-CANCEL_TTL = 24 * 3600
-CANCELLED_SUMMARY = "cancelled by grantee"
 INTERNAL_SUMMARY = "internal error: the worker could not complete the operation"
 # Worth a retry of the whole task (it re-claims with the same token): S3 or Redis trouble, or a lost lease.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -332,27 +331,3 @@ def fail_operation(services: Services, operation_id: str, summary: str) -> Opera
         final = current.evolve(status="failed", finished_at=utcnow(), result=result, artifacts=[])
         records.put(final)
     return final
-
-
-def request_cancel(
-    services: Services, operation_id: str, *, actor: str | None = None, request_id: str | None = None
-) -> OperationRecord:
-    """The agreed cancel semantics: pending -> cancelled, running -> flagged (the run stops it), finished -> 409."""
-
-    def change(current: OperationRecord) -> OperationRecord:
-        if current.finished:
-            raise Conflict(f"operation is already {current.status}", code="operation_finished")
-        if current.status == "pending":
-            result = OperationResult(status="error", summary=CANCELLED_SUMMARY, execution_time=0)
-            return current.evolve(status="cancelled", finished_at=utcnow(), result=result)
-        services.redis.set(layout.redis_cancel_key(operation_id), "1", ex=CANCEL_TTL)
-        return current.evolve(cancel_requested=True)
-
-    record = services.records.update(operation_id, change)
-    publish(
-        services.redis,
-        new_event(
-            operation_id=operation_id, actor=actor, action="operation.cancel", result="ok", request_id=request_id
-        ),
-    )
-    return record

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from shared import events, layout
+from shared.cancel import request_cancel
 from shared.crypto import cobblestone, keywrap
 from shared.crypto.keyring import Keyring
 from shared.errors import Conflict, StorageError
@@ -131,11 +132,11 @@ def test_cancelled_pending_operation_never_runs(
 ) -> None:
     services = make_services(client, tmp_path)
     record = create(services, keypair[1], text="x")
-    cancelled = pipeline.request_cancel(services, record.id, actor=record.grantee)
+    cancelled = request_cancel(services.records, services.redis, record.id)
     assert cancelled.status == "cancelled" and cancelled.result is not None
     assert pipeline.run_operation(services, record.id) is None
     with pytest.raises(Conflict):
-        pipeline.request_cancel(services, record.id)
+        request_cancel(services.records, services.redis, record.id)
 
 
 @pytest.mark.parametrize(
@@ -182,7 +183,7 @@ def test_cancel_while_running_kills_the_group(client: redis.Redis, tmp_path: Pat
         deadline = time.monotonic() + 20
         while not (pidfile.exists() and pidfile.stat().st_size) and time.monotonic() < deadline:
             time.sleep(0.05)
-        pipeline.request_cancel(services, record.id, actor=record.grantee)
+        request_cancel(services.records, services.redis, record.id)
 
     canceller = threading.Thread(target=cancel_when_started)
     canceller.start()
