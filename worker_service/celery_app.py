@@ -32,31 +32,53 @@ from worker_service.services import Services
 app = Celery("strongroom", include=["worker_service.tasks"])
 log = structlog.get_logger(__name__)
 
-_lock = threading.Lock()
-_settings: Settings | None = None
-_services: Services | None = None
-_heartbeat: Heartbeat | None = None
-_sweeper: threading.Event | None = None
 ORPHAN_SWEEP_INTERVAL = 5.0  # seconds; prefork main process only
 
 
+class WorkerProcess:
+    """What one worker (or beat) process holds: its settings, its clients and its background threads.
+
+    Built on first use, never at import time; Celery's signal handlers and the tasks share the one instance,
+    ``process`` below, whose attributes change (no module variable is rebound).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._settings: Settings | None = None
+        self._services: Services | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.sweeper: threading.Event | None = None
+
+    def settings(self) -> Settings:
+        with self._lock:
+            if self._settings is None:
+                self._settings = Settings.from_env()
+            return self._settings
+
+    def services(self) -> Services:
+        """This process's clients, built on first use (after a prefork fork, so no connection is shared)."""
+        current = self.settings()
+        with self._lock:
+            if self._services is None:
+                self._services = Services.from_settings(current)
+                self._services.send_task = _send_task
+            return self._services
+
+    def forget_services(self) -> None:
+        """After a fork: the parent's sockets must not be shared with the child, which builds its own."""
+        with self._lock:
+            self._services = None
+
+
+process = WorkerProcess()
+
+
 def settings() -> Settings:
-    global _settings
-    with _lock:
-        if _settings is None:
-            _settings = Settings.from_env()
-        return _settings
+    return process.settings()
 
 
 def services() -> Services:
-    """This process's clients, built on first use (after a prefork fork, so no connection is shared)."""
-    global _services
-    current = settings()
-    with _lock:
-        if _services is None:
-            _services = Services.from_settings(current)
-            _services.send_task = _send_task
-        return _services
+    return process.services()
 
 
 def _send_task(name: str, kwargs: dict[str, Any]) -> None:
@@ -89,10 +111,9 @@ def _protect_worker(sender: Any = None, **_: Any) -> None:
     sweeper kills and reaps those. Not for the threads/solo pools: there this process *is* the agent host and
     ``RunTracker`` does the work.
     """
-    global _sweeper
     sandbox.protect_worker_process(claim_orphans=True)
-    if _sweeper is None and _is_prefork(sender):
-        _sweeper = sandbox.start_orphan_sweeper(ORPHAN_SWEEP_INTERVAL)
+    if process.sweeper is None and _is_prefork(sender):
+        process.sweeper = sandbox.start_orphan_sweeper(ORPHAN_SWEEP_INTERVAL)
     try:
         problem = _sandbox_problem(settings())
     except ConfigError as exc:
@@ -124,8 +145,7 @@ def _sandbox_problem(current: Settings) -> str | None:
 
 @signals.worker_process_init.connect
 def _reset_after_fork(**_: Any) -> None:
-    global _services
-    _services = None  # the parent's sockets must not be shared with a forked child
+    process.forget_services()
     sandbox.protect_worker_process(claim_orphans=True)  # the subreaper flag is not inherited across fork
 
 
@@ -144,14 +164,13 @@ def _unbind_task(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
-    global _heartbeat
     name = getattr(sender, "hostname", None) or app.conf.get("worker_name") or "worker"
-    _heartbeat = Heartbeat(services().redis, str(name))
-    _heartbeat.start()
+    process.heartbeat = Heartbeat(services().redis, str(name))
+    process.heartbeat.start()
     start_metrics_server(services())
 
 
 @signals.worker_shutdown.connect
 def _stop_heartbeat(**_: Any) -> None:
-    if _heartbeat is not None:
-        _heartbeat.stop()
+    if process.heartbeat is not None:
+        process.heartbeat.stop()

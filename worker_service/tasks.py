@@ -1,15 +1,18 @@
 """Thin Celery tasks, registered under the versioned names in ``shared.contracts``.
 
 Tasks take ids, validate them through the contract models, and call one pipeline function with the process's
-``Services``. Transient S3/Redis errors retry with exponential backoff (bounded); an operation whose run task
-runs out of retries is failed so it does not sit in ``running`` until the monitor notices. Periodic jobs run
-under a Redis lock so a duplicate beat (or an overlapping slow run) is a no-op.
+``Services``. Every task derives from ``StrongroomTask`` (as warehouse's tasks derive from ``WarehouseTask``):
+transient S3/Redis errors retry with exponential backoff (bounded), each retry and each final failure is logged
+once, and a subclass adds what a failure must leave behind (an operation whose run task runs out of retries is
+failed, so it does not sit in ``running`` until the monitor notices). Periodic jobs are registered by function
+object (``periodic``), so the type checker sees what runs; each runs under a Redis lock, so a duplicate beat (or
+an overlapping slow run) is a no-op.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -22,22 +25,45 @@ from shared.cancel import request_cancel
 from shared.contracts import CancelOperation, RunOperation
 from shared.events import new_event, publish
 from worker_service.celery_app import app, services
+from worker_service.pipeline.audit import persist_audit_events
+from worker_service.pipeline.monitor import monitor_resources
+from worker_service.pipeline.retention import cleanup_expired, sweep_orphans
+from worker_service.pipeline.rotation import rotate_keys
 from worker_service.pipeline.run import TRANSIENT_ERRORS, fail_operation, run_operation
+from worker_service.services import Services
 
 log = structlog.get_logger(__name__)
 
 MAX_RETRIES = 5
-RETRY_OPTIONS: dict[str, Any] = {
-    "autoretry_for": TRANSIENT_ERRORS,
-    "max_retries": MAX_RETRIES,
-    "retry_backoff": 2,
-    "retry_backoff_max": 120,
-    "retry_jitter": True,
-}
 STORAGE_GAVE_UP = "storage unavailable: the worker gave up after repeated S3/Redis errors"
 
 
-class RunOperationTask(Task):
+class StrongroomTask(Task):
+    """The base of every strongroom task: bounded retries of transient errors, one log line per retry and per
+    final failure, and the process's ``Services``.
+
+    Celery reads the retry options from the class (``autoretry_for`` and friends), so no task repeats them.
+    A subclass that must clean up after a final failure overrides ``on_failure`` and calls ``super()`` first.
+    """
+
+    autoretry_for = TRANSIENT_ERRORS
+    max_retries = MAX_RETRIES
+    retry_backoff = 2
+    retry_backoff_max = 120
+    retry_jitter = True
+
+    @property
+    def services(self) -> Services:
+        return services()
+
+    def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        log.warning("task.retry", task=self.name, error=type(exc).__name__, retries=self.request.retries)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        log.error("task.failed", task=self.name, error=type(exc).__name__)
+
+
+class RunOperationTask(StrongroomTask):
     """Fails the operation once its retries are exhausted (the message is acked then; nobody would run it).
 
     Every failed attempt released its run lease, so a lease still there belongs to a live run (a redelivered copy,
@@ -45,26 +71,29 @@ class RunOperationTask(Task):
     """
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        super().on_failure(exc, task_id, args, kwargs, einfo)
         operation_id = (kwargs or {}).get("operation_id", args[0] if args else None)
         if not isinstance(operation_id, str):
             return
         try:
-            fail_operation(services(), operation_id, STORAGE_GAVE_UP)
+            fail_operation(self.services, operation_id, STORAGE_GAVE_UP)
         except Exception:  # Redis or S3 still down: the monitor fails it after max_execution_time + grace
             log.exception("run.fail_after_retries_failed")
 
 
-@app.task(name=RunOperation.TASK, bind=True, base=RunOperationTask, acks_late=True, **RETRY_OPTIONS)
-def run_operation_task(self: Task, operation_id: str) -> str | None:
+@app.task(name=RunOperation.TASK, bind=True, base=RunOperationTask, acks_late=True)
+def run_operation_task(self: RunOperationTask, operation_id: str) -> str | None:
     message = RunOperation(operation_id=operation_id)
-    final = run_operation(services(), message.operation_id, token=self.request.id)
+    final = run_operation(self.services, message.operation_id, token=self.request.id)
     return None if final is None else final.status
 
 
-@app.task(name=CancelOperation.TASK, **RETRY_OPTIONS)
-def cancel_operation_task(operation_id: str, request_id: str | None = None, actor: str | None = None) -> str:
+@app.task(name=CancelOperation.TASK, bind=True, base=StrongroomTask)
+def cancel_operation_task(
+    self: StrongroomTask, operation_id: str, request_id: str | None = None, actor: str | None = None
+) -> str:
     message = CancelOperation(operation_id=operation_id, request_id=request_id, actor=actor)
-    current = services()
+    current = self.services
     record = request_cancel(current.records, current.redis, message.operation_id)
     event = new_event(
         operation_id=message.operation_id,
@@ -77,19 +106,19 @@ def cancel_operation_task(operation_id: str, request_id: str | None = None, acto
     return record.status
 
 
-@app.task(name=contracts.HEARTBEAT, bind=True)
-def heartbeat_task(self: Task) -> dict[str, Any]:
+@app.task(name=contracts.HEARTBEAT, bind=True, base=StrongroomTask)
+def heartbeat_task(self: StrongroomTask) -> dict[str, Any]:
     """A round trip through the queue: proves a worker consumes tasks, not only that its process is alive."""
     return {"worker": self.request.hostname, "time": time.time()}
 
 
-# --- periodic jobs (worker B's pipeline functions, each under a job lock) ---------------------------------------
+# --- periodic jobs (pipeline functions of the process's Services, each under a job lock) ------------------------
+
+Job = Callable[[Services], Any]
 
 
-def run_exclusively(job: str, target: str, lock_timeout: float) -> Any:
-    """Call ``module:function(services)`` unless another run of ``job`` holds the lock; ``None`` when skipped."""
-    module_name, function_name = target.split(":")
-    function = getattr(importlib.import_module(module_name), function_name)
+def run_exclusively(job: str, function: Job, lock_timeout: float) -> Any:
+    """Call ``function(services)`` unless another run of ``job`` holds the lock; ``None`` when skipped."""
     current = services()
     lock = current.redis.lock(layout.redis_job_lock(job), timeout=lock_timeout, blocking=False)
     if not lock.acquire():
@@ -104,18 +133,27 @@ def run_exclusively(job: str, target: str, lock_timeout: float) -> Any:
             lock.release()
 
 
-def _periodic(name: str, target: str, lock_timeout: float) -> None:
-    job = name.rsplit(".", 1)[-1]
+class PeriodicJob(StrongroomTask):
+    """A periodic task: ``job(services)`` under the job's Redis lock, held at most ``lock_timeout`` seconds."""
 
-    def task() -> Any:
-        return run_exclusively(job, target, lock_timeout)
-
-    task.__name__ = task.__qualname__ = job
-    app.task(name=name, **RETRY_OPTIONS)(task)
+    job: Job
+    lock_timeout: float
 
 
-_periodic(contracts.PERSIST_AUDIT, "worker_service.pipeline.audit:persist_audit_events", 60)
-_periodic(contracts.CLEANUP_EXPIRED, "worker_service.pipeline.retention:cleanup_expired", 3600)
-_periodic(contracts.SWEEP_ORPHANS, "worker_service.pipeline.retention:sweep_orphans", 3600)
-_periodic(contracts.MONITOR_RESOURCES, "worker_service.pipeline.monitor:monitor_resources", 600)
-_periodic(contracts.ROTATE_KEYS, "worker_service.pipeline.rotation:rotate_keys", 6 * 3600)
+def periodic(name: str, function: Job, lock_timeout: float) -> PeriodicJob:
+    """Register ``function`` as the periodic task ``name`` (its interval is in ``schedule.beat_schedule``)."""
+
+    def task(self: PeriodicJob) -> Any:
+        return run_exclusively(self.name.rsplit(".", 1)[-1], self.job, self.lock_timeout)
+
+    task.__name__ = task.__qualname__ = name.rsplit(".", 1)[-1]
+    task.__doc__ = function.__doc__
+    # Extra options become class attributes of the task (staticmethod: ``job`` is a plain function, not a method).
+    return app.task(name=name, bind=True, base=PeriodicJob, job=staticmethod(function), lock_timeout=lock_timeout)(task)
+
+
+persist_audit_task = periodic(contracts.PERSIST_AUDIT, persist_audit_events, 60)
+cleanup_expired_task = periodic(contracts.CLEANUP_EXPIRED, cleanup_expired, 3600)
+sweep_orphans_task = periodic(contracts.SWEEP_ORPHANS, sweep_orphans, 3600)
+monitor_resources_task = periodic(contracts.MONITOR_RESOURCES, monitor_resources, 600)
+rotate_keys_task = periodic(contracts.ROTATE_KEYS, rotate_keys, 6 * 3600)

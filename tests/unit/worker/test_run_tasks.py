@@ -42,8 +42,30 @@ def test_every_contract_task_is_registered_with_bounded_retries() -> None:
     }
     assert names <= set(app.tasks)
     run = app.tasks[contracts.RunOperation.TASK]
-    assert run.max_retries == tasks.MAX_RETRIES and run.acks_late
-    assert {Unavailable, StorageError, redis.ConnectionError} <= set(run.autoretry_for)
+    assert run.acks_late
+    for name in names:  # one base class: the same bounded retries of transient errors everywhere
+        task = app.tasks[name]
+        assert isinstance(task, tasks.StrongroomTask), name
+        assert task.max_retries == tasks.MAX_RETRIES
+        assert {Unavailable, StorageError, redis.ConnectionError} <= set(task.autoretry_for)
+        assert hasattr(task, "_orig_run"), f"{name} is not wrapped for automatic retries"
+
+
+@pytest.mark.unit
+def test_periodic_jobs_are_the_pipeline_functions() -> None:
+    """Registered by function object, not by a "module:function" string resolved at run time."""
+    from worker_service.pipeline import audit, monitor, retention, rotation
+
+    jobs = {
+        contracts.PERSIST_AUDIT: audit.persist_audit_events,
+        contracts.CLEANUP_EXPIRED: retention.cleanup_expired,
+        contracts.SWEEP_ORPHANS: retention.sweep_orphans,
+        contracts.MONITOR_RESOURCES: monitor.monitor_resources,
+        contracts.ROTATE_KEYS: rotation.rotate_keys,
+    }
+    for name, function in jobs.items():
+        task = app.tasks[name]
+        assert isinstance(task, tasks.PeriodicJob) and task.job is function, name
 
 
 @pytest.mark.unit
@@ -76,12 +98,17 @@ def test_periodic_job_is_skipped_while_another_holds_its_lock(client: redis.Redi
         redis = client
 
     monkeypatch.setattr(tasks, "services", lambda: FakeServices)
-    monkeypatch.setattr("worker_service.pipeline.monitor.monitor_resources", lambda s: calls.append(s) or {"ok": 1})
-    target = "worker_service.pipeline.monitor:monitor_resources"
-    assert tasks.run_exclusively("monitor", target, 60) == {"ok": 1}
-    held = client.lock(layout.redis_job_lock("monitor"), timeout=60)
+
+    def job(services: Any) -> dict[str, int]:
+        calls.append(services)
+        return {"ok": 1}
+
+    monitor = app.tasks[contracts.MONITOR_RESOURCES]
+    monkeypatch.setattr(monitor, "job", job)
+    assert monitor.run() == {"ok": 1}
+    held = client.lock(layout.redis_job_lock(contracts.MONITOR_RESOURCES.rsplit(".", 1)[-1]), timeout=60)
     assert held.acquire(blocking=False)
-    assert tasks.run_exclusively("monitor", target, 60) is None  # a duplicate beat is harmless
+    assert monitor.run() is None  # a duplicate beat is harmless
     held.release()
     assert len(calls) == 1
 
