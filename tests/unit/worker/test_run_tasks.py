@@ -7,9 +7,11 @@ from typing import Any
 
 import pytest
 import redis
+from pipeline_support import make_record, make_services
 
 from shared import contracts, layout
 from shared.errors import StorageError, Unavailable
+from shared.events import decode
 from shared.settings import Settings
 from worker_service import tasks
 from worker_service.celery_app import app, celery_settings
@@ -125,3 +127,20 @@ def test_heartbeat_beats_and_leaves_on_stop(client: redis.Redis) -> None:
     finally:
         beat.stop()
     assert client.zscore(layout.REDIS_WORKERS, "w1@host") is None
+
+
+@pytest.mark.integration
+def test_the_cancel_task_cancels_through_the_shared_service_and_records_it(
+    client: redis.Redis, monkeypatch: Any
+) -> None:
+    services = make_services(client)
+    monkeypatch.setattr(tasks, "services", lambda: services)
+    record = make_record(status="pending")
+    services.records.create(record, {})
+    task = app.tasks[contracts.CancelOperation.TASK]
+    assert task.run(record.id, request_id="req-1", actor=record.grantee) == "cancelled"
+    assert services.records.get(record.id).status == "cancelled"
+    events = [decode(fields) for _, fields in client.xrange(layout.REDIS_AUDIT_STREAM)]
+    assert [(e.action, e.result, e.operation_id, e.actor, e.request_id) for e in events] == [
+        ("operation.cancel", "ok", record.id, record.grantee, "req-1")
+    ]
