@@ -18,6 +18,7 @@ from api_service.metrics import ApiMetrics
 from api_service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from api_service.routes import metrics_route, routes
 from api_service.services import ApiServices
+from shared.runtime_limits import pin_recursion_limit
 from shared.settings import Settings
 
 SIGNATURE_HEADERS = ["Content-Digest", "Signature", "Signature-Input"]
@@ -37,7 +38,12 @@ EXPOSED_HEADERS = [
 
 
 def create_app(settings: Settings | None = None, *, services: ApiServices | None = None) -> Starlette:
-    """Build the app. ``services`` (tests) is used as is and not closed; otherwise the lifespan owns the clients."""
+    """Build the app. ``services`` (tests) is used as is and not closed; otherwise the lifespan owns the clients.
+
+    The interpreter's recursion limit is restored here and again at start-up, once the services (and whatever
+    they import lazily) exist: see ``shared.runtime_limits``.
+    """
+    pin_recursion_limit()
     if settings is None:
         settings = services.settings if services is not None else Settings.from_env()
     metrics = ApiMetrics()
@@ -46,6 +52,7 @@ def create_app(settings: Settings | None = None, *, services: ApiServices | None
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         owned = services is None
         svc = ApiServices.from_settings(settings) if services is None else services
+        pin_recursion_limit()
         _expose(app, svc)
         try:
             yield

@@ -3,6 +3,7 @@
     StrongroomError                 code, status, title; ``detail`` is safe to show to a client
     +-- ConfigError                 a bad environment variable; stops the process at start-up
     +-- ValidationFailed (422)      bad request input; ``code`` names the field (``agent_unknown``...)
+    |   +-- JsonTooDeep (422)       JSON nested deeper than ``shared.bounded_json.MAX_JSON_DEPTH`` (also a ValueError)
     +-- AuthError (401)             signature_missing, signature_malformed, signature_expired,
     |   |                           signature_invalid, digest_mismatch, nonce_replayed, chain_not_allowed,
     |   |                           contract_wallet_unsupported
@@ -48,6 +49,14 @@ class ValidationFailed(StrongroomError):
     status = 422
     code = "validation_failed"
     title = "Invalid request"
+
+
+class JsonTooDeep(ValidationFailed, ValueError):
+    """Untrusted JSON nested deeper than we parse (``json_too_deep``). A ``ValueError`` too, so code that already
+    treats malformed JSON as ``ValueError`` (``json.JSONDecodeError`` is one) refuses it the same way."""
+
+    code = "json_too_deep"
+    title = "JSON nested too deeply"
 
 
 class AuthError(StrongroomError):

@@ -22,6 +22,7 @@ from celery import Celery, signals
 from shared import contracts
 from shared.errors import ConfigError
 from shared.logging import configure as configure_logging
+from shared.runtime_limits import pin_recursion_limit
 from shared.settings import Settings
 from worker_service.agents import sandbox
 from worker_service.heartbeat import Heartbeat
@@ -99,6 +100,13 @@ def _setup_logging(**_: Any) -> None:
     """Connected, so Celery leaves logging alone; one structlog set-up for the whole process."""
     current = settings()
     configure_logging(current.resolved_log_format, current.log_level, process="worker")
+
+
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _pin_interpreter_limits(**_: Any) -> None:
+    """py_ecc raised the recursion limit to 100000 on import; deep JSON from an agent would then crash us."""
+    pin_recursion_limit()
 
 
 @signals.worker_init.connect

@@ -7,7 +7,6 @@ gets 503, so no operation waits forever for a worker that was never told.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -19,12 +18,12 @@ from starlette.responses import Response
 from api_service.access import record, signed, signer
 from api_service.endpoints.common import blocking, json_response, services
 from api_service.views import API_PREFIX, dump_operation, operation_response, operation_view
-from shared import audit_log, layout
+from shared import audit_log, bounded_json, layout
 from shared.agents import agent_names
 from shared.cancel import request_cancel
 from shared.contracts import RunOperation
 from shared.crypto.keywrap import parse_public_key
-from shared.errors import NotFound, Unavailable, ValidationFailed
+from shared.errors import JsonTooDeep, NotFound, Unavailable, ValidationFailed
 from shared.models import (
     CreateOperationRequest,
     CreateOperationResponse,
@@ -86,7 +85,9 @@ async def create_operation(request: Request) -> Response:
 def parse_create(raw: bytes, settings: Settings) -> CreateOperationRequest:
     """Body -> request, or ``ValidationFailed`` whose ``code`` names the offending field."""
     try:
-        document = json.loads(raw)
+        document = bounded_json.loads(raw)  # JsonTooDeep (422 json_too_deep) past MAX_JSON_DEPTH levels
+    except JsonTooDeep:
+        raise
     except (ValueError, UnicodeDecodeError):
         raise ValidationFailed("the body is not valid JSON", code="body_invalid") from None
     if not isinstance(document, dict):
@@ -98,8 +99,12 @@ def parse_create(raw: bytes, settings: Settings) -> CreateOperationRequest:
         field = str(first["loc"][0]) if first.get("loc") else ""
         code = _FIELD_CODES.get(field, "body_invalid")
         raise ValidationFailed(f"{field or 'body'}: {first.get('msg', 'invalid')}", code=code) from None
-    if body.agent not in agent_names(settings):
-        raise ValidationFailed("no such agent on this server", code="agent_unknown")
+    names = agent_names(settings)
+    if body.agent not in names:
+        available = ", ".join(sorted(names)) or "none"
+        raise ValidationFailed(
+            f"no agent named {body.agent!r} on this server; available: {available}", code="agent_unknown"
+        )
     parse_public_key(body.encryption_public_key)  # raises encryption_public_key_invalid
     if body.retention_days is not None and not 1 <= body.retention_days <= settings.artifact_retention_days:
         raise ValidationFailed(

@@ -587,3 +587,22 @@ def test_non_ascii_host_port_over_a_real_socket(redis_url: str) -> None:
             assert json.loads(body)["code"] == "authority_not_allowed"
         status, _, body = api.raw(port, "GET", OPS, {})
         assert status == 200, body
+
+
+def test_deeply_nested_json_is_422_json_too_deep(api: ApiHarness, client: TestClient) -> None:
+    """Issue 10, item 1: the body is measured before it is parsed; 64 levels pass, 65 do not."""
+    deep = b'{"agent":"privacy-audit","input":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert_problem(api.signed(client, "POST", OPS, body=deep), 422, "json_too_deep")
+    nested: object = {"text": "x"}
+    for _ in range(62):  # the body object + input + 62 = 64 levels
+        nested = {"n": nested}
+    response = api.signed(client, "POST", OPS, body=create_body(api, input=nested))
+    assert response.status_code == 202, response.text
+    too_deep = api.signed(client, "POST", OPS, body=create_body(api, input={"n": nested}))
+    assert_problem(too_deep, 422, "json_too_deep")
+
+
+def test_unknown_agent_names_the_agent_and_the_available_ones(api: ApiHarness, client: TestClient) -> None:
+    response = api.signed(client, "POST", OPS, body=create_body(api, agent="no-such-agent"))
+    assert_problem(response, 422, "agent_unknown")
+    assert response.json()["detail"] == "no agent named 'no-such-agent' on this server; available: privacy-audit"

@@ -22,7 +22,6 @@ what this does and does not isolate.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import secrets
@@ -41,6 +40,7 @@ from typing import IO, Any, Literal
 
 import structlog
 
+from shared import bounded_json
 from shared.settings import Settings
 from worker_service.agents import sandbox
 from worker_service.agents.sandbox import SandboxPolicy
@@ -266,7 +266,7 @@ def final_report(lines: list[str]) -> dict[str, Any] | None:
         if not stripped.startswith("{"):
             continue
         try:
-            value = json.loads(stripped)
+            value = bounded_json.loads(stripped)  # the agent's text: nesting is bounded (JsonTooDeep is a ValueError)
         except ValueError:
             continue
         if isinstance(value, dict) and ("status" in value or "summary" in value):
