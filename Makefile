@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 JS := tests/interop/js
 PYTEST_ARGS ?=
 
-.PHONY: dev test lint typecheck pytest unit bench docs system-deps clean
+.PHONY: dev test lint typecheck pytest unit bench docs lock system-deps clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "strongroom needs Python 3.11+ (set PYTHON=python3.11)"; exit 1; }
@@ -55,6 +55,13 @@ bench: $(STAMP)
 ## docs: regenerate README.md's configuration table from shared.settings.options()
 docs: $(STAMP)
 	$(BIN)/python -m tests.helpers.config_table
+
+## lock: re-pin the image's dependencies with hashes (deploy/requirements.lock) after changing pyproject.toml
+LOCK_FLAGS := --extra contracts --generate-hashes --python-version 3.11 --python-platform linux
+lock: $(STAMP)
+	@$(BIN)/python -m uv --version >/dev/null 2>&1 || $(BIN)/pip install --quiet 'uv>=0.9'
+	$(BIN)/python -m uv pip compile pyproject.toml deploy/requirements-build.in $(LOCK_FLAGS) \
+	  --custom-compile-command "make lock" --quiet -o deploy/requirements.lock
 
 clean:
 	rm -rf .strongroom .pytest_cache .mypy_cache .ruff_cache

@@ -251,8 +251,10 @@ def test_api_probes_use_real_routes(rendered: dict[str, Manifests]) -> None:
 
     paths = {getattr(route, "path", None) for route in routes()}
     api = container(rendered["default"], "api")
-    (http,) = api["ports"]
+    http, metrics = api["ports"]
     assert http["name"] == "http" and http["containerPort"] == 8080
+    assert metrics["name"] == "metrics" and metrics["containerPort"] == 9090
+    assert env_of(api)["STRONGROOM_API_METRICS_PORT"]["value"] == "9090"
     assert api["args"] == ["api", "--host", "0.0.0.0", "--port", "8080"]
     assert api["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -283,8 +285,8 @@ def test_secrets_only_in_secret(rendered: dict[str, Manifests], secrets_values: 
             assert value not in text, f"a secret value leaked into {doc['kind']} {doc['metadata']['name']}"
     (config,) = [d for d in manifests if d["kind"] == "ConfigMap"]
     assert not set(config["data"]) & {*SECRET_ENV, "STRONGROOM_KEYRING_FILE"}
-    assert ("REDIS_URL" in config["data"]) is (scenario == "default")  # in-chart Valkey only: no password
-    (secret,) = [d for d in manifests if d["kind"] == "Secret"]
+    assert "REDIS_URL" not in config["data"]  # the in-chart Valkey has a password too: the URL is built from a Secret
+    (secret,) = [d for d in manifests if d["kind"] == "Secret" and d["metadata"]["name"] == "sr-strongroom"]
     expected = {"keyring"} | (
         {"redis-url", "aws-access-key-id", "aws-secret-access-key", "eth-rpc-url"} if scenario == "external" else set()
     )
@@ -345,12 +347,30 @@ def test_writable_paths_are_empty_dirs(rendered: dict[str, Manifests], scenario:
 
 
 @pytest.mark.integration
-def test_network_policies_only_open_the_api(rendered: dict[str, Manifests]) -> None:
-    policies = {d["metadata"]["name"]: d for d in rendered["production"] if d["kind"] == "NetworkPolicy"}
-    assert set(policies) == {"sr-strongroom-api", "sr-strongroom-internal"}
-    assert policies["sr-strongroom-internal"]["spec"].get("ingress") is None  # deny all ingress
-    (rule,) = policies["sr-strongroom-api"]["spec"]["ingress"]
-    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+@pytest.mark.parametrize("scenario", ["default", "production"])
+def test_network_policies_on_and_only_open_the_api_and_metrics(rendered: dict[str, Manifests], scenario: str) -> None:
+    policies = {d["metadata"]["name"]: d for d in rendered[scenario] if d["kind"] == "NetworkPolicy"}
+    expected = {"sr-strongroom-api", "sr-strongroom-internal", "sr-strongroom-egress"}
+    assert set(policies) == expected | ({"sr-strongroom-redis"} if scenario == "default" else set())
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {},
+    }
+    (scrape,) = policies["sr-strongroom-internal"]["spec"]["ingress"]  # workers: Prometheus only
+    assert scrape == {"ports": [{"port": 9090, "protocol": "TCP"}], "from": [prometheus]}
+    public, metrics = policies["sr-strongroom-api"]["spec"]["ingress"]
+    assert public == {"ports": [{"port": 8080, "protocol": "TCP"}]}
+    assert metrics == scrape  # the metrics port is not public
+    egress = policies["sr-strongroom-egress"]["spec"]
+    assert egress["policyTypes"] == ["Egress"]
+    assert egress["egress"][0]["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    assert egress["egress"][-1] == {}  # allowExternalEgress: S3, RPC endpoint (default on)
+    if scenario == "default":
+        redis = policies["sr-strongroom-redis"]["spec"]
+        assert redis["policyTypes"] == ["Ingress", "Egress"] and redis["egress"] == []
+        (rule,) = redis["ingress"]
+        assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+        assert rule["from"][0]["podSelector"]["matchExpressions"][0]["values"] == ["api", "worker", "beat", "init"]
 
 
 # --- the rendered probes against real processes -----------------------------------------------------------------

