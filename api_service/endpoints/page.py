@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from shared.errors import NotFound
@@ -33,6 +33,8 @@ STATIC_FILES: Mapping[str, str] = {
     "app.js": _JS,
     "cobblestone.js": _JS,
     "erc8128.js": _JS,
+    "format.js": _JS,
+    "sha256.js": _JS,
     "keywrap.js": _JS,
     "style.css": "text/css; charset=utf-8",
     "vendor/ethers.min.js": _JS,
@@ -75,7 +77,7 @@ def content_security_policy(settings: Settings) -> str:
     return (
         "default-src 'self'; "
         f"connect-src {connect}; "
-        "script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
         "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
 
@@ -125,6 +127,15 @@ async def page_redirect(request: Request) -> Response:
     return RedirectResponse("app/", status_code=308)
 
 
+async def page_config(request: Request) -> Response:
+    """What the page needs to know before it signs anything: the origins the bucket's CORS rule lets download
+    (so a page opened at ``localhost`` instead of ``127.0.0.1`` can say so and name the right address) and the
+    delivery mode (in proxy mode storage origins do not matter). Public: both are visible to any browser anyway."""
+    settings = _settings(request)
+    body = {"storage_origins": list(settings.s3_cors_origins), "delivery_mode": settings.delivery_mode}
+    return JSONResponse(body, headers={**security_headers(settings), "Cache-Control": "no-store"})
+
+
 async def static_file(request: Request) -> Response:
     name = request.path_params["path"]
     media_type = STATIC_FILES.get(name)
@@ -136,5 +147,6 @@ async def static_file(request: Request) -> Response:
 routes: list[BaseRoute] = [
     Route("/app", page_redirect, methods=["GET", "HEAD"]),
     Route("/app/", page, methods=["GET", "HEAD"]),
+    Route("/app/config.json", page_config, methods=["GET", "HEAD"]),
     Route("/app/static/{path:path}", static_file, methods=["GET", "HEAD"]),
 ]

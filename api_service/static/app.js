@@ -1,35 +1,105 @@
-// The strongroom page: a grantee reads their operations and downloads artifacts, decrypting them here.
+// The strongroom page: where a grantee starts operations, watches them run, downloads (decrypting here),
+// previews, deletes and reads the access log.
 //
-// Flow of a download (the browser twin of strongroom/client/download.py):
+// Flow of a download (the browser twin of the SDK's download):
 //   signed GET .../artifacts/{name} (Accept: application/json) -> presigned S3 URL + checksums + wrapped key
-//   -> fetch the ciphertext from S3 (CORS) -> SHA-256 must equal ciphertext_checksum
 //   -> open the key wrap (identity file: tweetnacl; wallet: eth_decrypt), bound to this op id and name
-//   -> Cobblestone-256 decrypt chunk by chunk -> SHA-256 must equal checksum -> offer the file.
-// Any mismatch shows an error and offers nothing. Secrets live only in this module's closure; nothing is logged.
+//   -> stream the ciphertext (S3 over CORS, or the API in proxy mode), hashing it and decrypting Cobblestone-256
+//      chunk by chunk as it arrives -> both SHA-256 checksums must match -> only then offer the file.
+// A dropped connection resumes with a fresh link and a Range request. Any mismatch shows an error in the
+// artifact's row and offers nothing. Secrets live only in this module's closure; nothing is logged.
 
 import { Wallet, hexlify, toUtf8Bytes } from './vendor/ethers.min.js';
-import { IntegrityError, artifactContext, ciphertextSize, decryptBlob } from './cobblestone.js';
-import { signRequest } from './erc8128.js';
+import { IntegrityError, StreamDecryptor, artifactContext, ciphertextSize } from './cobblestone.js';
+import { b64encode, signRequest } from './erc8128.js';
+import {
+  formatDuration,
+  formatProgress,
+  formatSize,
+  localTime,
+  operationFromHash,
+  originAllowed,
+  previewKind,
+  problemMessage,
+  relativeTime,
+  suggestedPageUrl,
+} from './format.js';
 import { b64decode, openWrap, parseWrapPayload } from './keywrap.js';
+import { Sha256 } from './sha256.js';
 
-// Above this the page refuses (WebCrypto digests are one-shot, so the page holds the artifact in memory twice);
-// the CLI streams any size: `strongroom client get`.
+// The page assembles a download in memory before offering it; above this, `strongroom client get` streams.
 const MAX_BROWSER_BYTES = 512 * 1024 * 1024;
+const MAX_PREVIEW_TEXT = 256 * 1024;
 const CHAIN_ID = 1;
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
-const POLL_MS = 3000;
+const POLL_MS = 2000;
+const PAGE_SIZE = 10;
+const RESUME_TRIES = 3;
 const API = new URL('../api/v1/', document.baseURI);
 const API_PATH = '/api/v1/'; // how the API writes its own URLs (download_url, proxy tickets)
+const IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp']);
 
 const $ = (id) => document.getElementById(id);
-let identity = null; // {address, label, signMessage(text), openWrap(wrap) -> payload text}
+let identity = null; // {address, label, signMessage(text), openWrap(wrap) -> payload text, encryptionPublicKey()}
+let pageConfig = { storage_origins: [], delivery_mode: 'presigned' };
+let agents = null; // GET /agents answer
 let current = null; // the operation on screen
 let pollTimer = null;
-let lastObjectUrl = null;
+let elapsedTimer = null;
+let listCursor = null;
+const downloads = new Map(); // artifact name -> {controller}
+const savedUrls = new Map(); // artifact name -> object URL of the last decrypted copy
+let previewUrl = null;
+
+// --- errors, placed where they happen ---
+
+class ApiError extends Error {
+  constructor(message, { code = '', status = 0 } = {}) {
+    super(message);
+    this.code = code;
+    this.status = status;
+  }
+}
+
+function messageOf(error) {
+  const text = error?.message || String(error);
+  const sentence = text.charAt(0).toUpperCase() + text.slice(1);
+  return error instanceof IntegrityError ? `Integrity check failed — nothing was saved. ${sentence}` : sentence;
+}
+
+/** Show `error` in the box next to what caused it and move focus there, so it is seen and read. */
+function showError(boxId, error) {
+  const box = $(boxId);
+  box.textContent = messageOf(error);
+  box.hidden = false;
+  box.focus();
+  announce('');
+}
+
+function clearError(boxId) {
+  $(boxId).hidden = true;
+  $(boxId).textContent = '';
+}
+
+function announce(text) {
+  $('notice').textContent = text;
+}
+
+/** Run a UI action, turning any failure into the given error box (never the console: messages may name files). */
+function action(boxId, fn) {
+  return async (event) => {
+    clearError(boxId);
+    try {
+      await fn(event);
+    } catch (error) {
+      showError(boxId, error);
+    }
+  };
+}
 
 // --- identities ---
 
-/** An identity file from `strongroom client keygen` (strongroom/client/identity.py, format version 1). */
+/** An identity file from `strongroom client keygen` (format version 1). */
 function identityFromFile(doc) {
   if (!doc || doc.version !== 1 || typeof doc.signing_key !== 'string') {
     throw new Error('this is not a strongroom identity file (version 1)');
@@ -47,8 +117,8 @@ function identityFromFile(doc) {
   }
   const secret = b64decode(doc.encryption_secret_key);
   if (secret.length !== 32) throw new Error('the identity file has a malformed encryption key');
-  const publicKey = globalThis.nacl.box.keyPair.fromSecretKey(secret).publicKey;
-  if (doc.encryption_public_key && b64(publicKey) !== doc.encryption_public_key) {
+  const publicKey = b64encode(globalThis.nacl.box.keyPair.fromSecretKey(secret).publicKey);
+  if (doc.encryption_public_key && publicKey !== doc.encryption_public_key) {
     throw new Error('the identity file is inconsistent: its public encryption key does not match its secret');
   }
   return {
@@ -56,6 +126,7 @@ function identityFromFile(doc) {
     label: 'identity file',
     signMessage: (text) => wallet.signMessage(text),
     openWrap: async (wrap) => openWrap(secret, wrap),
+    encryptionPublicKey: async () => publicKey,
   };
 }
 
@@ -68,75 +139,247 @@ async function identityFromWallet(ethereum) {
     address,
     label: 'browser wallet',
     signMessage: (text) => ethereum.request({ method: 'personal_sign', params: [hexlify(toUtf8Bytes(text)), address] }),
-    openWrap: (wrap) => ethereum.request({ method: 'eth_decrypt', params: [hexlify(toUtf8Bytes(JSON.stringify(wrap))), address] }),
+    openWrap: (wrap) =>
+      ethereum.request({ method: 'eth_decrypt', params: [hexlify(toUtf8Bytes(JSON.stringify(wrap))), address] }),
+    encryptionPublicKey: () => ethereum.request({ method: 'eth_getEncryptionPublicKey', params: [address] }),
   };
 }
 
-function useIdentity(next) {
+async function loadIdentityFile(file) {
+  if (!file) return;
+  let doc;
+  try {
+    doc = JSON.parse(await file.text());
+  } catch {
+    throw new Error('the identity file is not JSON');
+  }
+  await useIdentity(identityFromFile(doc));
+}
+
+async function useIdentity(next) {
   identity = next;
   const loaded = identity !== null;
   $('identity-status').textContent = loaded ? `Signed in as ${identity.address} (${identity.label}).` : 'No identity loaded.';
   $('identity-forget').hidden = !loaded;
-  $('op-open').disabled = !loaded;
-  $('list-refresh').disabled = !loaded;
-  if (!loaded) showOperation(null);
+  $('start').hidden = !loaded;
+  $('operations').hidden = !loaded;
+  if (!loaded) {
+    showOperation(null);
+    $('operation').hidden = true;
+    $('op-table').tBodies[0].replaceChildren();
+    return;
+  }
+  announce(`Signed in as ${identity.address}.`);
+  const tasks = [action('start-error', loadAgents)(), action('list-error', () => listOperations(false))()];
+  const deepLink = operationFromHash(location.hash);
+  if (deepLink) tasks.push(action('op-error', () => openOperation(deepLink))());
+  await Promise.all(tasks);
 }
 
 // --- signed API calls ---
 
-class ApiError extends Error {}
-
-async function api(method, path, { accept = 'application/json' } = {}) {
+async function api(method, path, { accept = 'application/json', body = null, headers = {}, signal } = {}) {
   if (!identity) throw new ApiError('load an identity first');
   const url = new URL(path, API);
-  const headers = await signRequest(identity, method, url.href, new Uint8Array(0), { chainId: CHAIN_ID });
+  const bytes = body === null ? new Uint8Array(0) : new TextEncoder().encode(JSON.stringify(body));
+  const signed = await signRequest(identity, method, url.href, bytes, { chainId: CHAIN_ID });
+  const all = { ...signed, ...headers, Accept: accept };
+  if (body !== null) all['Content-Type'] = 'application/json';
   let response;
   try {
     response = await fetch(url.href, {
       method,
-      headers: { ...headers, Accept: accept },
+      headers: all,
+      body: body === null ? undefined : bytes,
       credentials: 'same-origin',
       cache: 'no-store',
       redirect: 'manual',
+      signal,
     });
-  } catch {
-    throw new ApiError('cannot reach the strongroom API');
+  } catch (error) {
+    if (error?.name === 'AbortError') throw error;
+    throw new ApiError(`cannot reach the strongroom API at ${url.origin}: is the server running? (check your connection)`);
   }
   if (!response.ok) throw await apiError(response);
   return response;
 }
 
 async function apiError(response) {
-  let detail = `HTTP ${response.status}`;
+  let problem = null;
   try {
-    const problem = await response.json();
-    detail = `${problem.title || 'Error'}: ${problem.detail || ''} (${problem.code || response.status})`;
+    problem = await response.json();
   } catch {
-    /* not problem+json: the status line is all we have */
+    /* not problem+json: the status is all we have */
   }
-  return new ApiError(detail);
+  return new ApiError(problemMessage(problem, response.status), { code: problem?.code ?? '', status: response.status });
 }
 
 const opPath = (id) => `operations/${encodeURIComponent(id)}`;
 const artifactPath = (id, name) => `${opPath(id)}/artifacts/${encodeURIComponent(name)}`;
 
-// --- operations ---
+// --- page configuration: which origins storage lets download ---
 
-async function openOperation(id) {
-  clearMessages();
-  stopPolling();
-  const operation = await (await api('GET', opPath(id))).json();
-  showOperation(operation);
-  if (!TERMINAL.has(operation.status)) pollTimer = setTimeout(() => refresh(id), POLL_MS);
+async function loadConfig() {
+  try {
+    const response = await fetch(new URL('config.json', document.baseURI), { cache: 'no-store' });
+    if (response.ok) pageConfig = await response.json();
+  } catch {
+    showError('identity-error', new Error(`cannot reach the strongroom server at ${location.origin}: is it running?`));
+    return;
+  }
+  const allowed = pageConfig.storage_origins ?? [];
+  if (pageConfig.delivery_mode === 'presigned' && allowed.length && !originAllowed(location.origin, allowed)) {
+    const warning = $('origin-warning');
+    const target = suggestedPageUrl(location.href, allowed);
+    warning.replaceChildren(`This page was opened at ${location.origin}, but storage only sends downloads to pages at ${allowed.join(', ')}. `);
+    if (target) {
+      const link = el('a', `Open ${target}`);
+      link.href = target;
+      warning.append(link);
+    }
+    warning.hidden = false;
+  }
 }
 
-async function refresh(id) {
+function wrongOrigin() {
+  const allowed = pageConfig.storage_origins ?? [];
+  return pageConfig.delivery_mode === 'presigned' && allowed.length > 0 && !originAllowed(location.origin, allowed);
+}
+
+// --- agents and starting an operation ---
+
+async function loadAgents() {
+  agents = await (await api('GET', 'agents')).json();
+  const select = $('start-agent');
+  select.replaceChildren(...agents.agents.map((agent) => {
+    const option = el('option', agent.name);
+    option.value = agent.name;
+    return option;
+  }));
+  const retention = $('start-retention');
+  retention.max = String(agents.limits.max_retention_days);
+  retention.value = String(agents.limits.max_retention_days);
+  describeAgent();
+}
+
+function selectedAgent() {
+  return agents?.agents.find((agent) => agent.name === $('start-agent').value) ?? null;
+}
+
+function describeAgent() {
+  const agent = selectedAgent();
+  if (!agent) return;
+  const props = agent.input_schema?.properties ?? {};
+  $('start-agent-description').textContent = agent.description;
+  $('start-text-field').hidden = !('text' in props || 'prompt' in props);
+  $('start-files-field').hidden = !('files' in props);
+  $('start-text').previousElementSibling.textContent = 'prompt' in props ? 'Prompt' : 'Text';
+  $('start-size').textContent = `Input limit: ${formatSize(agents.limits.max_input_bytes)} (files count a third more, as base64).`;
+}
+
+async function startOperation() {
+  const agent = selectedAgent();
+  if (!agent) throw new Error('choose an agent');
+  const props = agent.input_schema?.properties ?? {};
+  const input = {};
+  const text = $('start-text').value;
+  if (text) input['prompt' in props ? 'prompt' : 'text'] = text;
+  const files = [...$('start-files').files];
+  if (files.length) {
+    input.files = {};
+    for (const file of files) input.files[file.name] = b64encode(new Uint8Array(await file.arrayBuffer()));
+  }
+  if (!text && !files.length) throw new Error('give the agent some text or files');
+  const days = Number($('start-retention').value);
+  const max = agents.limits.max_retention_days;
+  if (!Number.isInteger(days) || days < 1 || days > max) throw new Error(`keep results for 1 to ${max} days`);
+  const body = { agent: agent.name, input, encryption_public_key: await identity.encryptionPublicKey(), retention_days: days };
+  const size = new TextEncoder().encode(JSON.stringify(body)).length;
+  if (size > agents.limits.max_input_bytes) {
+    throw new Error(`the input is ${formatSize(size)}; this server accepts at most ${formatSize(agents.limits.max_input_bytes)}`);
+  }
+  const button = $('start-submit');
+  button.disabled = true;
+  try {
+    const created = await (await api('POST', 'operations', { body })).json();
+    $('start-text').value = '';
+    $('start-files').value = '';
+    announce(`Operation ${created.id} started.`);
+    await openOperation(created.id, { focus: true });
+    listOperations(false).catch((error) => showError('list-error', error));
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// --- the operations list ---
+
+async function listOperations(more) {
+  const status = $('list-status').value;
+  const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
+  if (status) query.set('status', status);
+  if (more && listCursor) query.set('cursor', listCursor);
+  const { operations, next_cursor: next } = await (await api('GET', `operations?${query}`)).json();
+  const body = $('op-table').tBodies[0];
+  if (!more) body.replaceChildren();
+  for (const op of operations) body.append(operationRow(op));
+  listCursor = next;
+  $('list-more').hidden = !next;
+  $('list-empty').hidden = body.rows.length > 0;
+  $('op-table').hidden = body.rows.length === 0;
+}
+
+function operationRow(op) {
+  const open = el('button', op.id);
+  open.type = 'button';
+  open.className = 'link';
+  open.dataset.op = op.id;
+  open.setAttribute('aria-label', `Open operation ${op.id}`);
+  const artifacts = TERMINAL.has(op.status)
+    ? `${op.artifacts.count} (${formatSize(op.artifacts.total_size)})`
+    : 'after it finishes';
+  const created = el('time', localTime(op.created_at));
+  created.dateTime = op.created_at;
+  return el('tr',
+    cell('Operation', open),
+    cell('Status', badge(op.status)),
+    cell('Created', created),
+    cell('Artifacts', artifacts));
+}
+
+// --- one operation ---
+
+async function openOperation(id, { focus = false } = {}) {
+  stopPolling();
+  clearError('op-error');
+  $('operation').hidden = false;
+  let operation;
+  try {
+    operation = await (await api('GET', opPath(id))).json();
+  } catch (error) {
+    showOperation(null); // never leave the previous operation's details under this one's error
+    $('op-title').textContent = `Operation ${id}`;
+    throw error;
+  }
+  if (current?.id !== operation.id) resetOperationPanels();
+  showOperation(operation);
+  if (location.hash !== `#op=${operation.id}`) history.replaceState(null, '', `#op=${operation.id}`);
+  if (focus) $('op-title').focus();
+  if (!TERMINAL.has(operation.status)) pollTimer = setTimeout(() => poll(id), POLL_MS);
+}
+
+async function poll(id) {
   pollTimer = null;
   if (current?.id !== id) return;
   try {
-    await openOperation(id);
+    const operation = await (await api('GET', opPath(id))).json();
+    if (current?.id !== id) return;
+    showOperation(operation);
+    if (!TERMINAL.has(operation.status)) pollTimer = setTimeout(() => poll(id), POLL_MS);
+    else announce(`Operation ${id} ${operation.status}.`);
   } catch (error) {
-    showError(error);
+    showError('op-error', error);
+    pollTimer = setTimeout(() => poll(id), POLL_MS * 3); // keep watching: the API may be back soon
   }
 }
 
@@ -145,144 +388,400 @@ function stopPolling() {
   pollTimer = null;
 }
 
-async function listOperations() {
-  clearMessages();
-  const { operations } = await (await api('GET', 'operations?limit=20')).json();
-  const list = $('op-list');
-  list.replaceChildren();
-  if (!operations.length) list.append(el('li', 'No operations yet.'));
-  for (const row of operations) {
-    const button = el('button', row.id);
-    button.type = 'button';
-    button.className = 'link';
-    button.dataset.op = row.id;
-    list.append(el('li', button, ` ${row.status}, created ${row.created_at}`));
-  }
+function resetOperationPanels() {
+  for (const { controller } of downloads.values()) controller.abort();
+  downloads.clear();
+  closePreview();
+  $('artifacts').tBodies[0].replaceChildren();
+  $('log-table').hidden = true;
+  $('log-table').tBodies[0].replaceChildren();
+  $('log-verdict').hidden = true;
+  clearError('log-error');
 }
 
 function showOperation(operation) {
   current = operation;
   $('op-details').hidden = !operation;
+  if (elapsedTimer !== null) clearInterval(elapsedTimer);
+  elapsedTimer = null;
   if (!operation) return;
+  const running = !TERMINAL.has(operation.status);
+  $('op-title').textContent = `Operation ${operation.id}`;
   $('op-field-id').textContent = operation.id;
-  const badge = $('op-status');
-  badge.textContent = operation.status;
-  badge.className = `badge ${operation.status}`;
-  $('op-created').textContent = operation.created_at ?? '';
-  $('op-started').textContent = operation.started_at ?? '—';
-  $('op-finished').textContent = operation.finished_at ?? '—';
-  $('op-expires').textContent = operation.expires_at ?? '';
+  const status = $('op-status');
+  status.textContent = operation.status;
+  status.className = `badge ${operation.status}`;
+  setTime('op-created', operation.created_at);
+  setTime('op-started', operation.started_at);
+  setTime('op-finished', operation.finished_at);
+  setTime('op-expires', operation.expires_at, true);
   const result = operation.result;
   $('op-result').textContent = result ? `${result.status}: ${result.summary ?? ''}` : '—';
-  const artifacts = operation.artifacts?.artifacts ?? [];
+  const logs = result?.logs ?? [];
+  $('op-logs').hidden = logs.length === 0;
+  $('op-logs-text').textContent = logs.join('\n');
+  $('op-cancel').hidden = !running;
+  $('op-running').hidden = !running;
+  $('artifacts-block').hidden = running;
+  const tick = () => {
+    const since = Date.parse(operation.started_at ?? operation.created_at);
+    $('op-elapsed').textContent = `for ${formatDuration((Date.now() - since) / 1000)}`;
+  };
+  $('op-elapsed').textContent = '';
+  if (running) {
+    tick();
+    elapsedTimer = setInterval(tick, 1000);
+  } else if (result) {
+    $('op-elapsed').textContent = `in ${formatDuration(result.execution_time)}`;
+  }
+  showArtifacts(operation.artifacts?.artifacts ?? []);
+}
+
+function setTime(id, iso, relative = false) {
+  const node = $(id);
+  if (!iso) {
+    node.textContent = '—';
+    return;
+  }
+  const time = el('time', localTime(iso));
+  time.dateTime = iso;
+  node.replaceChildren(time, relative ? ` (${relativeTime(iso)})` : '');
+}
+
+/** Rows keyed by name: a row with a download in flight keeps its state when the operation is re-read. */
+function showArtifacts(artifacts) {
   $('artifact-count').textContent = `(${artifacts.length})`;
   const body = $('artifacts').tBodies[0];
-  body.replaceChildren();
-  for (const artifact of artifacts) {
-    const button = el('button', 'Download');
-    button.type = 'button';
-    button.dataset.artifact = artifact.name;
-    const checksum = el('td', String(artifact.checksum).replace(/^sha256:/, '').slice(0, 16) + '…');
-    checksum.className = 'mono';
-    checksum.title = artifact.checksum;
-    body.append(el('tr', el('td', artifact.name), el('td', formatSize(artifact.size)), el('td', artifact.content_type), checksum, el('td', button)));
-  }
+  const existing = new Map([...body.rows].map((row) => [row.dataset.artifact, row]));
+  const rows = artifacts.map((artifact) => existing.get(artifact.name) ?? artifactRow(artifact));
+  body.replaceChildren(...rows);
 }
 
-// --- download, verify, decrypt ---
-
-async function downloadArtifact(operationId, name) {
-  clearMessages();
-  const meta = (current?.artifacts?.artifacts ?? []).find((a) => a.name === name);
-  notice(`Fetching ${name}…`);
-  const response = await api('GET', artifactPath(operationId, name));
-  const kind = (response.headers.get('content-type') || '').split(';')[0].trim().toLowerCase();
-  let ticket;
-  let ciphertext;
-  if (kind === 'application/json') {
-    ticket = await response.json();
-    ciphertext = ticket.url?.startsWith?.(API_PATH)
-      ? await fetchThroughApi(ticket.url) // proxy delivery: the ticket points back at the API
-      : await fetchPresigned(ticket.url);
-  } else {
-    // Proxy delivery: the API streamed the ciphertext itself; the checksums come from the operation's metadata.
-    if (!meta) throw new ApiError('the artifact is not in the operation shown; open the operation again');
-    ticket = meta;
-    ciphertext = await response.blob();
-  }
-  if (ticket.encryption?.scheme !== 'cobblestone-256') throw new ApiError('unsupported encryption scheme');
-  const plaintext = await verifyAndDecrypt(operationId, name, ticket, ciphertext);
-  offer(name, plaintext);
+function artifactRow(artifact) {
+  const { name } = artifact;
+  const download = actionButton('Download', `Download ${name}`, 'download');
+  const cancel = actionButton('Cancel', `Cancel download of ${name}`, 'cancel', 'secondary');
+  cancel.hidden = true;
+  const actions = el('div', download, cancel);
+  actions.className = 'actions';
+  if (previewKind(artifact.content_type, name)) actions.append(actionButton('Preview', `Preview ${name}`, 'preview', 'secondary'));
+  actions.append(actionButton('Delete', `Delete ${name}`, 'delete', 'danger'));
+  const progress = el('progress');
+  progress.max = 100;
+  progress.value = 0;
+  progress.hidden = true;
+  progress.setAttribute('aria-label', `Download progress of ${name}`);
+  const text = el('span', 'Not downloaded');
+  text.className = 'text';
+  const status = cell('Status', progress, text);
+  status.className = 'row-status';
+  status.tabIndex = -1;
+  const nameCell = cell('Name', name);
+  nameCell.className = 'name';
+  const row = el('tr',
+    nameCell,
+    cell('Size', formatSize(artifact.size)),
+    cell('Type', artifact.content_type),
+    status,
+    cell('Actions', actions));
+  row.dataset.artifact = name;
+  return row;
 }
 
-/** Proxy delivery: a signed GET of the API's own download path, relative to this page's API base (so a path
- * prefix added by an ingress is kept). */
-async function fetchThroughApi(path) {
-  const response = await api('GET', path.slice(API_PATH.length), { accept: 'application/octet-stream' });
-  return response.blob();
+function actionButton(label, accessibleName, kind, style = '') {
+  const button = el('button', label);
+  button.type = 'button';
+  button.dataset.action = kind;
+  button.setAttribute('aria-label', accessibleName);
+  if (style) button.className = style;
+  return button;
 }
 
-async function fetchPresigned(url) {
-  if (typeof url !== 'string' || !/^https?:\/\//.test(url)) throw new ApiError('the API gave no download URL');
-  let response;
+function rowOf(name) {
+  return [...$('artifacts').tBodies[0].rows].find((row) => row.dataset.artifact === name) ?? null;
+}
+
+/** A row's status: plain text, optionally a tone ('ok', 'bad') and a progress value (0-100). */
+function rowStatus(name, text, { tone = '', percent = null, extra = null, focus = false } = {}) {
+  const row = rowOf(name);
+  if (!row) return;
+  const cellNode = row.querySelector('.row-status');
+  const progress = cellNode.querySelector('progress');
+  const span = cellNode.querySelector('.text');
+  progress.hidden = percent === null;
+  if (percent !== null) progress.value = percent;
+  span.className = `text ${tone}`;
+  span.replaceChildren(text, ...(extra ? [' ', extra] : []));
+  if (focus) cellNode.focus();
+}
+
+function rowBusy(name, busy) {
+  const row = rowOf(name);
+  if (!row) return;
+  row.querySelector('[data-action=download]').disabled = busy;
+  const preview = row.querySelector('[data-action=preview]');
+  if (preview) preview.disabled = busy;
+  row.querySelector('[data-action=delete]').disabled = busy;
+  row.querySelector('[data-action=cancel]').hidden = !busy;
+}
+
+// --- download: stream, verify, decrypt ---
+
+async function runDownload(operationId, artifact, mode) {
+  const { name } = artifact;
+  if (downloads.has(name)) return;
+  const controller = new AbortController();
+  downloads.set(name, { controller });
+  rowBusy(name, true);
+  rowStatus(name, 'Requesting a download link…', { percent: 0 });
   try {
-    response = await fetch(url, { credentials: 'omit', cache: 'no-store', referrerPolicy: 'no-referrer', mode: 'cors' });
-  } catch {
-    throw new ApiError('cannot reach storage (is the bucket CORS rule allowing this page\'s origin?)');
+    const { plaintext, ticket } = await fetchAndDecrypt(operationId, name, controller.signal);
+    if (mode === 'preview') {
+      rowStatus(name, `Verified and decrypted (${formatSize(plaintext.size)}); shown below.`, { tone: 'ok' });
+      await showPreview(name, ticket.content_type ?? artifact.content_type, plaintext);
+    } else {
+      offer(name, plaintext);
+    }
+  } catch (error) {
+    if (controller.signal.aborted) {
+      rowStatus(name, 'Cancelled. Nothing was saved.');
+      announce(`Download of ${name} cancelled.`);
+    } else {
+      rowStatus(name, messageOf(error), { tone: 'bad', focus: true });
+      announce(`Download of ${name} failed.`);
+    }
+  } finally {
+    downloads.delete(name);
+    rowBusy(name, false);
   }
-  if (response.status === 403) throw new ApiError('storage refused the download link (expired? clock skew?); try again');
-  if (!response.ok) throw new ApiError(`storage answered HTTP ${response.status}`);
-  return response.blob();
 }
 
-async function verifyAndDecrypt(operationId, name, ticket, ciphertext) {
+async function requestTicket(operationId, name, signal) {
+  const response = await api('GET', artifactPath(operationId, name), { signal });
+  const ticket = await response.json();
+  if (ticket.encryption?.scheme !== 'cobblestone-256') throw new ApiError('unsupported encryption scheme');
   if (!Number.isSafeInteger(ticket.size) || ticket.size < 0) throw new ApiError('the artifact has no valid size');
+  return ticket;
+}
+
+/** Open the ciphertext at `offset` (a Range request when resuming); returns the Response. */
+async function openCiphertext(ticket, offset, signal) {
+  const headers = offset > 0 ? { Range: `bytes=${offset}-` } : {};
+  let response;
+  if (typeof ticket.url === 'string' && ticket.url.startsWith(API_PATH)) {
+    // Proxy delivery: a signed GET of the API's own path, relative to this page's API base.
+    response = await api('GET', ticket.url.slice(API_PATH.length), { accept: 'application/octet-stream', headers, signal });
+  } else {
+    if (typeof ticket.url !== 'string' || !/^https?:\/\//.test(ticket.url)) throw new ApiError('the API gave no download URL');
+    try {
+      response = await fetch(ticket.url, { credentials: 'omit', cache: 'no-store', referrerPolicy: 'no-referrer', mode: 'cors', headers, signal });
+    } catch (error) {
+      if (error?.name === 'AbortError') throw error;
+      if (wrongOrigin()) {
+        const target = suggestedPageUrl(location.href, pageConfig.storage_origins);
+        throw new ApiError(`storage does not send downloads to pages opened at ${location.origin}; open ${target} instead`);
+      }
+      throw new ApiError(`cannot reach storage at ${new URL(ticket.url).origin}: it is down or unreachable from this device`);
+    }
+    if (response.status === 403) throw new ApiError('storage refused the download link (expired, or this device\'s clock is off); try again');
+    if (response.status >= 500) throw new ApiError(`storage is failing (HTTP ${response.status}); try again later`);
+    if (!response.ok) throw new ApiError(`storage answered HTTP ${response.status}`);
+  }
+  if (offset > 0) {
+    const range = /^bytes (\d+)-/.exec(response.headers.get('content-range') || '');
+    if (response.status !== 206 || !range || Number(range[1]) !== offset) {
+      throw new ApiError('the download could not resume where it stopped; start it again');
+    }
+  }
+  return response;
+}
+
+async function fetchAndDecrypt(operationId, name, signal) {
+  let ticket = await requestTicket(operationId, name, signal);
   if (ticket.size > MAX_BROWSER_BYTES) {
     throw new ApiError(`${name} is too large to decrypt in a browser; use \`strongroom client get\``);
   }
-  if (ciphertext.size !== ciphertextSize(ticket.size)) {
-    throw new IntegrityError(`the stored object for ${name} does not have the artifact's size`);
-  }
-  notice(`Verifying ${name}…`);
-  if (!sameHex(await sha256Hex(ciphertext), ticket.ciphertext_checksum)) {
-    throw new IntegrityError(`ciphertext checksum mismatch for ${name}: the stored object is not this artifact`);
-  }
-  const wrapped = ticket.encryption.wrapped_key;
-  const { dataKey, sha256 } = parseWrapPayload(await identity.openWrap(wrapped), operationId, name);
+  const { dataKey, sha256 } = parseWrapPayload(await identity.openWrap(ticket.encryption.wrapped_key), operationId, name);
   if (!sameHex(sha256, ticket.checksum)) {
     throw new IntegrityError(`the key wrap of ${name} names a different checksum than its metadata`);
   }
-  notice(`Decrypting ${name}…`);
+  const total = ciphertextSize(ticket.size);
+  const decryptor = new StreamDecryptor(dataKey, artifactContext(operationId, name));
+  const cipherHash = new Sha256();
+  const plainHash = new Sha256();
   const parts = [];
-  for await (const part of decryptBlob(dataKey, artifactContext(operationId, name), ciphertext)) parts.push(part);
-  dataKey.fill(0);
-  const plaintext = new Blob(parts, { type: 'application/octet-stream' });
-  if (!sameHex(await sha256Hex(plaintext), ticket.checksum)) {
+  const started = performance.now();
+  let received = 0;
+  let shown = 0;
+  const take = (chunks) => {
+    for (const chunk of chunks) {
+      plainHash.update(chunk);
+      parts.push(chunk);
+    }
+  };
+  try {
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        const response = await openCiphertext(ticket, received, signal);
+        const length = Number(response.headers.get('content-length'));
+        if (received === 0 && response.headers.get('content-length') !== null && length !== total) {
+          throw new IntegrityError(`the stored object for ${name} does not have the artifact's size`);
+        }
+        const reader = response.body.getReader();
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          received += value.length;
+          if (received > total) throw new IntegrityError(`the stored object for ${name} does not have the artifact's size`);
+          cipherHash.update(value);
+          take(await decryptor.push(value));
+          const now = performance.now();
+          if (now - shown > 100 || received === total) {
+            shown = now;
+            const speed = received / Math.max(0.001, (now - started) / 1000);
+            rowStatus(name, formatProgress(received, total, speed), { percent: Math.floor((received / total) * 100) });
+          }
+        }
+        break;
+      } catch (error) {
+        // A dropped connection (or a link that expired before a retry): a fresh link, then a Range from here.
+        const dropped = error instanceof TypeError || (error instanceof ApiError && /refused the download link/.test(error.message) && received > 0);
+        if (signal.aborted || !dropped || attempt + 1 >= RESUME_TRIES) throw error;
+        rowStatus(name, `Connection lost at ${formatSize(received)}; resuming…`, { percent: Math.floor((received / total) * 100) });
+        ticket = await requestTicket(operationId, name, signal);
+      }
+    }
+    if (received !== total) throw new IntegrityError(`the stored object for ${name} does not have the artifact's size`);
+    rowStatus(name, `Verifying ${name}…`, { percent: 100 });
+    take([await decryptor.finish()]);
+  } finally {
+    dataKey.fill(0);
+  }
+  if (!sameHex(cipherHash.hexdigest(), ticket.ciphertext_checksum)) {
+    throw new IntegrityError(`ciphertext checksum mismatch for ${name}: the stored object is not this artifact`);
+  }
+  if (!sameHex(plainHash.hexdigest(), ticket.checksum)) {
     throw new IntegrityError(`plaintext checksum mismatch for ${name}`);
   }
-  return plaintext;
+  return { plaintext: new Blob(parts, { type: 'application/octet-stream' }), ticket };
 }
 
 function offer(name, blob) {
-  if (lastObjectUrl) URL.revokeObjectURL(lastObjectUrl);
-  lastObjectUrl = URL.createObjectURL(blob);
-  const link = el('a', `Save ${name} again`);
-  link.href = lastObjectUrl;
+  const previous = savedUrls.get(name);
+  if (previous) URL.revokeObjectURL(previous);
+  const url = URL.createObjectURL(blob);
+  savedUrls.set(name, url);
+  const link = el('a', 'Save again');
+  link.href = url;
   link.download = name;
-  link.id = 'saved-link';
-  const saved = $('saved');
-  saved.replaceChildren(`${name}: ${formatSize(blob.size)}, checksums verified, decrypted. `, link);
-  saved.hidden = false;
-  notice('');
-  link.click();
+  link.className = 'saved-link';
+  link.setAttribute('aria-label', `Save ${name} again`);
+  rowStatus(name, `Saved: ${formatSize(blob.size)}, checksums verified, decrypted.`, { tone: 'ok', extra: link });
+  announce(`${name} saved: checksums verified.`);
+  const save = el('a');
+  save.href = url;
+  save.download = name;
+  save.click();
+}
+
+// --- preview (text as text, images through a blob: URL of the declared type; never HTML or SVG) ---
+
+async function showPreview(name, contentType, blob) {
+  closePreview();
+  const kind = previewKind(contentType, name);
+  const body = $('preview-body');
+  const type = String(contentType).split(';')[0].trim().toLowerCase();
+  if (kind === 'image' && IMAGE_TYPES.has(type)) {
+    previewUrl = URL.createObjectURL(new Blob([blob], { type }));
+    const image = el('img');
+    image.src = previewUrl;
+    image.alt = `Preview of ${name}`;
+    body.replaceChildren(image);
+  } else if (kind === 'text' || kind === 'json') {
+    let text = await blob.slice(0, MAX_PREVIEW_TEXT).text();
+    if (kind === 'json' && blob.size <= MAX_PREVIEW_TEXT) {
+      try {
+        text = JSON.stringify(JSON.parse(text), null, 2);
+      } catch {
+        /* shown as it is */
+      }
+    }
+    const pre = el('pre', text);
+    pre.tabIndex = 0;
+    pre.setAttribute('aria-label', `Contents of ${name}`);
+    body.replaceChildren(pre, blob.size > MAX_PREVIEW_TEXT ? el('p', `First ${formatSize(MAX_PREVIEW_TEXT)} shown.`) : '');
+  } else {
+    body.replaceChildren(el('p', 'This type is not previewed here; download it instead.'));
+  }
+  $('preview-title').textContent = `Preview: ${name}`;
+  $('preview').hidden = false;
+  $('preview-title').tabIndex = -1;
+  $('preview-title').focus();
+}
+
+function closePreview() {
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = null;
+  $('preview-body').replaceChildren();
+  $('preview').hidden = true;
+}
+
+// --- delete ---
+
+async function deleteArtifact(operationId, name) {
+  if (!globalThis.confirm(`Delete the artifact “${name}” of operation ${operationId}? This cannot be undone.`)) return;
+  rowStatus(name, 'Deleting…');
+  try {
+    await api('DELETE', artifactPath(operationId, name));
+  } catch (error) {
+    rowStatus(name, messageOf(error), { tone: 'bad', focus: true });
+    return;
+  }
+  rowOf(name)?.remove();
+  if (current) {
+    current.artifacts.artifacts = current.artifacts.artifacts.filter((a) => a.name !== name);
+    $('artifact-count').textContent = `(${current.artifacts.artifacts.length})`;
+  }
+  announce(`${name} deleted.`);
+  $('artifacts-title').tabIndex = -1;
+  $('artifacts-title').focus();
+}
+
+// --- access log ---
+
+async function loadAccessLog(operationId) {
+  const events = [];
+  let valid = true;
+  let cursor = null;
+  for (let page = 0; page < 50; page += 1) {
+    const query = cursor ? `?after=${encodeURIComponent(cursor)}` : '';
+    const body = await (await api('GET', `${opPath(operationId)}/access-log${query}`)).json();
+    events.push(...body.events);
+    valid = valid && body.chain_valid === true;
+    cursor = body.next_cursor;
+    if (!cursor) break;
+  }
+  const table = $('log-table');
+  table.tBodies[0].replaceChildren(...events.map((event) => {
+    const time = el('time', localTime(event.time));
+    time.dateTime = event.time;
+    return el('tr',
+      cell('Time', time),
+      cell('Action', event.action),
+      cell('Result', event.result),
+      cell('Artifact', event.artifact ?? '—'),
+      cell('Reason', event.reason ?? '—'));
+  }));
+  table.hidden = events.length === 0;
+  const verdict = $('log-verdict');
+  verdict.textContent = valid
+    ? `${events.length} event${events.length === 1 ? '' : 's'}; the server verified the hash chain on every page.`
+    : 'The hash chain does NOT verify: the log was changed or truncated. Tell the operator.';
+  verdict.className = valid ? 'status' : 'error';
+  verdict.hidden = false;
 }
 
 // --- helpers ---
-
-async function sha256Hex(blob) {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', await blob.arrayBuffer()));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
-}
 
 /** Compare two `sha256:<hex>` / `<hex>` values without an early exit. */
 function sameHex(a, b) {
@@ -294,118 +793,135 @@ function sameHex(a, b) {
   return diff === 0;
 }
 
-function b64(bytes) {
-  return btoa(String.fromCharCode(...bytes));
-}
-
 function el(tag, ...children) {
   const node = document.createElement(tag);
   node.append(...children.map((c) => (c instanceof Node ? c : String(c ?? ''))));
   return node;
 }
 
-function formatSize(n) {
-  if (!Number.isFinite(n)) return '';
-  return n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`;
+function cell(label, ...children) {
+  const node = el('td', ...children);
+  node.dataset.label = label;
+  return node;
 }
 
-function notice(text) {
-  $('notice').textContent = text;
-  $('notice').hidden = !text;
-}
-
-function showError(error) {
-  notice('');
-  const box = $('error');
-  const prefix = error instanceof IntegrityError ? 'Integrity check failed — nothing was saved. ' : '';
-  const message = error?.message || String(error);
-  box.textContent = prefix + message.charAt(0).toUpperCase() + message.slice(1);
-  box.hidden = false;
-}
-
-function clearMessages() {
-  $('error').hidden = true;
-  $('error').textContent = '';
-  $('saved').hidden = true;
-}
-
-/** Run a UI action, turning any failure into the error box (never the console: messages may name files). */
-function action(fn) {
-  return async (event) => {
-    try {
-      await fn(event);
-    } catch (error) {
-      showError(error);
-    }
-  };
+function badge(status) {
+  const node = el('span', status);
+  node.className = `badge ${status}`;
+  return node;
 }
 
 // --- wiring ---
 
+$('identity-pick').addEventListener('click', () => $('identity-file').click());
 $('identity-file').addEventListener(
   'change',
-  action(async (event) => {
+  action('identity-error', async (event) => {
     const [file] = event.target.files;
     event.target.value = ''; // the file input must not keep a handle on the secret file
-    if (!file) return;
-    clearMessages();
-    let doc;
-    try {
-      doc = JSON.parse(await file.text());
-    } catch {
-      throw new Error('the identity file is not JSON');
-    }
-    useIdentity(identityFromFile(doc));
+    await loadIdentityFile(file);
+  }),
+);
+const drop = $('identity-drop');
+drop.addEventListener('dragover', (event) => {
+  event.preventDefault();
+  drop.classList.add('over');
+});
+drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+drop.addEventListener(
+  'drop',
+  action('identity-error', async (event) => {
+    event.preventDefault();
+    drop.classList.remove('over');
+    await loadIdentityFile(event.dataTransfer?.files?.[0]);
   }),
 );
 
 if (globalThis.ethereum?.request) {
   $('wallet-connect').hidden = false;
-  $('wallet-connect').addEventListener('click', action(async () => useIdentity(await identityFromWallet(globalThis.ethereum))));
+  $('wallet-connect').addEventListener(
+    'click',
+    action('identity-error', async () => useIdentity(await identityFromWallet(globalThis.ethereum))),
+  );
 }
 
 $('identity-forget').addEventListener('click', () => {
   stopPolling();
   useIdentity(null);
-  if (lastObjectUrl) URL.revokeObjectURL(lastObjectUrl); // the decrypted file goes with the identity
-  lastObjectUrl = null;
-  $('saved').replaceChildren();
-  $('saved').hidden = true;
+  for (const url of savedUrls.values()) URL.revokeObjectURL(url); // decrypted files go with the identity
+  savedUrls.clear();
+  closePreview();
 });
+
+$('start-agent').addEventListener('change', describeAgent);
+$('start-form').addEventListener(
+  'submit',
+  action('start-error', async (event) => {
+    event.preventDefault();
+    await startOperation();
+  }),
+);
 
 $('op-form').addEventListener(
   'submit',
-  action(async (event) => {
+  action('op-error', async (event) => {
     event.preventDefault();
     const id = $('op-id').value.trim();
-    if (id) await openOperation(id);
+    if (id) await openOperation(id, { focus: true });
   }),
 );
 
-$('list-refresh').addEventListener('click', action(listOperations));
-
-$('op-list').addEventListener(
+$('list-refresh').addEventListener('click', action('list-error', () => listOperations(false)));
+$('list-status').addEventListener('change', action('list-error', () => listOperations(false)));
+$('list-more').addEventListener('click', action('list-error', () => listOperations(true)));
+$('op-table').addEventListener(
   'click',
-  action(async (event) => {
-    const id = event.target?.dataset?.op;
+  action('op-error', async (event) => {
+    const id = event.target?.closest?.('button')?.dataset?.op;
     if (!id) return;
     $('op-id').value = id;
-    await openOperation(id);
+    await openOperation(id, { focus: true });
   }),
 );
 
-$('artifacts').addEventListener(
+$('op-cancel').addEventListener(
   'click',
-  action(async (event) => {
-    const name = event.target?.dataset?.artifact;
-    if (!name || !current) return;
-    event.target.disabled = true;
-    try {
-      await downloadArtifact(current.id, name);
-    } finally {
-      event.target.disabled = false;
-    }
+  action('op-error', async () => {
+    if (!current) return;
+    await api('POST', `${opPath(current.id)}/cancel`);
+    announce('Cancellation requested.');
+    await openOperation(current.id);
   }),
 );
 
+$('artifacts').addEventListener('click', (event) => {
+  const button = event.target?.closest?.('button');
+  const row = button?.closest('tr');
+  if (!button || !row || !current) return;
+  const name = row.dataset.artifact;
+  const artifact = current.artifacts.artifacts.find((a) => a.name === name);
+  if (!artifact) return;
+  const kind = button.dataset.action;
+  if (kind === 'download' || kind === 'preview') runDownload(current.id, artifact, kind);
+  else if (kind === 'cancel') downloads.get(name)?.controller.abort();
+  else if (kind === 'delete') deleteArtifact(current.id, name);
+});
+
+$('preview-close').addEventListener('click', closePreview);
+$('log-load').addEventListener(
+  'click',
+  action('log-error', async () => {
+    if (current) await loadAccessLog(current.id);
+  }),
+);
+
+window.addEventListener(
+  'hashchange',
+  action('op-error', async () => {
+    const id = operationFromHash(location.hash);
+    if (id && identity && current?.id !== id) await openOperation(id);
+  }),
+);
+
+await loadConfig();
 document.body.dataset.ready = 'true';

@@ -144,3 +144,61 @@ export async function decryptBytes(dataKey, ctx, ciphertext) {
   for await (const part of decryptBlob(dataKey, ctx, new Blob([ciphertext]))) parts.push(part);
   return concat(...parts);
 }
+
+/**
+ * Decrypt a payload as it arrives (a download stream), one sealed chunk at a time.
+ *
+ * `push(bytes)` returns the plaintext chunks that became complete (a full sealed chunk is opened only once a
+ * byte after it has arrived, because the short final chunk is what marks the end); `finish()` opens the final
+ * chunk and refuses a truncated payload. `consumed` is how many ciphertext bytes are behind the chunks already
+ * authenticated: a resumed download continues from there with a Range request. Plaintext is unverified until
+ * finish() returns.
+ */
+export class StreamDecryptor {
+  constructor(dataKey, ctx) {
+    this.dataKey = dataKey;
+    this.ctx = ctx;
+    this.message = null;
+    this.index = 0;
+    this.consumed = 0;
+    this.pending = [];
+    this.pendingBytes = 0;
+  }
+
+  async push(bytes) {
+    this.pending.push(bytes);
+    this.pendingBytes += bytes.length;
+    const out = [];
+    if (!this.message) {
+      if (this.pendingBytes < HEADER_SIZE) return out;
+      this.message = await openHeader(this.dataKey, this.ctx, this.take(HEADER_SIZE));
+      this.consumed = HEADER_SIZE;
+    }
+    while (this.pendingBytes > SEALED_CHUNK_SIZE) {
+      out.push(await openChunk(this.message, this.index, this.take(SEALED_CHUNK_SIZE)));
+      this.index += 1;
+      this.consumed += SEALED_CHUNK_SIZE;
+    }
+    return out;
+  }
+
+  async finish() {
+    if (!this.message) throw new IntegrityError('payload truncated inside its 56-byte header');
+    const sealed = this.take(this.pendingBytes);
+    if (!(sealed.length >= TAG_SIZE && sealed.length < SEALED_CHUNK_SIZE)) {
+      throw new IntegrityError('payload truncated: the short final chunk is missing or incomplete');
+    }
+    const last = await openChunk(this.message, this.index, sealed);
+    this.consumed += sealed.length;
+    return last;
+  }
+
+  take(count) {
+    const joined = this.pending.length === 1 ? this.pending[0] : concat(...this.pending);
+    const head = joined.slice(0, count);
+    const rest = joined.subarray(count);
+    this.pending = rest.length ? [rest] : [];
+    this.pendingBytes = rest.length;
+    return head;
+  }
+}

@@ -80,6 +80,24 @@ def test_decrypts_python_payloads_at_chunk_boundaries(size: int) -> None:
     assert base64.b64decode(result["plaintext_b64"]) == plaintext
 
 
+@pytest.mark.parametrize("size", [0, 16384, 50_000, 200_000])
+def test_stream_decryptor_and_incremental_hashes_match_python_for_any_split(size: int) -> None:
+    """The download path: ciphertext arriving in pieces of any size decrypts to the plaintext, and the page's own
+    SHA-256 of both equals hashlib's."""
+    key, plaintext = os.urandom(32), os.urandom(size)
+    ciphertext = encrypt(key, OP, NAME, plaintext)
+    steps = [1000, 16400, 65536, len(ciphertext)] if size else [7, len(ciphertext)]
+    cases = [
+        {"key_hex": key.hex(), "op": OP, "name": NAME, "ciphertext_b64": b64(ciphertext), "step": step}
+        for step in steps
+    ]
+    for result in run_modules({"stream": cases})["stream"]:
+        assert base64.b64decode(result["plaintext_b64"]) == plaintext
+        assert result["cipher_sha256"] == hashlib.sha256(ciphertext).hexdigest()
+        assert result["plain_sha256"] == hashlib.sha256(plaintext).hexdigest()
+        assert result["consumed"] == len(ciphertext)
+
+
 def test_refuses_every_tampered_payload() -> None:
     key, plaintext = os.urandom(32), os.urandom(40_000)  # three chunks: two full, one short
     good = encrypt(key, OP, NAME, plaintext)
@@ -105,9 +123,12 @@ def test_refuses_every_tampered_payload() -> None:
             for k, op, name, ct in cases.values()
         ]
     }
-    for label, result in zip(cases, run_modules(request)["decrypt"], strict=True):
-        assert "plaintext_b64" not in result, label
-        assert result["error"].startswith("IntegrityError"), (label, result)
+    request["stream"] = [{**case, "step": 5000} for case in request["decrypt"]]
+    answer = run_modules(request)
+    for kind in ("decrypt", "stream"):
+        for label, result in zip(cases, answer[kind], strict=True):
+            assert "plaintext_b64" not in result, (kind, label)
+            assert result["error"].startswith("IntegrityError"), (kind, label, result)
 
 
 # --- key wrap ---

@@ -43,6 +43,10 @@ def finished_operation(api: str, identity: Identity) -> GetOperationResponse:
     return done
 
 
+def row_status(page: Any, name: str) -> Any:
+    return page.locator(f"#artifacts tr[data-artifact='{name}'] .row-status")
+
+
 def load_identity_and_open(page: Any, api: str, identity_file: Path, identity: Identity, operation_id: str) -> None:
     page.goto(f"{api}/app/")
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
@@ -70,15 +74,15 @@ def test_browser_download_equals_sdk_plaintext(
     expect(page.locator("#artifacts tbody tr")).to_have_count(len(names))
     for name in names:
         with page.expect_download() as info:
-            page.click(f"#artifacts button[data-artifact='{name}']")
+            page.click(f"#artifacts tr[data-artifact='{name}'] button[data-action=download]")
         download = info.value
         assert download.suggested_filename == name
         assert Path(download.path()).read_bytes() == (sdk_dir / name).read_bytes()
-        expect(page.locator("#saved")).to_contain_text("checksums verified")
-    expect(page.locator("#error")).to_be_hidden()
+        expect(row_status(page, name)).to_contain_text("checksums verified")
+    expect(page.locator(".error:visible")).to_have_count(0)
 
     page.click("#list-refresh")
-    expect(page.locator(f"#op-list button[data-op='{done.id}']")).to_be_visible()
+    expect(page.locator(f"#op-table button[data-op='{done.id}']")).to_be_visible()
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
 
     seen = "\n".join(page.console_messages_seen)
@@ -91,7 +95,8 @@ def test_browser_download_equals_sdk_plaintext(
     ("tamper", "message"),
     [
         ("swap", re.compile("does not have the artifact's size|ciphertext checksum mismatch", re.I)),
-        ("flip", re.compile("ciphertext checksum mismatch", re.I)),
+        # Decrypted as it streams: the flipped bit fails its chunk's authentication before the whole-object hash.
+        ("flip", re.compile("chunk 0 failed authentication|ciphertext checksum mismatch", re.I)),
     ],
 )
 def test_tampered_ciphertext_shows_an_error_and_offers_nothing(
@@ -120,16 +125,14 @@ def test_tampered_ciphertext_shows_an_error_and_offers_nothing(
     downloads: list[Any] = []
     page.on("download", lambda download: downloads.append(download))
     load_identity_and_open(page, page_api, identity_file, identity, done.id)
-    page.click(f"#artifacts button[data-artifact='{victim}']")
-    error = page.locator("#error")
-    expect(error).to_be_visible()
+    page.click(f"#artifacts tr[data-artifact='{victim}'] button[data-action=download]")
+    error = row_status(page, victim)
     expect(error).to_contain_text("Integrity check failed")
-    expect(error).to_contain_text(victim)
     expect(error).to_contain_text(message)
-    expect(page.locator("#saved")).to_be_hidden()
-    expect(page.locator(f"#artifacts button[data-artifact='{victim}']")).to_be_enabled()
+    expect(error).to_be_focused()
+    expect(page.locator(f"#artifacts tr[data-artifact='{victim}'] button[data-action=download]")).to_be_enabled()
     assert downloads == []
-    assert page.locator("#saved-link").count() == 0
+    assert page.locator(".saved-link").count() == 0
     page.screenshot(path=str(tmp_path / f"tampered-{tamper}.png"), full_page=True)
 
 
@@ -176,7 +179,7 @@ def test_wallet_path_signs_with_personal_sign_and_unwraps_with_eth_decrypt(
     page.click("#op-open")
     expect(page.locator("#op-status")).to_have_text("succeeded")
     with page.expect_download() as info:
-        page.click(f"#artifacts button[data-artifact='{name}']")
+        page.click(f"#artifacts tr[data-artifact='{name}'] button[data-action=download]")
     assert Path(info.value.path()).read_bytes() == (tmp_path / name).read_bytes()
     assert {"eth_requestAccounts", "personal_sign", "eth_decrypt"} <= set(wallet.calls)
 
@@ -200,7 +203,8 @@ def test_a_malformed_signing_key_never_reaches_the_page(
     page.goto(f"{page_api}/app/")
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     page.set_input_files("#identity-file", str(broken))
-    expect(page.locator("#error")).to_contain_text("malformed signing key")
+    expect(page.locator("#identity-error")).to_contain_text("malformed signing key")
+    expect(page.locator("#identity-error")).to_be_focused()
     secret = identity.account.key.hex().removeprefix("0x")
     assert secret not in page.content()
     assert not any(secret in line for line in page.console_messages_seen)
@@ -219,6 +223,6 @@ def test_proxy_delivery_downloads_through_the_api(
     page = browser_page
     load_identity_and_open(page, proxy_page_api, identity_file, identity, done.id)
     with page.expect_download() as info:
-        page.click(f"#artifacts button[data-artifact='{name}']")
+        page.click(f"#artifacts tr[data-artifact='{name}'] button[data-action=download]")
     assert Path(info.value.path()).read_bytes() == (tmp_path / "sdk").read_bytes()
-    expect(page.locator("#error")).to_be_hidden()
+    expect(page.locator(".error:visible")).to_have_count(0)

@@ -117,3 +117,21 @@ def test_the_api_route_table_serves_the_page() -> None:
 
     paths = {getattr(route, "path", None) for route in routes()}
     assert {route.path for route in page.routes} <= paths
+
+
+def test_config_names_the_storage_origins_and_delivery_mode() -> None:
+    http = client(settings(STRONGROOM_S3_CORS_ORIGINS="http://127.0.0.1:8000,https://app.example"))
+    response = http.get("/app/config.json")
+    assert response.status_code == 200
+    assert response.json() == {
+        "storage_origins": ["http://127.0.0.1:8000", "https://app.example"],
+        "delivery_mode": "presigned",
+    }
+    assert response.headers["cache-control"] == "no-store"
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+
+
+def test_previews_may_use_blob_images_but_nothing_else_inline(http: TestClient) -> None:
+    csp = http.get("/app/").headers["content-security-policy"]
+    assert "img-src 'self' data: blob:;" in csp
+    assert "object-src 'none'" in csp and "frame-src" not in csp  # default-src 'self': no blob: frames

@@ -12,6 +12,7 @@ globalThis.nacl = (await import('../../../api_service/static/vendor/nacl-fast.mi
 const cobblestone = await import('../../../api_service/static/cobblestone.js');
 const keywrap = await import('../../../api_service/static/keywrap.js');
 const erc8128 = await import('../../../api_service/static/erc8128.js');
+const { Sha256 } = await import('../../../api_service/static/sha256.js');
 
 const chunks = [];
 for await (const chunk of process.stdin) chunks.push(chunk);
@@ -28,7 +29,33 @@ async function settle(fn) {
   }
 }
 
-const answer = { decrypt: [], unwrap: [], sign: [], base: [] };
+const answer = { decrypt: [], stream: [], unwrap: [], sign: [], base: [] };
+// "stream": [{"key_hex", "op", "name", "ciphertext_b64", "step"}] -> the page's download path: the ciphertext
+// pushed `step` bytes at a time through StreamDecryptor, both SHA-256s computed incrementally.
+for (const c of request.stream ?? []) {
+  answer.stream.push(
+    await settle(async () => {
+      const data = bytes(c.ciphertext_b64);
+      const decryptor = new cobblestone.StreamDecryptor(erc8128.hexToBytes(c.key_hex), cobblestone.artifactContext(c.op, c.name));
+      const cipherHash = new Sha256();
+      const plainHash = new Sha256();
+      const parts = [];
+      for (let i = 0; i < data.length; i += c.step) {
+        const piece = data.subarray(i, i + c.step);
+        cipherHash.update(piece);
+        parts.push(...(await decryptor.push(piece)));
+      }
+      parts.push(await decryptor.finish());
+      for (const part of parts) plainHash.update(part);
+      return {
+        plaintext_b64: b64(cobblestone.concat(...parts)),
+        cipher_sha256: cipherHash.hexdigest(),
+        plain_sha256: plainHash.hexdigest(),
+        consumed: decryptor.consumed,
+      };
+    }),
+  );
+}
 for (const c of request.decrypt ?? []) {
   answer.decrypt.push(
     await settle(async () => {
