@@ -15,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from api_service.errors import exception_handlers
 from api_service.metrics import ApiMetrics
-from api_service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from api_service.middleware import BodyLimitMiddleware, HeaderLimitMiddleware, RequestContextMiddleware
 from api_service.routes import metrics_route, routes
 from api_service.services import ApiServices
 from shared.runtime_limits import pin_recursion_limit
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None, *, services: ApiServices | None
         routes=routes(metrics=not settings.api_metrics_port),
         middleware=[
             Middleware(RequestContextMiddleware, metrics=metrics),
+            Middleware(HeaderLimitMiddleware, max_count=settings.max_header_count, max_bytes=settings.max_header_bytes),
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),

@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids, the access log with metrics, and the body-size cap.
+"""ASGI middleware: request ids, the access log with metrics, the header limits and the body-size cap.
 
 They are plain ASGI (not ``BaseHTTPMiddleware``) so streamed artifact downloads stay streamed and the body cap
 applies while the body arrives, before anything buffers it.
@@ -15,6 +15,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api_service.errors import PayloadTooLarge, problem
+from api_service.http_protocol import CODE as HEADERS_CODE
+from api_service.http_protocol import TITLE as HEADERS_TITLE
+from api_service.http_protocol import header_limit_detail
 from api_service.metrics import UNMATCHED_ROUTE, ApiMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -80,6 +83,29 @@ class RequestContextMiddleware:
                 client=(scope.get("client") or ("", 0))[0],
             )
             structlog.contextvars.clear_contextvars()
+
+
+class HeaderLimitMiddleware:
+    """431 ``request_header_fields_too_large`` past ``max_count`` header fields or ``max_bytes`` of request line
+    and headers, whatever server runs the app. Under ``strongroom api`` the protocol
+    (``api_service.http_protocol``) refuses such heads before they are buffered; this is the same rule for the
+    rest (``uvicorn --factory`` with h11, tests)."""
+
+    def __init__(self, app: ASGIApp, max_count: int, max_bytes: int) -> None:
+        self.app = app
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b"")) + 16
+            size += sum(len(name) + len(value) + 4 for name, value in headers)
+            if len(headers) > self.max_count or size > self.max_bytes:
+                detail = header_limit_detail(self.max_count, self.max_bytes)
+                await problem(431, HEADERS_CODE, HEADERS_TITLE, detail)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:

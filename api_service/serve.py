@@ -17,11 +17,11 @@ import uvicorn
 from starlette.applications import Starlette
 
 from api_service.app import create_metrics_app
+from api_service.http_protocol import header_limited_protocol
 from shared.settings import Settings
 
 _COMMON: dict[str, Any] = {
     "loop": "uvloop",
-    "http": "httptools",
     "log_config": None,  # our structlog handler on the root logger formats uvicorn's lines too
     "access_log": False,  # the API's middleware logs each request with its request id
     "proxy_headers": False,  # forwarded headers are honoured only from STRONGROOM_TRUSTED_PROXIES, in the app
@@ -38,8 +38,13 @@ class _Server(uvicorn.Server):
 
 
 def serve(app: Starlette, settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT; returns after a graceful shutdown of every listener."""
-    api = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, timeout_graceful_shutdown=8, **_COMMON)
+    """Run until SIGTERM/SIGINT; returns after a graceful shutdown of every listener.
+
+    Both listeners use httptools with the header limits (``STRONGROOM_MAX_HEADER_COUNT``/``_BYTES``): 431 at the
+    protocol, before the app.
+    """
+    common = {**_COMMON, "http": header_limited_protocol(settings)}
+    api = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, timeout_graceful_shutdown=8, **common)
     if not settings.api_metrics_port:
         uvicorn.Server(api).run()
         return
@@ -49,7 +54,7 @@ def serve(app: Starlette, settings: Settings) -> None:
         port=settings.api_metrics_port,
         lifespan="off",  # the API app's lifespan builds and closes the clients both apps use
         timeout_graceful_shutdown=2,
-        **_COMMON,
+        **common,
     )
     with asyncio.Runner(loop_factory=api.get_loop_factory()) as runner:
         runner.run(_serve_both(_Server(api), _Server(metrics)))

@@ -127,6 +127,12 @@ class Settings:
     max_input_bytes: int = _opt(
         "STRONGROOM_MAX_INPUT_BYTES", "1048576", "Largest accepted request body for creating an operation."
     )
+    max_header_count: int = _opt(
+        "STRONGROOM_MAX_HEADER_COUNT", "100", "Most header fields a request may carry (more: 431)."
+    )
+    max_header_bytes: int = _opt(
+        "STRONGROOM_MAX_HEADER_BYTES", "32768", "Largest request line plus headers, bytes (more: 431)."
+    )
     embedded_artifacts: EmbeddedMode = _opt(
         "STRONGROOM_EMBEDDED_ARTIFACTS", "off", "Legacy base64 artifacts in status: `on`, `deprecated`, `off`."
     )
@@ -384,6 +390,8 @@ _POSITIVE_INTS = {
     "api_port",
     "presign_ttl",
     "max_input_bytes",
+    "max_header_count",
+    "max_header_bytes",
     "signature_max_window",
     "max_execution_time",
     "max_disk_usage",

@@ -606,3 +606,14 @@ def test_unknown_agent_names_the_agent_and_the_available_ones(api: ApiHarness, c
     response = api.signed(client, "POST", OPS, body=create_body(api, agent="no-such-agent"))
     assert_problem(response, 422, "agent_unknown")
     assert response.json()["detail"] == "no agent named 'no-such-agent' on this server; available: privacy-audit"
+
+
+def test_header_limits_apply_whatever_server_runs_the_app(redis_url: str) -> None:
+    """The app's own check (here under TestClient): 431 problem+json, for count and for size."""
+    api = ApiHarness(redis_url, max_header_count=20, max_header_bytes=4096)
+    with api.client() as client:
+        assert_problem(
+            client.get("/healthz", headers={f"x-h{i}": "1" for i in range(30)}), 431, "request_header_fields_too_large"
+        )
+        assert_problem(client.get("/healthz", headers={"x-big": "a" * 5000}), 431, "request_header_fields_too_large")
+        assert client.get("/healthz", headers={f"x-h{i}": "1" for i in range(5)}).status_code == 200

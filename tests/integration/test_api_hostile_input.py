@@ -3,7 +3,9 @@ SeaweedFS): each is refused with problem+json and the same process goes on answe
 
 from __future__ import annotations
 
+import json
 import secrets
+import socket
 from collections.abc import Callable
 
 import httpx
@@ -32,6 +34,47 @@ def test_deeply_nested_body_is_refused_and_the_api_stays_up(api_factory: Callabl
             assert refused.json()["code"] == "json_too_deep"
             listed = http.get(url, headers=sign_request(key, "GET", url))
             assert listed.status_code == 200, listed.text
+        assert api.running() and api.pid == pid
+    finally:
+        api.stop()
+
+
+def _raw_get(port: int, fields: list[tuple[str, str]]) -> tuple[int, dict[str, str], bytes]:
+    """Send a GET /healthz with exactly these header fields; the whole head goes out before anything is read."""
+    head = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode() + b"Connection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    raw_head, _, body = data.partition(b"\r\n\r\n")
+    lines = raw_head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_header_limits_hold_under_the_production_server(api_factory: Callable[..., ApiHandle]) -> None:
+    """Issue 10, item 7: too many header fields, or too many header bytes, are 431 problem+json from the
+    server's protocol (before any app code runs); the same process then serves normal requests."""
+    api = api_factory()
+    pid = api.pid
+    try:
+        status, headers, body = _raw_get(api.port, [(f"x-h{i}", "1") for i in range(1000)])
+        assert status == 431 and headers["content-type"] == "application/problem+json"
+        assert json.loads(body)["code"] == "request_header_fields_too_large"
+        status, headers, body = _raw_get(api.port, [("x-big", "a" * 40_000)])
+        assert status == 431 and json.loads(body)["code"] == "request_header_fields_too_large"
+        status, _, _ = _raw_get(api.port, [(f"x-h{i}", "1") for i in range(50)])  # within the limits
+        assert status == 200
+        with socket.create_connection(("127.0.0.1", api.port), timeout=30) as sock:  # 20 MB, refused mid-way
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Huge: ")
+            try:
+                for _ in range(20 * 16):
+                    sock.sendall(b"a" * 65536)
+                raise AssertionError("the server read 20 MB of one header")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        assert httpx.get(f"{api.url}/healthz", timeout=10).status_code == 200
         assert api.running() and api.pid == pid
     finally:
         api.stop()
