@@ -60,6 +60,10 @@ class AccessLogResponse(_Doc):
         description="this page's batches are contiguous, each chains to the batch before it (the first to the "
         "batch named by ?after=), and on the last page the head matches; true on every page = the whole log verifies"
     )
+    problems: list[str] = Field(
+        description="what failed verification on this page (empty when chain_valid): missing batches, a removed "
+        "tail, a batch that records damage found when it was appended (an access_log.gap event)..."
+    )
     batches: int = Field(description="batches on this page")
     next_cursor: str | None = Field(description="pass as ?after= for the next page; null at the end")
 

@@ -13,6 +13,12 @@ copied to another sequence or operation does not open). After each batch, ``head
 sequence and its digest, so a removed tail is detected too. Appending is done by one writer at a time (the caller
 holds the operation lock); a crash between a batch and its head leaves the head behind, which the next append
 repairs and ``verify_chain`` reports as a warning, not a failure.
+
+The head is also kept outside the S3 prefix (the ``anchor``, in Redis: ``read_anchor``/``write_anchor``), so
+whoever can only delete objects cannot make the log forget its tail: an append that finds the head missing, or
+older than the anchor, or batches missing that either names, never carries on as if nothing happened. It writes
+an ``access_log.gap`` event saying what it found, first in the new batch, and never reuses a sequence number;
+``verify_chain`` and ``read_verified_page`` report such an event as a problem for good.
 """
 
 from __future__ import annotations
@@ -25,16 +31,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from pydantic import ValidationError
 
 from shared import layout
 from shared.errors import IntegrityError, NotFound, StrongroomError, ValidationFailed
+from shared.events import new_event
 from shared.models import AuditEvent
 from shared.records import OperationStore
 
 FORMAT_VERSION = 1
 GENESIS = "0" * 64
+GAP_ACTION = "access_log.gap"
 _BATCH_NAME = re.compile(r"(\d{12})\.json")
+_ANCHOR = re.compile(r"([0-9]{1,18}):([0-9a-f]{64})")
 
 
 @dataclass(frozen=True)
@@ -46,12 +56,24 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class Head:
+    """A log's newest batch as someone recorded it: ``head.json`` in S3, or the anchor outside S3."""
+
+    sequence: int
+    digest: str
+
+
+@dataclass(frozen=True)
 class Tail:
-    """Where the next batch goes: its sequence is ``sequence + 1`` and its ``prev`` is ``digest``."""
+    """Where the next batch goes: its sequence is ``sequence + 1`` and its ``prev`` is ``digest``.
+
+    ``gap`` says what was found wrong with the log (missing batches, a missing head...), ``None`` when it is whole.
+    """
 
     sequence: int
     digest: str
     event_ids: frozenset[str]  # ids in the newest batch, to drop a redelivered event
+    gap: str | None = None
 
 
 @dataclass
@@ -149,7 +171,7 @@ def decode_batch(plaintext: bytes) -> Batch:
     return Batch(sequence, prev, events, digest(plaintext))
 
 
-def _read_head(records: OperationStore, operation_id: str | None) -> tuple[int, str] | None:
+def _read_head(records: OperationStore, operation_id: str | None) -> Head | None:
     try:
         doc = json.loads(records.get_sealed(head_key(operation_id)))
     except NotFound:
@@ -158,7 +180,37 @@ def _read_head(records: OperationStore, operation_id: str | None) -> tuple[int, 
         raise IntegrityError("access log head is malformed") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("sequence"), int) or not isinstance(doc.get("sha256"), str):
         raise IntegrityError("access log head is malformed")
-    return doc["sequence"], doc["sha256"]
+    return Head(doc["sequence"], doc["sha256"])
+
+
+# --- the anchor: the head kept outside S3 -------------------------------------------------------------------
+
+
+def read_anchor(client: redis.Redis, operation_id: str | None) -> Head | None:
+    """The newest batch the appender recorded in Redis for this log; ``None`` if Redis has none (never written,
+    or Redis lost it: Redis is not durable here, so a missing anchor only means less is known, never tampering)."""
+    return parse_anchor(client.get(anchor_key(operation_id)))
+
+
+def anchor_key(operation_id: str | None) -> str:
+    return layout.redis_audit_head(log_name(operation_id))
+
+
+def parse_anchor(raw: object) -> Head | None:
+    """The Redis value ``"<sequence>:<sha256 hex>"``; anything else counts as no anchor."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    match = _ANCHOR.fullmatch(text) if isinstance(text, str) else None
+    return Head(int(match.group(1)), match.group(2)) if match else None
+
+
+def write_anchor(client: redis.Redis, operation_id: str | None, head: Head, *, ttl: int | None = None) -> None:
+    """Record ``head`` as the log's newest batch (after ``head.json``); ``ttl`` seconds for an operation's log,
+    which is deleted with its operation (retention also deletes the anchor; the TTL is the backstop)."""
+    client.set(anchor_key(operation_id), f"{head.sequence}:{head.digest}", ex=ttl)
+
+
+def delete_anchor(client: redis.Redis, operation_id: str | None) -> None:
+    client.delete(anchor_key(operation_id))
 
 
 def read_batch(records: OperationStore, operation_id: str | None, sequence: int) -> Batch:
@@ -172,26 +224,72 @@ def read_batch(records: OperationStore, operation_id: str | None, sequence: int)
 # --- appending (the worker, under the log's lock) ----------------------------------------------------------
 
 
-def read_tail(records: OperationStore, operation_id: str | None) -> Tail:
-    """The newest batch, found from the head and then past it (a crash may have left the head one behind)."""
-    head = _read_head(records, operation_id)
-    after = head[0] if head else 0
-    newest = after
+def read_tail(records: OperationStore, operation_id: str | None, anchor: Head | None = None) -> Tail:
+    """The newest batch, and whether the log is whole up to it.
+
+    The newest batch *known* is the later of ``head.json`` and ``anchor`` (the head kept outside S3). If it is
+    still there with its digest, the tail is the newest stored batch (a crash may have left the head one behind).
+    Otherwise the log lost something and ``gap`` says what: batches the head or anchor names are missing (the
+    tail continues after the newest known batch, so no sequence is reused), that batch differs from its recorded
+    digest, or ``head.json`` is missing or does not open while batches exist.
+    """
+    gap: list[str] = []
+    try:
+        head = _read_head(records, operation_id)
+    except StrongroomError as exc:
+        head = None
+        gap.append(f"head.json does not verify ({exc.detail})")
+    # The later of the two; the one outside S3 when they name the same batch (S3 is what an attacker can write).
+    known = max((h for h in (anchor, head) if h is not None), key=lambda h: h.sequence, default=None)
+    source = "the head kept outside S3" if known is not None and known is anchor else "head.json"
+    newest = _newest_stored(records, operation_id, after=known.sequence - 1 if known and known.sequence > 1 else 0)
+    if known is not None and (newest is None or newest < known.sequence):
+        newest = _newest_stored(records, operation_id, after=0)  # the whole listing, only for an honest message
+        first_missing = (newest or 0) + 1
+        gap.append(f"batches {first_missing}..{known.sequence} named by {source} are missing (tail removed)")
+        return Tail(known.sequence, known.digest, frozenset(), "; ".join(gap))
+    if head is not None and anchor is not None and head.sequence < anchor.sequence:
+        gap.append(f"head.json names batch {head.sequence}, older than batch {anchor.sequence} kept outside S3")
+    if known is None and newest is not None and newest > 1 and not gap:
+        gap.append(f"head.json is missing while batches up to {newest} exist: later ones may have been removed")
+    elif head is None and known is not None and not gap:
+        gap.append(f"head.json is missing (the head kept outside S3 names batch {known.sequence}, still there)")
+    if newest is None:
+        return Tail(0, GENESIS, frozenset(), "; ".join(gap) or None)
+    if known is not None and known.sequence != newest:
+        try:
+            recorded = read_batch(records, operation_id, known.sequence).digest
+        except StrongroomError as exc:
+            gap.append(f"batch {known.sequence} named by {source} does not verify ({exc.detail})")
+            recorded = known.digest
+        if not hmac.compare_digest(recorded, known.digest):
+            gap.append(f"batch {known.sequence} differs from the digest recorded in {source}")
+    batch = read_batch(records, operation_id, newest)
+    if known is not None and known.sequence == newest and not hmac.compare_digest(batch.digest, known.digest):
+        gap.append(f"batch {newest} differs from the digest recorded in {source}")
+    return Tail(newest, batch.digest, frozenset(e.id for e in batch.events), "; ".join(gap) or None)
+
+
+def _newest_stored(records: OperationStore, operation_id: str | None, *, after: int) -> int | None:
+    newest = None
     for sequence, _key in _batch_keys(records, operation_id, after):
         newest = sequence
-    if newest == 0:
-        return Tail(0, GENESIS, frozenset())
-    batch = read_batch(records, operation_id, newest)
-    return Tail(newest, batch.digest, frozenset(e.id for e in batch.events))
+    return newest
 
 
-def append_batch(records: OperationStore, operation_id: str | None, events: Sequence[AuditEvent]) -> Batch | None:
+def append_batch(
+    records: OperationStore, operation_id: str | None, events: Sequence[AuditEvent], *, anchor: Head | None = None
+) -> Batch | None:
     """Append ``events`` as the next batch and move the head; the caller must hold the log's lock.
 
-    Events whose id is already in the newest batch are dropped (a redelivery after a crash between the S3 write
-    and the acknowledgement), as are duplicates within ``events``. Returns None when nothing was left to write.
+    ``anchor`` is the head kept outside S3 (``read_anchor``); the caller records the returned batch there
+    (``write_anchor``) once this returns. When the log is not whole (``Tail.gap``) the batch starts with an
+    ``access_log.gap`` event saying what was found. Events whose id is already in the newest batch are dropped (a
+    redelivery after a crash between the S3 write and the acknowledgement), as are duplicates within ``events``.
+    Returns None when nothing was left to write. The batch is written only if its key is free (``If-None-Match``):
+    ``Conflict`` (``object_exists``) if another writer got there, never an overwritten batch.
     """
-    tail = read_tail(records, operation_id)
+    tail = read_tail(records, operation_id, anchor)
     fresh: list[AuditEvent] = []
     seen = set(tail.event_ids)
     for event in events:
@@ -200,9 +298,12 @@ def append_batch(records: OperationStore, operation_id: str | None, events: Sequ
             fresh.append(event)
     if not fresh:
         return None
+    if tail.gap is not None:
+        marker = new_event(operation_id=operation_id, action=GAP_ACTION, result="error", reason=tail.gap)
+        fresh.insert(0, marker)
     sequence = tail.sequence + 1
     plaintext = encode_batch(sequence, tail.digest, fresh)
-    records.put_sealed(batch_key(operation_id, sequence), plaintext)
+    records.put_sealed(batch_key(operation_id, sequence), plaintext, if_absent=True)
     batch = Batch(sequence, tail.digest, tuple(fresh), digest(plaintext))
     head = json.dumps({"v": FORMAT_VERSION, "sequence": sequence, "sha256": batch.digest}).encode()
     records.put_sealed(head_key(operation_id), head)
@@ -251,19 +352,27 @@ class Page:
 
 
 def read_verified_page(
-    records: OperationStore, operation_id: str | None, *, after: int = 0, max_events: int = 500
+    records: OperationStore,
+    operation_id: str | None,
+    *,
+    after: int = 0,
+    max_events: int = 500,
+    anchor: Head | None = None,
 ) -> Page:
     """Like ``read_page``, and verifies the chain as it goes, so a reader never reads a batch twice or holds more
     than one page.
 
     The page's batches must be contiguous after ``after`` and each must chain to the one before it, starting from
-    batch ``after`` itself (read once more as the anchor; genesis for the first page). The last page also checks
-    the head, so a removed tail is reported. A reader that follows ``next_after`` from the start and sees no
+    batch ``after`` itself (read once more; genesis for the first page); a batch holding an ``access_log.gap``
+    event (damage the appender found) is a problem too. The last page also checks the head and ``anchor`` (the head
+    kept outside S3, read *before* this call: it is written last, so it never names a batch a later listing
+    cannot see), so a removed tail is reported. A reader that follows ``next_after`` from the start and sees no
     problem on any page has verified the whole log, at the cost of one ``verify_chain``. ``ValidationFailed``
     (``cursor_invalid``) when ``after`` names no batch this log ever had.
     """
     problems: list[str] = []
-    prev = _anchor_digest(records, operation_id, after, problems)
+    head, head_error = _read_head_checked(records, operation_id)  # before the listing, for the same reason
+    prev = _cursor_digest(records, operation_id, after, problems, head, anchor)
     digests: dict[int, str] = {after: prev} if prev else {}
     events: list[AuditEvent] = []
     expected, last, next_after, batches = after + 1, after, None, 0
@@ -278,34 +387,40 @@ def read_verified_page(
             break
         if sequence != expected:
             problems.append(f"batch {expected} is missing (next stored is {sequence})")
+            prev = ""  # what batch ``sequence`` chains to is gone: the gap is the problem, not the link
         if batch is None:
             expected, last, prev = sequence + 1, sequence, ""
             continue
         if prev and not hmac.compare_digest(batch.prev, prev):
             problems.append(f"batch {sequence} does not chain to batch {sequence - 1} (edited or inserted)")
+        problems += _recorded_gaps(batch)
         events.extend(batch.events)
         batches += 1
         digests[sequence] = batch.digest
         expected, last, prev = sequence + 1, sequence, batch.digest
     if next_after is None:
         report = ChainReport(log=log_name(operation_id))
-        _check_head(records, operation_id, report, last, digests)
+        _check_head(report, last, digests, head, head_error, anchor)
         problems += report.problems
     return Page(events, next_after, batches, problems)
 
 
-def _anchor_digest(records: OperationStore, operation_id: str | None, after: int, problems: list[str]) -> str:
+def _cursor_digest(
+    records: OperationStore,
+    operation_id: str | None,
+    after: int,
+    problems: list[str],
+    head: Head | None,
+    anchor: Head | None,
+) -> str:
     """Digest of batch ``after`` (what the next batch must name as ``prev``); ``""`` when it cannot be known."""
     if after == 0:
         return GENESIS
     try:
         return read_batch(records, operation_id, after).digest
     except NotFound:
-        try:
-            head = _read_head(records, operation_id)
-        except StrongroomError:
-            head = None
-        if head is None or head[0] < after:
+        newest_known = max((h.sequence for h in (head, anchor) if h is not None), default=0)
+        if newest_known < after:
             raise ValidationFailed("after is not a cursor of this log", code="cursor_invalid") from None
         problems.append(f"batch {after} is missing")
     except StrongroomError as exc:
@@ -313,14 +428,25 @@ def _anchor_digest(records: OperationStore, operation_id: str | None, after: int
     return ""
 
 
+def _recorded_gaps(batch: Batch) -> list[str]:
+    """Damage the appender found and wrote into the log (``access_log.gap`` events): a problem for good."""
+    return [
+        f"batch {batch.sequence} records that the log was damaged before it: {event.reason or 'no detail'}"
+        for event in batch.events
+        if event.action == GAP_ACTION
+    ]
+
+
 # --- verification -----------------------------------------------------------------------------------------
 
 
-def verify_chain(records: OperationStore, operation_id: str | None) -> ChainReport:
+def verify_chain(records: OperationStore, operation_id: str | None, *, anchor: Head | None = None) -> ChainReport:
     """Check every batch of a log: it opens under its own key, numbers are contiguous from 1, each ``prev`` is the
-    digest of the batch before, and the head names the last batch. Never raises for a broken chain: it reports.
+    digest of the batch before, no batch records a gap, and the head (and ``anchor``, the head kept outside S3,
+    read before this call) names the last batch. Never raises for a broken chain: it reports.
     """
     report = ChainReport(log=log_name(operation_id))
+    head, head_error = _read_head_checked(records, operation_id)  # before the listing: see read_verified_page
     expected, prev = 1, GENESIS
     digests: dict[int, str] = {}
     for sequence, _key in _batch_keys(records, operation_id):
@@ -330,6 +456,7 @@ def verify_chain(records: OperationStore, operation_id: str | None) -> ChainRepo
                 if sequence > expected
                 else f"batch {sequence} is out of order"
             )
+            prev = ""  # the gap is the problem, not the link to the batch that is gone
         try:
             batch = read_batch(records, operation_id, sequence)
         except StrongroomError as exc:
@@ -338,32 +465,61 @@ def verify_chain(records: OperationStore, operation_id: str | None) -> ChainRepo
             continue
         if prev and not hmac.compare_digest(batch.prev, prev):
             report.problems.append(f"batch {sequence} does not chain to batch {sequence - 1} (edited or inserted)")
+        report.problems += _recorded_gaps(batch)
         report.batches += 1
         report.events += len(batch.events)
         digests[sequence] = batch.digest
         expected, prev = sequence + 1, batch.digest
-    _check_head(records, operation_id, report, expected - 1, digests)
+    _check_head(report, expected - 1, digests, head, head_error, anchor)
     return report
 
 
-def _check_head(
-    records: OperationStore, operation_id: str | None, report: ChainReport, last: int, digests: dict[int, str]
-) -> None:
+def _read_head_checked(records: OperationStore, operation_id: str | None) -> tuple[Head | None, str | None]:
+    """The head, or ``None`` and why it does not open."""
     try:
-        head = _read_head(records, operation_id)
+        return _read_head(records, operation_id), None
     except StrongroomError as exc:
-        report.problems.append(f"head does not verify ({exc.detail})")
+        return None, f"head does not verify ({exc.detail})"
+
+
+def _check_head(
+    report: ChainReport,
+    last: int,
+    digests: dict[int, str],
+    head: Head | None,
+    head_error: str | None,
+    anchor: Head | None,
+) -> None:
+    if anchor is not None:
+        _check_anchor(report, last, digests, head, anchor)
+    if head_error is not None:
+        report.problems.append(head_error)
         return
     if head is None:
         if last:
             report.problems.append("head is missing while batches exist")
         return
-    report.head_sequence, head_digest = head
-    if head[0] > last:
-        report.problems.append(f"batches {last + 1}..{head[0]} named by the head are missing (tail removed)")
-    elif head[0] in digests and not hmac.compare_digest(digests[head[0]], head_digest):
-        report.problems.append(f"batch {head[0]} differs from the digest in the head")
-    elif head[0] < last:
+    report.head_sequence = head.sequence
+    if head.sequence > last:
+        report.problems.append(f"batches {last + 1}..{head.sequence} named by the head are missing (tail removed)")
+    elif head.sequence in digests and not hmac.compare_digest(digests[head.sequence], head.digest):
+        report.problems.append(f"batch {head.sequence} differs from the digest in the head")
+    elif head.sequence < last:
         report.warnings.append(
-            f"head is {last - head[0]} batch(es) behind: an append was interrupted (the next append repairs it)"
+            f"head is {last - head.sequence} batch(es) behind: an append was interrupted (the next append repairs it)"
+        )
+
+
+def _check_anchor(report: ChainReport, last: int, digests: dict[int, str], head: Head | None, anchor: Head) -> None:
+    """The head kept outside S3 is written after head.json: a head.json older than it was rolled back, and a batch
+    it names must still be there with its digest."""
+    if anchor.sequence > last and (head is None or head.sequence < anchor.sequence):  # else the head says it
+        report.problems.append(
+            f"batches {last + 1}..{anchor.sequence} named by the head kept outside S3 are missing (tail removed)"
+        )
+    elif anchor.sequence in digests and not hmac.compare_digest(digests[anchor.sequence], anchor.digest):
+        report.problems.append(f"batch {anchor.sequence} differs from the digest in the head kept outside S3")
+    if head is not None and head.sequence < anchor.sequence:
+        report.problems.append(
+            f"head.json names batch {head.sequence}, older than batch {anchor.sequence} kept outside S3 (rolled back)"
         )

@@ -235,6 +235,11 @@ def redis_job_lock(job: str) -> str:
     return f"{REDIS_PREFIX}lock:job:{job}"
 
 
+def redis_audit_head(log: str) -> str:
+    """The newest (sequence, digest) appended to a log (``global`` or an operation id): the head kept outside S3."""
+    return f"{REDIS_PREFIX}audit:head:{log}"
+
+
 REDIS_WORKERS = f"{REDIS_PREFIX}workers"  # sorted set: worker name -> last heartbeat (unix seconds)
 REDIS_AUDIT_STREAM = f"{REDIS_PREFIX}audit:events"  # accepted accesses and worker changes; trimmed only as a bound
 # Refusals of requests that proved nobody: capped on their own, so their volume never trims REDIS_AUDIT_STREAM.

@@ -205,6 +205,7 @@ AuditAction = Literal[
     "operation.finished",
     "operation.expired",
     "access_log.read",
+    "access_log.gap",  # written by the worker: the log was found damaged when this batch was appended
     "key.rotated",
 ]
 

@@ -34,8 +34,9 @@ class OperationStore:
 
     # --- sealed blobs -------------------------------------------------------------------------------------
 
-    def put_sealed(self, key: str, plaintext: bytes) -> None:
-        self.store.put_bytes(key, self.keyring.encrypt(plaintext, key.encode()))
+    def put_sealed(self, key: str, plaintext: bytes, *, if_absent: bool = False) -> None:
+        """Seal and store; ``if_absent`` never replaces an existing object (``Conflict`` ``object_exists``)."""
+        self.store.put_bytes(key, self.keyring.encrypt(plaintext, key.encode()), if_absent=if_absent)
 
     def get_sealed(self, key: str) -> bytes:
         return self.keyring.decrypt(self.store.get_bytes(key), key.encode())

@@ -214,17 +214,28 @@ async def access_log(request: Request) -> Response:
     operation_id = record(request).id
     after, limit = _log_params(request)
     svc = services(request)
+    anchor = await _log_anchor(request, operation_id)  # before the listing: it is written last
     page = await blocking(
-        lambda: audit_log.read_verified_page(svc.records, operation_id, after=after, max_events=limit)
+        lambda: audit_log.read_verified_page(svc.records, operation_id, after=after, max_events=limit, anchor=anchor)
     )
     return json_response(
         {
             "events": [e.model_dump(mode="json") for e in page.events],
             "chain_valid": page.chain_valid,
+            "problems": page.problems,
             "batches": page.batches,
             "next_cursor": None if page.next_after is None else str(page.next_after),
         }
     )
+
+
+async def _log_anchor(request: Request, operation_id: str) -> audit_log.Head | None:
+    """The log's head as the worker recorded it in Redis, so a tail deleted in S3 shows in ``problems``."""
+    try:
+        raw = await services(request).redis.get(audit_log.anchor_key(operation_id))
+    except RedisError as exc:
+        raise Unavailable("the access log cannot be checked right now", code="redis_unavailable") from exc
+    return audit_log.parse_anchor(raw)
 
 
 def _log_params(request: Request) -> tuple[int, int]:

@@ -36,8 +36,14 @@ class ObjectStore(Protocol):
     def ping(self) -> None:
         """Raise ``Unavailable`` unless the bucket is reachable with our credentials."""
 
-    def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
-        """Store a small object in one PUT, with a SHA-256 checksum the server verifies."""
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str = "application/octet-stream", if_absent: bool = False
+    ) -> None:
+        """Store a small object in one PUT, with a SHA-256 checksum the server verifies.
+
+        ``if_absent``: never replace an existing object (S3 ``If-None-Match: *``); ``Conflict`` (``object_exists``)
+        if ``key`` exists. On a server that does not support conditional writes this is a plain PUT.
+        """
 
     def put_file(
         self, key: str, src: BinaryIO, *, size: int, sha256_hex: str, content_type: str = "application/octet-stream"

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 from urllib.parse import quote, urlencode
 
-from shared.errors import NotFound, StorageError, Unavailable, ValidationFailed
+from shared.errors import Conflict, NotFound, StorageError, Unavailable, ValidationFailed
 from shared.storage.base import ObjectInfo, PresignedUrl
 from shared.storage.s3 import READ_CHUNK, content_disposition
 
@@ -58,9 +58,15 @@ class MemoryObjectStore:
         if not self.bucket_exists:
             raise Unavailable("S3 bucket not reachable: bucket does not exist")
 
-    def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
-        """Store a small object in one PUT, with a SHA-256 checksum the server verifies."""
-        self._store(key, bytes(data), content_type)
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str = "application/octet-stream", if_absent: bool = False
+    ) -> None:
+        """Store a small object in one PUT, with a SHA-256 checksum the server verifies.
+
+        ``if_absent``: never replace an existing object (S3 ``If-None-Match: *``); ``Conflict`` (``object_exists``)
+        if ``key`` exists. On a server that does not support conditional writes this is a plain PUT.
+        """
+        self._store(key, bytes(data), content_type, if_absent=if_absent)
 
     def put_file(
         self, key: str, src: BinaryIO, *, size: int, sha256_hex: str, content_type: str = "application/octet-stream"
@@ -166,11 +172,13 @@ class MemoryObjectStore:
         if not self.bucket_exists:
             raise StorageError("bucket does not exist (run `strongroom init` to create it)", code="bucket_missing")
 
-    def _store(self, key: str, data: bytes, content_type: str) -> None:
+    def _store(self, key: str, data: bytes, content_type: str, *, if_absent: bool = False) -> None:
         self._check_bucket()
         checksum = b64encode(hashlib.sha256(data).digest()).decode("ascii")
         obj = _Object(data, content_type, datetime.now(UTC), checksum)
         with self._lock:
+            if if_absent and key in self._objects:
+                raise Conflict(f"object {key} already exists", code="object_exists")
             if key not in self._objects:
                 bisect.insort(self._keys, key)
             self._objects[key] = obj

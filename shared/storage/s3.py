@@ -48,7 +48,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from shared.errors import NotFound, StorageError, StrongroomError, Unavailable, ValidationFailed
+from shared.errors import Conflict, NotFound, StorageError, StrongroomError, Unavailable, ValidationFailed
 from shared.logging import get_logger
 from shared.storage.base import ObjectInfo, PresignedUrl
 from shared.storage.parts import PartSource, SendPart, SourceWindow, send_parts
@@ -79,6 +79,9 @@ _DENIED = frozenset({"AccessDenied", "403", "Forbidden", "SignatureDoesNotMatch"
 _UNAVAILABLE = frozenset(
     {"SlowDown", "ServiceUnavailable", "503", "InternalError", "500", "RequestTimeout", "RequestTimeTooSkewed"}
 )
+# A conditional PUT (If-None-Match: *) found the key taken; 409 is AWS's answer to a concurrent conditional write.
+_EXISTS = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
+_NOT_IMPLEMENTED = frozenset({"NotImplemented", "501"})
 _CODE_TABLE: dict[frozenset[str], tuple[type[StrongroomError], str, str]] = {
     # codes: (exception, our code, message template; {op} and {key} are filled in)
     _NOT_FOUND: (NotFound, "not_found", "object {key} not found"),
@@ -256,17 +259,43 @@ class S3ObjectStore:
 
     # --- writes ---------------------------------------------------------------------------------------
 
-    def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
-        """Store a small object in one PUT, with a SHA-256 checksum the server verifies."""
-        with translate_errors("PutObject", key):
-            self.client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentType=content_type,
-                ChecksumSHA256=_b64(hashlib.sha256(data).digest()),
-                **self._sse,  # type: ignore[arg-type]
-            )
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str = "application/octet-stream", if_absent: bool = False
+    ) -> None:
+        """Store a small object in one PUT, with a SHA-256 checksum the server verifies.
+
+        ``if_absent``: never replace an existing object (S3 ``If-None-Match: *``); ``Conflict`` (``object_exists``)
+        if ``key`` exists. On a server that does not support conditional writes this is a plain PUT.
+
+        AWS S3, MinIO and SeaweedFS (3.97 and later) honour the condition. A server that refuses it as not
+        implemented gets the plain PUT (logged); one that ignores the header silently cannot be told apart.
+        """
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": data,
+            "ContentType": content_type,
+            "ChecksumSHA256": _b64(hashlib.sha256(data).digest()),
+            **self._sse,
+        }
+        if not if_absent:
+            with translate_errors("PutObject", key):
+                self.client.put_object(**args)
+            return
+        try:
+            self.client.put_object(**args, IfNoneMatch="*")
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _EXISTS:
+                raise Conflict(f"object {key} already exists", code="object_exists") from None
+            if code not in _NOT_IMPLEMENTED:
+                raise map_client_error(exc, "PutObject", key) from None
+            log.warning("conditional write unsupported; plain PUT", key=key)
+            with translate_errors("PutObject", key):
+                self.client.put_object(**args)
+        except BotoCoreError:
+            with translate_errors("PutObject", key):
+                raise
 
     def put_file(
         self, key: str, src: BinaryIO, *, size: int, sha256_hex: str, content_type: str = "application/octet-stream"

@@ -33,7 +33,8 @@ def run_audit_verify(args: argparse.Namespace) -> int:
     if target is not None:
         layout.operation_prefix(target)  # refuse a malformed id before touching S3
     services = _services()
-    report = audit_log.verify_chain(services.records, target)
+    anchor = audit_log.read_anchor(services.redis, target)  # before the listing: it is written last
+    report = audit_log.verify_chain(services.records, target, anchor=anchor)
     doc = report.as_dict()
     ok = report.ok
     if args.anchor:

@@ -431,6 +431,38 @@ def test_access_log_returns_events_and_chain_state(api: ApiHarness, client: Test
     assert [e["id"] for e in body["events"]] == [events[0].id]
 
 
+def test_access_log_shows_the_grantee_a_deleted_tail_and_the_gap_the_next_append_records(
+    api: ApiHarness, client: TestClient
+) -> None:
+    """Issue 10 item 5: the tail and head.json deleted in S3 show in ``problems`` at once (the head kept in Redis
+    names the missing batch), and after the next append the gap is an event in the log itself."""
+    record = api.make_record()
+
+    def append() -> None:  # as the worker does: continue from the head kept in Redis, then move it
+        anchor = audit_log.read_anchor(api.sync_redis, record.id)
+        event = new_event(action="operation.read", result="allowed", operation_id=record.id)
+        batch = audit_log.append_batch(api.records, record.id, [event], anchor=anchor)
+        assert batch is not None
+        audit_log.write_anchor(api.sync_redis, record.id, audit_log.Head(batch.sequence, batch.digest), ttl=600)
+
+    for _ in range(3):
+        append()
+    api.store.delete(audit_log.batch_key(record.id, 3))
+    api.store.delete(audit_log.head_key(record.id))
+    body = api.signed(client, "GET", f"{OPS}/{record.id}/access-log").json()
+    assert body["chain_valid"] is False and body["batches"] == 2
+    assert any("batches 3..3" in p and "tail removed" in p for p in body["problems"]), body["problems"]
+
+    append()
+    body = api.signed(client, "GET", f"{OPS}/{record.id}/access-log").json()
+    assert body["chain_valid"] is False
+    assert [e["action"] for e in body["events"]][-2:] == ["access_log.gap", "operation.read"]
+    assert any("batch 3 is missing" in p for p in body["problems"]), body["problems"]
+    assert any("batch 4 records that the log was damaged" in p for p in body["problems"]), body["problems"]
+    schema = {**DOCUMENT["components"]["schemas"]["AccessLogResponse"], "components": DOCUMENT["components"]}
+    assert not [e.message for e in Draft202012Validator(schema).iter_errors(body)]  # the documented shape
+
+
 def test_access_log_is_paginated_with_after_and_limit(api: ApiHarness, client: TestClient) -> None:
     record = api.make_record()
     written = []

@@ -239,14 +239,30 @@ def _route(services: Services, events: dict[Ref, AuditEvent]) -> dict[str | None
 
 
 def _append(services: Services, target: str | None, events: list[AuditEvent]) -> int:
+    """Append under the log's lock, continuing from the later of head.json and the head kept in Redis (so deleting
+    the tail and head.json in S3 does not make the log forget them), then move the Redis head."""
     with _log_lock(services, target):
-        batch = audit_log.append_batch(services.records, target, events)
+        anchor = audit_log.read_anchor(services.redis, target)
+        batch = audit_log.append_batch(services.records, target, events, anchor=anchor)
+        if batch is not None:
+            head = audit_log.Head(batch.sequence, batch.digest)
+            audit_log.write_anchor(services.redis, target, head, ttl=_anchor_ttl(services, target))
     if batch is None:
         return 0
+    stored = len(batch.events)
+    first = batch.events[0]
+    if first.action == audit_log.GAP_ACTION:  # written by append_batch, not one of ``events``
+        stored -= 1
+        log.error("audit_log_gap", log=audit_log.log_name(target), sequence=batch.sequence, found=first.reason)
     # The external anchor (docs/audit-log.md): shipped to a log store the S3 writer cannot edit, this line is what
     # exposes a rolled-back head.json; a digest of a batch of random-id events reveals nothing of its content.
     log.info("audit_head", log=audit_log.log_name(target), sequence=batch.sequence, sha256=batch.digest)
-    return len(batch.events)
+    return stored
+
+
+def _anchor_ttl(services: Services, target: str | None) -> int | None:
+    """An operation's log is gone once the lifecycle rule expires its prefix; the global log is kept."""
+    return None if target is None else services.settings.lifecycle_days * 24 * 3600
 
 
 def anchor_problems(services: Services, operation_id: str | None, sequence: int, sha256: str) -> list[str]:

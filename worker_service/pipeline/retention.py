@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from shared import layout
+from shared import audit_log, layout
 from shared.errors import CryptoError, NotFound, StrongroomError
 from shared.events import new_event, publish
 from shared.logging import get_logger
@@ -84,6 +84,7 @@ def _delete_operation(services: Services, operation_id: str, now: datetime) -> b
                 batch = []
         if batch:
             services.store.delete_many(batch)
+        audit_log.delete_anchor(services.redis, operation_id)  # its log is gone with it, by design
         services.store.delete(record_key)
     log.info("operation_expired", operation_id=operation_id, artifacts=len(record.artifacts))
     return True

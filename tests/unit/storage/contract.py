@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shared.errors import NotFound, StorageError, StrongroomError, Unavailable, ValidationFailed
+from shared.errors import Conflict, NotFound, StorageError, StrongroomError, Unavailable, ValidationFailed
 from shared.storage import ObjectStore
 
 MiB = 1024 * 1024
@@ -79,6 +79,15 @@ class ObjectStoreContract:
         store.put_bytes(key, b"second!")
         assert store.get_bytes(key) == b"second!"
         assert store.head(key).size == 7
+
+    def test_put_if_absent_never_replaces_an_object(self, store: ObjectStore, prefix: str) -> None:
+        """``If-None-Match: *``: what the access log relies on so a batch is never overwritten."""
+        key = prefix + "once"
+        store.put_bytes(key, b"first", if_absent=True)
+        with pytest.raises(Conflict) as exc:
+            store.put_bytes(key, b"second", if_absent=True)
+        assert exc.value.code == "object_exists"
+        assert store.get_bytes(key) == b"first"
 
     def test_missing_object_is_not_found(self, store: ObjectStore, prefix: str) -> None:
         key = prefix + "absent"

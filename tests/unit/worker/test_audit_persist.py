@@ -106,7 +106,7 @@ def test_a_failed_s3_write_leaves_the_entries_pending_for_the_next_call(
     store_operation(services, record)
     publish(client, _event(record.id))
 
-    def fail(*_args: Any) -> None:
+    def fail(*_args: Any, **_kwargs: Any) -> None:
         raise StorageError("S3 said no")
 
     monkeypatch.setattr(audit_log, "append_batch", fail)
