@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
