@@ -22,6 +22,15 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class PendingUpload:
+    """A multipart upload that was started and neither completed nor aborted (its parts use space)."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+@dataclass(frozen=True)
 class PresignedUrl:
     url: str
     expires_at: datetime
@@ -67,6 +76,12 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str, *, start_after: str | None = None, limit: int | None = None) -> Iterator[ObjectInfo]:
         """Objects under ``prefix`` in ascending key order, after ``start_after``, at most ``limit``."""
+
+    def list_uploads(self, prefix: str) -> Iterator[PendingUpload]:
+        """Multipart uploads under ``prefix`` that were neither completed nor aborted."""
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        """Abort a pending multipart upload and free its parts; an upload already gone is not an error."""
 
     def delete(self, key: str) -> None:
         """Delete one object; deleting a missing object is not an error (idempotent)."""

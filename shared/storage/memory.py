@@ -20,7 +20,7 @@ from typing import BinaryIO
 from urllib.parse import quote, urlencode
 
 from shared.errors import Conflict, NotFound, StorageError, Unavailable, ValidationFailed
-from shared.storage.base import ObjectInfo, PresignedUrl
+from shared.storage.base import ObjectInfo, PendingUpload, PresignedUrl
 from shared.storage.s3 import READ_CHUNK, content_disposition
 
 
@@ -134,6 +134,15 @@ class MemoryObjectStore:
                     break
                 found.append(self._info(key, self._objects[key], with_checksum=False))
         return iter(found)
+
+    def list_uploads(self, prefix: str) -> Iterator[PendingUpload]:
+        """Multipart uploads under ``prefix`` that were neither completed nor aborted."""
+        self._check_bucket()
+        return iter([])  # ``put_file`` here is all or nothing: no upload is ever left pending
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        """Abort a pending multipart upload and free its parts; an upload already gone is not an error."""
+        self._check_bucket()
 
     def delete(self, key: str) -> None:
         """Delete one object; deleting a missing object is not an error (idempotent)."""

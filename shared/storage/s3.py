@@ -50,7 +50,7 @@ from botocore.exceptions import (
 
 from shared.errors import Conflict, NotFound, StorageError, StrongroomError, Unavailable, ValidationFailed
 from shared.logging import get_logger
-from shared.storage.base import ObjectInfo, PresignedUrl
+from shared.storage.base import ObjectInfo, PendingUpload, PresignedUrl
 from shared.storage.parts import PartSource, SendPart, SourceWindow, send_parts
 
 if TYPE_CHECKING:
@@ -385,7 +385,7 @@ class S3ObjectStore:
             with translate_errors("AbortMultipartUpload", key):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except StrongroomError as exc:
-            # The lifecycle rule aborts it after a day; the original error is the one worth raising.
+            # The orphan sweep (and, on AWS, the lifecycle rule) aborts it later; the original error is worth more.
             log.warning("multipart abort failed", key=key, error=exc.code)
 
     def _verify_stored(self, key: str, size: int, expected_b64: str) -> None:
@@ -464,6 +464,27 @@ class S3ObjectStore:
                         remaining -= 1
                         if remaining == 0:
                             return
+
+    # --- pending multipart uploads ---------------------------------------------------------------------
+
+    def list_uploads(self, prefix: str) -> Iterator[PendingUpload]:
+        """Multipart uploads under ``prefix`` that were neither completed nor aborted."""
+        with translate_errors("ListMultipartUploads", prefix):
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for upload in page.get("Uploads", []):
+                    yield PendingUpload(upload["Key"], upload["UploadId"], upload["Initiated"])
+
+    def abort_upload(self, upload: PendingUpload) -> None:
+        """Abort a pending multipart upload and free its parts; an upload already gone is not an error."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise map_client_error(exc, "AbortMultipartUpload", upload.key) from None
+        except BotoCoreError:
+            with translate_errors("AbortMultipartUpload", upload.key):
+                raise
 
     # --- deletes --------------------------------------------------------------------------------------
 

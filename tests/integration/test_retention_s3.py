@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from botocore.exceptions import ClientError
 from s3_pipeline_support import now, private_services, record
 
 from shared import audit_log, layout
@@ -70,3 +71,42 @@ def test_bucket_lifecycle_backstop_expires_operations_after_retention_plus_grace
     expiry = [r for r in rules if "Expiration" in r]
     assert expiry and expiry[0]["Expiration"]["Days"] == services.settings.artifact_retention_days + 3
     assert expiry[0]["Filter"]["Prefix"] == "operations/"
+
+
+def test_the_lifecycle_rule_also_aborts_incomplete_multipart_uploads(services: Services) -> None:
+    rules = services.store.client.get_bucket_lifecycle_configuration(Bucket=services.store.bucket)["Rules"]  # type: ignore[attr-defined]
+    aborts = [r["AbortIncompleteMultipartUpload"] for r in rules if "AbortIncompleteMultipartUpload" in r]
+    assert aborts == [{"DaysAfterInitiation": 1}]
+
+
+def _start_upload(services: Services, key: str) -> str:
+    """A multipart upload with one 5 MiB part, never completed: what a worker killed mid-store leaves."""
+    client, bucket = services.store.client, services.store.bucket  # type: ignore[attr-defined]
+    upload_id: str = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"p" * (5 * 1024 * 1024))
+    return upload_id
+
+
+def test_sweep_aborts_stale_multipart_uploads_and_their_parts_are_gone(services: Services) -> None:
+    """Issue 10 item 6: parts of an upload nobody will complete are freed by the sweep, not kept forever."""
+    client, bucket = services.store.client, services.store.bucket  # type: ignore[attr-defined]
+    dead = record(created=now())
+    services.records.create(dead, {})
+    live = record(created=now(), status="running")
+    services.records.create(live, {})
+    services.redis.set(layout.redis_run_lease(live.id), "a-live-run", ex=600)
+    dead_key = layout.artifacts_prefix(dead.id) + "run-x/report.md.enc"
+    live_key = layout.artifacts_prefix(live.id) + "run-y/report.md.enc"
+    dead_upload, live_upload = _start_upload(services, dead_key), _start_upload(services, live_key)
+    assert client.list_parts(Bucket=bucket, Key=dead_key, UploadId=dead_upload)["Parts"]
+
+    assert retention.sweep_orphans(services) == 0  # young: could be an upload in flight
+    assert retention.sweep_orphans(services, now=now() + timedelta(hours=7)) == 1
+    pending = client.list_multipart_uploads(Bucket=bucket, Prefix=layout.OPERATIONS).get("Uploads", [])
+    assert [u["UploadId"] for u in pending] == [live_upload]  # the live run keeps its upload
+    with pytest.raises(ClientError) as exc:
+        client.list_parts(Bucket=bucket, Key=dead_key, UploadId=dead_upload)
+    assert exc.value.response["Error"]["Code"] == "NoSuchUpload"  # the parts are gone with it
+    services.redis.delete(layout.redis_run_lease(live.id))
+    assert retention.sweep_orphans(services, now=now() + timedelta(hours=7)) == 1
+    assert client.list_multipart_uploads(Bucket=bucket, Prefix="").get("Uploads", []) == []

@@ -104,7 +104,8 @@ def sweep_orphans(services: Services, min_age: timedelta = timedelta(hours=1), n
     Two kinds: artifact/embedded objects of an operation whose record does not name them (a run that crashed
     after uploading, an artifact deleted while a crash interrupted its removal), and every object of a prefix
     that has no record at all (a create or a cleanup that crashed half-way). ``min_age`` keeps in-flight uploads
-    and creates safe; an operation whose run lease is alive is skipped entirely.
+    and creates safe; an operation whose run lease is alive is skipped entirely. Then multipart uploads left
+    pending for ``UPLOAD_MIN_AGE`` are aborted (``abort_stale_uploads``); the count includes them.
     """
     now = now or datetime.now(UTC)
     cutoff = now - min_age
@@ -119,7 +120,45 @@ def sweep_orphans(services: Services, min_age: timedelta = timedelta(hours=1), n
             services.store.delete_many(doomed)
             deleted += len(doomed)
             log.info("orphans_deleted", operation_id=operation_id, count=len(doomed))
-    return deleted
+    return deleted + abort_stale_uploads(services, now - max(min_age, UPLOAD_MIN_AGE))
+
+
+# Longer than any upload takes (a part is 8 MiB; at 1 MiB/s a 10 GiB artifact needs under 3 hours), shorter than
+# the lifecycle rule's one day, which not every S3-compatible server enforces.
+UPLOAD_MIN_AGE = timedelta(hours=6)
+UPLOAD_PREFIXES = (layout.OPERATIONS, layout.GLOBAL_AUDIT, layout.GRANTEES)  # everything this service writes
+
+
+def abort_stale_uploads(services: Services, cutoff: datetime) -> int:
+    """Abort multipart uploads under our prefixes started before ``cutoff`` (a worker killed mid-upload, or an
+    abort that failed when S3 dropped); their parts use space and outlive the operation otherwise. An upload of
+    an operation whose run lease is alive is left to that run. Returns how many were aborted."""
+    aborted = 0
+    for prefix in UPLOAD_PREFIXES:
+        try:
+            stale = [u for u in services.store.list_uploads(prefix) if u.initiated <= cutoff]
+        except StrongroomError as exc:
+            log.warning("upload_sweep_skipped", prefix=prefix, error=exc.code)
+            continue
+        for upload in stale:
+            operation_id = _operation_of(upload.key)
+            if operation_id and services.redis.exists(layout.redis_run_lease(operation_id)):
+                continue
+            try:
+                services.store.abort_upload(upload)
+            except StrongroomError as exc:
+                log.warning("upload_abort_failed", key=upload.key, error=exc.code)
+                continue
+            aborted += 1
+            log.info("stale_upload_aborted", key=upload.key, initiated=upload.initiated.isoformat())
+    return aborted
+
+
+def _operation_of(key: str) -> str | None:
+    if not key.startswith(layout.OPERATIONS):
+        return None
+    candidate = key[len(layout.OPERATIONS) :].split("/", 1)[0]
+    return candidate if layout.is_operation_id(candidate) else None
 
 
 def _orphans_of(services: Services, operation_id: str, objects: list[ObjectInfo], cutoff: datetime) -> list[str]:
