@@ -8,13 +8,15 @@ is an error carries ``application/problem+json``.
 
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from shared.agents import AgentList
+from api_service.endpoints.operations import CURSOR_PATTERN, LOG_CURSOR_PATTERN
+from shared.agents import AgentList, agent_names
 from shared.models import (
     ArtifactCollection,
     AuditEvent,
@@ -24,9 +26,11 @@ from shared.models import (
     GetOperationResponse,
     OperationStatus,
 )
+from shared.settings import Settings
 
 OPENAPI_PATH = "/api/v1/openapi.json"
 OPERATION_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,47}_[a-z2-7]{26}$"
+PUBLIC_KEY_PATTERN = r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$"  # base64 of exactly 32 bytes
 REF = "#/components/schemas/{model}"
 
 
@@ -219,7 +223,7 @@ def _paths() -> dict[str, Any]:
                 operationId="listOperations",
                 parameters=[
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": CURSOR_PATTERN}},
                     {"name": "status", "in": "query", "schema": {"type": "string", "enum": status_values}},
                 ],
             ),
@@ -285,7 +289,7 @@ def _paths() -> dict[str, Any]:
                         "name": "after",
                         "in": "query",
                         "description": "next_cursor of the previous page; omit for the first page",
-                        "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,11}$"},
+                        "schema": {"type": "string", "pattern": LOG_CURSOR_PATTERN},
                     },
                     {
                         "name": "limit",
@@ -318,9 +322,25 @@ def _unsigned(summary: str, responses: dict[str, Any], operation_id: str) -> dic
     return {"summary": summary, "operationId": operation_id, "security": [], "responses": responses}
 
 
-@lru_cache(maxsize=1)
-def openapi_document() -> dict[str, Any]:
-    """The whole document (cached: it depends on code only, not on settings)."""
+def openapi_document(settings: Settings | None = None) -> dict[str, Any]:
+    """The whole document, as strict as this server: what it refuses with 422 is not schema-valid (the agents it
+    offers as an enum, its retention maximum, the key and cursor formats), so a schema-driven client never sends
+    it. ``settings`` defaults to the built-in configuration (the environment is not read)."""
+    settings = settings or Settings.from_env({"REDIS_URL": "redis://unused"})  # only agents and retention are read
+    return _document(tuple(sorted(agent_names(settings))), settings.artifact_retention_days)
+
+
+@lru_cache(maxsize=8)
+def _document(agents: tuple[str, ...], max_retention_days: int) -> dict[str, Any]:
+    schemas = copy.deepcopy(_schemas())
+    create = schemas["CreateOperationRequest"]["properties"]
+    create["agent"]["enum"] = list(agents)
+    create["agent"]["description"] = "one of the agents this server offers (GET /api/v1/agents)"
+    create["encryption_public_key"]["pattern"] = PUBLIC_KEY_PATTERN
+    create["encryption_public_key"]["description"] = "the grantee's X25519 public key, base64 of 32 bytes"
+    for branch in create["retention_days"]["anyOf"]:
+        if branch.get("type") == "integer":
+            branch["maximum"] = max_retention_days
     return {
         "openapi": "3.1.0",
         "info": {
@@ -331,7 +351,7 @@ def openapi_document() -> dict[str, Any]:
         "servers": [{"url": "/"}],
         "paths": _paths(),
         "components": {
-            "schemas": _schemas(),
+            "schemas": schemas,
             "securitySchemes": {
                 "erc8128": {"type": "apiKey", "in": "header", "name": "Signature", "description": _SIGNATURE_DOC}
             },

@@ -9,4 +9,4 @@ from api_service.openapi import openapi_document
 
 
 async def openapi_json(request: Request) -> Response:
-    return JSONResponse(openapi_document())
+    return JSONResponse(openapi_document(request.app.state.settings))

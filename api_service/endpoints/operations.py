@@ -41,8 +41,10 @@ MAX_PAGE = 100
 DEFAULT_LOG_PAGE = 500  # events; a page is whole batches, at least one
 MAX_LOG_PAGE = 1000
 _LIMIT_RE = re.compile(r"[0-9]{1,6}")
-_LOG_CURSOR_RE = re.compile(r"[1-9][0-9]{0,11}")  # a batch sequence (access-log page cursor)
-_CURSOR_RE = re.compile(r"^[0-9]{12}_[a-z0-9][a-z0-9-]{0,47}_[a-z2-7]{26}$")
+LOG_CURSOR_PATTERN = r"^[1-9][0-9]{0,11}$"  # a batch sequence (access-log page cursor); the OpenAPI document too
+CURSOR_PATTERN = r"^[0-9]{12}_[a-z0-9][a-z0-9-]{0,47}_[a-z2-7]{26}$"  # an operation list cursor
+_LOG_CURSOR_RE = re.compile(LOG_CURSOR_PATTERN)
+_CURSOR_RE = re.compile(CURSOR_PATTERN)
 _FIELD_CODES = {
     "agent": "agent_unknown",
     "input": "input_invalid",

@@ -649,3 +649,27 @@ def test_header_limits_apply_whatever_server_runs_the_app(redis_url: str) -> Non
         )
         assert_problem(client.get("/healthz", headers={"x-big": "a" * 5000}), 431, "request_header_fields_too_large")
         assert client.get("/healthz", headers={f"x-h{i}": "1" for i in range(5)}).status_code == 200
+
+
+def test_the_served_openapi_document_is_as_strict_as_the_server(redis_url: str) -> None:
+    """Issue 10, item 13: every value below is refused with 422 by the server, so it must not be schema-valid;
+    the agent enum is this server's configured agents."""
+    agents = json.dumps({"echo-agent": {"command": ["echo", "{prompt}"]}})
+    api = ApiHarness(redis_url, agents=agents, artifact_retention_days=7)
+    with api.client() as client:
+        document = client.get("/api/v1/openapi.json").json()
+        schemas = document["components"]["schemas"]
+        create = Draft202012Validator({**schemas["CreateOperationRequest"], "$defs": schemas})
+        good = create_body(api, agent="echo-agent", retention_days=7)
+        assert create.is_valid(good)
+        for changes in ({"agent": "nope"}, {"retention_days": 8}, {"encryption_public_key": "AAAA"}):
+            assert not create.is_valid({**good, **changes}), changes
+            assert api.signed(client, "POST", OPS, body={**good, **changes}).status_code == 422
+        params = {p["name"]: p["schema"] for p in document["paths"][OPS]["get"]["parameters"]}
+        log = f"{OPS}/{{operation_id}}/access-log"
+        params |= {
+            "after": next(p["schema"] for p in document["paths"][log]["get"]["parameters"] if p["name"] == "after")
+        }
+        for name, value in (("cursor", "not-a-cursor"), ("after", "0"), ("after", "x")):
+            assert not Draft202012Validator(params[name]).is_valid(value), (name, value)
+        assert api.signed(client, "GET", f"{OPS}?cursor=not-a-cursor").json()["code"] == "cursor_invalid"
