@@ -49,8 +49,12 @@ def new_operation_id(agent: str) -> str:
     return f"{agent}_{b32encode(secrets.token_bytes(16)).decode().rstrip('=').lower()}"
 
 
+def is_agent_name(agent: str) -> bool:
+    return bool(_AGENT_RE.fullmatch(agent))
+
+
 def validate_agent_name(agent: str) -> str:
-    if not _AGENT_RE.fullmatch(agent):
+    if not is_agent_name(agent):
         raise ValidationFailed("agent must be lowercase letters, digits and '-'", code="agent_invalid")
     return agent
 

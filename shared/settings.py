@@ -212,6 +212,17 @@ class Settings:
         "STRONGROOM_WORK_DIR", "", "Where agents get their fresh working directories (default: system temp)."
     )
 
+    # --- grants: who may start which agent ---
+    grants_source: str = _opt(
+        "STRONGROOM_GRANTS_SOURCE",
+        "",
+        "`open` (anyone may run every agent, no quotas) or `static` (the grants in STRONGROOM_GRANTS_FILE). "
+        "Development defaults to `open`; production requires it to be set (docs/grants.md).",
+    )
+    grants_file: Path | None = _opt(
+        "STRONGROOM_GRANTS_FILE", "", "YAML/JSON grants file for `static`; re-read when it changes."
+    )
+
     # --- background jobs and quotas ---
     cleanup_interval: int = _opt("STRONGROOM_CLEANUP_INTERVAL", "3600", "Seconds between expiry sweeps.")
     monitor_interval: int = _opt("STRONGROOM_MONITOR_INTERVAL", "300", "Seconds between resource checks.")
@@ -283,6 +294,8 @@ class Settings:
                 raise ConfigError("STRONGROOM_AGENTS", "an agent's description must be a string")
         if self.keyring and self.keyring_file:
             raise ConfigError("STRONGROOM_KEYRING", "set either STRONGROOM_KEYRING or STRONGROOM_KEYRING_FILE")
+        if self.grants_source == "static" and not self.grants_file:
+            raise ConfigError("STRONGROOM_GRANTS_FILE", "is required when STRONGROOM_GRANTS_SOURCE=static")
         if self.signature_max_window > 3600:
             raise ConfigError("STRONGROOM_SIGNATURE_MAX_WINDOW", "must be at most 3600 seconds")
         if not 1 <= self.presign_ttl <= 7 * 24 * 3600:
@@ -302,6 +315,11 @@ class Settings:
                 "is required when STRONGROOM_ENV=production (the host[:port] clients sign as @authority): "
                 "without it a request signed for another deployment would be accepted here",
             )
+
+    @property
+    def resolved_grants_source(self) -> str:
+        """The grant source in use: as configured, else ``open`` (development's default)."""
+        return self.grants_source or "open"
 
     @property
     def lifecycle_days(self) -> int:
@@ -385,6 +403,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "delivery_mode": ("presigned", "proxy"),
     "embedded_artifacts": ("on", "deprecated", "off"),
     "agent_network": ("allowed", "none"),
+    "grants_source": ("", "open", "static"),
 }
 _POSITIVE_INTS = {
     "api_port",
@@ -421,6 +440,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "api_metrics_port": lambda var, raw: _int(var, raw, 0),
     "keyring_file": lambda var, raw: Path(raw) if raw else None,
     "work_dir": lambda var, raw: Path(raw) if raw else None,
+    "grants_file": lambda var, raw: Path(raw) if raw else None,
     "agent_user": lambda var, raw: raw or _choice(var, raw, ("auto", "self", "<user>[:<gid>]")),
 }
 
