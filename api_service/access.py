@@ -35,9 +35,10 @@ from api_service.auth import authenticate
 from api_service.endpoints.common import blocking, services
 from shared import layout
 from shared.auth.verifier import VerifiedSigner
-from shared.errors import Expired, NotFound, NotGrantee, StrongroomError, Unavailable
+from shared.errors import Expired, GrantDenied, NotFound, NotGrantee, StrongroomError, Unavailable
 from shared.events import apublish, new_event
-from shared.models import AuditAction, OperationRecord, StoredArtifact
+from shared.grants import standing
+from shared.models import AuditAction, OperationRecord, StoredArtifact, utcnow
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Result = Literal["allowed", "denied", "ok", "error"]
@@ -68,6 +69,8 @@ def signed(
             if what is None:
                 return await endpoint(request)
             name = request.path_params["name"] if artifact else None
+            if not operation and what != "operation.create":
+                await _in_standing(request, who, what)
             if operation:
                 found = await load_operation(request, who, request.path_params["operation_id"], what, artifact=name)
                 request.state.record = found
@@ -168,10 +171,24 @@ async def load_operation(
     if not is_grantee(signer, found):
         await _deny(request, action, signer, operation_id, artifact, "not_grantee")
         raise NotGrantee("the signer is not the grantee of this operation")
+    try:
+        standing(services(request).grants, signer.address, utcnow())
+    except GrantDenied as exc:
+        await _deny(request, action, signer, operation_id, artifact, exc.code)
+        raise
     if found.is_expired():
         await _deny(request, action, signer, operation_id, artifact, "expired")
         raise Expired("this operation has expired")
     return found
+
+
+async def _in_standing(request: Request, signer: VerifiedSigner, action: AuditAction) -> None:
+    """Reads of a grantee's data need a grant still in force (``grant_revoked``/``grant_expired``, audited)."""
+    try:
+        standing(services(request).grants, signer.address, utcnow())
+    except GrantDenied as exc:
+        await audit(request, action, "denied", actor=signer.address, reason=exc.code)
+        raise
 
 
 def is_grantee(signer: VerifiedSigner, found: OperationRecord) -> bool:

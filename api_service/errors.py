@@ -71,7 +71,7 @@ def _request_id(request: Request) -> str:
 async def strongroom_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StrongroomError)
     headers: dict[str, str] = {}
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
         headers["Retry-After"] = str(max(1, int(exc.retry_after)))
     if isinstance(exc, RangeNotSatisfiable):
         headers["Content-Range"] = f"bytes */{exc.size}"

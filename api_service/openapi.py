@@ -24,6 +24,7 @@ from shared.models import (
     CreateOperationResponse,
     Encryption,
     GetOperationResponse,
+    GrantView,
     OperationStatus,
 )
 from shared.settings import Settings
@@ -93,6 +94,7 @@ class ReadyResponse(BaseModel):
 
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     AgentList,
+    GrantView,
     GetOperationResponse,
     ArtifactCollection,
     CreateOperationResponse,
@@ -205,6 +207,13 @@ def _paths() -> dict[str, Any]:
                 "The agents this server runs: name, description, the JSON Schema of their input, and the limits",
                 {"200": _json("AgentList", "The agents and the limits of a new operation")},
                 operationId="listAgents",
+            ),
+        },
+        "/api/v1/grant": {
+            "get": _signed(
+                "What the signer may do here (agents, expiry, quotas) and how much of each quota is used",
+                {"200": _json("GrantView", "The signer's grant; status `none` without one")},
+                operationId="getGrant",
             ),
         },
         "/api/v1/operations": {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route
 
-from api_service.endpoints import agents, artifacts, health, operations, page
+from api_service.endpoints import agents, artifacts, grant, health, operations, page
 from api_service.endpoints.openapi import openapi_json
 from api_service.openapi import OPENAPI_PATH
 
@@ -15,6 +15,7 @@ def routes(*, metrics: bool = True) -> list[BaseRoute]:
     """Every route; ``metrics=False`` leaves ``/metrics`` to the separate listener (``api_service.serve``)."""
     return [
         Route("/api/v1/agents", agents.list_agents, methods=["GET"]),
+        Route("/api/v1/grant", grant.get_grant, methods=["GET"]),
         Route("/api/v1/operations", operations.create_operation, methods=["POST"]),
         Route("/api/v1/operations", operations.list_operations, methods=["GET"]),
         Route(OPERATION, operations.get_operation, methods=["GET"]),

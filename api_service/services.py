@@ -16,6 +16,8 @@ from redis import Redis as SyncRedis
 from shared.auth.verifier import Verifier
 from shared.contracts import celery_config
 from shared.crypto.keyring import Keyring
+from shared.grants import GrantSource, OpenGrants, build_grant_source
+from shared.quotas import QuotaBook
 from shared.records import OperationStore
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -59,6 +61,8 @@ class ApiServices:
     verifier: Verifier
     producer: TaskProducer
     sync_redis: SyncRedis  # the records' lock client; also for blocking calls such as shared.cancel
+    grants: GrantSource = field(default_factory=OpenGrants)
+    quotas: QuotaBook | None = None  # None: no quota can be enforced (only with grants that set none)
     _closers: list[Any] = field(default_factory=list, repr=False)
 
     @classmethod
@@ -70,15 +74,18 @@ class ApiServices:
         sync_redis = SyncRedis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
         store = S3ObjectStore.from_settings(settings)
         producer = CeleryProducer(settings)
+        records = OperationStore(store, keyring, sync_redis)
         return cls(
             settings=settings,
             redis=async_redis,
             store=store,
             keyring=keyring,
-            records=OperationStore(store, keyring, sync_redis),
+            records=records,
             verifier=Verifier(settings, async_redis),
             producer=producer,
             sync_redis=sync_redis,
+            grants=build_grant_source(settings.resolved_grants_source, settings.grants_file),
+            quotas=QuotaBook(sync_redis, records.grantee_records, max_execution_time=settings.max_execution_time),
             _closers=[producer.close, sync_redis.close],
         )
 

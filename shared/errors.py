@@ -8,7 +8,9 @@
     |   |                           signature_invalid, digest_mismatch, nonce_replayed, chain_not_allowed,
     |   |                           contract_wallet_unsupported
     |   +-- NotGrantee (403)        a valid signature, but not the operation's grantee
-    +-- RateLimited (429)           carries ``retry_after`` seconds
+    |       +-- GrantDenied (403)   no_grant, agent_not_granted, grant_expired, grant_revoked (shared.grants)
+    +-- RateLimited (429)           carries ``retry_after`` seconds (or None: waiting alone will not help)
+    |   +-- QuotaExceeded (429)     a grant's quota; ``quota`` names it (shared.quotas)
     +-- NotFound (404)              unknown operation or artifact
     |   +-- Expired (404)           past ``expires_at``: ``code`` is ``expired``
     +-- Conflict (409)              e.g. cancelling a finished operation
@@ -76,9 +78,26 @@ class RateLimited(StrongroomError):
     code = "rate_limited"
     title = "Too many requests"
 
-    def __init__(self, detail: str = "", *, retry_after: int = 1) -> None:
+    def __init__(self, detail: str = "", *, retry_after: int | None = 1) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+
+
+class GrantDenied(NotGrantee):
+    """The signer is proven, but no grant lets them do this; ``code`` names the rule."""
+
+    title = "No grant"
+
+
+class QuotaExceeded(RateLimited):
+    """A grant's quota would be crossed; ``quota`` names it. ``retry_after`` only where time alone helps."""
+
+    code = "quota_exceeded"
+    title = "Quota exceeded"
+
+    def __init__(self, quota: str, detail: str, *, retry_after: int | None = None) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.quota = quota
 
 
 class NotFound(StrongroomError):

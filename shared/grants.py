@@ -28,8 +28,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared import layout
-from shared.errors import ConfigError, NotGrantee, ValidationFailed
+from shared.errors import ConfigError, GrantDenied, ValidationFailed
 from shared.logging import get_logger
+from shared.models import Quotas
 
 log = get_logger("strongroom.grants")
 
@@ -38,22 +39,6 @@ MAX_FILE_BYTES = 4 * 1024 * 1024  # a grants file is configuration, not data
 RELOAD_CHECK_SECONDS = 1.0  # how often a lookup may stat the file
 
 GrantsSource = Literal["open", "static"]
-
-
-class GrantDenied(NotGrantee):
-    """403: the signer is proven, but no grant lets them do this (``code`` says which rule)."""
-
-    title = "No grant"
-
-
-class Quotas(BaseModel):
-    """Limits per grantee; ``None`` means unlimited."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    concurrent_operations: int | None = Field(default=None, ge=0)
-    operations_per_hour: int | None = Field(default=None, ge=0)
-    stored_bytes: int | None = Field(default=None, ge=0)
 
 
 class Grant(BaseModel):
@@ -267,13 +252,3 @@ def build_grant_source(source: str, path: Path | None) -> GrantSource:
             raise ConfigError("STRONGROOM_GRANTS_FILE", "is required when STRONGROOM_GRANTS_SOURCE=static")
         return StaticGrants(path)
     return OpenGrants()
-
-
-def describe(grant: Grant) -> dict[str, Any]:
-    """The grant as ``GET /api/v1/grant`` shows it (without the usage, which the caller adds)."""
-    return {
-        "agents": list(grant.agents),
-        "expires_at": grant.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ") if grant.expires_at else None,
-        "max_retention_days": grant.max_retention_days,
-        "quotas": grant.quotas.model_dump(),
-    }

@@ -230,3 +230,33 @@ def artifact_url(operation_id: str, name: str, api_prefix: str = "/api/v1") -> s
 
 def expiry(created_at: datetime, retention_days: int) -> datetime:
     return created_at + timedelta(days=retention_days)
+
+
+# --- grants (shared.grants decides; these are the shapes) ---
+
+
+class Quotas(Model):
+    """Limits per grantee; ``None`` means unlimited."""
+
+    concurrent_operations: int | None = Field(default=None, ge=0)
+    operations_per_hour: int | None = Field(default=None, ge=0)
+    stored_bytes: int | None = Field(default=None, ge=0)
+
+
+class QuotaUsage(Model):
+    concurrent_operations: int
+    operations_last_hour: int
+    stored_bytes: int
+
+
+class GrantView(Model):
+    """``GET /api/v1/grant``: what the signer may do here, and how much of each quota is used."""
+
+    address: str
+    source: str = Field(description="`open` or `static`")
+    status: Literal["active", "expired", "none"]
+    agents: list[str] = Field(description='agent names, or `["*"]` for all')
+    expires_at: Timestamp | None
+    max_retention_days: int | None
+    quotas: Quotas
+    usage: QuotaUsage | None = Field(default=None, description="null when no quota counter applies")

@@ -23,25 +23,13 @@ from datetime import datetime
 import redis
 from redis.exceptions import RedisError
 
-from shared.errors import RateLimited, Unavailable
-from shared.grants import Quotas
+from shared.errors import QuotaExceeded, Unavailable
 from shared.layout import REDIS_PREFIX
-from shared.models import OperationRecord
+from shared.models import OperationRecord, Quotas
 
 HOUR = 3600
 QUEUE_ALLOWANCE = HOUR  # how long a pending operation may wait for a worker and still hold its slot
 RUN_ALLOWANCE = 120  # beyond the execution limit: storing, retries
-
-
-class QuotaExceeded(RateLimited):
-    """429 ``quota_exceeded``; ``quota`` names which one, ``retry_after`` is set where waiting helps."""
-
-    code = "quota_exceeded"
-    title = "Quota exceeded"
-
-    def __init__(self, quota: str, detail: str, *, retry_after: int = 0) -> None:
-        super().__init__(detail, retry_after=retry_after)
-        self.quota = quota
 
 
 @dataclass(frozen=True)
@@ -125,7 +113,7 @@ class QuotaBook:
             return
         self._ensure_built(address, now)
         stamp = now.timestamp()
-        args = [
+        args: list[str | float | int] = [
             stamp,
             stamp + QUEUE_ALLOWANCE + self._run_allowance,
             _limit(quotas.concurrent_operations),

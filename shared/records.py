@@ -98,6 +98,19 @@ class OperationStore:
         next_cursor = page[-1][len(prefix) :] if more and page else None
         return [layout.operation_id_from_index_key(key) for key in page], next_cursor
 
+    def grantee_records(self, grantee: str) -> Iterator[OperationRecord]:
+        """Every stored record of ``grantee`` (to rebuild its quota counters from the truth)."""
+        cursor: str | None = None
+        while True:
+            ids, cursor = self.list_ids(grantee, cursor=cursor, limit=1000)
+            for operation_id in ids:
+                try:
+                    yield self.get(operation_id)
+                except NotFound:
+                    continue  # deleted since it was listed
+            if cursor is None:
+                return
+
     def all_ids(self) -> Iterator[str]:
         """Every operation id in the bucket (for sweeps): walks the record objects."""
         for info in self.store.list(layout.OPERATIONS):

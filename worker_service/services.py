@@ -7,12 +7,14 @@ servers or in-memory stores.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from shared.crypto.keyring import Keyring
+from shared.grants import GrantSource, OpenGrants, build_grant_source
+from shared.quotas import QuotaBook
 from shared.records import OperationStore
 from shared.settings import Settings
 from shared.storage import ObjectStore
@@ -27,6 +29,8 @@ class Services:
     records: OperationStore
     # Sends a task by name (the Celery app's ``send_task``); None where no broker is wired (unit tests).
     send_task: Callable[[str, dict[str, Any]], None] | None = None
+    grants: GrantSource = field(default_factory=OpenGrants)
+    quotas: QuotaBook | None = None  # None: no quota counted (unit tests with open grants)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -35,4 +39,13 @@ class Services:
         keyring = Keyring.from_settings(settings)
         client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
         store = S3ObjectStore.from_settings(settings)
-        return cls(settings, client, store, keyring, OperationStore(store, keyring, client))
+        records = OperationStore(store, keyring, client)
+        return cls(
+            settings,
+            client,
+            store,
+            keyring,
+            records,
+            grants=build_grant_source(settings.resolved_grants_source, settings.grants_file),
+            quotas=QuotaBook(client, records.grantee_records, max_execution_time=settings.max_execution_time),
+        )

@@ -82,6 +82,8 @@ async def delete_artifact(request: Request) -> Response:
     # sweep removes, never a record pointing at nothing.
     await blocking(svc.records.update, current.id, remove)
     await blocking(svc.store.delete_many, removed[0].object_keys(current.id))
+    if svc.quotas is not None:
+        svc.quotas.credit(current.grantee, removed[0].size)
     return Response(status_code=204, headers={"Cache-Control": "no-store"})
 
 

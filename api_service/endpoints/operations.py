@@ -8,7 +8,7 @@ gets 503, so no operation waits forever for a worker that was never told.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from pydantic import ValidationError
@@ -25,6 +25,7 @@ from shared.cancel import request_cancel
 from shared.contracts import RunOperation
 from shared.crypto.keywrap import parse_public_key
 from shared.errors import JsonTooDeep, NotFound, Unavailable, ValidationFailed
+from shared.grants import grant_for, operation_expiry
 from shared.models import (
     CreateOperationRequest,
     CreateOperationResponse,
@@ -56,26 +57,42 @@ _FIELD_CODES = {
 # --- create -----------------------------------------------------------------------------------------------
 
 
-@signed("operation.create", result="ok", audited={"queue_unavailable": "error"})
+_GRANT_REFUSALS: dict[str, Literal["denied"]] = {
+    code: "denied" for code in ("no_grant", "agent_not_granted", "grant_expired", "quota_exceeded")
+}
+
+
+@signed("operation.create", result="ok", audited={"queue_unavailable": "error", **_GRANT_REFUSALS})
 async def create_operation(request: Request) -> Response:
     svc = services(request)
     body = parse_create(await request.body(), svc.settings)
     now = utcnow()
-    days = body.retention_days or svc.settings.artifact_retention_days
+    grantee = signer(request).address.lower()
+    grant = grant_for(svc.grants, grantee, body.agent, now)
+    days = _retention_days(body.retention_days, svc.settings.artifact_retention_days, grant.max_retention_days)
     created = OperationRecord(
         id=layout.new_operation_id(body.agent),
         agent=body.agent,
-        grantee=signer(request).address.lower(),
+        grantee=grantee,
         encryption_public_key=body.encryption_public_key,
         created_at=now,
-        expires_at=expiry(now, days),
+        expires_at=operation_expiry(now, expiry(now, days), grant),
     )
-    await blocking(svc.records.create, created, body.input)
+    if svc.quotas is not None:
+        await blocking(svc.quotas.admit, grantee, created.id, grant.quotas, now)
+    try:
+        await blocking(svc.records.create, created, body.input)
+    except BaseException:
+        if svc.quotas is not None:
+            svc.quotas.finished(grantee, created.id)
+        raise
     request.state.record = created  # the operation the audit event names, from here on
     try:
         await blocking(svc.producer.send, RunOperation.TASK, RunOperation(operation_id=created.id).model_dump())
     except Exception as exc:  # any broker failure: the record must not stay pending unnoticed
         await blocking(svc.records.update, created.id, _mark_unqueued)
+        if svc.quotas is not None:
+            svc.quotas.finished(grantee, created.id)
         raise Unavailable(
             "the work queue is unavailable; the operation was marked failed", code="queue_unavailable"
         ) from exc
@@ -83,6 +100,18 @@ async def create_operation(request: Request) -> Response:
         id=created.id, status=created.status, created_at=created.created_at, expires_at=created.expires_at
     )
     return json_response(answer.model_dump(mode="json"), 202, {"Location": f"{API_PREFIX}/operations/{created.id}"})
+
+
+def _retention_days(asked: int | None, server_max: int, grant_max: int | None) -> int:
+    """The retention an operation gets: as asked, within the grant's maximum; by default the longest allowed."""
+    allowed = min(server_max, grant_max or server_max)
+    if asked is None:
+        return allowed
+    if asked > allowed:
+        raise ValidationFailed(
+            f"retention_days must be at most {allowed} under this address's grant", code="retention_days_invalid"
+        )
+    return asked
 
 
 def parse_create(raw: bytes, settings: Settings) -> CreateOperationRequest:
@@ -200,6 +229,8 @@ async def cancel_operation(request: Request) -> Response:
     """``shared.cancel.request_cancel``: pending -> cancelled, running -> flagged for the run, finished -> 409."""
     svc = services(request)
     cancelled = await blocking(request_cancel, svc.records, svc.sync_redis, record(request).id)
+    if cancelled.finished and svc.quotas is not None:  # a pending operation ends here, not in a worker
+        svc.quotas.finished(cancelled.grantee, cancelled.id)
     return json_response(dump_operation(operation_response(cancelled)), 202)
 
 

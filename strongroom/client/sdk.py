@@ -36,6 +36,7 @@ from shared.models import (
     ArtifactCollection,
     CreateOperationResponse,
     GetOperationResponse,
+    GrantView,
 )
 from strongroom.client.download import (
     DownloadResult,
@@ -140,6 +141,10 @@ class StrongroomClient:
 
     def get(self, operation_id: str) -> GetOperationResponse:
         return _model(GetOperationResponse, self._request("GET", _op(operation_id)))
+
+    def grant(self) -> GrantView:
+        """What this identity may do on the server (agents, expiry, quotas) and how much of each quota it uses."""
+        return _model(GrantView, self._request("GET", "/grant"))
 
     def wait(
         self,
@@ -370,7 +375,9 @@ class StrongroomClient:
         if attempt >= self.max_retries:
             return None
         if isinstance(error, RateLimited):
-            wait = float(max(error.retry_after, 1))
+            if error.code == "quota_exceeded":  # a grant's quota: retrying would only count against it again
+                return None
+            wait = float(max(error.retry_after or 1, 1))
         elif isinstance(error, Unavailable) and method == "GET":
             wait = min(2.0**attempt, self.max_retry_after)
         else:

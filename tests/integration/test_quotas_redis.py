@@ -10,8 +10,7 @@ import pytest
 import redis
 
 from shared import layout
-from shared.grants import Quotas
-from shared.models import OperationRecord, StoredArtifact
+from shared.models import OperationRecord, Quotas, StoredArtifact
 from shared.quotas import QuotaBook, QuotaExceeded
 
 pytestmark = pytest.mark.integration

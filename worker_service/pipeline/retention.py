@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from shared import audit_log, layout
-from shared.errors import CryptoError, NotFound, StrongroomError
+from shared.errors import CryptoError, GrantDenied, NotFound, StrongroomError
 from shared.events import new_event, publish
+from shared.grants import standing
 from shared.logging import get_logger
 from shared.models import OperationRecord
 from shared.storage import ObjectInfo
@@ -49,10 +50,11 @@ def cleanup_expired(services: Services, now: datetime | None = None, *, limit: i
         except CryptoError as exc:
             log.error("retention_record_unreadable", operation_id=operation_id, error=exc.code)
             continue
-        if not record.is_expired(now):
+        reason = _deletion_reason(services, record, now)
+        if reason is None:
             continue
         try:
-            if _delete_operation(services, operation_id, now):
+            if _delete_operation(services, operation_id, now, reason):
                 deleted += 1
         except StrongroomError as exc:  # busy lock, S3 hiccup: the next run retries
             log.warning("retention_delete_failed", operation_id=operation_id, error=exc.code)
@@ -61,17 +63,28 @@ def cleanup_expired(services: Services, now: datetime | None = None, *, limit: i
     return deleted
 
 
-def _delete_operation(services: Services, operation_id: str, now: datetime) -> bool:
+def _deletion_reason(services: Services, record: OperationRecord, now: datetime) -> str | None:
+    """Why ``record`` is due for deletion: ``expired``, or its grant's ``grant_revoked``/``grant_expired``."""
+    if record.is_expired(now):
+        return "expired"
+    try:
+        standing(services.grants, record.grantee, now)
+    except GrantDenied as exc:
+        return exc.code
+    return None
+
+
+def _delete_operation(services: Services, operation_id: str, now: datetime, reason: str = "expired") -> bool:
     with services.records.locked(operation_id):
         try:
             record = services.records.get(operation_id)
         except NotFound:
             return False
-        if not record.is_expired(now) or _run_alive(services, record):
+        if _deletion_reason(services, record, now) is None or _run_alive(services, record):
             return False
         publish(
             services.redis,
-            new_event(operation_id=operation_id, actor=None, action="operation.expired", result="ok"),
+            new_event(operation_id=operation_id, actor=None, action="operation.expired", result="ok", reason=reason),
         )
         services.records.delete_index(record)
         record_key = layout.record_key(operation_id)
@@ -86,7 +99,10 @@ def _delete_operation(services: Services, operation_id: str, now: datetime) -> b
             services.store.delete_many(batch)
         audit_log.delete_anchor(services.redis, operation_id)  # its log is gone with it, by design
         services.store.delete(record_key)
-    log.info("operation_expired", operation_id=operation_id, artifacts=len(record.artifacts))
+    if services.quotas is not None:
+        services.quotas.credit(record.grantee, sum(artifact.size for artifact in record.artifacts))
+        services.quotas.finished(record.grantee, record.id)
+    log.info("operation_expired", operation_id=operation_id, artifacts=len(record.artifacts), reason=reason)
     return True
 
 

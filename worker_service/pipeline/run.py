@@ -34,8 +34,9 @@ import structlog
 
 from shared import layout
 from shared.cancel import CANCELLED_SUMMARY
-from shared.errors import ConfigError, StorageError, Unavailable, ValidationFailed
+from shared.errors import ConfigError, GrantDenied, QuotaExceeded, StorageError, Unavailable, ValidationFailed
 from shared.events import new_event, publish
+from shared.grants import standing
 from shared.models import OperationRecord, OperationResult, OperationStatus, StoredArtifact, utcnow
 from worker_service.agents.inputs import write_input
 from worker_service.agents.outputs import LimitExceeded, collect_outputs
@@ -66,6 +67,7 @@ class Verdict:
     summary: str
     logs: list[str] = field(default_factory=list)
     artifacts: list[StoredArtifact] = field(default_factory=list)
+    charged: int = 0  # stored bytes counted against the grantee's quota for these artifacts
 
 
 # --- claim ----------------------------------------------------------------------------------------------------------
@@ -188,16 +190,20 @@ def execute(services: Services, record: OperationRecord, probe: RunProbe) -> Ver
         if probe.lease_lost:
             raise LeaseLost("lost the run lease while the agent ran")
         try:
-            collect_outputs(workdir.out_dir, limits)
+            outputs = collect_outputs(workdir.out_dir, limits)
             out_problem = None
         except LimitExceeded as exc:
-            out_problem = exc
+            outputs, out_problem = [], exc
         failed = judge(run, limits, out_problem)
         if failed is not None:
             return failed
         if out_problem is not None:
             return Verdict("failed", out_problem.detail, run.logs)
         probe.ensure_owner()
+        charged = sum(output.size for output in outputs)
+        refused = charge_stored_bytes(services, record, charged)
+        if refused is not None:
+            return Verdict("failed", refused, run.logs)
         try:
             artifacts = store_artifacts(
                 services,
@@ -207,12 +213,39 @@ def execute(services: Services, record: OperationRecord, probe: RunProbe) -> Ver
                 ensure_owner=probe.ensure_owner,
                 scratch=workdir.root,
             )
+            if probe.lease_lost:
+                raise LeaseLost("lost the run lease while storing artifacts")
         except LimitExceeded as exc:
+            credit_stored_bytes(services, record, charged)
             return Verdict("failed", exc.detail, run.logs)
-        if probe.lease_lost:
-            raise LeaseLost("lost the run lease while storing artifacts")
+        except BaseException:
+            credit_stored_bytes(services, record, charged)
+            raise
         summary = run.reported_summary or f"agent finished: {len(artifacts)} artifact(s)"
-        return Verdict("succeeded", summary, run.logs, artifacts)
+        return Verdict("succeeded", summary, run.logs, artifacts, charged)
+
+
+def charge_stored_bytes(services: Services, record: OperationRecord, amount: int) -> str | None:
+    """Count ``amount`` bytes against the grantee's quota before anything is uploaded; the refusal, if any.
+
+    The grant is read again here: one revoked or expired while the agent ran stores nothing.
+    """
+    try:
+        grant = standing(services.grants, record.grantee, utcnow())
+    except GrantDenied as exc:
+        return f"{exc.code}: {exc.detail}"
+    if services.quotas is None:
+        return None
+    try:
+        services.quotas.charge(record.grantee, amount, grant.quotas, utcnow())
+    except QuotaExceeded as exc:
+        return f"{exc.code}: {exc.detail}"
+    return None
+
+
+def credit_stored_bytes(services: Services, record: OperationRecord, amount: int) -> None:
+    if services.quotas is not None:
+        services.quotas.credit(record.grantee, amount)
 
 
 # --- finishing ------------------------------------------------------------------------------------------------------
@@ -286,14 +319,23 @@ def run_operation(services: Services, operation_id: str, token: str | None = Non
     if claimed is None:
         return None
     record, lease = claimed
+    if services.quotas is not None:
+        services.quotas.started(record.grantee, record.id, utcnow())
     probe = RunProbe(lease)
+    verdict: Verdict | None = None
     try:
         with probe.kept_alive():
             verdict = _verdict(services, record, probe)
             final = finish(services, probe, verdict, time.monotonic() - started)
     except TRANSIENT_ERRORS:
+        if verdict is not None:
+            credit_stored_bytes(services, record, verdict.charged)  # the retry charges again
         _release_quietly(lease)
         raise
+    if verdict.charged and (final is None or final.status != "succeeded"):
+        credit_stored_bytes(services, record, verdict.charged)  # the artifacts were not kept
+    if final is not None and services.quotas is not None:
+        services.quotas.finished(record.grantee, record.id)
     if final is not None:
         _announce(services, final)
         log.info("run.finished", status=final.status, artifacts=len(final.artifacts))
@@ -330,4 +372,6 @@ def fail_operation(services: Services, operation_id: str, summary: str) -> Opera
         result = OperationResult(status="error", summary=summary, execution_time=0)
         final = current.evolve(status="failed", finished_at=utcnow(), result=result, artifacts=[])
         records.put(final)
+    if services.quotas is not None:
+        services.quotas.finished(final.grantee, final.id)
     return final
