@@ -87,6 +87,24 @@ return redis.call('DECRBY', KEYS[1], amount)
 """
 
 
+# KEYS: active, hourly, bytes, built. ARGV: stored bytes, active count, hourly count, ttl active, ttl hourly, then
+# (score, member) pairs of active followed by those of hourly. Only the first rebuild after a loss applies: the
+# marker is checked and set in the same script, so a concurrent rebuild cannot erase admissions made meanwhile.
+_REBUILD = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local n_active = tonumber(ARGV[2])
+local n_hourly = tonumber(ARGV[3])
+local i = 6
+for _ = 1, n_active do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2 end
+for _ = 1, n_hourly do redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
+if n_active > 0 then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+if n_hourly > 0 then redis.call('EXPIRE', KEYS[2], ARGV[5]) end
+redis.call('SET', KEYS[3], ARGV[1])
+redis.call('SET', KEYS[4], '1')
+return 1
+"""
+
+
 def _limit(value: int | None) -> int:
     return -1 if value is None else value
 
@@ -104,6 +122,7 @@ class QuotaBook:
         self._admit = client.register_script(_ADMIT)
         self._charge = client.register_script(_CHARGE)
         self._credit = client.register_script(_CREDIT)
+        self._rebuild = client.register_script(_REBUILD)
 
     # --- operations -----------------------------------------------------------------------------------------
 
@@ -208,16 +227,19 @@ class QuotaBook:
             if created > stamp - HOUR:
                 hourly[record.id] = created
             stored += sum(artifact.size for artifact in record.artifacts)  # stored until cleanup deletes them
+        args: list[str | float | int] = [
+            stored,
+            len(active),
+            len(hourly),
+            math.ceil(max(active.values(), default=stamp) - stamp) + HOUR,
+            2 * HOUR,
+        ]
+        for members in (active, hourly):
+            for member, score in members.items():
+                args += [score, member]
+        keys = [_key(address, what) for what in ("active", "hourly", "bytes", "built")]
         try:
-            pipe = self._redis.pipeline(transaction=True)
-            for what, members in (("active", active), ("hourly", hourly)):
-                pipe.delete(_key(address, what))
-                if members:
-                    pipe.zadd(_key(address, what), members)
-                    pipe.expire(_key(address, what), math.ceil(max(members.values()) - stamp) + HOUR)
-            pipe.set(_key(address, "bytes"), stored)
-            pipe.set(_key(address, "built"), b"1")
-            pipe.execute()
+            self._rebuild(keys=keys, args=args)
         except (RedisError, OSError):
             raise Unavailable("quota counters are unavailable; try again", code="redis_unavailable") from None
 

@@ -30,7 +30,7 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.layout import validate_artifact_name
-from shared.models import GetOperationResponse
+from shared.models import GetOperationResponse, GrantView
 from strongroom.client.errors import ClientError, IdentityError, WaitTimeout
 from strongroom.client.identity import create_identity, default_identity_path, load_identity
 from strongroom.client.progress import ProgressBar, human_size
@@ -319,12 +319,42 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_nothing(parser: argparse.ArgumentParser) -> None:
+    del parser
+
+
+def _whoami(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        view = client.grant()
+    _emit(args, view.model_dump(mode="json"), grant_lines(view))
+    return 0
+
+
+def grant_lines(view: GrantView) -> str:
+    """The grant as people read it: what may be run, until when, and each quota as used/limit."""
+    lines = [f"{view.address}  grant: {view.status} ({view.source})"]
+    if view.status == "none":
+        return "\n".join([*lines, "this address may not start operations here"])
+    lines.append("agents: " + ("all" if view.agents == ["*"] else ", ".join(view.agents)))
+    lines.append("expires: " + (_time(view.expires_at) if view.expires_at else "never"))
+    if view.max_retention_days:
+        lines.append(f"max retention: {view.max_retention_days} days")
+    usage = view.usage.model_dump() if view.usage else {}
+    used = {"concurrent_operations": "concurrent_operations", "operations_per_hour": "operations_last_hour"}
+    for quota, limit in view.quotas.model_dump().items():
+        count = usage.get(used.get(quota, quota))
+        shown = "unlimited" if limit is None else str(limit)
+        lines.append(f"{quota}: {count if count is not None else '-'} / {shown}")
+    return "\n".join(lines)
+
+
 def _build_keygen(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing identity (its artifacts are lost)")
 
 
 _COMMANDS: Sequence[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = (
     ("keygen", "create a signing key and an encryption key", _build_keygen, _keygen),
+    ("whoami", "show your address, what your grant lets you run and your quota usage", _build_nothing, _whoami),
     ("create", "start an operation", _build_create, _create),
     ("status", "show an operation", _build_id, _status),
     ("wait", "wait until an operation finishes", _build_wait, _wait),

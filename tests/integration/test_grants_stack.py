@@ -7,6 +7,8 @@ reload, then checks the refusal codes clients see, the quotas under concurrent l
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +22,7 @@ from shared.errors import StrongroomError
 from shared.grants import StaticGrants
 from shared.settings import Settings
 from strongroom.client import StrongroomClient
-from strongroom.client.identity import Identity, generate_identity
+from strongroom.client.identity import Identity, generate_identity, save_identity
 from tests.agents.harness import agents_env
 from worker_service.pipeline.retention import cleanup_expired
 from worker_service.services import Services
@@ -43,7 +45,7 @@ def write_grants(path: Path, *entries: str) -> None:
 
 @pytest.fixture(scope="module")
 def people() -> dict[str, Identity]:
-    return {name: generate_identity() for name in ("owner", "stranger", "lapsed", "busy", "hoarder")}
+    return {name: generate_identity() for name in ("owner", "stranger", "lapsed", "busy", "hoarder", "viewer")}
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +199,25 @@ def _env(settings: Settings) -> dict[str, str]:
         "STRONGROOM_KEYRING": settings.keyring_json() or "",
         "STRONGROOM_ENV": "development",
     }
+
+
+def test_whoami_prints_the_grant_and_its_usage(
+    stack: tuple[str, dict[str, str]], people: dict[str, Identity], grants_file: Path, tmp_path: Path
+) -> None:
+    url, _ = stack
+    who = people["viewer"]
+    write_grants(grants_file, grant(who, "[slow]", ", quotas: {concurrent_operations: 2, stored_bytes: 100}"))
+    identity_file = tmp_path / "identity.json"
+    save_identity(who, identity_file)
+    out = subprocess.run(
+        [sys.executable, "-m", "strongroom", "client", "whoami", "--api", url, "--identity", str(identity_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"{who.address}  grant: active (static)" in out.stdout
+    assert "agents: slow" in out.stdout
+    assert "concurrent_operations: 0 / 2" in out.stdout
+    assert "stored_bytes: 0 / 100" in out.stdout
+    assert "operations_per_hour: 0 / unlimited" in out.stdout

@@ -140,3 +140,22 @@ def test_lost_counters_are_rebuilt_from_the_records(client: redis.Redis) -> None
     with pytest.raises(QuotaExceeded):
         counters.charge(who, 65, Quotas(stored_bytes=100), NOW)
     counters.charge(who, 64, Quotas(stored_bytes=100), NOW)
+
+
+def test_concurrent_first_uses_after_a_loss_admit_exactly_the_quota(client: redis.Redis) -> None:
+    """Every create that finds the counters missing rebuilds them; no rebuild may erase another's admission."""
+    who = address()
+    counters = book(client, {who: [record(who, status="succeeded", created=NOW - timedelta(hours=2))]})
+    quotas = Quotas(concurrent_operations=2)
+
+    def create(i: int) -> bool:
+        try:
+            counters.admit(who, f"op{i}", quotas, NOW)
+        except QuotaExceeded:
+            return False
+        return True
+
+    for _ in range(5):
+        client.delete(*(f"strongroom:quota:{who}:{what}" for what in ("active", "hourly", "bytes", "built")))
+        with ThreadPoolExecutor(20) as pool:
+            assert sum(pool.map(create, range(20))) == 2
