@@ -4,13 +4,15 @@ CI runs with a folder next to the clone (``../shared``) that a user's clone does
 passed in CI and failed for everyone else. This audit hook (PEP 578) turns any ``open`` of a path under the
 checkout's parent directory, but outside the checkout itself, into an error. Temporary directories, the venv and
 site-packages are not beside the checkout, so they stay readable. Hidden siblings (``../.cache``) are allowed:
-tools keep caches there, never project data.
+tools keep caches there, never project data. Neither is anything under the system temporary directory: a
+checkout cloned into ``/tmp`` shares its parent with every test's ``tmp_path``, and there the guard steps back.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,11 @@ class OutsideRepositoryError(PermissionError):
     """A test opened a file beside the repository, which a user's clone does not have."""
 
 
-def forbidden(path: str | bytes | os.PathLike[Any], root: Path) -> bool:
-    """True when ``path`` lies in ``root``'s parent directory but not inside ``root`` (or a hidden sibling)."""
+def forbidden(path: str | bytes | os.PathLike[Any], root: Path, temp: Path | None = None) -> bool:
+    """True when ``path`` lies in ``root``'s parent directory but not inside ``root``, a hidden sibling or
+    ``temp`` (the system temporary directory by default)."""
     parent = root.parent
+    temp = temp or Path(os.path.realpath(tempfile.gettempdir()))
     if parent == Path(parent.anchor):  # a checkout at / or /x has no meaningful siblings
         return False
     try:
@@ -33,6 +37,8 @@ def forbidden(path: str | bytes | os.PathLike[Any], root: Path) -> bool:
     if target == root or root in target.parents:
         return False
     if parent not in target.parents:
+        return False
+    if target == temp or temp in target.parents:
         return False
     sibling = target.relative_to(parent).parts[0]
     return not sibling.startswith(".")

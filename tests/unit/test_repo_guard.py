@@ -1,5 +1,7 @@
 """Tests read nothing beside the checkout: a user's clone has no ``../shared``."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,13 @@ def test_the_checkout_hidden_siblings_and_other_places_are_allowed() -> None:
     assert not forbidden("/tmp/anything", Path("/work/main"))
 
 
+def test_a_checkout_in_the_temp_dir_leaves_other_temp_files_alone() -> None:
+    """CI may clone into /tmp, where every test's tmp_path is a sibling of the checkout."""
+    root, temp = Path("/tmp/clone"), Path("/tmp")
+    assert not forbidden("/tmp/pytest-of-root/pytest-0/test_x/file", root, temp)
+    assert forbidden("/work/shared/vectors", Path("/work/main"), temp)
+
+
 def test_a_checkout_in_the_filesystem_root_has_no_siblings_to_guard() -> None:
     assert not forbidden("/shared/vectors", Path("/repo"))
 
@@ -29,6 +38,9 @@ def test_a_checkout_in_the_filesystem_root_has_no_siblings_to_guard() -> None:
 def test_the_guard_is_active_in_this_session(tmp_path: Path) -> None:
     if ROOT.parent == Path(ROOT.anchor):
         pytest.skip("a checkout directly under / has no siblings to guard")
+    temp = Path(os.path.realpath(tempfile.gettempdir()))
+    if ROOT.parent == temp or temp in ROOT.parent.parents:
+        pytest.skip("a checkout in the temporary directory: its siblings are temporary files")
     sibling = ROOT.parent / "strongroom-guard-probe-does-not-exist"
     with pytest.raises(OutsideRepositoryError):
         sibling.open()
