@@ -3,6 +3,7 @@
 misbehave.py files N [SIZE]      write N files of SIZE bytes (default 10) and succeed
 misbehave.py big SIZE            write one file of SIZE bytes
 misbehave.py slow SECONDS        sleep, then write one file
+misbehave.py until UNIXTIME      sleep until that wall-clock time (a rerun after it finishes at once), write one file
 misbehave.py disk BYTES          fill the working directory (tmp/) with BYTES, 20 MiB per second
 misbehave.py stubborn PIDFILE    ignore SIGTERM, start a child that ignores it too, record both pids, sleep
 misbehave.py slowfiles N PIDFILE write N files, record the pid, then sleep 0.2 s per file (for crash tests)
@@ -107,6 +108,11 @@ def main(mode: str, *args: str) -> int:
         time.sleep(float(args[0]))
         write("late.txt", 5)
         report("finished late")
+    elif mode == "until":
+        while time.time() < float(args[0]):
+            time.sleep(0.2)
+        write("done.txt", 5)
+        report("finished at the given time")
     elif mode == "disk":
         Path("tmp").mkdir(exist_ok=True)
         for i in range(int(args[0]) // (1 << 20) + 1):  # 1 MiB files: the file-size rlimit is not what stops it
