@@ -123,6 +123,14 @@ class Unavailable(StrongroomError):
     title = "Service unavailable"
 
 
+class WorkerDiskFull(Unavailable):
+    """The worker's own disk filled up (ENOSPC/EDQUOT) while it prepared or sealed a run: worth a retry, since
+    another worker (or this one, once the run directory is gone) may have room."""
+
+    code = "worker_disk_full"
+    title = "Worker disk full"
+
+
 class StorageError(StrongroomError):
     status = 502
     code = "storage_error"

@@ -251,4 +251,6 @@ REDIS_AUDIT_REFUSALS = f"{REDIS_PREFIX}audit:refusals"
 REDIS_AUDIT_STREAMS = (REDIS_AUDIT_STREAM, REDIS_AUDIT_REFUSALS)  # what the consumer group reads, in this order
 REDIS_AUDIT_GROUP = "strongroom-audit"
 REDIS_AUDIT_SEEN = f"{REDIS_PREFIX}audit:seen"  # sorted set: event id -> persisted at (unix seconds; dedup)
+# sorted set: worker -> when its disk was last full (unix seconds); the resource monitor alerts on recent ones
+REDIS_WORKER_DISK_FULL = f"{REDIS_PREFIX}alerts:worker-disk-full"
 REDIS_MONITOR_SNAPSHOT = f"{REDIS_PREFIX}monitor:snapshot"  # last resource report (JSON) for any metrics endpoint

@@ -86,18 +86,8 @@ def _send_task(name: str, kwargs: dict[str, Any]) -> None:
     app.send_task(name, kwargs=kwargs)
 
 
-# A task's retry is a new message: while Redis is down, keep trying to publish it (about five minutes in all)
-# instead of Celery's default three tries in a second, after which the message is dropped and the operation waits
-# for the monitor. Worker only: the API must answer 503 at once rather than hang a request.
-PUBLISH_RETRY_POLICY = {"max_retries": 60, "interval_start": 0, "interval_step": 1, "interval_max": 5}
-
-
 def celery_settings(current: Settings) -> dict[str, Any]:
-    return {
-        **contracts.celery_config(current),
-        "beat_schedule": beat_schedule(current),
-        "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
-    }
+    return {**contracts.celery_config(current), "beat_schedule": beat_schedule(current)}
 
 
 @app.on_configure.connect

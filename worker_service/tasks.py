@@ -23,6 +23,7 @@ from celery import Task
 from shared import contracts, layout
 from shared.cancel import request_cancel
 from shared.contracts import CancelOperation, RunOperation
+from shared.errors import WorkerDiskFull
 from shared.events import new_event, publish
 from worker_service.celery_app import app, services
 from worker_service.pipeline.audit import persist_audit_events
@@ -36,6 +37,31 @@ log = structlog.get_logger(__name__)
 
 MAX_RETRIES = 5
 STORAGE_GAVE_UP = "storage unavailable: the worker gave up after repeated S3/Redis errors"
+DISK_FULL_GAVE_UP = "worker_disk_full: the workers' disk was full on every try; nothing was stored"
+
+
+REDIS_WAIT = 300.0  # seconds a retry waits for Redis to come back before publishing anyway
+
+
+def await_redis(client: redis.Redis, timeout: float = REDIS_WAIT) -> bool:
+    """Wait (with backoff, bounded) until Redis answers PING; ``False`` if it never did.
+
+    Celery publishes a retry with three quick tries; during an outage they all fail and the message is dropped
+    (``Reject``), and kombu's reconnect attempts can leave the producer's channel broken for good. Waiting here
+    first means the retry is published by a healthy connection, so the operation is re-run, not left ``running``.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.5
+    while True:
+        try:
+            client.ping()
+            return True
+        except redis.RedisError:
+            if time.monotonic() >= deadline:
+                log.error("task.redis_still_down", waited=timeout)
+                return False
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 class StrongroomTask(Task):
@@ -55,6 +81,11 @@ class StrongroomTask(Task):
     @property
     def services(self) -> Services:
         return services()
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """A retry is a new message: publish it only once Redis answers again (see ``await_redis``)."""
+        await_redis(self.services.redis)
+        return super().retry(*args, **kwargs)
 
     def on_retry(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         log.warning("task.retry", task=self.name, error=type(exc).__name__, retries=self.request.retries)
@@ -76,7 +107,8 @@ class RunOperationTask(StrongroomTask):
         if not isinstance(operation_id, str):
             return
         try:
-            fail_operation(self.services, operation_id, STORAGE_GAVE_UP)
+            summary = DISK_FULL_GAVE_UP if isinstance(exc, WorkerDiskFull) else STORAGE_GAVE_UP
+            fail_operation(self.services, operation_id, summary)
         except Exception:  # Redis or S3 still down: the monitor fails it after max_execution_time + grace
             log.exception("run.fail_after_retries_failed")
 

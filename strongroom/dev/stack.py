@@ -3,6 +3,7 @@
 State lives under ``--data-dir``: Valkey's append-only file, SeaweedFS's volumes, a generated keyring and
 generated S3 credentials (both 0600), so stopping and starting again finds every operation and artifact. Each
 child runs in its own process group with a parent-death signal; SIGINT/SIGTERM stop them all within 10 seconds.
+A child that exits once the stack is ready is restarted alone, with backoff (``strongroom.dev.supervisor``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from strongroom.dev.servers import (
     ValkeyServer,
     wait_for,
 )
+from strongroom.dev.supervisor import GaveUp, Supervisor
 from strongroom.files import write_private
 
 _WILDCARD_BINDS = frozenset({"0.0.0.0", "::"})  # noqa: S104 (recognising a wildcard bind, not binding one)
@@ -227,10 +229,12 @@ def _serve(stack: DevStack, stopping: threading.Event) -> int:
     print(f"strongroom ready: {url} (Ctrl-C stops everything)", flush=True)
     print(f"  browser page: {url}/app/   API reference: {url}/api/v1/openapi.json", flush=True)
     print(f"  client: STRONGROOM_API_URL={url} strongroom client keygen", flush=True)
+    supervisor = Supervisor(stack.children, say=lambda line: print(line, flush=True))
     while not stopping.is_set():
-        dead = stack.dead_child()
-        if dead is not None:
-            log.error("child exited; stopping everything", child=dead.name, code=dead.returncode())
+        try:
+            supervisor.check()
+        except GaveUp as exc:
+            log.error("child keeps exiting; stopping everything", problem=str(exc))
             return 1
         time.sleep(0.5)
     return 0

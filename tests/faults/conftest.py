@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.devstack import SeaweedServer
+from strongroom.dev.servers import SeaweedServer
 from tests.faults.stack import FaultStack, build
 
 

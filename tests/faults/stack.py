@@ -25,15 +25,15 @@ from typing import Any
 
 import redis
 
-from shared.client import StrongroomClient
-from shared.client.identity import Identity, generate_identity
 from shared.crypto.keyring import Keyring
-from shared.devstack import ValkeyServer
 from shared.errors import StrongroomError
 from shared.models import TERMINAL_STATUSES, GetOperationResponse
 from shared.records import OperationStore
 from shared.settings import Settings
 from shared.storage.s3 import S3ObjectStore
+from strongroom.client import StrongroomClient
+from strongroom.client.identity import Identity, generate_identity
+from strongroom.dev.servers import ValkeyServer
 from tests.agents.harness import AGENT, agent_python, stored_keys
 from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.services import ApiHandle, BeatHandle, WorkerHandle
@@ -45,6 +45,7 @@ AGENTS = {
     "files": ["files", "3", "1000"],
     "bulk": ["files", "8", str(3 << 20)],  # 24 MiB of output: storing takes a while, one file goes multipart
     "big": ["big", str(24 << 20)],  # one 24 MiB file: a multipart upload
+    "sealed8": ["big", str(8 << 20)],  # one 8 MiB file: sealing it needs as much space again beside it
     "until": ["until", "{prompt}"],  # sleeps until the unix time given as the prompt, then writes one file
 }
 RUN_DIR_PREFIX = "strongroom-agent-"

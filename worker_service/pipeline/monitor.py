@@ -44,6 +44,8 @@ log = get_logger(__name__)
 REDELIVER_AFTER = 120  # seconds before a pending or lease-less operation's run task is sent again
 STUCK_GRACE = 300  # seconds past max_execution_time before a lease-less run is declared dead
 WORKER_ALIVE_WINDOW = 120  # a worker whose heartbeat is older than this is counted as gone
+DISK_FULL_WINDOW = 600  # seconds: a full disk reported this recently is alerted on (at least one monitor interval)
+STALE_DISK_FULL = 24 * 3600  # entries older than this are dropped
 SNAPSHOT_TTL_INTERVALS = 3  # the snapshot outlives a few missed runs, then disappears (stale figures lie)
 
 
@@ -108,6 +110,7 @@ def monitor_resources(services: Services, now: datetime | None = None, *, grace:
     report["workers_alive"] = int(
         services.redis.zcount(layout.REDIS_WORKERS, time.time() - WORKER_ALIVE_WINDOW, "+inf")
     )
+    report["workers_disk_full"] = _workers_disk_full(services)
     _store_snapshot(services, report)
     log.info(
         "resource_monitor",
@@ -116,6 +119,17 @@ def monitor_resources(services: Services, now: datetime | None = None, *, grace:
         failed_dead_runs=len(report["failed_dead_runs"]),
     )
     return report
+
+
+def _workers_disk_full(services: Services) -> int:
+    """Workers whose disk was full since the last pass (a run was retried elsewhere): one alert for all of them."""
+    since = time.time() - max(services.settings.monitor_interval, DISK_FULL_WINDOW)
+    services.redis.zremrangebyscore(layout.REDIS_WORKER_DISK_FULL, "-inf", time.time() - STALE_DISK_FULL)
+    workers = [w.decode() if isinstance(w, bytes) else str(w) for w in
+               services.redis.zrangebyscore(layout.REDIS_WORKER_DISK_FULL, since, "+inf")]  # fmt: skip
+    if workers:
+        log.error("worker_disk_full", alert="worker_disk_full", workers=sorted(workers))
+    return len(workers)
 
 
 def _needs_redelivery(services: Services, record: OperationRecord, age: float) -> bool:
@@ -190,6 +204,7 @@ def _store_snapshot(services: Services, report: dict[str, Any]) -> None:
             "grantee": len(report["grantees_over_quota"]),
         },
         "workers_alive": report["workers_alive"],
+        "workers_disk_full": report["workers_disk_full"],
     }
     ttl = services.settings.monitor_interval * SNAPSHOT_TTL_INTERVALS
     services.redis.set(layout.REDIS_MONITOR_SNAPSHOT, json.dumps(figures), ex=ttl)
@@ -247,6 +262,10 @@ class WorkerMetricsCollector(Collector):
         yield GaugeMetricFamily(
             "strongroom_workers_alive", "Workers with a recent heartbeat.", value=snap["workers_alive"]
         )
+        yield GaugeMetricFamily(
+            "strongroom_workers_disk_full", "Workers whose disk was full recently (runs were retried).",
+            value=snap.get("workers_disk_full", 0),
+        )  # fmt: skip
 
     def _audit_backlog(self, stream: str) -> int:
         """Entries not yet acknowledged by the consumer group: delivered-but-pending plus never delivered."""

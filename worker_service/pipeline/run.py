@@ -23,7 +23,10 @@ Concurrency contract (shared with the API, see shared/records.py):
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,7 +37,15 @@ import structlog
 
 from shared import layout
 from shared.cancel import CANCELLED_SUMMARY
-from shared.errors import ConfigError, GrantDenied, QuotaExceeded, StorageError, Unavailable, ValidationFailed
+from shared.errors import (
+    ConfigError,
+    GrantDenied,
+    QuotaExceeded,
+    StorageError,
+    Unavailable,
+    ValidationFailed,
+    WorkerDiskFull,
+)
 from shared.events import new_event, publish
 from shared.grants import standing
 from shared.models import OperationRecord, OperationResult, OperationStatus, StoredArtifact, utcnow
@@ -50,6 +61,7 @@ from worker_service.services import Services
 log = structlog.get_logger(__name__)
 
 INTERNAL_SUMMARY = "internal error: the worker could not complete the operation"
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Worth a retry of the whole task (it re-claims with the same token): S3 or Redis trouble, or a lost lease.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     Unavailable,
@@ -348,9 +360,26 @@ def _verdict(services: Services, record: OperationRecord, probe: RunProbe) -> Ve
         return execute(services, record, probe)
     except TRANSIENT_ERRORS:
         raise
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            log.exception("run.failed_internally")
+            return Verdict("failed", INTERNAL_SUMMARY)
+        raise _disk_full(services, exc) from exc
     except Exception:
         log.exception("run.failed_internally")
         return Verdict("failed", INTERNAL_SUMMARY)
+
+
+def _disk_full(services: Services, exc: OSError) -> WorkerDiskFull:
+    """Alert now (a log line) and leave a mark for the resource monitor; the run directory is already gone, so
+    the retry (here or on another worker) starts with the space this run had taken back."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    log.error("worker_disk_full", alert="worker_disk_full", worker=worker, error=errno.errorcode.get(exc.errno or 0))
+    try:
+        services.redis.zadd(layout.REDIS_WORKER_DISK_FULL, {worker: time.time()})
+    except redis.RedisError as redis_exc:
+        log.warning("worker_disk_full.not_recorded", error=type(redis_exc).__name__)
+    return WorkerDiskFull(f"the worker's disk is full ({services.settings.work_dir or 'system temp'})")
 
 
 def fail_operation(services: Services, operation_id: str, summary: str) -> OperationRecord | None:
