@@ -8,6 +8,8 @@ Bucket layout (the design's directory structure)::
     operations/{id}/embedded/{run}/{name}  legacy copy for embedded base64 (keyring-encrypted; only if enabled)
     operations/{id}/access_log/{seq}.json  hash-chained audit batches (+ head.json, the newest batch digest)
     grantees/{address}/{inverted time}_{id} empty index object: a grantee's operations, newest first
+    expiry/{yyyymmddhh}/{id}               empty index object: the operation expires in that UTC hour
+    expiry.built                           present once the expiry index covers records from before it existed
     audit/{seq}.json                       hash-chained audit batches of events that name no operation
 
 The record is written last: until it names an artifact, the artifact does not exist for the API.
@@ -24,11 +26,14 @@ import re
 import secrets
 import unicodedata
 from base64 import b32encode
+from datetime import UTC, datetime
 
 from shared.errors import ValidationFailed
 
 OPERATIONS = "operations/"
 GRANTEES = "grantees/"
+EXPIRY = "expiry/"
+EXPIRY_BUILT = "expiry.built"  # outside EXPIRY, so a listing of the buckets never meets it
 REDIS_PREFIX = "strongroom:"
 
 MAX_NAME_BYTES = 255
@@ -188,6 +193,30 @@ def grantee_index_key(address: str, created_unix: int, operation_id: str) -> str
 
 def operation_id_from_index_key(key: str) -> str:
     return key.rsplit("/", 1)[-1].split("_", 1)[1]
+
+
+def expiry_bucket(moment: datetime) -> str:
+    """The UTC hour ``moment`` falls in, as ``yyyymmddhh``: buckets sort in time order."""
+    return moment.astimezone(UTC).strftime("%Y%m%d%H")
+
+
+def expiry_bucket_prefix(bucket: str) -> str:
+    return f"{EXPIRY}{bucket}/"
+
+
+def expiry_key(expires_at: datetime, operation_id: str) -> str:
+    """Empty marker: ``operation_id`` expires within this hour (cleanup lists only the buckets that are due)."""
+    if not is_operation_id(operation_id):
+        raise ValidationFailed("malformed operation id", code="operation_id_invalid")
+    return expiry_bucket_prefix(expiry_bucket(expires_at)) + operation_id
+
+
+def parse_expiry_key(key: str) -> tuple[str, str] | None:
+    """``(bucket, operation_id)`` of an expiry marker, or None for anything else under ``EXPIRY``."""
+    parts = key[len(EXPIRY) :].split("/") if key.startswith(EXPIRY) else []
+    if len(parts) != 2 or len(parts[0]) != 10 or not parts[0].isdigit() or not is_operation_id(parts[1]):
+        return None
+    return parts[0], parts[1]
 
 
 # --- Redis keys -------------------------------------------------------------------------------------------

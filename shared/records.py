@@ -44,7 +44,10 @@ class OperationStore:
     # --- records ------------------------------------------------------------------------------------------
 
     def create(self, record: OperationRecord, agent_input: dict[str, Any]) -> None:
-        """Input first, record second, index last: an index entry always points at a readable record."""
+        """Expiry marker first (a record never exists that cleanup cannot find; a marker without a record is
+        dropped by cleanup), then input, record, and the grantee index last: an index entry always points at a
+        readable record."""
+        self.store.put_bytes(layout.expiry_key(record.expires_at, record.id), b"")
         self.put_sealed(layout.input_key(record.id), json.dumps(agent_input).encode())
         self.put(record)
         index = layout.grantee_index_key(record.grantee, int(record.created_at.timestamp()), record.id)
@@ -119,3 +122,11 @@ class OperationStore:
 
     def delete_index(self, record: OperationRecord) -> None:
         self.store.delete(layout.grantee_index_key(record.grantee, int(record.created_at.timestamp()), record.id))
+
+    def mark_expiry(self, record: OperationRecord) -> None:
+        """(Re)write the expiry marker of ``record`` (the index migration, a marker found in the wrong hour)."""
+        self.store.put_bytes(layout.expiry_key(record.expires_at, record.id), b"")
+
+    def delete_expiry_marker(self, record: OperationRecord) -> None:
+        """Drop the expiry marker, after the record itself is gone (so a crash in between is found again)."""
+        self.store.delete(layout.expiry_key(record.expires_at, record.id))

@@ -77,6 +77,10 @@ class ObjectStore(Protocol):
     def list(self, prefix: str, *, start_after: str | None = None, limit: int | None = None) -> Iterator[ObjectInfo]:
         """Objects under ``prefix`` in ascending key order, after ``start_after``, at most ``limit``."""
 
+    def list_prefixes(self, prefix: str) -> Iterator[str]:
+        """The distinct "directories" directly under ``prefix`` (each ending in ``/``), ascending: one entry per
+        directory however many objects it holds (S3's delimiter listing)."""
+
     def list_uploads(self, prefix: str) -> Iterator[PendingUpload]:
         """Multipart uploads under ``prefix`` that were neither completed nor aborted."""
 

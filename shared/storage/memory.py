@@ -135,6 +135,22 @@ class MemoryObjectStore:
                 found.append(self._info(key, self._objects[key], with_checksum=False))
         return iter(found)
 
+    def list_prefixes(self, prefix: str) -> Iterator[str]:
+        """The distinct "directories" directly under ``prefix``, ascending."""
+        self._check_bucket()
+        with self._lock:
+            start = bisect.bisect_left(self._keys, prefix)
+            found: builtins.list[str] = []
+            for key in self._keys[start:]:
+                if not key.startswith(prefix):
+                    break
+                rest = key[len(prefix) :]
+                if "/" in rest:
+                    directory = prefix + rest.split("/", 1)[0] + "/"
+                    if not found or found[-1] != directory:
+                        found.append(directory)
+        return iter(found)
+
     def list_uploads(self, prefix: str) -> Iterator[PendingUpload]:
         """Multipart uploads under ``prefix`` that were neither completed nor aborted."""
         self._check_bucket()

@@ -465,6 +465,14 @@ class S3ObjectStore:
                         if remaining == 0:
                             return
 
+    def list_prefixes(self, prefix: str) -> Iterator[str]:
+        """The distinct "directories" directly under ``prefix``, ascending (one LIST request per 1000)."""
+        with translate_errors("ListObjectsV2", prefix):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                for common in page.get("CommonPrefixes", []):
+                    yield common["Prefix"]
+
     # --- pending multipart uploads ---------------------------------------------------------------------
 
     def list_uploads(self, prefix: str) -> Iterator[PendingUpload]:

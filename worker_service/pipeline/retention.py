@@ -10,6 +10,9 @@ The ``operation.expired`` audit event is published before anything is deleted (a
 crash publishes it again) and lands in the global log, because the operation's own log is deleted with it.
 An operation is deleted only after its record was re-read under the operation lock and is expired then.
 
+Cleanup reads only what is due (the expiry index, ``layout.expiry_key``) and the operations of grantees whose
+grant lost standing; see ``cleanup_expired``.
+
 The S3 lifecycle rule (``Settings.lifecycle_days``) is the backstop if this job stops running.
 """
 
@@ -33,34 +36,108 @@ DELETE_BATCH = 1000
 
 
 def cleanup_expired(services: Services, now: datetime | None = None, *, limit: int | None = None) -> int:
-    """Delete every operation whose ``expires_at`` has passed; return how many were deleted.
+    """Delete every operation that is due; return how many were deleted.
+
+    Work is proportional to what is due, not to what is stored: the expiry index (``layout.expiry_key``, written
+    at create) is listed only up to the current hour, and each marker found costs one record read. Operations
+    whose grantee lost its grant (``grant_revoked``/``grant_expired``) are found by a second pass that lists the
+    grantees (one LIST per 1000) and reads only the operations of grantees without standing. Before the index
+    exists (records from an older version) one full walk builds it (``build_expiry_index``).
 
     ``limit`` bounds the work of one run (the next run continues); records that do not open (a keyring problem)
     are logged and left alone, never deleted blind.
     """
     now = now or datetime.now(UTC)
+    if not services.store.exists(layout.EXPIRY_BUILT):
+        build_expiry_index(services)
     deleted = 0
-    for operation_id in services.records.all_ids():
+    for operation_id, marker in _candidates(services, now):
         if limit is not None and deleted >= limit:
             break
+        if _expire_if_due(services, operation_id, marker, now):
+            deleted += 1
+    if deleted:
+        log.info("retention_cleanup", deleted=deleted)
+    return deleted
+
+
+# A marker whose record does not exist is dropped only when older than this: a create writes its marker first
+# and its record a moment later (an operation can be due at once when its grant ends now).
+MARKER_MIN_AGE = timedelta(hours=1)
+
+
+def _candidates(services: Services, now: datetime) -> Iterator[tuple[str, ObjectInfo | None]]:
+    """Operation ids that may be due, each with its expiry marker if found by one: the markers of every hour up to
+    now, then the operations of grantees whose grant is not in standing. An id can come twice (the second look
+    finds it gone)."""
+    current = layout.expiry_bucket(now)
+    for info in services.store.list(layout.EXPIRY):
+        parsed = layout.parse_expiry_key(info.key)
+        if parsed is None:
+            continue
+        bucket, operation_id = parsed
+        if bucket > current:
+            break  # ascending keys: every later marker is in a later hour
+        yield operation_id, info
+    for prefix in services.store.list_prefixes(layout.GRANTEES):
+        address = prefix[len(layout.GRANTEES) : -1]
+        try:
+            standing(services.grants, address, now)
+            continue
+        except GrantDenied:
+            pass
+        for info in services.store.list(prefix):
+            yield layout.operation_id_from_index_key(info.key), None
+
+
+def _expire_if_due(services: Services, operation_id: str, marker: ObjectInfo | None, now: datetime) -> bool:
+    try:
+        record = services.records.get(operation_id)
+    except NotFound:
+        if marker is not None and marker.last_modified <= now - MARKER_MIN_AGE:
+            services.store.delete(marker.key)  # its operation is gone (deleted, or a create that crashed)
+        return False
+    except CryptoError as exc:
+        log.error("retention_record_unreadable", operation_id=operation_id, error=exc.code)
+        return False
+    reason = _deletion_reason(services, record, now)
+    if reason is None:
+        if marker is not None and marker.key != layout.expiry_key(record.expires_at, operation_id):
+            services.records.mark_expiry(record)  # a marker in the wrong hour: move it to the record's own
+            services.store.delete(marker.key)
+        return False  # in the current hour but not yet due, or found twice
+    try:
+        return _delete_operation(services, operation_id, now, reason)
+    except StrongroomError as exc:  # busy lock, S3 hiccup: the next run retries
+        log.warning("retention_delete_failed", operation_id=operation_id, error=exc.code)
+        return False
+
+
+def build_expiry_index(services: Services) -> int:
+    """Write the expiry marker of every stored record, then ``EXPIRY_BUILT``; return how many were indexed.
+
+    Runs once, for records stored before the index existed (new records get their marker at create). It walks
+    the whole bucket, like every cleanup did before. If a record does not open (a keyring problem) the index is
+    not declared built, so the next run walks again rather than leave that record behind.
+    """
+    indexed, unreadable = 0, 0
+    for operation_id in services.records.all_ids():
         try:
             record = services.records.get(operation_id)
         except NotFound:
             continue  # deleted meanwhile
         except CryptoError as exc:
             log.error("retention_record_unreadable", operation_id=operation_id, error=exc.code)
+            unreadable += 1
             continue
-        reason = _deletion_reason(services, record, now)
-        if reason is None:
-            continue
-        try:
-            if _delete_operation(services, operation_id, now, reason):
-                deleted += 1
-        except StrongroomError as exc:  # busy lock, S3 hiccup: the next run retries
-            log.warning("retention_delete_failed", operation_id=operation_id, error=exc.code)
-    if deleted:
-        log.info("retention_cleanup", deleted=deleted)
-    return deleted
+        services.records.mark_expiry(record)
+        indexed += 1
+    if unreadable:
+        log.warning("expiry_index_incomplete", indexed=indexed, unreadable=unreadable)
+    else:
+        services.store.put_bytes(layout.EXPIRY_BUILT, datetime.now(UTC).isoformat().encode())
+        log.info("expiry_index_built", indexed=indexed)
+    return indexed
 
 
 def _deletion_reason(services: Services, record: OperationRecord, now: datetime) -> str | None:
@@ -99,6 +176,7 @@ def _delete_operation(services: Services, operation_id: str, now: datetime, reas
             services.store.delete_many(batch)
         audit_log.delete_anchor(services.redis, operation_id)  # its log is gone with it, by design
         services.store.delete(record_key)
+        services.records.delete_expiry_marker(record)  # after the record: a crash in between is found again
     if services.quotas is not None:
         services.quotas.credit(record.grantee, sum(artifact.size for artifact in record.artifacts))
         services.quotas.finished(record.grantee, record.id)

@@ -158,6 +158,13 @@ class ObjectStoreContract:
         assert list(store.list(prefix + "dir/", limit=0)) == []
         assert list(store.list(prefix + "nothing-here/")) == []
 
+    def test_list_prefixes_names_each_directory_once(self, store: ObjectStore, prefix: str) -> None:
+        for name in ["b/2", "a", "b/1", "c/x/y", "b/10"]:
+            store.put_bytes(prefix + "dir/" + name, b"")
+        store.put_bytes(prefix + "dirx/other/1", b"sibling prefix, must not be listed")
+        assert list(store.list_prefixes(prefix + "dir/")) == [prefix + "dir/b/", prefix + "dir/c/"]
+        assert list(store.list_prefixes(prefix + "nothing-here/")) == []
+
     # --- deletes ------------------------------------------------------------------------------------
 
     def test_delete_is_idempotent(self, store: ObjectStore, prefix: str) -> None:
