@@ -160,7 +160,7 @@ class FaultStack:
             assert record.artifacts == [], "a failed operation names artifacts"
         for key in named:
             assert self.services.store.exists(key), f"the record names a missing object {key}"
-        sweep_orphans(self.services, now=datetime.now(UTC) + timedelta(hours=2))
+        sweep_orphans(self.services, now=datetime.now(UTC) + timedelta(hours=7))  # past every age gate
         assert stored_keys(self.services, operation_id) == named, "unnamed objects survived the orphan sweep"
         assert self.multipart_uploads(operation_id) == [], "incomplete multipart uploads survived the sweep"
         assert self.run_dirs() == [], "a run directory (agent plaintext) was left on the worker's disk"
