@@ -299,7 +299,9 @@ def _log(args: argparse.Namespace) -> int:
     verdict = {True: "hash chain verified", False: "HASH CHAIN BROKEN", None: "hash chain not reported"}
     lines = [_event_line(e) for e in log.events]
     lines.append(f"{len(log.events)} event(s), {verdict[log.chain_verified]}")
-    _emit(args, {"events": log.events, "chain_verified": log.chain_verified}, "\n".join(lines))
+    lines += [f"  {problem}" for problem in log.problems]
+    doc = {"events": log.events, "chain_verified": log.chain_verified, "problems": log.problems}
+    _emit(args, doc, "\n".join(lines))
     return 0 if log.chain_verified is not False else 9
 
 

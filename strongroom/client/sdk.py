@@ -85,6 +85,7 @@ class AccessLog:
     events: list[dict[str, Any]]
     chain_verified: bool | None  # None when the server did not say
     raw: dict[str, Any] = field(repr=False)
+    problems: list[str] = field(default_factory=list)  # what the server found wrong with the chain, every page
 
 
 class StrongroomClient:
@@ -211,6 +212,7 @@ class StrongroomClient:
         """
         events: list[dict[str, Any]] = []
         verified: bool | None = None
+        problems: list[str] = []
         params: dict[str, str] = {}
         data: dict[str, Any] = {}
         for _ in range(max_pages):
@@ -222,13 +224,14 @@ class StrongroomClient:
             said = next((data[k] for k in ("chain_valid", "chain_verified") if isinstance(data.get(k), bool)), None)
             if said is not None:
                 verified = said if verified is None else verified and said
+            problems += [p for p in data.get("problems") or () if isinstance(p, str)]
             cursor = data.get("next_cursor")
             if cursor is None or cursor == "":
                 break
             params = {"after": str(cursor)}
         else:
             raise ProtocolError(f"the access log did not end within {max_pages} pages")
-        return AccessLog(events, verified, data)
+        return AccessLog(events, verified, data, problems)
 
     # --- artifacts ---
 

@@ -187,7 +187,9 @@ class FakeApi:
             after = int(request.url.params.get("after", "0"))
             page = self.events[after : after + 2]
             more = after + 2 < len(self.events)
-            body = {"events": page, "chain_valid": self.chain_valid, "next_cursor": str(after + 2) if more else None}
+            problems = [] if self.chain_valid else [f"batch {after + 1} is missing"]
+            body = {"events": page, "chain_valid": self.chain_valid, "problems": problems}
+            body["next_cursor"] = str(after + 2) if more else None
             return httpx.Response(200, json=body)
         if rest == ["artifacts"]:
             return httpx.Response(200, json=op.body()["artifacts"])

@@ -137,8 +137,11 @@ def test_access_log_follows_every_page(client: StrongroomClient, api: FakeApi, i
     log = client.access_log(op_id)
     assert [e["action"] for e in log.events] == [f"artifact.url.{i}" for i in range(5)]  # three pages of two
     assert log.chain_verified is True
+    assert log.problems == []
     api.chain_valid = False
-    assert client.access_log(op_id).chain_verified is False
+    broken = client.access_log(op_id)
+    assert broken.chain_verified is False
+    assert broken.problems == ["batch 1 is missing", "batch 3 is missing", "batch 5 is missing"]  # every page's
 
 
 def test_operation_ids_and_names_are_percent_encoded_in_signed_urls(
