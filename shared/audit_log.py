@@ -264,7 +264,16 @@ def read_tail(records: OperationStore, operation_id: str | None, anchor: Head | 
             recorded = known.digest
         if not hmac.compare_digest(recorded, known.digest):
             gap.append(f"batch {known.sequence} differs from the digest recorded in {source}")
-    batch = read_batch(records, operation_id, newest)
+    try:
+        batch = read_batch(records, operation_id, newest)
+    except NotFound:
+        raise
+    except StrongroomError as exc:
+        # An object nobody with the keyring wrote (or a damaged one) must not stop the log for good: record it and
+        # continue after it. What the next batch names as ``prev`` cannot be checked across it either way.
+        gap.append(f"batch {newest} does not verify ({exc.detail})")
+        fallback = known.digest if known is not None and known.sequence == newest else GENESIS
+        return Tail(newest, fallback, frozenset(), "; ".join(gap))
     if known is not None and known.sequence == newest and not hmac.compare_digest(batch.digest, known.digest):
         gap.append(f"batch {newest} differs from the digest recorded in {source}")
     return Tail(newest, batch.digest, frozenset(e.id for e in batch.events), "; ".join(gap) or None)

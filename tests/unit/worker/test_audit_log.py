@@ -242,3 +242,18 @@ def test_a_replaced_batch_named_by_the_anchor_is_recorded(records: OperationStor
     assert not audit_log.verify_chain(records, OP, anchor=anchors[OP]).ok
     batch = _append(records, anchors)
     assert batch.events[0].action == audit_log.GAP_ACTION and "differs" in (batch.events[0].reason or "")
+
+
+def test_an_object_planted_as_the_next_batch_does_not_stop_the_log(records: OperationStore) -> None:
+    """Anyone with S3 write access can put garbage where the next batch goes: the log records it and carries on,
+    instead of failing every append from then on (its events would stay pending for good)."""
+    anchors: dict[str, audit_log.Head] = {}
+    for _ in range(2):
+        _append(records, anchors)
+    records.store.put_bytes(audit_log.batch_key(OP, 3), b"not a sealed batch")
+    batch = _append(records, anchors)
+    assert batch.sequence == 4 and batch.events[0].action == audit_log.GAP_ACTION
+    assert "batch 3 does not verify" in (batch.events[0].reason or "")
+    problems = audit_log.verify_chain(records, OP, anchor=anchors[OP]).problems
+    assert any("batch 3 does not verify" in p for p in problems), problems
+    assert _append(records, anchors).sequence == 5  # and the log goes on
