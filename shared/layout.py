@@ -274,6 +274,8 @@ def redis_audit_head(log: str) -> str:
 
 
 REDIS_WORKERS = f"{REDIS_PREFIX}workers"  # sorted set: worker name -> last heartbeat (unix seconds)
+# hash: worker name -> why it cannot sandbox agents (only workers with a problem; /readyz reports them)
+REDIS_WORKER_SANDBOX = f"{REDIS_PREFIX}workers:sandbox"
 REDIS_AUDIT_STREAM = f"{REDIS_PREFIX}audit:events"  # accepted accesses and worker changes; trimmed only as a bound
 # Refusals of requests that proved nobody: capped on their own, so their volume never trims REDIS_AUDIT_STREAM.
 REDIS_AUDIT_REFUSALS = f"{REDIS_PREFIX}audit:refusals"

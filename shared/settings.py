@@ -193,15 +193,15 @@ class Settings:
     agents: str = _opt(
         "STRONGROOM_AGENTS",
         "",
-        'Command agents, JSON `{"<name>": {"command": ["gemini", "-p", "{prompt}", "-y"], "description": "..."}}` '
-        "(`description` optional: what `GET /api/v1/agents` tells grantees).",
+        'Command agents, JSON `{"<name>": {"command": ["gemini", "-p", "{prompt}", "-y"], "description": "...", '
+        '"mounts": ["/opt/gemini"]}}` (`description` optional: what `GET /api/v1/agents` tells grantees; `mounts` '
+        "optional: absolute paths the program needs besides `/usr`, shown read-only in its sandbox).",
     )
-    agent_user: str = _opt(
-        "STRONGROOM_AGENT_USER",
-        "auto",
-        "`auto`: `nobody` on a root worker (a run that user cannot start is refused), else the worker's user; "
-        "a user (name, uid or uid:gid; no supplementary groups; needs root or CAP_SETUID); `self`: the worker's "
-        "own user even as root (development only: agents get root). Empty is an error.",
+    agent_sandbox: Literal["bwrap", "none"] = _opt(
+        "STRONGROOM_AGENT_SANDBOX",
+        "bwrap",
+        "`bwrap`: every agent run in its own bubblewrap sandbox (namespaces; a run is refused if it cannot be "
+        "created); `none`: agents run unsandboxed (development only, refused when STRONGROOM_ENV=production).",
     )
     agent_network: Literal["allowed", "none"] = _opt(
         "STRONGROOM_AGENT_NETWORK",
@@ -292,6 +292,16 @@ class Settings:
                 raise ConfigError("STRONGROOM_AGENTS", 'must map names to {"command": [<argv>...]}')
             if not all(isinstance(v.get("description", ""), str) for v in agents.values()):
                 raise ConfigError("STRONGROOM_AGENTS", "an agent's description must be a string")
+            for spec in agents.values():
+                mounts = spec.get("mounts", [])
+                if not isinstance(mounts, list) or not all(isinstance(m, str) and m.startswith("/") for m in mounts):
+                    raise ConfigError("STRONGROOM_AGENTS", "an agent's mounts must be a list of absolute paths")
+        if self.agent_sandbox == "none" and self.env == "production":
+            raise ConfigError(
+                "STRONGROOM_AGENT_SANDBOX",
+                "is 'none' but STRONGROOM_ENV=production: agents run sandboxed in production (install bwrap, "
+                "see docs/agents.md)",
+            )
         if self.keyring and self.keyring_file:
             raise ConfigError("STRONGROOM_KEYRING", "set either STRONGROOM_KEYRING or STRONGROOM_KEYRING_FILE")
         if self.grants_source == "static" and not self.grants_file:
@@ -360,6 +370,12 @@ class Settings:
             return {}
         return {name: list(spec["command"]) for name, spec in json.loads(self.agents).items()}
 
+    def agent_mounts(self) -> dict[str, list[str]]:
+        """What each command agent's program needs outside ``/usr`` (read-only in its sandbox), by name."""
+        if not self.agents:
+            return {}
+        return {name: list(spec.get("mounts", [])) for name, spec in json.loads(self.agents).items()}
+
     def agent_descriptions(self) -> dict[str, str]:
         """Operator-written descriptions of the command agents that have one, by name."""
         if not self.agents:
@@ -404,6 +420,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "embedded_artifacts": ("on", "deprecated", "off"),
     "agent_network": ("allowed", "none"),
     "grants_source": ("", "open", "static"),
+    "agent_sandbox": ("bwrap", "none"),
 }
 _POSITIVE_INTS = {
     "api_port",
@@ -441,7 +458,6 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "keyring_file": lambda var, raw: Path(raw) if raw else None,
     "work_dir": lambda var, raw: Path(raw) if raw else None,
     "grants_file": lambda var, raw: Path(raw) if raw else None,
-    "agent_user": lambda var, raw: raw or _choice(var, raw, ("auto", "self", "<user>[:<gid>]")),
 }
 
 

@@ -144,9 +144,6 @@ def stack_env(
         "STRONGROOM_LOG_LEVEL": "INFO",
         "STRONGROOM_S3_CORS_ORIGINS": page_origin,
         "STRONGROOM_WORK_DIR": str(stack_dir / "work"),
-        # This machine's Python lives under a 0700 /root, so `nobody` cannot run it: tests that exercise the
-        # separate-user path name it explicitly.
-        "STRONGROOM_AGENT_USER": "self",
         "PYTHONUNBUFFERED": "1",
     }
     (stack_dir / "work").mkdir(exist_ok=True)

@@ -4,15 +4,15 @@
 ``strongroom worker|beat`` commands need it), but settings are read only when Celery first needs its
 configuration: the ``on_configure`` hook hands Celery ``shared.contracts.celery_config`` plus the beat schedule.
 Signals bind the task id (and the operation id when the task has one) into structlog's context, start the
-heartbeat when the worker is ready, and build ``Services`` once per process. Every process that may run agents
-(the main process for the threads/solo pools, each prefork child) protects itself first: non-dumpable, so an
-agent cannot read its environ or ptrace it, and a child subreaper that claims the orphans agents leave. The
-prefork main process sweeps the orphans of pool processes that died.
+heartbeat when the worker is ready, and build ``Services`` once per process. At start the main process removes
+the run directories of dead runs (plaintext a killed worker left behind) and keeps doing so periodically, and
+checks that it can create the agent sandbox: if not, it logs why and its heartbeat tells ``/readyz`` (every run
+is refused anyway, so no agent ever runs unsandboxed). Each agent's PID namespace ends with its run, so no
+process of an agent outlives it and nothing here tracks agent processes.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Any
 
@@ -24,7 +24,7 @@ from shared.errors import ConfigError
 from shared.logging import configure as configure_logging
 from shared.runtime_limits import pin_recursion_limit
 from shared.settings import Settings
-from worker_service.agents import sandbox
+from worker_service.agents import sandbox, workdir
 from worker_service.heartbeat import Heartbeat
 from worker_service.pipeline.monitor import start_metrics_server
 from worker_service.schedule import beat_schedule
@@ -33,7 +33,6 @@ from worker_service.services import Services
 app = Celery("strongroom", include=["worker_service.tasks"])
 log = structlog.get_logger(__name__)
 
-ORPHAN_SWEEP_INTERVAL = 5.0  # seconds; prefork main process only
 
 
 class WorkerProcess:
@@ -110,51 +109,25 @@ def _pin_interpreter_limits(**_: Any) -> None:
 
 
 @signals.worker_init.connect
-def _protect_worker(sender: Any = None, **_: Any) -> None:
-    """Before any task: the agent sandbox's host-side half, and an early word if the policy cannot be enforced
-    (each run still refuses on its own, so a worker that starts anyway never runs an agent unsandboxed).
-
-    With the prefork pool this main process runs no agents, but as a subreaper it inherits the agent processes
-    of a pool process that died (their own pool process, also a subreaper, handles everything else); the orphan
-    sweeper kills and reaps those. Not for the threads/solo pools: there this process *is* the agent host and
-    ``RunTracker`` does the work.
-    """
-    sandbox.protect_worker_process(claim_orphans=True)
-    if process.sweeper is None and _is_prefork(sender):
-        process.sweeper = sandbox.start_orphan_sweeper(ORPHAN_SWEEP_INTERVAL)
-    try:
-        problem = _sandbox_problem(settings())
-    except ConfigError as exc:
-        problem = exc.detail
-    if problem is not None:
-        log.error("worker.agent_sandbox_unavailable", problem=problem)
-
-
-def _is_prefork(worker: Any) -> bool:
-    from celery import concurrency
-    from celery.concurrency.prefork import TaskPool
-
-    try:
-        pool = concurrency.get_implementation(getattr(worker, "pool_cls", None) or app.conf.worker_pool)
-    except (ImportError, KeyError, AttributeError):
-        return False
-    return isinstance(pool, type) and issubclass(pool, TaskPool)
+def _sweep_workdirs(**_: Any) -> None:
+    """Before any task, in the main process: remove run directories no live run holds, then every few minutes."""
+    base = settings().work_dir
+    workdir.sweep_stale(base)
+    if process.sweeper is None:
+        process.sweeper = workdir.start_sweeper(base)
 
 
 def _sandbox_problem(current: Settings) -> str | None:
-    """Why agents (the built-in one at least) would be refused here, or None; checked once, at start."""
+    """Why agents would be refused here (bwrap missing or unable to create namespaces), or None."""
     try:
-        policy = sandbox.SandboxPolicy.from_settings(current)
-        sandbox.check_executable(sys.executable, "", policy.identity)  # the built-in agent's interpreter
+        return sandbox.probe(sandbox.SandboxPolicy.from_settings(current))
     except ConfigError as exc:
         return exc.detail
-    return sandbox.probe(policy)
 
 
 @signals.worker_process_init.connect
 def _reset_after_fork(**_: Any) -> None:
     process.forget_services()
-    sandbox.protect_worker_process(claim_orphans=True)  # the subreaper flag is not inherited across fork
 
 
 @signals.task_prerun.connect
@@ -173,7 +146,10 @@ def _unbind_task(**_: Any) -> None:
 @signals.worker_ready.connect
 def _start_heartbeat(sender: Any = None, **_: Any) -> None:
     name = getattr(sender, "hostname", None) or app.conf.get("worker_name") or "worker"
-    process.heartbeat = Heartbeat(services().redis, str(name))
+    problem = _sandbox_problem(settings())
+    if problem is not None:
+        log.error("worker.agent_sandbox_unavailable", problem=problem)
+    process.heartbeat = Heartbeat(services().redis, str(name), problem=problem)
     process.heartbeat.start()
     start_metrics_server(services())
 

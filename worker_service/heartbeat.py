@@ -2,7 +2,9 @@
 
 A daemon thread in the worker's main process (started on ``worker_ready``, stopped on shutdown), so it beats
 while every pool slot is busy running agents. ``/readyz`` counts members seen within the last minute; members
-older than a day are trimmed so the set stays small however many workers have come and gone.
+older than a day are trimmed so the set stays small however many workers have come and gone. A worker that cannot
+sandbox agents (``problem``) says so in ``layout.REDIS_WORKER_SANDBOX`` with each beat, so ``/readyz`` can name
+the reason.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ STALE_AFTER = 24 * 3600
 
 
 class Heartbeat:
-    def __init__(self, client: redis.Redis, name: str, interval: float = INTERVAL) -> None:
+    def __init__(self, client: redis.Redis, name: str, interval: float = INTERVAL, problem: str | None = None) -> None:
         self.client = client
         self.name = name
+        self.problem = problem
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -35,6 +38,10 @@ class Heartbeat:
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(layout.REDIS_WORKERS, {self.name: now})
         pipe.zremrangebyscore(layout.REDIS_WORKERS, "-inf", now - STALE_AFTER)
+        if self.problem is None:
+            pipe.hdel(layout.REDIS_WORKER_SANDBOX, self.name)
+        else:
+            pipe.hset(layout.REDIS_WORKER_SANDBOX, self.name, self.problem)
         pipe.execute()
 
     def _loop(self) -> None:
@@ -58,3 +65,4 @@ class Heartbeat:
             self._thread.join(timeout)
         with suppress(redis.RedisError):  # else the member ages out of the readiness window anyway
             self.client.zrem(layout.REDIS_WORKERS, self.name)
+            self.client.hdel(layout.REDIS_WORKER_SANDBOX, self.name)

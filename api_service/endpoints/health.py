@@ -1,5 +1,6 @@
 """Unsigned probes and metrics. ``/healthz`` says the process serves; ``/readyz`` says it can do useful work
-(Redis, S3, and at least one worker heartbeat in the last minute), with one JSON entry per check."""
+(Redis, S3, at least one worker heartbeat in the last minute, and no live worker that cannot sandbox agents), with
+one JSON entry per check."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ async def readyz(request: Request) -> Response:
     except Exception as exc:
         checks["s3"] = {"ok": False, "error": type(exc).__name__}
     checks["worker"] = await _worker_check(request)
+    checks["agent_sandbox"] = await _sandbox_check(request)
     ready = all(check["ok"] for check in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks},
@@ -53,6 +55,25 @@ async def _worker_check(request: Request) -> dict[str, Any]:
     if not alive:
         return {"ok": False, "error": f"no worker heartbeat in {WORKER_HEARTBEAT_MAX_AGE} s", "workers": 0}
     return {"ok": True, "workers": int(alive)}
+
+
+async def _sandbox_check(request: Request) -> dict[str, Any]:
+    """Live workers that reported they cannot create the agent sandbox (they refuse every run), with the reason."""
+    redis = services(request).redis
+    try:
+        problems = await redis.hgetall(layout.REDIS_WORKER_SANDBOX)
+        live = await redis.zrangebyscore(layout.REDIS_WORKERS, time.time() - WORKER_HEARTBEAT_MAX_AGE, "+inf")
+    except Exception as exc:
+        return {"ok": False, "error": type(exc).__name__}
+    names = {_text(name) for name in live if isinstance(name, bytes | str)}
+    reasons = sorted({_text(reason) for name, reason in problems.items() if _text(name) in names})
+    if reasons:
+        return {"ok": False, "error": "a worker cannot sandbox agents: " + reasons[0], "workers": len(reasons)}
+    return {"ok": True}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def metrics(request: Request) -> Response:

@@ -51,10 +51,18 @@ def _prepare_env(args: argparse.Namespace, data_dir: Path, base: Mapping[str, st
     env.setdefault("STRONGROOM_S3_CORS_ORIGINS", f"http://{args.host}:{args.port}")
     env.setdefault("STRONGROOM_PUBLIC_AUTHORITIES", ",".join(dev_authorities(args.host, args.port)))
     env.setdefault("STRONGROOM_WORK_DIR", str(data_dir / "work"))
-    # A development tool: agents run as the developer's own user (root if dev runs as root) unless told otherwise.
-    env.setdefault("STRONGROOM_AGENT_USER", "self")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def _sandbox_problem(settings: Settings) -> str | None:
+    """Why the worker could not sandbox agents here (said before anything starts), or None."""
+    from worker_service.agents import sandbox
+
+    try:
+        return sandbox.probe(sandbox.SandboxPolicy.from_settings(settings))
+    except ConfigError as exc:
+        return exc.detail
 
 
 def dev_authorities(host: str, port: int) -> list[str]:
@@ -214,6 +222,9 @@ def _serve(stack: DevStack, stopping: threading.Event) -> int:
 
     stack.start_servers()
     settings = Settings.from_env(stack.env)
+    if (problem := _sandbox_problem(settings)) is not None:
+        log.error("agents cannot be sandboxed here", problem=problem, escape_hatch="STRONGROOM_AGENT_SANDBOX=none")
+        return 1
     initialise(settings)
     stack.start_children()
     url = f"http://{settings.api_host}:{settings.api_port}"
@@ -223,9 +234,9 @@ def _serve(stack: DevStack, stopping: threading.Event) -> int:
         return stack.dead_child() is None
 
     wait_for(lambda: _api_ready(url), timeout=READY_TIMEOUT, what="strongroom (GET /readyz)", alive=alive)
-    log.info("ready", api=url, data_dir=str(stack.data_dir), agent_user=settings.agent_user)
-    if settings.agent_user == "self":
-        log.warning("development: agents run as this user (STRONGROOM_AGENT_USER=self); set it to isolate them")
+    log.info("ready", api=url, data_dir=str(stack.data_dir), agent_sandbox=settings.agent_sandbox)
+    if settings.agent_sandbox == "none":
+        log.warning("development: agents run WITHOUT a sandbox (STRONGROOM_AGENT_SANDBOX=none): they see your files")
     print(f"strongroom ready: {url} (Ctrl-C stops everything)", flush=True)
     print(f"  browser page: {url}/app/   API reference: {url}/api/v1/openapi.json", flush=True)
     print(f"  client: STRONGROOM_API_URL={url} strongroom client keygen", flush=True)

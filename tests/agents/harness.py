@@ -32,19 +32,23 @@ HOST = str(Path(__file__).resolve().parent / "host.py")
 
 
 def agent_python() -> str:
-    """An interpreter a separate agent user can run (misbehave.py needs only the standard library).
-
-    A root worker runs agents as ``nobody`` by default; the project's venv interpreter may live under a 0700
-    home (pyenv in /root), which that user cannot traverse, while the system one can.
-    """
-    if os.geteuid() == 0 and os.access("/usr/bin/python3", os.X_OK):
+    """An interpreter for misbehave.py (standard library only): the system one, which the sandbox's ``/usr``
+    shows, else the base interpreter of this one (``agent_mounts`` then mounts it)."""
+    if os.access("/usr/bin/python3", os.X_OK):
         return "/usr/bin/python3"
-    return sys.executable
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
+def agent_mounts() -> list[str]:
+    """What a misbehave.py agent needs besides ``/usr`` in its sandbox: the script (and a non-system Python)."""
+    return [AGENT] if agent_python() == "/usr/bin/python3" else [AGENT, sys.base_prefix]
 
 
 def agents_env(**commands: list[str]) -> str:
     """STRONGROOM_AGENTS for misbehave.py modes, e.g. ``agents_env(many=["files", "60"])``."""
-    return json.dumps({name: {"command": [agent_python(), AGENT, *argv]} for name, argv in commands.items()})
+    return json.dumps(
+        {name: {"command": [agent_python(), AGENT, *argv], "mounts": agent_mounts()} for name, argv in commands.items()}
+    )
 
 
 def client_services(settings: Settings) -> Services:

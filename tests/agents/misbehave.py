@@ -19,6 +19,12 @@ misbehave.py peek                try to read the parent's (the worker's) /proc e
 misbehave.py connect PORT        try to connect to 127.0.0.1:PORT; write the outcome to out/connect.json
 misbehave.py whoami              write uid, gid, groups, RLIMIT_NPROC and the owners of the working dir and out/
                                  to out/whoami.json
+misbehave.py pry PATH...         a hostile agent: try to read each PATH, /proc/1/environ and the parent's environ,
+                                 list /proc, write outside out/; write what it got to out/pry.json
+misbehave.py signal PID          try to SIGKILL PID (the worker); write the outcome to out/signal.json
+misbehave.py link PATH           hard-link PATH into out/ (else copy nothing) and exit 0
+misbehave.py outfill BYTES       write BYTES into out/ as fast as it can (1 MiB files), then exit 0
+misbehave.py forkbomb N          fork up to N sleeping processes, report how many it got, exit 0 (they stay)
 """
 
 from __future__ import annotations
@@ -94,6 +100,24 @@ def connect(port: int) -> dict[str, object]:
         return {"connected": False, "error": type(exc).__name__}
 
 
+def pry(paths: list[str]) -> dict[str, object]:
+    read: dict[str, object] = {}
+    for path in [*paths, "/proc/1/environ", f"/proc/{os.getppid()}/environ"]:
+        try:
+            read[path] = Path(path).read_bytes().decode("utf-8", "replace")
+        except OSError as exc:
+            read[path] = type(exc).__name__
+    writes = {}
+    for target in ("/pwned", str(Path.cwd() / "pwned"), "/usr/pwned", "/etc/pwned"):
+        try:
+            Path(target).write_text("x")
+            writes[target] = "written"
+        except OSError as exc:
+            writes[target] = type(exc).__name__
+    pids = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+    return {"read": read, "writes": writes, "pids": pids, "env": sorted(os.environ)}
+
+
 def main(mode: str, *args: str) -> int:
     OUT.mkdir(exist_ok=True)
     if mode == "files":
@@ -163,6 +187,36 @@ def main(mode: str, *args: str) -> int:
             "out_uid": os.stat("out").st_uid,
         }
         (OUT / "whoami.json").write_text(json.dumps(facts))
+    elif mode == "pry":
+        (OUT / "pry.json").write_text(json.dumps(pry(list(args))))
+    elif mode == "signal":
+        try:
+            os.kill(int(args[0]), signal.SIGKILL)
+            outcome = "killed"
+        except OSError as exc:
+            outcome = type(exc).__name__
+        (OUT / "signal.json").write_text(json.dumps({"outcome": outcome}))
+    elif mode == "link":
+        for kind, make in (("hard", os.link), ("sym", os.symlink)):
+            try:
+                make(args[0], OUT / f"{kind}.txt")
+            except OSError as exc:
+                print(f"{kind} link refused: {type(exc).__name__}", flush=True)
+    elif mode == "outfill":
+        for i in range(int(args[0]) // (1 << 20) + 1):
+            write(f"fill-{i:05d}.bin", 1 << 20)
+        report("filled out/")
+    elif mode == "forkbomb":
+        count = 0
+        try:
+            for _ in range(int(args[0])):
+                if os.fork() == 0:
+                    time.sleep(600)
+                    os._exit(0)
+                count += 1
+        except OSError as exc:
+            print(f"fork refused after {count}: {type(exc).__name__}", flush=True)
+        (OUT / "forkbomb.json").write_text(json.dumps({"forked": count}))
     elif mode == "chatty":
         for i in range(int(args[0])):
             print(f"line {i} " + "y" * 5000)

@@ -14,7 +14,7 @@ from typing import Any
 
 from shared import layout
 from shared.errors import ValidationFailed
-from worker_service.agents.runner import Workdir
+from worker_service.agents.workdir import Workdir
 
 
 def write_input(workdir: Workdir, agent_input: dict[str, Any]) -> None:

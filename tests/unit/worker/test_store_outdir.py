@@ -25,11 +25,11 @@ from shared.models import OperationRecord, utcnow
 from shared.records import OperationStore
 from shared.settings import Settings
 from shared.storage.memory import MemoryObjectStore
-from tests.agents.harness import AGENT, agent_python
+from tests.agents.harness import AGENT, agent_mounts, agent_python
 from worker_service.agents import outputs
 from worker_service.agents.outputs import LimitExceeded, collect_outputs
-from worker_service.agents.runner import Limits, Workdir, fresh_workdir
-from worker_service.agents.sandbox import SandboxPolicy
+from worker_service.agents.runner import Limits
+from worker_service.agents.workdir import Workdir, fresh_workdir
 from worker_service.pipeline import run as pipeline
 from worker_service.pipeline import store as store_module
 from worker_service.services import Services
@@ -38,7 +38,6 @@ LIMITS = Limits(max_execution_time=20, max_disk_usage=50 << 20, max_artifact_cou
 SECRET = b"TOP-SECRET-KEYRING-MATERIAL"
 ROOT = os.geteuid() == 0
 TEST_DB = 9  # a database of the session Redis no other suite uses
-SELF = SandboxPolicy(as_worker=True)
 
 
 @pytest.fixture
@@ -53,7 +52,7 @@ def secret_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def workdir() -> Iterator[Workdir]:
-    with fresh_workdir(Path(tempfile.gettempdir()), SELF) as wd:
+    with fresh_workdir(Path(tempfile.gettempdir())) as wd:
         yield wd
 
 
@@ -160,35 +159,33 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     connection.close()
 
 
-def _swapping_run(client: redis.Redis, tmp_path: Path, secret_dir: Path, agent_user: str) -> tuple[Any, Services]:
-    agents = {"swapper": {"command": [agent_python(), AGENT, "swapout", str(secret_dir)]}}
+def _swapping_run(client: redis.Redis, tmp_path: Path, secret_dir: Path, **settings: Any) -> tuple[Any, Services]:
+    agents = {"swapper": {"command": [agent_python(), AGENT, "swapout", str(secret_dir)], "mounts": agent_mounts()}}
     store = MemoryObjectStore()
-    services = _services(store, client, agent_user=agent_user, agents=json.dumps(agents), work_dir=tmp_path / "work")
+    services = _services(store, client, agents=json.dumps(agents), work_dir=tmp_path / "work", **settings)
     record = _record(keywrap.generate_encryption_keypair()[1], agent="swapper", status="pending")
     services.records.create(record, {"text": "x"})
     return pipeline.run_operation(services, record.id, token="task-1"), services
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not ROOT, reason="a separate agent user needs a root worker")
-def test_agent_as_nobody_cannot_get_a_root_only_directory_published(
-    client: redis.Redis, tmp_path: Path, secret_dir: Path
-) -> None:
-    final, services = _swapping_run(client, tmp_path, secret_dir, "nobody")
+def test_a_sandboxed_agent_cannot_replace_out(client: redis.Redis, tmp_path: Path, secret_dir: Path) -> None:
+    """In the sandbox out/ is a mount point in a read-only directory: it cannot be removed or replaced."""
+    final, services = _swapping_run(client, tmp_path, secret_dir)
     assert final is not None and final.status == "failed", final
     assert final.artifacts == []
     assert final.result is not None
-    assert final.result.summary == "agent failed (exit status 1): could not replace out/: PermissionError"
+    assert final.result.summary.startswith("agent failed (exit status 1): could not replace out/:")
     assert list(services.store.list(layout.artifacts_prefix(final.id))) == []
     assert list(services.store.list(layout.embedded_prefix(final.id))) == []
 
 
 @pytest.mark.integration
-def test_a_replaced_out_dir_fails_the_run_even_for_a_same_user_agent(
+def test_a_replaced_out_dir_fails_the_run_even_unsandboxed(
     client: redis.Redis, tmp_path: Path, secret_dir: Path
 ) -> None:
-    """With ``self`` the agent may swap out/; the worker still reads nothing through the link."""
-    final, services = _swapping_run(client, tmp_path, secret_dir, "self")
+    """Unsandboxed (development) the agent may swap out/; the worker still reads nothing through the link."""
+    final, services = _swapping_run(client, tmp_path, secret_dir, env="development", agent_sandbox="none")
     assert final is not None and final.status == "failed", final
     assert final.artifacts == []
     assert final.result is not None
