@@ -115,7 +115,8 @@ def pry(paths: list[str]) -> dict[str, object]:
         except OSError as exc:
             writes[target] = type(exc).__name__
     pids = sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
-    return {"read": read, "writes": writes, "pids": pids, "env": sorted(os.environ)}
+    siblings = sorted(os.listdir(Path.cwd().parent))
+    return {"read": read, "writes": writes, "pids": pids, "env": sorted(os.environ), "siblings": siblings}
 
 
 def main(mode: str, *args: str) -> int:

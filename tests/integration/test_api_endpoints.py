@@ -521,6 +521,18 @@ def test_health_ready_and_metrics(api: ApiHarness, client: TestClient, redis_url
     assert checks["redis"]["ok"] and checks["s3"]["ok"] and not checks["worker"]["ok"]
     r.zadd(layout.REDIS_WORKERS, {"w1@test": time.time()})
     assert client.get("/readyz").status_code == 200
+    r.hset(layout.REDIS_WORKER_SANDBOX, "w1@test", "bwrap: No permissions to create a new namespace")
+    sandbox_down = client.get("/readyz")  # a live worker that refuses every agent: not ready, and why
+    assert sandbox_down.status_code == 503
+    assert sandbox_down.json()["checks"]["agent_sandbox"] == {
+        "ok": False,
+        "error": "a worker cannot sandbox agents: bwrap: No permissions to create a new namespace",
+        "workers": 1,
+    }
+    r.hset(layout.REDIS_WORKER_SANDBOX, "gone@test", "old problem")  # a worker without a heartbeat: ignored
+    r.hdel(layout.REDIS_WORKER_SANDBOX, "w1@test")
+    assert client.get("/readyz").status_code == 200
+    r.delete(layout.REDIS_WORKER_SANDBOX)
     api.store.available = False
     assert client.get("/readyz").json()["checks"]["s3"]["ok"] is False
     api.store.available = True

@@ -144,3 +144,12 @@ def test_the_cancel_task_cancels_through_the_shared_service_and_records_it(
     assert [(e.action, e.result, e.operation_id, e.actor, e.request_id) for e in events] == [
         ("operation.cancel", "ok", record.id, record.grantee, "req-1")
     ]
+
+
+@pytest.mark.integration
+def test_heartbeat_reports_a_worker_that_cannot_sandbox_agents(client: redis.Redis) -> None:
+    beat = Heartbeat(client, "w2@host", problem="bwrap: No permissions to create a new namespace")
+    beat.beat()
+    assert client.hget(layout.REDIS_WORKER_SANDBOX, "w2@host") == b"bwrap: No permissions to create a new namespace"
+    beat.stop()
+    assert client.hget(layout.REDIS_WORKER_SANDBOX, "w2@host") is None
