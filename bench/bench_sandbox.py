@@ -1,4 +1,4 @@
-"""Wall time of one agent run with the bwrap sandbox next to the same run without it (``STRONGROOM_AGENT_SANDBOX=none``).
+"""Wall time of one agent run in the bwrap sandbox next to the same run without it (STRONGROOM_AGENT_SANDBOX=none).
 
 The difference is what the sandbox costs per run: bwrap's start-up (namespaces, mounts), holding the scratch
 tmpfs, and tearing the PID namespace down. Measured through ``run_agent`` as the worker calls it, for ``true``
