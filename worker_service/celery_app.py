@@ -34,7 +34,6 @@ app = Celery("strongroom", include=["worker_service.tasks"])
 log = structlog.get_logger(__name__)
 
 
-
 class WorkerProcess:
     """What one worker (or beat) process holds: its settings, its clients and its background threads.
 
