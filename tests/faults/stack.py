@@ -34,7 +34,7 @@ from shared.storage.s3 import S3ObjectStore
 from strongroom.client import StrongroomClient
 from strongroom.client.identity import Identity, generate_identity
 from strongroom.dev.servers import ValkeyServer
-from tests.agents.harness import AGENT, agent_python, stored_keys
+from tests.agents.harness import AGENT, agents_env, stored_keys
 from tests.helpers.faultproxy import FaultProxy
 from tests.helpers.services import ApiHandle, BeatHandle, WorkerHandle
 from worker_service.pipeline.retention import sweep_orphans
@@ -52,9 +52,7 @@ RUN_DIR_PREFIX = "strongroom-agent-"
 
 
 def agents_json() -> str:
-    import json
-
-    return json.dumps({name: {"command": [agent_python(), AGENT, *argv]} for name, argv in AGENTS.items()})
+    return agents_env(**AGENTS)  # with the mounts the sandbox needs for misbehave.py
 
 
 @dataclass
