@@ -39,6 +39,7 @@ from shared.errors import Expired, GrantDenied, NotFound, NotGrantee, Strongroom
 from shared.events import apublish, new_event
 from shared.grants import standing
 from shared.models import AuditAction, OperationRecord, StoredArtifact, utcnow
+from shared.records import aversion
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Result = Literal["allowed", "denied", "ok", "error"]
@@ -164,7 +165,7 @@ async def load_operation(
         await audit(request, action, "denied", actor=signer.address, reason="operation_not_found")
         raise NotFound("no such operation", code="operation_not_found")
     try:
-        found = await blocking(services(request).records.get, operation_id)
+        found = await _record(request, operation_id)
     except NotFound:
         await _deny(request, action, signer, operation_id, artifact, "operation_not_found")
         raise NotFound("no such operation", code="operation_not_found") from None
@@ -180,6 +181,18 @@ async def load_operation(
         await _deny(request, action, signer, operation_id, artifact, "expired")
         raise Expired("this operation has expired")
     return found
+
+
+async def _record(request: Request, operation_id: str) -> OperationRecord:
+    """The current record: from this process's cache when its version token in Redis still stands (no thread
+    hop, no S3 read), else read from S3 in a worker thread (``shared.records``)."""
+    svc = services(request)
+    try:
+        token = await aversion(svc.redis, operation_id)
+    except (RedisError, OSError):
+        token = None  # no version to trust: read the truth, cache nothing
+    cached = svc.records.cache.get(operation_id, token)
+    return cached if cached is not None else await blocking(svc.records.load, operation_id, token)
 
 
 async def _in_standing(request: Request, signer: VerifiedSigner, action: AuditAction) -> None:

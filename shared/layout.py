@@ -254,6 +254,11 @@ def redis_operation_lock(operation_id: str) -> str:
     return f"{REDIS_PREFIX}lock:operation:{operation_id}"
 
 
+def redis_record_version(operation_id: str) -> str:
+    """A random token replaced after every write of the operation's record: validates per-process caches."""
+    return f"{REDIS_PREFIX}record-version:{operation_id}"
+
+
 def redis_run_lease(operation_id: str) -> str:
     """Held (and refreshed) by the worker running the operation; gone means that worker died."""
     return f"{REDIS_PREFIX}lease:run:{operation_id}"

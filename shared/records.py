@@ -4,16 +4,29 @@ Records are encrypted with the server keyring; the S3 key is the AAD, so a blob 
 not decrypt. Read-modify-write happens under a per-operation Redis lock (``update``), because the API (delete,
 cancel) and the worker (status, artifacts) both change records. S3 PUTs replace whole objects atomically, so a
 reader sees either the old record or the new one.
+
+Decoded records are cached per process (``RecordCache``), validated by a version token in Redis rather than by
+an S3 read: a hit costs one Redis GET instead of a GetObject, a decryption and a parse. Every write and delete
+of a record (``put``, ``delete_record``) first sets the token to ``WRITING`` (nothing is cached while it stands)
+and, once S3 has the new state, to a fresh random token. A reader caches what it read from S3 only under the
+token it saw *before* the read, so a write landing after that read always changes the token again: a cached
+record is never served after its record changed or vanished. A writer that dies mid-write leaves ``WRITING``,
+which expires (``LOCK_TIMEOUT``); a missing token is replaced by a fresh one with SET NX, never reused, so a
+Redis that lost its keys cannot validate an old entry either. Without Redis nothing is cached.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import redis
+import redis.asyncio as aioredis
 
 from shared import layout
 from shared.crypto.keyring import Keyring
@@ -24,6 +37,61 @@ from shared.storage import ObjectStore
 
 LOCK_TIMEOUT = 60  # seconds a holder may keep the lock before it is considered dead
 LOCK_WAIT = 15
+WRITING = b"writing"  # the version token while a record write is in flight: nothing is cached meanwhile
+TOKEN_TTL = 24 * 3600  # seconds an idle version token lives; a missing one is replaced by a fresh one
+CACHE_SIZE = 1024  # decoded records kept per process (least recently used dropped first)
+
+
+def new_token() -> bytes:
+    return secrets.token_hex(12).encode()
+
+
+def usable_token(value: bytes | str | None) -> bytes | None:
+    """The token a read may cache under, or ``None`` (no token yet, or a write in flight)."""
+    if value is None:
+        return None
+    token = value.encode() if isinstance(value, str) else value
+    return None if token == WRITING else token
+
+
+class RecordCache:
+    """Decoded records by operation id, each with the version token it was read under; bounded, thread-safe."""
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self._entries: OrderedDict[str, tuple[bytes, OperationRecord]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, operation_id: str, token: bytes | None) -> OperationRecord | None:
+        if token is None:
+            return None
+        with self._lock:
+            entry = self._entries.get(operation_id)
+            if entry is None or entry[0] != token:
+                return None
+            self._entries.move_to_end(operation_id)
+            return entry[1]
+
+    def put(self, operation_id: str, token: bytes, record: OperationRecord) -> None:
+        with self._lock:
+            self._entries[operation_id] = (token, record)
+            self._entries.move_to_end(operation_id)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def forget(self, operation_id: str) -> None:
+        with self._lock:
+            self._entries.pop(operation_id, None)
+
+
+async def aversion(client: aioredis.Redis, operation_id: str) -> bytes | None:
+    """``OperationStore.version`` on the async client, so the API checks its cache without a thread hop."""
+    key = layout.redis_record_version(operation_id)
+    current = await client.get(key)
+    if current is not None:
+        return usable_token(current)
+    fresh = new_token()
+    return fresh if await client.set(key, fresh, nx=True, ex=TOKEN_TTL) else None
 
 
 class OperationStore:
@@ -31,6 +99,7 @@ class OperationStore:
         self.store = store
         self.keyring = keyring
         self.redis = redis_client
+        self.cache = RecordCache()
 
     # --- sealed blobs -------------------------------------------------------------------------------------
 
@@ -54,14 +123,52 @@ class OperationStore:
         self.store.put_bytes(index, b"")
 
     def get(self, operation_id: str) -> OperationRecord:
+        """The current record: from the cache when its version token still stands, else from S3."""
+        token = self.version(operation_id)
+        return self.cache.get(operation_id, token) or self.load(operation_id, token)
+
+    def load(self, operation_id: str, token: bytes | None) -> OperationRecord:
+        """Read the record from S3 and cache it under ``token``, the version token read *before* this call."""
         try:
             raw = self.get_sealed(layout.record_key(operation_id))
         except NotFound:
             raise NotFound("no such operation", code="operation_not_found") from None
-        return OperationRecord.model_validate_json(raw)
+        record = OperationRecord.model_validate_json(raw)
+        if token is not None:
+            self.cache.put(operation_id, token, record)
+        return record
+
+    def version(self, operation_id: str) -> bytes | None:
+        """The record's version token (one created if none stands), or ``None`` while a write is in flight."""
+        if self.redis is None:
+            return None
+        key = layout.redis_record_version(operation_id)
+        current = self.redis.get(key)
+        if current is not None:
+            return usable_token(current)
+        fresh = new_token()
+        return fresh if self.redis.set(key, fresh, nx=True, ex=TOKEN_TTL) else None
 
     def put(self, record: OperationRecord) -> None:
-        self.put_sealed(layout.record_key(record.id), record.model_dump_json().encode())
+        with self._writing(record.id):
+            self.put_sealed(layout.record_key(record.id), record.model_dump_json().encode())
+
+    def delete_record(self, operation_id: str) -> None:
+        """Delete the record object; no process serves it from its cache afterwards."""
+        with self._writing(operation_id):
+            self.store.delete(layout.record_key(operation_id))
+
+    @contextmanager
+    def _writing(self, operation_id: str) -> Iterator[None]:
+        """Invalidate every process's cached copy around a write (see the module docstring for why both steps)."""
+        self.cache.forget(operation_id)
+        if self.redis is None:
+            yield
+            return
+        key = layout.redis_record_version(operation_id)
+        self.redis.set(key, WRITING, ex=LOCK_TIMEOUT)
+        yield
+        self.redis.set(key, new_token(), ex=TOKEN_TTL)
 
     def read_input(self, operation_id: str) -> dict[str, Any]:
         value = json.loads(self.get_sealed(layout.input_key(operation_id)))

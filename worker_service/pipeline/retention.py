@@ -175,7 +175,7 @@ def _delete_operation(services: Services, operation_id: str, now: datetime, reas
         if batch:
             services.store.delete_many(batch)
         audit_log.delete_anchor(services.redis, operation_id)  # its log is gone with it, by design
-        services.store.delete(record_key)
+        services.records.delete_record(operation_id)
         services.records.delete_expiry_marker(record)  # after the record: a crash in between is found again
     if services.quotas is not None:
         services.quotas.credit(record.grantee, sum(artifact.size for artifact in record.artifacts))
