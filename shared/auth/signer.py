@@ -14,9 +14,6 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
-
 from shared.auth.base import (
     REQUIRED_COMPONENTS,
     AuthorityError,
@@ -27,6 +24,7 @@ from shared.auth.base import (
     signature_base,
 )
 from shared.auth.headers import PREFERRED_LABEL
+from shared.auth.keys import SigningKey
 from shared.errors import ValidationFailed
 
 NONCE_BYTES = 16
@@ -65,7 +63,7 @@ def sign_request(
     is not the scheme's default) and ``@path``/``@query`` are its raw, percent-encoded path and query. ``headers``
     are accepted for API symmetry with other signers; the profile covers none of them.
     """
-    account = _account(signer)
+    account = SigningKey.from_key(signer) if isinstance(signer, str | bytes) else signer
     target = urlsplit(url)
     if target.scheme not in ("http", "https") or not target.netloc:
         raise ValidationFailed("url must be an absolute http(s) URL", code="url_invalid")
@@ -93,7 +91,7 @@ def sign_request(
         headers={**{k.lower(): v for k, v in (headers or {}).items()}, "content-digest": digest},
     )
     base = signature_base(REQUIRED_COMPONENTS, params, parts)
-    signature = bytes(account.sign_message(encode_defunct(text=base)).signature)
+    signature = _sign(account, base)
 
     return {
         "Content-Digest": digest,
@@ -102,8 +100,10 @@ def sign_request(
     }
 
 
-def _account(signer: str | bytes | MessageSigner) -> MessageSigner:
-    if isinstance(signer, str | bytes):
-        account: MessageSigner = Account.from_key(signer)
-        return account
-    return signer
+def _sign(signer: SigningKey | MessageSigner, text: str) -> bytes:
+    if isinstance(signer, SigningKey):
+        return signer.sign_text(text)
+    # Another signer (an eth_account LocalAccount, a hardware or remote wallet) takes eth_account's message type.
+    from eth_account.messages import encode_defunct
+
+    return bytes(signer.sign_message(encode_defunct(text=text)).signature)

@@ -2,7 +2,8 @@
 
 Every command prints a short human summary, or one JSON document with ``--json``. Expected failures print one
 line on stderr (``error: <what happened and what to do>``) and exit with a code naming the kind of failure (see
-``EXIT_CODES``); no tracebacks.
+``EXIT_CODES``); no tracebacks. The SDK (httpx, pydantic, the crypto libraries) is imported inside the commands
+that use it, so ``--help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import (
     AuthError,
@@ -30,11 +31,13 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.layout import validate_artifact_name
-from shared.models import GetOperationResponse, GrantView
+from strongroom.client.defaults import API_URL_ENV, DEFAULT_API_URL, default_identity_path
 from strongroom.client.errors import ClientError, IdentityError, WaitTimeout
-from strongroom.client.identity import create_identity, default_identity_path, load_identity
 from strongroom.client.progress import ProgressBar, human_size
-from strongroom.client.sdk import API_URL_ENV, DEFAULT_API_URL, StrongroomClient
+
+if TYPE_CHECKING:
+    from shared.models import GetOperationResponse, GrantView
+    from strongroom.client.sdk import StrongroomClient
 
 # Most specific first: the first matching class decides the exit code.
 EXIT_CODES: tuple[tuple[type[StrongroomError], int], ...] = (
@@ -125,6 +128,9 @@ def _identity_path(args: argparse.Namespace) -> Path:
 
 
 def _client(args: argparse.Namespace) -> StrongroomClient:
+    from strongroom.client.identity import load_identity
+    from strongroom.client.sdk import StrongroomClient
+
     api = args.api or os.environ.get(API_URL_ENV) or DEFAULT_API_URL
     return StrongroomClient(api, load_identity(_identity_path(args)))
 
@@ -164,6 +170,8 @@ def _dump(op: GetOperationResponse) -> dict[str, Any]:
 
 def _keygen(args: argparse.Namespace) -> int:
     path = _identity_path(args)
+    from strongroom.client.identity import create_identity
+
     identity = create_identity(path, force=args.force)
     document = {"address": identity.address, "encryption_public_key": identity.encryption_public_key, "path": str(path)}
     _emit(

@@ -3,8 +3,9 @@
 ``api``, ``worker`` and ``beat`` each run one process against the configured Redis and S3 (what containers run);
 ``init`` prepares the bucket idempotently; ``dev`` runs everything on one machine with embedded servers
 (``strongroom.dev.stack``). Settings are validated before anything starts: a bad value prints one line naming the
-variable and exits 2, with no traceback. Imports of api_service/worker_service are lazy, so each process loads
-only the side it runs.
+variable and exits 2, with no traceback. Everything a process needs is imported inside its command, so
+``strongroom client ...`` never pays for the servers, and a client-only install (``pip install strongroom``)
+answers a server command with the extra to install instead of a traceback.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.contracts import QUEUE
 from shared.errors import ConfigError, StrongroomError
-from shared.logging import configure, get_logger
-from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 CONFIG_EXIT = 2
+OWN_PACKAGES = frozenset({"shared", "strongroom", "api_service", "worker_service"})
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -41,12 +43,25 @@ def fails_cleanly(handler: Handler) -> Handler:
         except StrongroomError as exc:
             print(f"strongroom {args.command}: {exc.detail}", file=sys.stderr)
             return 1
+        except ModuleNotFoundError as exc:
+            if not exc.name or exc.name.partition(".")[0] in OWN_PACKAGES:
+                raise
+            extra = "embedded" if args.command == "dev" else "server"
+            print(
+                f"strongroom {args.command}: needs the {extra} dependencies (missing {exc.name}): "
+                f"pip install 'strongroom[{extra}]'",
+                file=sys.stderr,
+            )
+            return CONFIG_EXIT
 
     return run
 
 
 def load_settings(process: str, **overrides: Any) -> Settings:
     """Validate the environment, then configure logging for this process."""
+    from shared.logging import configure
+    from shared.settings import Settings
+
     settings = Settings.from_env(**overrides)
     settings.keyring_json()  # a missing keyring file is a start-up error, not a first-request error
     configure(settings.resolved_log_format, settings.log_level, process=process)
@@ -67,6 +82,7 @@ def run_api(args: argparse.Namespace) -> int:
     settings.validate_api()
     from api_service.app import create_app
     from api_service.serve import serve
+    from shared.logging import get_logger
 
     app = create_app(settings) if inspect.signature(create_app).parameters else create_app()
     get_logger(__name__).info(
@@ -87,6 +103,8 @@ def _celery_app() -> Any:
 
 @fails_cleanly
 def run_worker(args: argparse.Namespace) -> int:
+    from shared.contracts import QUEUE
+
     settings = load_settings("worker")
     argv = [
         "worker",
@@ -126,6 +144,7 @@ def initialise(settings: Settings) -> None:
     Nothing secret is generated here: production must bring its own keyring (``strongroom keyring generate``).
     """
     from shared.crypto.keyring import Keyring
+    from shared.logging import get_logger
     from shared.storage.s3 import S3ObjectStore
 
     keyring = settings.keyring_json()

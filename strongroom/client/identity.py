@@ -15,19 +15,17 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-
+from shared.auth.keys import SigningKey
 from shared.crypto import keywrap
 from shared.errors import CryptoError
+from strongroom.client.defaults import IDENTITY_ENV as IDENTITY_ENV
+from strongroom.client.defaults import default_identity_path as default_identity_path
 from strongroom.client.errors import IdentityError
 
-IDENTITY_ENV = "STRONGROOM_IDENTITY"
 FORMAT_VERSION = 1
 
 
@@ -35,14 +33,14 @@ FORMAT_VERSION = 1
 class Identity:
     """Secrets stay out of ``repr`` so an identity can be logged or shown in a traceback safely."""
 
-    account: LocalAccount = field(repr=False)
+    account: SigningKey = field(repr=False)
     encryption_secret_key: bytes = field(repr=False)
     encryption_public_key: str
 
     @property
     def address(self) -> str:
         """Lowercase 0x address: the form the API uses for grantees."""
-        return str(self.account.address).lower()
+        return self.account.address
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,16 +52,9 @@ class Identity:
         }
 
 
-def default_identity_path(environ: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if environ is None else environ
-    if env.get(IDENTITY_ENV):
-        return Path(env[IDENTITY_ENV]).expanduser()
-    return Path("~/.config/strongroom/identity.json").expanduser()
-
-
 def generate_identity() -> Identity:
     secret, public = keywrap.generate_encryption_keypair()
-    return Identity(Account.create(), secret, public)
+    return Identity(SigningKey.generate(), secret, public)
 
 
 def create_identity(path: Path, *, force: bool = False) -> Identity:
@@ -111,7 +102,7 @@ def load_identity(path: Path) -> Identity:
         data = json.loads(path.read_text())
         if data.get("version") != FORMAT_VERSION:
             raise IdentityError(f"{path} has an unsupported format version", code="identity_invalid")
-        account = Account.from_key(data["signing_key"])
+        account = SigningKey.from_key(data["signing_key"])
         secret = base64.b64decode(data["encryption_secret_key"], validate=True)
         identity = Identity(account, secret, keywrap.public_key_from_secret(secret))
     except IdentityError:

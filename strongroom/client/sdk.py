@@ -56,8 +56,6 @@ from strongroom.client.errors import (
 from strongroom.client.identity import Identity
 
 API_PREFIX = "/api/v1"
-DEFAULT_API_URL = "http://127.0.0.1:8080"
-API_URL_ENV = "STRONGROOM_API_URL"
 JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
 M = TypeVar("M", bound=BaseModel)
@@ -367,7 +365,7 @@ class StrongroomClient:
         )
         # Sign the URL httpx will actually send, so encoding differences cannot break @path or @query.
         request.headers.update(
-            sign_request(bytes(self.identity.account.key), method, str(request.url), body, chain_id=self.chain_id)
+            sign_request(self.identity.account, method, str(request.url), body, chain_id=self.chain_id)
         )
         try:
             return self._http.send(request, stream=True)
