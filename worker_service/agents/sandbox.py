@@ -210,8 +210,8 @@ def bwrap_argv(
         *_system_args(),
         "--ro-bind-data", str(passwd_fd), "/etc/passwd",
         "--ro-bind-data", str(group_fd), "/etc/group",
-        *_mount_args(mounts),
         *_workdir_args(workdir, scratch_bytes),
+        *_mount_args(mounts),  # after the scratch tmpfs: an installation under the host's /tmp stays visible
         "--remount-ro", "/",
         "--",
         *argv,

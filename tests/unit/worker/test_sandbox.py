@@ -283,3 +283,19 @@ def test_sweep_removes_dead_runs_directories_and_spares_live_ones(base: Path) ->
         assert workdir.sweep_stale(base) == 1
         assert live.root.exists()
     assert not dead.exists() and unrelated.exists()
+
+
+def test_an_agent_installed_under_the_host_tmp_still_runs(wd: Workdir, base: Path) -> None:
+    """A regression: the scratch tmpfs at /tmp was mounted over the agent's own installation when that lived under
+    the host's /tmp (a checkout cloned there), so the program vanished inside the sandbox."""
+    install = Path(tempfile.mkdtemp(prefix="sr-agent-install-", dir="/tmp"))
+    try:
+        os.chmod(install, 0o755)
+        program = install / "hello.py"
+        program.write_text("open('out/hello.txt', 'w').write('hi')\n")
+        os.chmod(program, 0o644)
+        result = run_agent([agent_python(), str(program)], wd, LIMITS, mounts=[*MOUNTS, install], poll_interval=0.1)
+        assert result.exit_code == 0, result.logs
+        assert (wd.out_dir / "hello.txt").read_text() == "hi"
+    finally:
+        subprocess.run(["rm", "-rf", str(install)], check=False)
