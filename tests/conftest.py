@@ -30,7 +30,7 @@ from tests.helpers.ports import free_port  # noqa: E402
 
 __all__ = ["free_port"]
 
-repo_guard.install(ROOT)  # a test that reads ../shared (CI has it, a user's clone does not) fails
+repo_guard.install(ROOT)  # a test that reads a folder beside the checkout (a user's clone has none) fails
 
 
 # --- servers ---------------------------------------------------------------------------------------------------

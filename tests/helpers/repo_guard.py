@@ -1,6 +1,6 @@
 """Fail a test that reads a folder beside the checkout.
 
-CI runs with a folder next to the clone (``../shared``) that a user's clone does not have; a test that read it
+CI may run with folders next to the clone that a user's clone does not have; a test that read one
 passed in CI and failed for everyone else. This audit hook (PEP 578) turns any ``open`` of a path under the
 checkout's parent directory, but outside the checkout itself, into an error. Temporary directories, the venv and
 site-packages are not beside the checkout, so they stay readable. Hidden siblings (``../.cache``) are allowed:

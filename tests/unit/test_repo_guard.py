@@ -1,4 +1,4 @@
-"""Tests read nothing beside the checkout: a user's clone has no ``../shared``."""
+"""Tests read nothing beside the checkout: a user's clone has nothing there."""
 
 import os
 import tempfile
@@ -15,8 +15,8 @@ pytestmark = pytest.mark.unit
 
 def test_a_sibling_of_the_checkout_is_forbidden() -> None:
     root, temp = Path("/work/main"), Path("/tmp")  # a checkout outside the temp dir, as on a developer's machine
-    assert forbidden(root.parent / "shared" / "vectors" / "x.json", root, temp)
-    assert forbidden(str(root / ".." / "shared"), root, temp)
+    assert forbidden(root.parent / "elsewhere" / "vectors" / "x.json", root, temp)
+    assert forbidden(str(root / ".." / "elsewhere"), root, temp)
 
 
 def test_the_checkout_hidden_siblings_and_other_places_are_allowed() -> None:
@@ -29,11 +29,11 @@ def test_a_checkout_in_the_temp_dir_leaves_other_temp_files_alone() -> None:
     """CI may clone into /tmp, where every test's tmp_path is a sibling of the checkout."""
     root, temp = Path("/tmp/clone"), Path("/tmp")
     assert not forbidden("/tmp/pytest-of-root/pytest-0/test_x/file", root, temp)
-    assert forbidden("/work/shared/vectors", Path("/work/main"), temp)
+    assert forbidden("/work/elsewhere/vectors", Path("/work/main"), temp)
 
 
 def test_a_checkout_in_the_filesystem_root_has_no_siblings_to_guard() -> None:
-    assert not forbidden("/shared/vectors", Path("/repo"))
+    assert not forbidden("/elsewhere/vectors", Path("/repo"))
 
 
 def test_the_guard_is_active_in_this_session(tmp_path: Path) -> None:
