@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `tests.helpers` importable however pytest was launched
@@ -116,6 +117,16 @@ def s3_server(stack_dir: Path, page_origin: str) -> Iterator[SeaweedServer | Ext
 
 
 _LOGS: dict[str, Path] = {}
+
+
+@pytest.fixture
+def redis_connection(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client of the session's Redis for one test, closed after it."""
+    connection = redis.Redis.from_url(redis_url)
+    try:
+        yield connection
+    finally:
+        connection.close()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -21,17 +20,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    try:
-        yield connection
-    finally:
-        connection.close()
-
-
-@pytest.fixture
-def records(client: redis.Redis) -> OperationStore:
-    return OperationStore(MemoryObjectStore(), Keyring.from_json(Keyring.generate_json()), client)
+def records(redis_connection: redis.Redis) -> OperationStore:
+    return OperationStore(MemoryObjectStore(), Keyring.from_json(Keyring.generate_json()), redis_connection)
 
 
 def make(records: OperationStore, status: str, **changes: object) -> OperationRecord:
@@ -48,44 +38,46 @@ def make(records: OperationStore, status: str, **changes: object) -> OperationRe
     return record
 
 
-def test_a_pending_operation_is_cancelled_at_once(records: OperationStore, client: redis.Redis) -> None:
+def test_a_pending_operation_is_cancelled_at_once(records: OperationStore, redis_connection: redis.Redis) -> None:
     record = make(records, "pending")
-    cancelled = request_cancel(records, client, record.id)
+    cancelled = request_cancel(records, redis_connection, record.id)
     assert cancelled.status == "cancelled" and cancelled.finished_at is not None
     assert cancelled.result is not None and cancelled.result.summary == CANCELLED_SUMMARY
     assert records.get(record.id) == cancelled
-    assert not client.exists(layout.redis_cancel_key(record.id))  # nothing runs, nothing to signal
+    assert not redis_connection.exists(layout.redis_cancel_key(record.id))  # nothing runs, nothing to signal
 
 
 def test_a_running_operation_is_flagged_and_a_second_cancel_only_renews_the_flag(
-    records: OperationStore, client: redis.Redis
+    records: OperationStore, redis_connection: redis.Redis
 ) -> None:
     record = make(records, "running", started_at=utcnow())
     key = layout.redis_cancel_key(record.id)
-    flagged = request_cancel(records, client, record.id)
+    flagged = request_cancel(records, redis_connection, record.id)
     assert flagged.status == "running" and flagged.cancel_requested
-    assert 0 < client.ttl(key) <= CANCEL_TTL
+    assert 0 < redis_connection.ttl(key) <= CANCEL_TTL
 
-    client.delete(key)  # e.g. Redis restarted without its data
+    redis_connection.delete(key)  # e.g. Redis restarted without its data
     writes: list[str] = []
     real_put = records.put
     records.put = lambda updated: (writes.append(updated.id), real_put(updated))  # type: ignore[method-assign]
-    again = request_cancel(records, client, record.id)
+    again = request_cancel(records, redis_connection, record.id)
     assert again == flagged and writes == []  # the record is left as it is
-    assert 0 < client.ttl(key) <= CANCEL_TTL  # the flag is back
+    assert 0 < redis_connection.ttl(key) <= CANCEL_TTL  # the flag is back
 
 
 @pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
-def test_a_finished_operation_is_one_conflict(records: OperationStore, client: redis.Redis, status: str) -> None:
+def test_a_finished_operation_is_one_conflict(
+    records: OperationStore, redis_connection: redis.Redis, status: str
+) -> None:
     result = OperationResult(status="ok", summary="", execution_time=1)
     record = make(records, status, finished_at=utcnow(), result=result)
     with pytest.raises(Conflict) as info:
-        request_cancel(records, client, record.id)
+        request_cancel(records, redis_connection, record.id)
     assert info.value.code == "operation_finished" and info.value.detail == FINISHED_DETAIL
     assert records.get(record.id) == record
 
 
-def test_a_flag_that_cannot_be_set_changes_nothing(records: OperationStore, client: redis.Redis) -> None:
+def test_a_flag_that_cannot_be_set_changes_nothing(records: OperationStore, redis_connection: redis.Redis) -> None:
     """The flag is written before the record: a record never claims a cancel its run cannot see."""
     record = make(records, "running", started_at=utcnow())
     down = redis.Redis(port=free_port(), socket_connect_timeout=1)

@@ -60,20 +60,15 @@ def record(
     )
 
 
-@pytest.fixture
-def client(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url)
-
-
-def book(client: redis.Redis, records: dict[str, list[OperationRecord]] | None = None) -> QuotaBook:
+def book(redis_connection: redis.Redis, records: dict[str, list[OperationRecord]] | None = None) -> QuotaBook:
     store = records if records is not None else {}
-    return QuotaBook(client, lambda a: store.get(a, []), max_execution_time=600)
+    return QuotaBook(redis_connection, lambda a: store.get(a, []), max_execution_time=600)
 
 
-def test_twenty_simultaneous_creates_against_a_quota_of_two_admit_two(client: redis.Redis) -> None:
+def test_twenty_simultaneous_creates_against_a_quota_of_two_admit_two(redis_connection: redis.Redis) -> None:
     quotas = Quotas(concurrent_operations=2)
     who = address()
-    counters = book(client)
+    counters = book(redis_connection)
 
     def create(i: int) -> str | None:
         try:
@@ -93,8 +88,8 @@ def test_twenty_simultaneous_creates_against_a_quota_of_two_admit_two(client: re
     assert counters.usage(who, NOW).concurrent_operations == 1
 
 
-def test_the_hourly_quota_says_when_to_retry(client: redis.Redis) -> None:
-    who, counters = address(), book(client)
+def test_the_hourly_quota_says_when_to_retry(redis_connection: redis.Redis) -> None:
+    who, counters = address(), book(redis_connection)
     quotas = Quotas(operations_per_hour=2)
     counters.admit(who, "a", quotas, NOW)
     counters.admit(who, "b", quotas, NOW + timedelta(minutes=10))
@@ -106,8 +101,8 @@ def test_the_hourly_quota_says_when_to_retry(client: redis.Redis) -> None:
     counters.admit(who, "d", quotas, NOW + timedelta(minutes=61))  # the first left the window
 
 
-def test_stored_bytes_are_charged_up_to_the_limit_and_credited(client: redis.Redis) -> None:
-    who, counters = address(), book(client)
+def test_stored_bytes_are_charged_up_to_the_limit_and_credited(redis_connection: redis.Redis) -> None:
+    who, counters = address(), book(redis_connection)
     quotas = Quotas(stored_bytes=100)
     counters.charge(who, 60, quotas, NOW)
     with pytest.raises(QuotaExceeded) as exceeded:
@@ -121,7 +116,7 @@ def test_stored_bytes_are_charged_up_to_the_limit_and_credited(client: redis.Red
     assert counters.usage(who, NOW).stored_bytes == 0
 
 
-def test_lost_counters_are_rebuilt_from_the_records(client: redis.Redis) -> None:
+def test_lost_counters_are_rebuilt_from_the_records(redis_connection: redis.Redis) -> None:
     who = address()
     records = {
         who: [
@@ -131,21 +126,21 @@ def test_lost_counters_are_rebuilt_from_the_records(client: redis.Redis) -> None
             record(who, status="pending", created=NOW - timedelta(days=2)),  # stale: holds no slot any more
         ]
     }
-    counters = book(client, records)
+    counters = book(redis_connection, records)
     usage = counters.usage(who, NOW)
     assert (usage.concurrent_operations, usage.operations_last_hour, usage.stored_bytes) == (1, 2, 36)
     with pytest.raises(QuotaExceeded):
         counters.admit(who, "x", Quotas(concurrent_operations=1), NOW)
-    client.flushdb()  # Redis lost everything: the next use rebuilds from S3
+    redis_connection.flushdb()  # Redis lost everything: the next use rebuilds from S3
     with pytest.raises(QuotaExceeded):
         counters.charge(who, 65, Quotas(stored_bytes=100), NOW)
     counters.charge(who, 64, Quotas(stored_bytes=100), NOW)
 
 
-def test_concurrent_first_uses_after_a_loss_admit_exactly_the_quota(client: redis.Redis) -> None:
+def test_concurrent_first_uses_after_a_loss_admit_exactly_the_quota(redis_connection: redis.Redis) -> None:
     """Every create that finds the counters missing rebuilds them; no rebuild may erase another's admission."""
     who = address()
-    counters = book(client, {who: [record(who, status="succeeded", created=NOW - timedelta(hours=2))]})
+    counters = book(redis_connection, {who: [record(who, status="succeeded", created=NOW - timedelta(hours=2))]})
     quotas = Quotas(concurrent_operations=2)
 
     def create(i: int) -> bool:
@@ -156,6 +151,6 @@ def test_concurrent_first_uses_after_a_loss_admit_exactly_the_quota(client: redi
         return True
 
     for _ in range(5):
-        client.delete(*(f"strongroom:quota:{who}:{what}" for what in ("active", "hourly", "bytes", "built")))
+        redis_connection.delete(*(f"strongroom:quota:{who}:{what}" for what in ("active", "hourly", "bytes", "built")))
         with ThreadPoolExecutor(20) as pool:
             assert sum(pool.map(create, range(20))) == 2

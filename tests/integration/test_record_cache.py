@@ -5,7 +5,6 @@ served after a write or delete elsewhere, including while writes run concurrentl
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -40,19 +39,10 @@ class CountingStore:
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    try:
-        yield connection
-    finally:
-        connection.close()
-
-
-@pytest.fixture
-def pair(object_store: Any, client: redis.Redis) -> tuple[OperationStore, OperationStore]:
+def pair(object_store: Any, redis_connection: redis.Redis) -> tuple[OperationStore, OperationStore]:
     keyring = Keyring.from_json(Keyring.generate_json())
-    reader = OperationStore(CountingStore(object_store), keyring, client)  # type: ignore[arg-type]
-    writer = OperationStore(object_store, keyring, client)
+    reader = OperationStore(CountingStore(object_store), keyring, redis_connection)  # type: ignore[arg-type]
+    writer = OperationStore(object_store, keyring, redis_connection)
     return reader, writer
 
 
@@ -117,12 +107,12 @@ def test_a_deleted_record_is_not_found(pair: tuple[OperationStore, OperationStor
 
 
 def test_a_writer_that_died_mid_write_leaves_nothing_cacheable(
-    pair: tuple[OperationStore, OperationStore], client: redis.Redis
+    pair: tuple[OperationStore, OperationStore], redis_connection: redis.Redis
 ) -> None:
     reader, writer = pair
     record = stored(writer, status="running")
     reader.get(record.id)
-    client.set(layout.redis_record_version(record.id), WRITING, ex=60)  # a write began and never finished
+    redis_connection.set(layout.redis_record_version(record.id), WRITING, ex=60)  # a write began and never finished
     writer.put_sealed(layout.record_key(record.id), record.evolve(status="failed").model_dump_json().encode())
     assert reader.get(record.id).status == "failed"
     assert reader.get(record.id).status == "failed"

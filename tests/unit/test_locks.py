@@ -1,7 +1,6 @@
 """Redis locks fail closed: busy or unreachable means Unavailable, never an unprotected write."""
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -12,19 +11,12 @@ from shared.locks import redis_lock
 pytestmark = pytest.mark.integration  # a real Redis
 
 
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    yield connection
-    connection.close()
-
-
-def test_a_held_lock_makes_the_second_writer_wait_then_give_up(client: redis.Redis) -> None:
+def test_a_held_lock_makes_the_second_writer_wait_then_give_up(redis_connection: redis.Redis) -> None:
     entered = threading.Event()
     release = threading.Event()
 
     def holder() -> None:
-        with redis_lock(client, "strongroom:test:lock", timeout=10, wait=1, busy_code="busy_test"):
+        with redis_lock(redis_connection, "strongroom:test:lock", timeout=10, wait=1, busy_code="busy_test"):
             entered.set()
             release.wait(5)
 
@@ -33,13 +25,13 @@ def test_a_held_lock_makes_the_second_writer_wait_then_give_up(client: redis.Red
     entered.wait(5)
     with (
         pytest.raises(Unavailable) as info,
-        redis_lock(client, "strongroom:test:lock", timeout=10, wait=0.2, busy_code="busy_test"),
+        redis_lock(redis_connection, "strongroom:test:lock", timeout=10, wait=0.2, busy_code="busy_test"),
     ):
         pass
     assert info.value.code == "busy_test"
     release.set()
     thread.join()
-    with redis_lock(client, "strongroom:test:lock", timeout=10, wait=1, busy_code="busy_test"):
+    with redis_lock(redis_connection, "strongroom:test:lock", timeout=10, wait=1, busy_code="busy_test"):
         pass  # free again once released
 
 
