@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from shared.auth.signer import sign_request
+from tests.helpers.raw_http import exchange
 from tests.helpers.services import ApiHandle
 
 pytestmark = pytest.mark.integration
@@ -42,15 +43,7 @@ def test_deeply_nested_body_is_refused_and_the_api_stays_up(api_factory: Callabl
 def _raw_get(port: int, fields: list[tuple[str, str]]) -> tuple[int, dict[str, str], bytes]:
     """Send a GET /healthz with exactly these header fields; the whole head goes out before anything is read."""
     head = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields)
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(head.encode() + b"Connection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    raw_head, _, body = data.partition(b"\r\n\r\n")
-    lines = raw_head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, body
+    return exchange(port, head.encode())
 
 
 def test_header_limits_hold_under_the_production_server(api_factory: Callable[..., ApiHandle]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from shared.models import Encryption, OperationRecord, StoredArtifact, WrappedKe
 from shared.records import OperationStore
 from shared.settings import Settings
 from shared.storage.memory import MemoryObjectStore
+from tests.helpers.raw_http import exchange
 
 ORIGIN = "http://testserver"
 
@@ -143,15 +143,7 @@ class ApiHarness:
         fields = {"Host": f"127.0.0.1:{port}".encode(), **{k: v.encode() for k, v in signed.items()}, **headers}
         head = f"{method} {target} HTTP/1.1\r\n".encode()
         head += b"".join(name.encode() + b": " + value + b"\r\n" for name, value in fields.items())
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(head + b"Connection: close\r\n\r\n")
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-        raw_head, _, body = data.partition(b"\r\n\r\n")
-        lines = raw_head.decode("latin-1").split("\r\n")
-        parsed = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        return int(lines[0].split()[1]), parsed, body
+        return exchange(port, head, timeout=10)
 
     # --- stored state ---------------------------------------------------------------------------------------
 
