@@ -172,11 +172,7 @@ async def load_operation(
     if not is_grantee(signer, found):
         await _deny(request, action, signer, operation_id, artifact, "not_grantee")
         raise NotGrantee("the signer is not the grantee of this operation")
-    try:
-        standing(services(request).grants, signer.address, utcnow())
-    except GrantDenied as exc:
-        await _deny(request, action, signer, operation_id, artifact, exc.code)
-        raise
+    await _in_standing(request, signer, action, operation_id, artifact)
     if found.is_expired():
         await _deny(request, action, signer, operation_id, artifact, "expired")
         raise Expired("this operation has expired")
@@ -195,12 +191,26 @@ async def _record(request: Request, operation_id: str) -> OperationRecord:
     return cached if cached is not None else await blocking(svc.records.load, operation_id, token)
 
 
-async def _in_standing(request: Request, signer: VerifiedSigner, action: AuditAction) -> None:
+async def _in_standing(
+    request: Request,
+    signer: VerifiedSigner,
+    action: AuditAction,
+    operation_id: str | None = None,
+    artifact: str | None = None,
+) -> None:
     """Reads of a grantee's data need a grant still in force (``grant_revoked``/``grant_expired``, audited)."""
     try:
         standing(services(request).grants, signer.address, utcnow())
     except GrantDenied as exc:
-        await audit(request, action, "denied", actor=signer.address, reason=exc.code)
+        await audit(
+            request,
+            action,
+            "denied",
+            actor=signer.address,
+            operation_id=operation_id,
+            artifact=artifact,
+            reason=exc.code,
+        )
         raise
 
 

@@ -135,9 +135,8 @@ def standing(source: GrantSource, address: str, now: datetime) -> Grant:
     return grant
 
 
-def operation_expiry(created_at: datetime, retention_expiry: datetime, grant: Grant) -> datetime:
+def operation_expiry(retention_expiry: datetime, grant: Grant) -> datetime:
     """An operation expires at the earlier of its retention and its grant's end."""
-    del created_at  # kept in the signature: a source with per-operation rules would need it
     if grant.expires_at is None:
         return retention_expiry
     return min(retention_expiry, grant.expires_at.replace(microsecond=0))

@@ -76,7 +76,7 @@ async def create_operation(request: Request) -> Response:
         grantee=grantee,
         encryption_public_key=body.encryption_public_key,
         created_at=now,
-        expires_at=operation_expiry(now, expiry(now, days), grant),
+        expires_at=operation_expiry(expiry(now, days), grant),
     )
     if svc.quotas is not None:
         await blocking(svc.quotas.admit, grantee, created.id, grant.quotas, now)

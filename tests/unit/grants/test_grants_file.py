@@ -159,8 +159,8 @@ def test_open_grants_let_everyone_run_everything() -> None:
 def test_an_operation_expires_with_its_grant() -> None:
     retention = NOW + timedelta(days=7)
     ending = Grant(address=ALICE, agents=("*",), expires_at=NOW + timedelta(days=2))
-    assert operation_expiry(NOW, retention, ending) == NOW + timedelta(days=2)
-    assert operation_expiry(NOW, retention, Grant(address=ALICE, agents=("*",))) == retention
+    assert operation_expiry(retention, ending) == NOW + timedelta(days=2)
+    assert operation_expiry(retention, Grant(address=ALICE, agents=("*",))) == retention
 
 
 class Clock:
