@@ -359,6 +359,9 @@ def start(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             pass_fds=fds,
+            # Its own process group: a signal meant for the worker's group (Ctrl-C, a supervisor's SIGTERM for a
+            # warm shutdown) must not kill bwrap mid-run; --die-with-parent still ends it with the worker.
+            start_new_session=True,
             preexec_fn=preexec,  # rlimits only
         )
     except OSError as exc:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,6 +182,47 @@ def test_an_agent_ignoring_sigterm_is_killed_with_everything_it_started(wd: Work
     result = run(wd, "stubborn", str(pidfile), limits=limits)
     assert result.outcome == "timeout"
     assert subprocess.run(["pgrep", "-f", "time.sleep\\(600\\)"], capture_output=True, check=False).returncode == 1
+
+
+# A worker stopped from a terminal (Ctrl-C) or by a supervisor that signals its whole process group, as
+# `strongroom dev` and systemd do: the signal is for the worker (a warm shutdown lets running tasks finish), so
+# it must not reach bwrap and end the run as "sandbox unavailable".
+GROUP_SIGNALLED_WORKER = """
+import json, signal, sys
+from pathlib import Path
+from worker_service.agents.runner import Limits, run_agent
+from worker_service.agents.workdir import Workdir
+signal.signal(signal.SIGTERM, lambda *_: None)  # Celery's warm shutdown: keep running the task
+limits = Limits(max_execution_time=30, max_disk_usage=8 << 20, max_artifact_count=5, max_artifact_size=1 << 20)
+agent, root, mounts = json.loads(sys.argv[1])
+result = run_agent(agent, Workdir(Path(root)), limits, mounts=[Path(m) for m in mounts], poll_interval=0.1)
+print(json.dumps({"outcome": result.outcome, "exit_code": result.exit_code}), flush=True)
+"""
+
+
+def test_a_signal_to_the_workers_process_group_does_not_reach_the_sandbox(wd: Workdir) -> None:
+    argv = json.dumps([misbehave("slow", "2"), str(wd.root), [str(m) for m in MOUNTS]])
+    worker = subprocess.Popen(
+        [sys.executable, "-c", GROUP_SIGNALLED_WORKER, argv],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not _agent_running(wd.root) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _agent_running(wd.root), "the agent never started"
+        os.killpg(worker.pid, signal.SIGTERM)
+        out, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+    assert json.loads(out.splitlines()[-1]) == {"outcome": "exited", "exit_code": 0}, err[-2000:]
+    assert (wd.out_dir / "late.txt").read_bytes() == b"xxxxx"  # the agent finished its work
+
+
+def _agent_running(root: Path) -> bool:
+    found = subprocess.run(["pgrep", "-f", "misbehave.py slow 2"], capture_output=True, text=True, check=False)
+    return any(_in_dir(int(pid), root) for pid in found.stdout.split())
 
 
 # --- out/: links and the disk limit -----------------------------------------------------------------------------
