@@ -1,24 +1,31 @@
 """`strongroom audit verify` and `strongroom keys usage|check-remove|reencrypt`: operator commands on stored data.
 
-They run against the configured Redis, S3 and keyring, print JSON on stdout, and exit 0 when all is well, 1 when
-a check fails (a broken chain, a key still in use, an incomplete rotation), 2 on a configuration error. Worker
-code is imported lazily, inside the commands that need it. Nothing secret is printed: key ids only.
+They run against the configured Redis, S3 and keyring, or those a running `strongroom dev` recorded in its data
+dir (``--data-dir``, or ``./.strongroom`` when nothing is configured: ``strongroom.dev.connection``). They print
+JSON on stdout, and exit 0 when all is well, 1 when a check fails (a broken chain, a key still in use, an
+incomplete rotation), 2 on a configuration error. Worker code is imported lazily, inside the commands that need
+it. Nothing secret is printed: key ids only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
-from strongroom.cli.server import fails_cleanly, load_settings
+from strongroom.cli.server import add_data_dir_option, fails_cleanly, load_settings
 
 
-def _services() -> Any:
+def _services(args: argparse.Namespace) -> Any:
+    """The Redis, S3 and keyring of the environment, completed from a running `strongroom dev` when one applies."""
+    from strongroom.dev.connection import admin_environ
     from worker_service.services import Services
 
-    return Services.from_settings(load_settings("admin"))
+    environ = admin_environ(args.data_dir, os.environ, Path.cwd())
+    return Services.from_settings(load_settings("admin", environ))
 
 
 def _print(doc: dict[str, Any]) -> None:
@@ -32,7 +39,7 @@ def run_audit_verify(args: argparse.Namespace) -> int:
     target = None if args.operation_id == "global" else args.operation_id
     if target is not None:
         layout.operation_prefix(target)  # refuse a malformed id before touching S3
-    services = _services()
+    services = _services(args)
     anchor = audit_log.read_anchor(services.redis, target)  # before the listing: it is written last
     report = audit_log.verify_chain(services.records, target, anchor=anchor)
     doc = report.as_dict()
@@ -55,7 +62,7 @@ def run_audit_verify(args: argparse.Namespace) -> int:
 def run_keys_usage(args: argparse.Namespace) -> int:
     from worker_service.pipeline.rotation import key_usage
 
-    services = _services()
+    services = _services(args)
     _print({"primary": services.keyring.primary_id, "usage": key_usage(services)})
     return 0
 
@@ -64,7 +71,7 @@ def run_keys_usage(args: argparse.Namespace) -> int:
 def run_keys_check_remove(args: argparse.Namespace) -> int:
     from worker_service.pipeline.rotation import check_removable
 
-    check_removable(_services(), args.key_id)  # KeyringError -> one line on stderr, exit 1
+    check_removable(_services(args), args.key_id)  # KeyringError -> one line on stderr, exit 1
     _print({"key_id": args.key_id, "removable": True})
     return 0
 
@@ -73,7 +80,7 @@ def run_keys_check_remove(args: argparse.Namespace) -> int:
 def run_keys_reencrypt(args: argparse.Namespace) -> int:
     from worker_service.pipeline.rotation import rotate_keys
 
-    report = rotate_keys(_services(), batch_size=args.batch_size, limit=args.limit)
+    report = rotate_keys(_services(args), batch_size=args.batch_size, limit=args.limit)
     _print(report)
     return 0 if report["complete"] else 1
 
@@ -88,11 +95,13 @@ def register(sub: Any) -> None:
         metavar="SEQUENCE:SHA256",
         help="a head recorded outside S3 (the worker's audit_head log line): detects a rolled-back head",
     )
+    add_data_dir_option(verify)
     verify.set_defaults(handler=run_audit_verify)
 
     keys = sub.add_parser("keys", help="what the server keyring protects; re-encrypt under the primary")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    keys_sub.add_parser("usage", help="count stored blobs per key id").set_defaults(handler=run_keys_usage)
+    usage = keys_sub.add_parser("usage", help="count stored blobs per key id")
+    usage.set_defaults(handler=run_keys_usage)
     check = keys_sub.add_parser("check-remove", help="exit 0 only if KEY_ID protects nothing and is not primary")
     check.add_argument("key_id")
     check.set_defaults(handler=run_keys_check_remove)
@@ -100,6 +109,8 @@ def register(sub: Any) -> None:
     reencrypt.add_argument("--batch-size", type=int, default=100)
     reencrypt.add_argument("--limit", type=int, default=None, help="stop after this many blobs (resume later)")
     reencrypt.set_defaults(handler=run_keys_reencrypt)
+    for parser in (usage, check, reencrypt):
+        add_data_dir_option(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

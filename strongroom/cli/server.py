@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
+import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,12 +58,12 @@ def fails_cleanly(handler: Handler) -> Handler:
     return run
 
 
-def load_settings(process: str, **overrides: Any) -> Settings:
-    """Validate the environment, then configure logging for this process."""
+def load_settings(process: str, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Validate the environment (``os.environ`` unless given), then configure logging for this process."""
     from shared.logging import configure
     from shared.settings import Settings
 
-    settings = Settings.from_env(**overrides)
+    settings = Settings.from_env(environ, **overrides)
     settings.keyring_json()  # a missing keyring file is a start-up error, not a first-request error
     configure(settings.resolved_log_format, settings.log_level, process=process)
     return settings
@@ -188,7 +189,7 @@ def run_keyring(args: argparse.Namespace) -> int:
         else:
             print(text)
         return 0
-    path = Path(args.file)
+    path = _keyring_file(args)
     try:
         original = path.read_text()
     except OSError as exc:
@@ -196,8 +197,26 @@ def run_keyring(args: argparse.Namespace) -> int:
     rotated = Keyring.from_json(original).add_primary()
     write_private(path.with_name(path.name + ".bak"), original)  # the previous keyring, in case of doubt
     write_private(path, rotated.to_json())
-    print(f"new primary key {rotated.primary_id}; older keys kept for decryption", file=sys.stderr)
+    print(
+        f"new primary key {rotated.primary_id} in {path}; older keys kept for decryption "
+        "(restart the services to seal with it)",
+        file=sys.stderr,
+    )
     return 0
+
+
+def _keyring_file(args: argparse.Namespace) -> Path:
+    """``FILE`` if given, else STRONGROOM_KEYRING_FILE, else the keyring of the dev stack (``--data-dir``)."""
+    if args.file:
+        return Path(args.file)
+    from strongroom.dev.connection import admin_environ
+
+    environ = admin_environ(args.data_dir, os.environ, Path.cwd(), require_running=False)
+    if environ.get("STRONGROOM_KEYRING_FILE"):
+        return Path(environ["STRONGROOM_KEYRING_FILE"])
+    raise ConfigError(
+        "FILE", "name the keyring file (or set STRONGROOM_KEYRING_FILE, or give the --data-dir of `strongroom dev`)"
+    )
 
 
 # --- dev -----------------------------------------------------------------------------------------------------------
@@ -211,6 +230,15 @@ def run_dev(args: argparse.Namespace) -> int:
 
 
 # --- registration ------------------------------------------------------------------------------------------------
+
+
+def add_data_dir_option(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir``: use the connection settings a running `strongroom dev` wrote there."""
+    parser.add_argument(
+        "--data-dir",
+        help="the data dir of a running `strongroom dev` whose Redis, S3 and keyring to use "
+        "(default: ./.strongroom or a parent's, when no REDIS_URL/S3/keyring variable is set)",
+    )
 
 
 def register(sub: Any) -> None:
@@ -238,7 +266,10 @@ def register(sub: Any) -> None:
     generate.add_argument("--output", help="write it to this file (mode 0600) instead of stdout")
     generate.add_argument("--force", action="store_true", help="replace an existing --output file")
     rotate = keyring_sub.add_parser("rotate", help="add a new primary key to a keyring file")
-    rotate.add_argument("file")
+    rotate.add_argument(
+        "file", nargs="?", help="keyring file (default STRONGROOM_KEYRING_FILE, else the dev stack's keyring)"
+    )
+    add_data_dir_option(rotate)
     keyring.set_defaults(handler=run_keyring)
 
     dev = sub.add_parser("dev", help="run everything locally with embedded Redis and S3")

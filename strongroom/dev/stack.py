@@ -1,7 +1,9 @@
 """`strongroom dev`: the whole system on one machine, with embedded Redis and S3 unless configured otherwise.
 
 State lives under ``--data-dir``: Valkey's append-only file, SeaweedFS's volumes, a generated keyring and
-generated S3 credentials (both 0600), so stopping and starting again finds every operation and artifact. Each
+generated S3 credentials (both 0600), so stopping and starting again finds every operation and artifact. Once its
+servers run it records the connection settings it chose in ``connection.json`` there (``strongroom.dev.connection``:
+what lets ``strongroom audit verify`` and the other admin commands reach this stack with nothing exported). Each
 child runs in its own process group with a parent-death signal; SIGINT/SIGTERM stop them all within 10 seconds.
 A child that exits once the stack is ready is restarted alone, with backoff (``strongroom.dev.supervisor``).
 """
@@ -25,6 +27,7 @@ from shared.auth.base import normalize_authority
 from shared.errors import ConfigError
 from shared.logging import configure, get_logger
 from shared.settings import Settings
+from strongroom.dev import connection
 from strongroom.dev.servers import (
     EmbeddedServerError,
     ManagedProcess,
@@ -99,6 +102,7 @@ class DevStack:
         self.servers: list[ValkeyServer | SeaweedServer] = []
         self.children: list[ManagedProcess] = []
         self.env = _prepare_env(args, data_dir, os.environ)
+        self.credentials_file: Path | None = None  # the embedded S3's, when dev started one
 
     def check_settings(self) -> Settings:
         """Validate everything before starting anything; the embedded servers fill in Redis and S3 later."""
@@ -121,7 +125,8 @@ class DevStack:
             self.env["REDIS_URL"] = redis.url
             log.info("embedded valkey started", url=redis.url, pid=redis.pid)
         if not self.env.get("STRONGROOM_S3_ENDPOINT_URL"):
-            creds = S3Credentials.load_or_create(self.data_dir / "s3-credentials.json")
+            self.credentials_file = self.data_dir / "s3-credentials.json"
+            creds = S3Credentials.load_or_create(self.credentials_file)
             region = self.env.get("AWS_REGION", "us-east-1")
             origins = tuple(o for o in self.env["STRONGROOM_S3_CORS_ORIGINS"].split(",") if o.strip())
             s3 = SeaweedServer(self.data_dir / "seaweedfs", creds, region=region, cors_origins=origins)
@@ -226,8 +231,10 @@ def _serve(stack: DevStack, stopping: threading.Event) -> int:
         log.error("agents cannot be sandboxed here", problem=problem, escape_hatch="STRONGROOM_AGENT_SANDBOX=none")
         return 1
     initialise(settings)
-    stack.start_children()
     url = f"http://{settings.api_host}:{settings.api_port}"
+    # Before the children: once dev says ready, `strongroom audit verify ...` finds the stack without any export.
+    connection.write(stack.data_dir, stack.env, api_url=url, credentials_file=stack.credentials_file)
+    stack.start_children()
     print(f"strongroom API: {url}", flush=True)
 
     def alive() -> bool:

@@ -4,76 +4,23 @@ orphans, and a restart on the same data dir finds every operation, artifact and 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from strongroom.client.identity import generate_identity
 from strongroom.client.sdk import StrongroomClient
 from strongroom.dev import servers
-from strongroom.dev.servers import ManagedProcess, S3Credentials, wait_for
+from strongroom.dev.servers import S3Credentials
+from tests.e2e.devstack import Dev, clean_env
 from tests.helpers.ports import free_port
 
 pytestmark = pytest.mark.e2e
-
-READY = "strongroom ready:"
-
-
-class Dev:
-    """One `strongroom dev` run on a data dir, with its output in a log file."""
-
-    def __init__(self, data_dir: Path, port: int, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "AWS_", "REDIS_"))}
-        env["STRONGROOM_LOG_FORMAT"] = "json"
-        self.url = f"http://127.0.0.1:{port}"
-        self.process = ManagedProcess(
-            [sys.executable, "-m", "strongroom", "dev", "--data-dir", str(data_dir), "--port", str(port)],
-            log_path=log,
-            env=env,
-            name="dev",
-        )
-
-    def start(self) -> Dev:
-        self.process.start()
-        try:
-            wait_for(lambda: READY in self.process.logs(), timeout=120, what="dev", alive=self.process.running)
-        except Exception:
-            pytest.fail(f"strongroom dev never got ready:\n{self.process.logs()[-6000:]}")
-        assert httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
-        return self
-
-    def descendants(self) -> set[int]:
-        """Every process below dev (children and grandchildren), from /proc."""
-        parents: dict[int, int] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                parents[int(entry.name)] = int(fields[1])
-        found: set[int] = set()
-        frontier = {self.process.pid}
-        while frontier:
-            frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
-            found |= frontier
-        return found
-
-    def interrupt(self) -> float:
-        """Ctrl-C: SIGINT to dev only (its children are in their own groups); returns seconds until it exited."""
-        started = time.monotonic()
-        os.kill(self.process.pid, signal.SIGINT)
-        wait_for(lambda: not self.process.running(), timeout=15, what="dev shutdown")
-        return time.monotonic() - started
 
 
 def alive(pid: int) -> bool:
@@ -101,7 +48,7 @@ def test_dev_round_trip_restart_and_clean_stop(dev_dir: Path, tmp_path: Path) ->
     port = free_port()
     dev = Dev(dev_dir, port, tmp_path / "dev-1.log").start()
     try:
-        for secret in ("keyring.json", "s3-credentials.json"):
+        for secret in ("keyring.json", "s3-credentials.json", "connection.json"):
             assert stat.S_IMODE((dev_dir / secret).stat().st_mode) == 0o600
 
         # API -> Redis -> worker -> S3 -> API, with a real signed privacy-audit operation.
@@ -146,10 +93,9 @@ def test_dev_round_trip_restart_and_clean_stop(dev_dir: Path, tmp_path: Path) ->
 
 def refused_dev(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     """Run `strongroom dev` with only ``env`` configured; it must refuse before starting anything."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("STRONGROOM_", "AWS_", "REDIS_"))}
     result = subprocess.run(
         [sys.executable, "-m", "strongroom", "dev", "--data-dir", str(tmp_path / "d"), "--port", str(free_port())],
-        env={**clean, **env},
+        env=clean_env(**env),
         capture_output=True,
         text=True,
         timeout=60,

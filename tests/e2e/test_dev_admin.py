@@ -1,0 +1,73 @@
+"""The admin commands against a running `strongroom dev`, with nothing exported: they read the connection
+settings dev wrote into its data dir (strongroom.dev.connection)."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from strongroom.dev.servers import wait_for
+from tests.e2e.devstack import DevStack, clean_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+
+def strongroom(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "strongroom", *args],
+        cwd=cwd,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def verified(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    assert result.returncode == 0, result.stderr
+    report: dict[str, object] = json.loads(result.stdout)
+    assert report["ok"] is True and report["problems"] == []
+    return report
+
+
+def test_the_connection_file_is_private_and_never_shown(dev_stack: DevStack) -> None:
+    path = dev_stack.data_dir / "connection.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    document = json.loads(path.read_text())
+    secret = json.loads((dev_stack.data_dir / "s3-credentials.json").read_text())["secret_key"]
+    assert secret not in path.read_text()
+    console = dev_stack.dev.process.logs()
+    assert secret not in console
+    assert document["env"]["REDIS_URL"].startswith("redis://127.0.0.1:")
+
+
+def test_audit_verify_in_the_project_directory_needs_no_exports(dev_stack: DevStack) -> None:
+    below = dev_stack.home / "src" / "deeper"
+    below.mkdir(parents=True, exist_ok=True)
+
+    def persisted() -> bool:  # the worker persists access-log events every few seconds
+        result = strongroom("audit", "verify", dev_stack.operation, cwd=below)
+        return int(verified(result)["events"]) > 0  # type: ignore[call-overload]
+
+    wait_for(persisted, timeout=60, what="the operation's access log in S3")
+    verified(strongroom("audit", "verify", "global", cwd=dev_stack.home))
+
+
+def test_admin_commands_elsewhere_with_data_dir(dev_stack: DevStack, tmp_path: Path) -> None:
+    data_dir = str(dev_stack.data_dir)
+    verified(strongroom("audit", "verify", dev_stack.operation, "--data-dir", data_dir, cwd=tmp_path))
+    usage = strongroom("keys", "usage", "--data-dir", data_dir, cwd=tmp_path)
+    assert usage.returncode == 0, usage.stderr
+    primary = json.loads(usage.stdout)["primary"]
+    assert json.loads(usage.stdout)["usage"].get(primary, 0) > 0  # the operation's sealed record, at least
+
+
+def test_without_data_dir_and_outside_the_project_nothing_is_guessed(dev_stack: DevStack, tmp_path: Path) -> None:
+    result = strongroom("audit", "verify", dev_stack.operation, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr and "Traceback" not in result.stderr
