@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -167,6 +169,47 @@ class DevStack:
             server.stop(max(0.1, deadline - time.monotonic()))
 
 
+def command_path(cwd: Path, executable: str = sys.executable, path_env: str | None = None) -> tuple[str, bool]:
+    """How to type ``strongroom`` (shell-quoted) so that it runs this installation, and whether that is the bare name.
+
+    ``make dev`` runs ``.venv/bin/strongroom`` without activating the venv, so a bare ``strongroom`` in another
+    terminal is usually "command not found": print the script's path then (relative when it lies below ``cwd``).
+    """
+    script = Path(executable).parent / "strongroom"
+    if not script.exists():
+        return f"{shlex.quote(executable)} -m strongroom", False
+    found = shutil.which("strongroom", path=os.environ.get("PATH") if path_env is None else path_env)
+    if found and Path(found).resolve() == script.resolve():
+        return "strongroom", True
+    try:
+        return shlex.quote(str(script.absolute().relative_to(cwd))), False
+    except ValueError:
+        return shlex.quote(str(script.absolute())), False
+
+
+def next_steps(
+    url: str, data_dir: Path, cwd: Path, *, executable: str = sys.executable, path_env: str | None = None
+) -> list[str]:
+    """The banner's commands, to be run in another terminal in ``cwd`` exactly as printed."""
+    from strongroom.client.defaults import DEFAULT_API_URL
+
+    program, on_path = command_path(cwd, executable, path_env)
+    client = program if url == DEFAULT_API_URL else f"STRONGROOM_API_URL={url} {program}"
+    here = data_dir == (cwd / ".strongroom").resolve()  # then the admin commands find the stack by themselves
+    where = "" if here else f" --data-dir {shlex.quote(str(data_dir))}"
+    lines = [
+        "  next, in another terminal in this directory:",
+        f"    {client} client keygen",
+        f'    {client} client create --text "mail me at a@b.example"',
+        f"    {program} audit verify <operation-id>{where}",
+    ]
+    script = Path(shlex.split(program)[0])
+    if not on_path and script.name == "strongroom":
+        activate = shlex.quote(str(script.parent / "activate"))
+        lines.append(f"  (or run `. {activate}` once, then type plain `strongroom ...`)")
+    return lines
+
+
 def _remembered_port(path: Path) -> int | None:
     """Reuse the last Valkey port so REDIS_URL stays the same across restarts when the port is still free."""
     from strongroom.dev.servers import port_is_free
@@ -246,7 +289,8 @@ def _serve(stack: DevStack, stopping: threading.Event) -> int:
         log.warning("development: agents run WITHOUT a sandbox (STRONGROOM_AGENT_SANDBOX=none): they see your files")
     print(f"strongroom ready: {url} (Ctrl-C stops everything)", flush=True)
     print(f"  browser page: {url}/app/   API reference: {url}/api/v1/openapi.json", flush=True)
-    print(f"  client: STRONGROOM_API_URL={url} strongroom client keygen", flush=True)
+    for line in next_steps(url, stack.data_dir, Path.cwd()):
+        print(line, flush=True)
     supervisor = Supervisor(stack.children, say=lambda line: print(line, flush=True))
     while not stopping.is_set():
         try:

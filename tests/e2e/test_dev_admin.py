@@ -71,3 +71,31 @@ def test_without_data_dir_and_outside_the_project_nothing_is_guessed(dev_stack: 
     result = strongroom("audit", "verify", dev_stack.operation, cwd=tmp_path)
     assert result.returncode == 2
     assert "REDIS_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_banner_commands_work_as_printed(dev_stack: DevStack, tmp_path: Path) -> None:
+    """Each command dev prints once ready runs as printed in dev's directory, from a shell with nothing set up
+    (a HOME of its own, the PATH of the test, which does not hold the venv's bin)."""
+    console = dev_stack.dev.process.logs()
+    banner = console[console.index("next, in another terminal") :].splitlines()[1:]
+    commands = [line.strip() for line in banner if line.startswith("    ")]
+    assert any("client keygen" in c for c in commands) and any("audit verify" in c for c in commands)
+    home = tmp_path / "home"
+    home.mkdir()
+    for command in commands:
+        typed = command.replace("<operation-id>", dev_stack.operation)
+        result = subprocess.run(
+            ["bash", "-c", typed], cwd=dev_stack.home, env=clean_env(HOME=str(home)), capture_output=True, text=True
+        )
+        assert result.returncode == 0, f"{typed}\n{result.stderr}"
+    hints = [line for line in banner if "activate" in line]
+    for hint in hints:  # "(or run `. PATH/activate` once, then type plain `strongroom ...`)"
+        activate = hint.split("`")[1]
+        result = subprocess.run(
+            ["bash", "-c", f"{activate} && strongroom client --help"],
+            cwd=dev_stack.home,
+            env=clean_env(HOME=str(home)),
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
