@@ -16,7 +16,7 @@ from redis import Redis as SyncRedis
 from shared.auth.verifier import Verifier
 from shared.contracts import celery_config
 from shared.crypto.keyring import Keyring
-from shared.grants import GrantSource, OpenGrants, build_grant_source
+from shared.grants import GrantSource, OpenGrants, grant_source_at_start
 from shared.quotas import QuotaBook
 from shared.records import OperationStore
 from shared.settings import Settings
@@ -84,7 +84,7 @@ class ApiServices:
             verifier=Verifier(settings, async_redis),
             producer=producer,
             sync_redis=sync_redis,
-            grants=build_grant_source(settings.resolved_grants_source, settings.grants_file),
+            grants=grant_source_at_start(settings, process="api"),
             quotas=QuotaBook(sync_redis, records.grantee_records, max_execution_time=settings.max_execution_time),
             _closers=[producer.close, sync_redis.close],
         )

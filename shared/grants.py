@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -31,6 +31,9 @@ from shared import layout
 from shared.errors import ConfigError, GrantDenied, ValidationFailed
 from shared.logging import get_logger
 from shared.models import Quotas
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 log = get_logger("strongroom.grants")
 
@@ -251,3 +254,21 @@ def build_grant_source(source: str, path: Path | None) -> GrantSource:
             raise ConfigError("STRONGROOM_GRANTS_FILE", "is required when STRONGROOM_GRANTS_SOURCE=static")
         return StaticGrants(path)
     return OpenGrants()
+
+
+OPEN_IN_PRODUCTION = (
+    "STRONGROOM_GRANTS_SOURCE=open in production: anyone with a key can run every agent (keys are free); "
+    "a public deployment uses static grants (docs/grants.md)"
+)
+
+
+def grant_source_at_start(settings: Settings, *, process: str) -> GrantSource:
+    """The grant source of a process that is starting (the API, the worker), validated before it serves anything.
+
+    ``ConfigError`` for production without ``STRONGROOM_GRANTS_SOURCE`` and for a static file that is missing or
+    invalid; an explicit ``open`` in production starts, with a warning in the log.
+    """
+    source = build_grant_source(settings.resolved_grants_source, settings.grants_file)
+    if settings.env == "production" and isinstance(source, OpenGrants):
+        log.warning(OPEN_IN_PRODUCTION, process=process)
+    return source

@@ -217,7 +217,8 @@ class Settings:
         "STRONGROOM_GRANTS_SOURCE",
         "",
         "`open` (anyone may run every agent, no quotas) or `static` (the grants in STRONGROOM_GRANTS_FILE). "
-        "Development defaults to `open`; production requires it to be set (docs/grants.md).",
+        "Development defaults to `open`; in production it must be set (no default: the API and worker refuse to "
+        "start without it), and `open` there is logged as a warning at start (docs/grants.md).",
     )
     grants_file: Path | None = _opt(
         "STRONGROOM_GRANTS_FILE", "", "YAML/JSON grants file for `static`; re-read when it changes."
@@ -325,10 +326,27 @@ class Settings:
                 "is required when STRONGROOM_ENV=production (the host[:port] clients sign as @authority): "
                 "without it a request signed for another deployment would be accepted here",
             )
+        self.validate_grants()
+
+    def validate_grants(self) -> None:
+        """Production has no default grant source: who may run the agents is a decision, not an accident.
+
+        Checked where a process that enforces grants starts (the API in ``validate_api``, the worker at
+        ``worker_init``), not in ``from_env``, so tools that never look at grants still load these settings.
+        """
+        if self.env == "production" and not self.grants_source:
+            raise ConfigError(
+                "STRONGROOM_GRANTS_SOURCE",
+                "is required when STRONGROOM_ENV=production: set it to `static` (only the grants in "
+                "STRONGROOM_GRANTS_FILE; what a public deployment uses) or `open` (anyone with a key may run every "
+                "agent); see docs/grants.md",
+            )
 
     @property
     def resolved_grants_source(self) -> str:
-        """The grant source in use: as configured, else ``open`` (development's default)."""
+        """The grant source in use: as configured, else ``open`` (development's default; production has none and
+        raises ``ConfigError``)."""
+        self.validate_grants()
         return self.grants_source or "open"
 
     @property

@@ -4,7 +4,8 @@
 ``strongroom worker|beat`` commands need it), but settings are read only when Celery first needs its
 configuration: the ``on_configure`` hook hands Celery ``shared.contracts.celery_config`` plus the beat schedule.
 Signals bind the task id (and the operation id when the task has one) into structlog's context, start the
-heartbeat when the worker is ready, and build ``Services`` once per process. At start the main process removes
+heartbeat when the worker is ready, and build ``Services`` once per process. At start the main process checks the
+grant source (in production it must be chosen; a configuration error stops the worker there), removes
 the run directories of dead runs (plaintext a killed worker left behind) and keeps doing so periodically, and
 checks that it can create the agent sandbox: if not, it logs why and its heartbeat tells ``/readyz`` (every run
 is refused anyway, so no agent ever runs unsandboxed). Each agent's PID namespace ends with its run, so no
@@ -13,6 +14,7 @@ process of an agent outlives it and nothing here tracks agent processes.
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -21,6 +23,7 @@ from celery import Celery, signals
 
 from shared import contracts
 from shared.errors import ConfigError
+from shared.grants import grant_source_at_start
 from shared.logging import configure as configure_logging
 from shared.runtime_limits import pin_recursion_limit
 from shared.settings import Settings
@@ -31,6 +34,7 @@ from worker_service.schedule import beat_schedule
 from worker_service.services import Services
 
 app = Celery("strongroom", include=["worker_service.tasks"])
+CONFIG_EXIT = 2  # as `strongroom` exits on a configuration error
 log = structlog.get_logger(__name__)
 
 
@@ -105,6 +109,18 @@ def _setup_logging(**_: Any) -> None:
 def _pin_interpreter_limits(**_: Any) -> None:
     """py_ecc raised the recursion limit to 100000 on import; deep JSON from an agent would then crash us."""
     pin_recursion_limit()
+
+
+@signals.worker_init.connect
+def _check_grant_source(**_: Any) -> None:
+    """Before any task, in the main process: the grant source must be valid (chosen, in production; a static file
+    that loads), and ``open`` in production is logged as a warning. Celery logs and ignores an exception raised by a
+    signal handler, so a configuration error stops the worker here itself, the way ``strongroom`` reports one."""
+    try:
+        grant_source_at_start(settings(), process="worker")
+    except ConfigError as exc:
+        print(f"strongroom worker: configuration error: {exc.detail}", file=sys.stderr, flush=True)
+        raise SystemExit(CONFIG_EXIT) from None
 
 
 @signals.worker_init.connect

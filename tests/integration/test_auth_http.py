@@ -451,7 +451,7 @@ def test_strongroom_api_in_production_stops_at_start_up_naming_public_authoritie
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "REDIS_URL": "redis://127.0.0.1:1/0"}
     result = subprocess.run(
         [sys.executable, "-m", "strongroom", "api"],
-        env={**env, "STRONGROOM_ENV": "production"},
+        env={**env, "STRONGROOM_ENV": "production", "STRONGROOM_GRANTS_SOURCE": "open"},
         cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,

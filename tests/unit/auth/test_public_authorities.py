@@ -30,7 +30,8 @@ def test_production_api_requires_public_authorities() -> None:
 
 
 def test_pinned_or_development_is_accepted() -> None:
-    Settings.from_env({**BASE, "STRONGROOM_PUBLIC_AUTHORITIES": "API.example.com"}).validate_api()
+    production = {**BASE, "STRONGROOM_PUBLIC_AUTHORITIES": "API.example.com", "STRONGROOM_GRANTS_SOURCE": "open"}
+    Settings.from_env(production).validate_api()
     Settings.from_env({**BASE, "STRONGROOM_ENV": "development"}).validate_api()
 
 

@@ -1,0 +1,131 @@
+"""Choosing the grant source at start: production has no default, `open` there is a warning, development is open.
+
+Who may run the agents is a decision: a production API or worker without ``STRONGROOM_GRANTS_SOURCE`` refuses to
+start with one line naming the variable and its choices; an explicit ``open`` starts and says in its log that
+anyone with a key can run every agent; ``strongroom dev`` and the test stack need no setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shared import grants
+from shared.errors import ConfigError
+from shared.grants import OPEN_IN_PRODUCTION, OpenGrants, StaticGrants, grant_source_at_start
+from shared.settings import Settings
+from strongroom.dev.stack import DevStack, _prepare_env
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[3]
+BASE = {"REDIS_URL": "redis://127.0.0.1:1/0", "STRONGROOM_PUBLIC_AUTHORITIES": "api.example:443"}
+PRODUCTION = {**BASE, "STRONGROOM_ENV": "production"}
+
+
+class Recorder:
+    """Stands in for the module's logger: what was logged, at which level (independent of structlog's set-up)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: self.lines.append((level, event, fields))
+
+
+@pytest.fixture
+def logged(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    recorder = Recorder()
+    monkeypatch.setattr(grants, "log", recorder)
+    return recorder
+
+
+def _refusal(action: object) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        action()  # type: ignore[operator]
+    return caught.value
+
+
+def test_production_without_a_grant_source_is_a_configuration_error_naming_the_choices() -> None:
+    settings = Settings.from_env(PRODUCTION)  # loading alone is fine: tools that never look at grants still work
+    for action in (
+        settings.validate_api,
+        settings.validate_grants,
+        lambda: settings.resolved_grants_source,
+        lambda: grant_source_at_start(settings, process="api"),
+    ):
+        error = _refusal(action)
+        assert error.variable == "STRONGROOM_GRANTS_SOURCE"
+        assert "STRONGROOM_ENV=production" in error.detail
+        assert "`static`" in error.detail and "`open`" in error.detail
+
+
+def test_explicit_open_in_production_starts_with_a_warning(logged: Recorder) -> None:
+    settings = Settings.from_env({**PRODUCTION, "STRONGROOM_GRANTS_SOURCE": "open"})
+    settings.validate_api()
+    assert isinstance(grant_source_at_start(settings, process="worker"), OpenGrants)
+    assert logged.lines == [("warning", OPEN_IN_PRODUCTION, {"process": "worker"})]
+    assert "anyone with a key can run every agent" in OPEN_IN_PRODUCTION
+
+
+def test_static_in_production_starts_quietly(tmp_path: Path, logged: Recorder) -> None:
+    path = tmp_path / "grants.yaml"
+    path.write_text("grants:\n  - {address: '*', agents: [privacy-audit]}\n")
+    settings = Settings.from_env(
+        {**PRODUCTION, "STRONGROOM_GRANTS_SOURCE": "static", "STRONGROOM_GRANTS_FILE": str(path)}
+    )
+    settings.validate_api()
+    assert isinstance(grant_source_at_start(settings, process="api"), StaticGrants)
+    assert [line for line in logged.lines if line[0] == "warning"] == []
+
+
+def test_development_and_strongroom_dev_default_to_open_without_a_warning(tmp_path: Path, logged: Recorder) -> None:
+    env = _prepare_env(argparse.Namespace(host="127.0.0.1", port=8123), tmp_path, {})
+    assert "STRONGROOM_GRANTS_SOURCE" not in env
+    for settings in (
+        DevStack(argparse.Namespace(host="127.0.0.1", port=8123), tmp_path).check_settings(),
+        Settings.from_env({**env, **BASE}),
+        Settings.from_env({**BASE, "STRONGROOM_ENV": "development"}),
+    ):
+        settings.validate_api()
+        assert settings.resolved_grants_source == "open"
+        assert isinstance(grant_source_at_start(settings, process="api"), OpenGrants)
+    assert logged.lines == []
+
+
+def _run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run(
+        [sys.executable, "-m", "strongroom", *command.split()],
+        env={**base, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("command", ["api", "worker --pool solo"])
+def test_strongroom_api_and_worker_refuse_a_production_start_without_one(command: str) -> None:
+    """The real entry points, before anything binds or connects: one line naming the variable, exit 2."""
+    result = _run(command, PRODUCTION)
+    assert result.returncode == 2, result.stderr[-2000:]
+    name = command.split()[0]
+    assert f"strongroom {name}: configuration error: STRONGROOM_GRANTS_SOURCE is required" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_compose_sets_the_grant_source_for_every_strongroom_process() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    for name in ("api", "worker", "beat", "init"):
+        env = {k: str(v) for k, v in compose["services"][name]["environment"].items()}
+        assert env["STRONGROOM_ENV"] == "production"
+        assert env["STRONGROOM_GRANTS_SOURCE"] in ("open", "static"), name
+        Settings.from_env({**env, **BASE}).validate_grants()
