@@ -6,6 +6,7 @@ reload, then checks the refusal codes clients see, the quotas under concurrent l
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,15 +16,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from shared import layout
+from shared import audit_log, layout
+from shared.auth.signer import sign_request
 from shared.errors import StrongroomError
-from shared.grants import StaticGrants
+from shared.grants import OPEN_IN_PRODUCTION, StaticGrants
 from shared.settings import Settings
 from strongroom.client import StrongroomClient
 from strongroom.client.identity import Identity, generate_identity, save_identity
 from tests.agents.harness import agents_env
+from worker_service.pipeline.audit import persist_audit_events
 from worker_service.pipeline.retention import cleanup_expired
 from worker_service.services import Services
 
@@ -45,7 +49,8 @@ def write_grants(path: Path, *entries: str) -> None:
 
 @pytest.fixture(scope="module")
 def people() -> dict[str, Identity]:
-    return {name: generate_identity() for name in ("owner", "stranger", "lapsed", "busy", "hoarder", "viewer")}
+    names = ("owner", "stranger", "lapsed", "busy", "hoarder", "viewer", "hourly", "idle")
+    return {name: generate_identity() for name in names}
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +87,15 @@ def refusal(action: Callable[[], Any]) -> StrongroomError:
     return caught.value
 
 
+def raw_create(url: str, who: Identity, agent: str) -> httpx.Response:
+    """A signed create sent as is, so the test sees the status and headers the server answered (not the SDK's)."""
+    body = json.dumps({"agent": agent, "input": {}, "encryption_public_key": who.encryption_public_key}).encode()
+    target = f"{url}/api/v1/operations"
+    headers = {**sign_request(who.account, "POST", target, body), "Content-Type": "application/json"}
+    with httpx.Client(timeout=60) as http:
+        return http.post(target, content=body, headers=headers)
+
+
 def test_each_refusal_has_its_code(
     stack: tuple[str, dict[str, str]], people: dict[str, Identity], grants_file: Path
 ) -> None:
@@ -104,6 +118,32 @@ def test_each_refusal_has_its_code(
     with client(url, people["lapsed"]) as c:
         error = refusal(lambda: c.create("privacy-audit", {"text": "x"}))
         assert (error.status, error.code) == (403, "grant_expired")
+
+
+def test_a_quota_refusal_is_429_naming_the_quota_with_retry_after_only_when_time_helps(
+    stack: tuple[str, dict[str, str]], people: dict[str, Identity], grants_file: Path
+) -> None:
+    url, _ = stack
+    write_grants(
+        grants_file,
+        grant(people["hourly"], "[slow]", ", quotas: {operations_per_hour: 1}"),
+        grant(people["idle"], "[slow]", ", quotas: {concurrent_operations: 0}"),
+    )
+    first = raw_create(url, people["hourly"], "slow")
+    assert first.status_code == 202, first.text
+    hourly = raw_create(url, people["hourly"], "slow")
+    assert hourly.status_code == 429, hourly.text
+    assert hourly.json()["code"] == "quota_exceeded" and "operations_per_hour" in hourly.json()["detail"]
+    assert 1 <= int(hourly.headers["Retry-After"]) <= 3600  # until the hour's oldest create leaves the window
+    concurrent = raw_create(url, people["idle"], "slow")
+    assert concurrent.status_code == 429, concurrent.text
+    assert concurrent.json()["code"] == "quota_exceeded" and "concurrent_operations" in concurrent.json()["detail"]
+    assert "Retry-After" not in concurrent.headers  # only an operation ending frees a slot, not time
+    with client(url, people["hourly"]) as c:
+        error = refusal(lambda: c.create("slow", {}))
+        assert (error.status, error.code) == (429, "quota_exceeded")
+        assert [op.id for op in c.list().operations] == [first.json()["id"]]
+        assert c.wait(first.json()["id"], timeout=120).status == "succeeded"
 
 
 def test_a_quota_of_two_concurrent_operations_holds_under_twenty_creates(
@@ -140,6 +180,7 @@ def test_a_quota_of_two_concurrent_operations_holds_under_twenty_creates(
             assert c.wait(operation_id, timeout=120).status == "succeeded"
         again = c.create("slow", {})  # the slots are free once both finished
         assert c.wait(again.id, timeout=120).status == "succeeded"
+        assert sorted(op.id for op in c.list().operations) == sorted([*accepted, again.id])  # refusals stored nothing
 
 
 def test_the_stored_bytes_quota_stops_an_operation_that_would_cross_it(
@@ -168,7 +209,9 @@ def test_revoking_a_grant_cuts_access_and_cleanup_deletes_the_operations(
     write_grants(grants_file, grant(owner, "[privacy-audit]"))
     with client(url, owner) as c:
         created = c.create("privacy-audit", {"text": "mail me at a@b.example"})
+        other = c.create("privacy-audit", {"text": "call 555-0100"})
         assert c.wait(created.id, timeout=120).status == "succeeded"
+        assert c.wait(other.id, timeout=120).status == "succeeded"
 
         (grants_file.with_suffix(".tmp")).write_text("grants: [")  # a broken file keeps the last good grants
         os.replace(grants_file.with_suffix(".tmp"), grants_file)
@@ -185,7 +228,18 @@ def test_revoking_a_grant_cuts_access_and_cleanup_deletes_the_operations(
     services = Services.from_settings(worker_settings)
     assert isinstance(services.grants, StaticGrants)
     cleanup_expired(services)
-    assert list(services.store.list(layout.operation_prefix(created.id))) == []
+    for operation_id in (created.id, other.id):
+        assert list(services.store.list(layout.operation_prefix(operation_id))) == []
+    assert list(services.store.list(layout.grantee_prefix(owner.address))) == []
+    while persist_audit_events(services):
+        pass
+    expired = {
+        event.operation_id: event.reason
+        for batch in audit_log.iter_batches(services.records, None)
+        for event in batch.events
+        if event.action == "operation.expired"
+    }
+    assert expired.get(created.id) == expired.get(other.id) == "grant_revoked"
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -221,3 +275,18 @@ def test_whoami_prints_the_grant_and_its_usage(
     assert "concurrent_operations: 0 / 2" in out.stdout
     assert "stored_bytes: 0 / 100" in out.stdout
     assert "operations_per_hour: 0 / unlimited" in out.stdout
+
+
+def test_open_in_production_is_a_warning_in_the_api_and_worker_logs(
+    api_factory: Callable[..., Any], worker_factory: Callable[..., Any]
+) -> None:
+    env = {"STRONGROOM_ENV": "production", "STRONGROOM_GRANTS_SOURCE": "open"}
+    api = api_factory(**env)
+    worker = worker_factory(**env)
+    try:
+        for handle in (api, worker):
+            warnings = [json.loads(line) for line in handle.logs().splitlines() if OPEN_IN_PRODUCTION in line]
+            assert [(w["level"], w["process"]) for w in warnings] == [("warning", handle.name.split("-")[0])]
+    finally:
+        worker.stop()
+        api.stop()

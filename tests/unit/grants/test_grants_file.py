@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+import yaml
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.errors import ConfigError
@@ -118,6 +121,70 @@ def test_every_valid_document_round_trips(entries: list[dict[str, object]]) -> N
         grant = grants[str(entry["address"]).lower()]
         assert list(grant.agents) == entry["agents"]
         assert grant.quotas.model_dump(exclude_none=True) == entry["quotas"]
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=12,
+)
+FIELDS = {
+    "address": st.one_of(st.just("*"), st.from_regex(r"0x[0-9a-fA-F]{38,42}", fullmatch=True), JSON_VALUES),
+    "agents": st.one_of(
+        st.lists(st.one_of(st.just("*"), st.from_regex(r"[a-zA-Z0-9 _-]{0,8}")), max_size=3), JSON_VALUES
+    ),
+    "expires_at": st.one_of(st.datetimes(timezones=st.none() | st.just(UTC)).map(lambda d: d.isoformat()), JSON_VALUES),
+    "max_retention_days": st.one_of(st.integers(-2, 30), JSON_VALUES),
+    "quotas": st.one_of(
+        st.dictionaries(
+            st.sampled_from(["concurrent_operations", "operations_per_hour", "stored_bytes", "other"]),
+            st.one_of(st.integers(-2, 10**12), JSON_VALUES),
+            max_size=3,
+        ),
+        JSON_VALUES,
+    ),
+    "colour": JSON_VALUES,
+}
+ENTRIES = st.lists(st.fixed_dictionaries({}, optional=FIELDS), max_size=4)
+
+
+@settings(deadline=None)  # a loaded machine is slow, not wrong
+@given(st.fixed_dictionaries({"grants": st.one_of(ENTRIES, JSON_VALUES)}, optional={"version": JSON_VALUES}))
+def test_any_document_is_accepted_valid_or_refused_with_value_error(document: dict[str, object]) -> None:
+    """Near-valid documents (right shape, any values), as JSON and as YAML: a ValueError naming the problem, or
+    grants that keep every promise the decisions rely on."""
+    for text in (json.dumps(document), yaml.safe_dump(document)):
+        try:
+            grants = parse_grants(text)
+        except ValueError as exc:
+            assert str(exc)  # a reason to log, never an empty message
+            continue
+        for address, grant in grants.items():
+            assert address == grant.address and (address == "*" or re.fullmatch(r"0x[0-9a-f]{40}", address))
+            assert grant.agents and all(a == "*" or re.fullmatch(r"[a-z0-9][a-z0-9-]*", a) for a in grant.agents)
+            assert grant.expires_at is None or grant.expires_at.utcoffset() == timedelta(0)
+            assert grant.max_retention_days is None or grant.max_retention_days >= 1
+            quotas = grant.quotas.model_dump()
+            assert all(value is None or (isinstance(value, int) and value >= 0) for value in quotas.values())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(max_size=200) | st.builds(json.dumps, JSON_VALUES))
+def test_a_rejected_file_never_changes_the_answers(text: str) -> None:
+    """Whatever replaces a good file, a lookup answers either from the new file (when it parses) or the last good."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "grants.yaml"
+        path.write_text(f"grants:\n  - {{address: '{ALICE}', agents: [a]}}\n")
+        clock = Clock()
+        source = StaticGrants(path, clock=clock)
+        _replace(path, text)
+        clock.now += 2
+        try:
+            expected = parse_grants(text)
+        except ValueError:
+            expected = {ALICE: Grant(address=ALICE, agents=("a",))}
+        for address in (ALICE, BOB):
+            assert source.lookup(address) == (expected.get(address) or expected.get("*"))
 
 
 def test_decisions_name_the_rule() -> None:
