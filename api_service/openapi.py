@@ -108,10 +108,13 @@ _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
 
 _ERRORS: dict[str, str] = {
     "401": "Signature missing, malformed, expired, replayed or invalid",
-    "403": "Valid signature, but not the operation's grantee (`not_grantee`)",
+    "403": "Valid signature, but not allowed: not the operation's grantee (`not_grantee`), no grant (`no_grant`), "
+    "the agent is not in the grant (`agent_not_granted`), or the grant has ended (`grant_expired`) or was removed "
+    "(`grant_revoked`); see docs/grants.md",
     "404": "Unknown operation or artifact (`operation_not_found`, `artifact_not_found`), or `expired`",
     "422": "Invalid request; `code` names the field",
-    "429": "Rate limited; see Retry-After",
+    "429": "Too many requests (`rate_limited`, with Retry-After) or a grant's quota reached (`quota_exceeded`, "
+    "naming the quota; Retry-After only for `operations_per_hour`)",
     "500": "Internal error",
     "503": "A dependency (Redis, S3, queue) is unavailable; nothing was let through",
     "409": "The operation has already finished (`operation_finished`)",
@@ -154,7 +157,12 @@ def _errors(*codes: str) -> dict[str, Any]:
             "content": {"application/problem+json": {"schema": _ref("Problem")}},
         }
     if "429" in responses:
-        responses["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+        responses["429"]["headers"] = {
+            "Retry-After": {
+                "schema": {"type": "integer"},
+                "description": "seconds to wait; absent on a `quota_exceeded` that only an ending operation frees",
+            }
+        }
     return responses
 
 
