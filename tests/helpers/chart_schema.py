@@ -20,7 +20,7 @@ import kubernetes_validate
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "charts" / "strongroom" / "values.schema.json"
-KUBERNETES_VERSION = "1.29.0"  # the oldest version the chart is validated for (tests/integration/test_chart_render)
+KUBERNETES_VERSION = "1.30.0"  # the oldest version the chart supports (Chart.yaml kubeVersion; test_chart_features)
 ROOTS = (
     "io.k8s.api.core.v1.Affinity",
     "io.k8s.api.core.v1.Toleration",

@@ -9,6 +9,7 @@ Finally the rendered Redis command runs against a real valkey-server: it must re
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import yaml
 from tests.helpers.ports import free_port
 from tests.integration.test_chart_render import (
     CHART,
+    ROOT,
     Manifests,
     component,
     container,
@@ -37,7 +39,7 @@ from tests.integration.test_chart_render import (
 )
 
 pytestmark = pytest.mark.integration
-KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # oldest and newest supported and bundled in kubernetes-validate
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")  # oldest and newest supported and bundled in kubernetes-validate
 CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
 
 
@@ -316,3 +318,299 @@ def test_rendered_redis_command_requires_the_password(
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# --- the worker pod and the agent sandbox (issue 11) -----------------------------------------------------------
+
+
+def pods(manifests: Manifests) -> list[tuple[str, dict[str, Any]]]:
+    """(name, pod spec) of every workload and bare Pod (the helm test)."""
+    out = []
+    for doc in manifests:
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
+            out.append((doc["metadata"]["name"], doc["spec"]["template"]["spec"]))
+        elif doc["kind"] == "Pod":
+            out.append((doc["metadata"]["name"], doc["spec"]))
+    return out
+
+
+@pytest.mark.parametrize("scenario", ["default", "production"])
+def test_only_the_worker_gets_what_bubblewrap_needs(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+    scenario: str,
+) -> None:
+    """bwrap needs a user-namespaced pod, an unmasked /proc and no default seccomp/AppArmor profile (which forbid
+    unshare and mount): the worker container gets exactly that, still read-only, non-root and without
+    capabilities; every other pod keeps the locked-down defaults."""
+    manifests = render(helm, scenarios[scenario])
+    seen = set()
+    for name, pod in pods(manifests):
+        assert pod.get("securityContext", {}).get("seccompProfile", {"type": "RuntimeDefault"}) == {
+            "type": "RuntimeDefault"
+        }, name
+        for item in pod["containers"]:
+            context = item["securityContext"]
+            seen.add(f"{name}/{item['name']}")
+            if item["name"] == "worker":
+                assert pod["hostUsers"] is False
+                assert context["procMount"] == "Unmasked"
+                assert context["seccompProfile"] == {"type": "Unconfined"}
+                assert context["appArmorProfile"] == {"type": "Unconfined"}
+                assert context["readOnlyRootFilesystem"] is True and context["runAsNonRoot"] is True
+                assert context["allowPrivilegeEscalation"] is False
+                assert context["capabilities"] == {"drop": ["ALL"]}
+            else:
+                assert "hostUsers" not in pod, name
+                assert not {"procMount", "seccompProfile", "appArmorProfile"} & set(context), name
+    assert "sr-strongroom-worker/worker" in seen and "sr-strongroom-api/api" in seen
+
+
+def test_worker_sandbox_with_node_profiles_and_no_user_namespace(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+) -> None:
+    """The documented alternative to Unconfined: Localhost profiles installed on the nodes."""
+    manifests = render(
+        helm,
+        scenarios["default"],
+        "worker.sandbox.hostUsers=true",
+        "worker.sandbox.procMount=Default",
+        "worker.sandbox.seccompProfile.type=Localhost",
+        "worker.sandbox.seccompProfile.localhostProfile=profiles/strongroom-worker.json",
+        "worker.sandbox.appArmorProfile.type=Localhost",
+        "worker.sandbox.appArmorProfile.localhostProfile=strongroom-worker",
+    )
+    worker = component(manifests, "Deployment", "worker")["spec"]["template"]["spec"]
+    assert "hostUsers" not in worker
+    context = container(manifests, "worker")["securityContext"]
+    assert context["seccompProfile"] == {"type": "Localhost", "localhostProfile": "profiles/strongroom-worker.json"}
+    assert context["appArmorProfile"] == {"type": "Localhost", "localhostProfile": "strongroom-worker"}
+    assert context["procMount"] == "Default"
+    for version in KUBERNETES_VERSIONS:
+        for doc in manifests:
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_worker_memory_check_uses_the_servers_default_disk_limit(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+) -> None:
+    """concurrency x STRONGROOM_MAX_DISK_USAGE + 512Mi, with the servers' own default when config does not set it."""
+    from shared.settings import options
+
+    default = {o.name: o.default for o in options()}["STRONGROOM_MAX_DISK_USAGE"]
+    assert default == str(1 << 30)
+    exact = ("worker.concurrency=2", "worker.resources.limits.memory=2560Mi", "worker.workDirSizeLimit=2Gi")
+    render(helm, scenarios["default"], *exact)  # exactly enough
+    for sets in (
+        ("worker.concurrency=2", "worker.resources.limits.memory=2684354559"),  # one byte short
+        ("worker.concurrency=2", "worker.resources.limits.memory=2.4Gi"),
+        ("worker.concurrency=2", "worker.workDirSizeLimit=2047Mi"),
+    ):
+        result = run_helm(helm, "template", "sr", str(CHART), *value_args(scenarios["default"], sets))
+        assert result.returncode != 0 and "must be at least" in result.stderr, sets
+    smaller = (
+        "config.STRONGROOM_MAX_DISK_USAGE=268435456",
+        "worker.concurrency=4",
+        "worker.resources.limits.memory=1536Mi",
+    )
+    render(helm, scenarios["default"], *smaller)  # 4 x 256 MiB + 512 MiB
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("worker.sandbox.hostUsers=true",), "procMount=Unmasked needs worker.sandbox.hostUsers=false"),
+        (("worker.sandbox.hostUsers=true", "worker.sandbox.procMount=Default"), "Unconfined"),
+        (("worker.sandbox.seccompProfile.type=Localhost",), "localhostProfile"),
+        (("worker.sandbox.appArmorProfile.type=Unconfinedd",), "appArmorProfile"),
+        (("worker.sandbox.procMount=Unmask",), "procMount"),
+        (("worker.sandbox.hostUser=false",), "hostUser"),
+        (("securityContext.procMount=Unmasked",), "procMount"),  # never for every container
+    ],
+)
+def test_worker_sandbox_rejected_values(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+    sets: tuple[str, ...],
+    message: str,
+) -> None:
+    result = run_helm(helm, "template", "sr", str(CHART), *value_args(scenarios["default"], sets))
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_chart_and_compose_name_only_real_settings() -> None:
+    """A removed setting (STRONGROOM_AGENT_USER) must not linger in values, templates, compose or the deploy docs."""
+    from shared.settings import options
+
+    real = {o.name for o in options()}
+    compose_only = {"STRONGROOM_S3_ACCESS_KEY", "STRONGROOM_S3_SECRET_KEY"}  # compose.yaml's own variables
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    refused = set(schema["properties"]["config"]["propertyNames"]["not"]["enum"])  # names `config` may not set
+    compose_only |= refused - real
+    files = [p for p in CHART.rglob("*") if p.is_file()]
+    files += [ROOT / "deploy" / "compose.yaml", ROOT / "deploy" / "compose-env.sh", *ROOT.glob("docs/deploy*.md")]
+    assert files
+    for path in files:
+        names = set(re.findall(r"STRONGROOM_[A-Z0-9_]*[A-Z0-9]", path.read_text()))
+        assert names - real - compose_only == set(), path.relative_to(ROOT)
+
+
+# --- grants (issue 15) -----------------------------------------------------------------------------------------
+
+GRANTS = [
+    {
+        "address": "0xAbCdEf0123456789aBcDeF0123456789abCDef01",
+        "agents": ["privacy-audit"],
+        "expires_at": "2027-06-30T00:00:00Z",
+        "max_retention_days": 3,
+        "quotas": {"concurrent_operations": 2, "operations_per_hour": 20, "stored_bytes": 10737418240},
+    },
+    {"address": "*", "agents": ["*"], "quotas": {"concurrent_operations": 1}},
+]
+STRONGROOM_PODS = ("api", "worker", "beat")
+
+
+def grants_values(tmp_path: Path, grants: list[dict[str, Any]], **more: Any) -> Path:
+    path = tmp_path / f"grants-{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump({"grants": {"source": "static", "static": grants, **more}}))
+    return path
+
+
+def config_data(manifests: Manifests) -> dict[str, str]:
+    (config,) = [d for d in manifests if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sr-strongroom-config"]
+    data: dict[str, str] = config["data"]
+    return data
+
+
+def test_static_grants_reach_every_server_as_the_file_they_parse(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The rendered grants file, at the path the rendered environment names, loads in the servers' own parser."""
+    from datetime import UTC, datetime
+
+    from shared.grants import build_grant_source, parse_grants
+    from shared.settings import Settings
+
+    manifests = render(helm, [*scenarios["default"], grants_values(tmp_path, GRANTS)])
+    data = config_data(manifests)
+    assert data["STRONGROOM_GRANTS_SOURCE"] == "static"
+    path = Path(data["STRONGROOM_GRANTS_FILE"])
+    (grants_map,) = [
+        d for d in manifests if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sr-strongroom-grants"
+    ]
+    text = grants_map["data"][path.name]
+    parsed = parse_grants(text)
+    owner = "0xabcdef0123456789abcdef0123456789abcdef01"
+    assert set(parsed) == {owner, "*"}
+    assert parsed[owner].expires_at == datetime(2027, 6, 30, tzinfo=UTC)
+    assert parsed[owner].quotas.stored_bytes == 10737418240 and parsed[owner].max_retention_days == 3
+    assert parsed["*"].agents == ("*",)
+    for name in (*STRONGROOM_PODS, "init"):
+        kind = "Job" if name == "init" else "Deployment"
+        (workload,) = [
+            d for d in manifests if d["kind"] == kind and d["metadata"]["name"].startswith(f"sr-strongroom-{name}")
+        ]
+        pod = workload["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "grants"]
+        assert volume["configMap"] == {
+            "name": "sr-strongroom-grants",
+            "items": [{"key": "grants.yaml", "path": "grants.yaml"}],
+        }
+        (mount,) = [m for item in pod["containers"] for m in item["volumeMounts"] if m["name"] == "grants"]
+        # a directory mount: a subPath mount would never see ConfigMap updates, and reloads depend on them
+        assert mount == {"name": "grants", "mountPath": str(path.parent), "readOnly": True}, name
+    # what the servers do with exactly this environment and file
+    local = tmp_path / "mounted" / path.name
+    local.parent.mkdir()
+    local.write_text(text)
+    environ = {**data, "STRONGROOM_GRANTS_FILE": str(local), "REDIS_URL": "redis://127.0.0.1:6379/0"}
+    settings = Settings.from_env(environ)
+    source = build_grant_source(settings.resolved_grants_source, settings.grants_file)
+    assert source.lookup(owner) == parsed[owner]
+
+
+def test_editing_grants_rolls_no_pod(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The servers re-read the mounted file: a changed grant must not restart running agents through a rollout."""
+    first = render(helm, [*scenarios["default"], grants_values(tmp_path, GRANTS)])
+    second = render(helm, [*scenarios["default"], grants_values(tmp_path, GRANTS[:1])])
+    for name in STRONGROOM_PODS:
+        assert (
+            component(first, "Deployment", name)["spec"]["template"]
+            == component(second, "Deployment", name)["spec"]["template"]
+        ), name
+    grants = [d["data"] for m in (first, second) for d in m if d["metadata"]["name"] == "sr-strongroom-grants"]
+    assert grants[0] != grants[1]
+
+
+def test_grants_from_an_existing_config_map_or_open(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    existing = render(helm, [*scenarios["default"], grants_values(tmp_path, [], existingConfigMap="gitops-grants")])
+    assert "sr-strongroom-grants" not in {d["metadata"]["name"] for d in existing}
+    for name in STRONGROOM_PODS:
+        volumes = component(existing, "Deployment", name)["spec"]["template"]["spec"]["volumes"]
+        assert [v["configMap"]["name"] for v in volumes if v["name"] == "grants"] == ["gitops-grants"]
+    empty = render(helm, scenarios["default"])  # static with no grants: nobody may create operations
+    (grants_map,) = [d for d in empty if d["metadata"]["name"] == "sr-strongroom-grants"]
+    from shared.grants import parse_grants
+
+    assert parse_grants(grants_map["data"]["grants.yaml"]) == {}
+    opened = render(helm, scenarios["default"], "grants.source=open")
+    assert config_data(opened)["STRONGROOM_GRANTS_SOURCE"] == "open"
+    assert "STRONGROOM_GRANTS_FILE" not in config_data(opened)
+    assert "sr-strongroom-grants" not in {d["metadata"]["name"] for d in opened}
+    for name in STRONGROOM_PODS:
+        volumes = component(opened, "Deployment", name)["spec"]["template"]["spec"]["volumes"]
+        assert "grants" not in {v["name"] for v in volumes}
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (("grants.source=public",), "/grants/source"),
+        (("grants.static[0].address=0x12", "grants.static[0].agents[0]=x"), "/grants/static/0/address"),
+        (("grants.static[0].address=*", "grants.static[0].agents[0]=Bad_Name"), "/grants/static/0/agents/0"),
+        (
+            ("grants.static[0].address=*", "grants.static[0].agents[0]=x", "grants.static[0].quotas.stored_byte=1"),
+            "stored_byte",
+        ),
+        (
+            (
+                "grants.static[0].address=*",
+                "grants.static[0].agents[0]=x",
+                "grants.static[0].expires_at=2027-06-30T00:00:00",
+            ),
+            "/grants/static/0/expires_at",  # no time zone
+        ),
+        (
+            (
+                "grants.static[0].address=0xAbCdEf0123456789aBcDeF0123456789abCDef01",
+                "grants.static[0].agents[0]=x",
+                "grants.static[1].address=0xabcdef0123456789abcdef0123456789abcdef01",
+                "grants.static[1].agents[0]=y",
+            ),
+            "more than once",
+        ),
+        (("grants.source=open", "grants.existingConfigMap=gitops-grants"), "grants.source=static"),
+    ],
+)
+def test_grants_rejected_values(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+    sets: tuple[str, ...],
+    message: str,
+) -> None:
+    result = run_helm(helm, "template", "sr", str(CHART), *value_args(scenarios["default"], sets))
+    assert result.returncode != 0
+    assert message in result.stderr

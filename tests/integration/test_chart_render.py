@@ -69,6 +69,7 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory, secrets_values: dict[str
                 {
                     "secret": {"keyring": secrets_values["keyring"]},
                     "config": {"STRONGROOM_PUBLIC_AUTHORITIES": "strongroom.test"},
+                    "grants": {"source": "static"},
                 },
             )
         ],
@@ -79,10 +80,16 @@ def scenarios(tmp_path_factory: pytest.TempPathFactory, secrets_values: dict[str
                 {
                     "secret": secrets_values,
                     "config": {"STRONGROOM_PUBLIC_AUTHORITIES": "strongroom.test"},
+                    "grants": {"source": "open"},
                     "redis": {"enabled": False},
                     "networkPolicy": {"enabled": True},
                     "s3": {"endpointUrl": "https://minio.example", "publicEndpointUrl": "https://s3.example"},
-                    "worker": {"pool": "threads", "concurrency": 8},
+                    "worker": {
+                        "pool": "threads",
+                        "concurrency": 8,
+                        "workDirSizeLimit": "8Gi",
+                        "resources": {"limits": {"memory": "9Gi"}},
+                    },
                 },
             )
         ],
@@ -173,6 +180,13 @@ def test_bare_defaults_demand_a_keyring(helm: Path) -> None:
         (("secret.awsAccessKeyId=AKIA",), "awsSecretAccessKey"),  # check-values: half a credential
         (("api.replicas=2", "api.pdb.minAvailable=2"), "minAvailable"),  # a PDB that blocks every drain
         (("config.STRONGROOM_PUBLIC_AUTHORITIES=",), "STRONGROOM_PUBLIC_AUTHORITIES"),  # the API would not start
+        (("grants.source=",), "set grants.source"),  # production servers refuse to start without one
+        (("config.STRONGROOM_GRANTS_SOURCE=open",), "STRONGROOM_GRANTS_SOURCE"),  # chart-managed: grants.source
+        # a worker whose runs' scratch tmpfs (memory) or out/ (disk) cannot all fit at once
+        (("worker.concurrency=3",), "worker.resources.limits.memory (3Gi) must be at least"),
+        (("config.STRONGROOM_MAX_DISK_USAGE=2147483648",), "i.e. 4608Mi"),
+        (("worker.resources.limits.memory=2559Mi",), "i.e. 2560Mi"),
+        (("worker.workDirSizeLimit=1Gi",), "worker.workDirSizeLimit (1Gi) must be at least"),
     ],
 )
 def test_helm_rejects_bad_values(
@@ -283,7 +297,7 @@ def test_secrets_only_in_secret(rendered: dict[str, Manifests], secrets_values: 
         text = yaml.safe_dump(doc)
         for value in given:
             assert value not in text, f"a secret value leaked into {doc['kind']} {doc['metadata']['name']}"
-    (config,) = [d for d in manifests if d["kind"] == "ConfigMap"]
+    (config,) = [d for d in manifests if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sr-strongroom-config"]
     assert not set(config["data"]) & {*SECRET_ENV, "STRONGROOM_KEYRING_FILE"}
     assert "REDIS_URL" not in config["data"]  # the in-chart Valkey has a password too: the URL is built from a Secret
     (secret,) = [d for d in manifests if d["kind"] == "Secret" and d["metadata"]["name"] == "sr-strongroom"]
@@ -323,7 +337,7 @@ def test_existing_secret_is_referenced_not_rendered(rendered: dict[str, Manifest
 def test_writable_paths_are_empty_dirs(rendered: dict[str, Manifests], scenario: str) -> None:
     """The root filesystem is read-only, so every path a process writes must be an emptyDir mount."""
     manifests = rendered[scenario]
-    (config,) = [d for d in manifests if d["kind"] == "ConfigMap"]
+    (config,) = [d for d in manifests if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "sr-strongroom-config"]
     needs = {
         "api": ["/tmp"],
         "worker": ["/tmp", config["data"]["STRONGROOM_WORK_DIR"]],

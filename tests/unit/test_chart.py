@@ -283,6 +283,47 @@ def test_compose_processes_write_only_to_mounted_paths() -> None:
 
 
 @pytest.mark.unit
+def test_compose_sets_the_grant_source_and_mounts_its_file() -> None:
+    """Production refuses to start without an explicit grant source; compose's is `static`, on a shipped file that
+    grants nobody until edited, and that the servers' own parser accepts."""
+    from shared.grants import parse_grants
+
+    services = compose()["services"]
+    for name in STRONGROOM_SERVICES:
+        env = services[name]["environment"]
+        assert env["STRONGROOM_GRANTS_SOURCE"] == "static", name
+        path = Path(env["STRONGROOM_GRANTS_FILE"])
+        mounts = {str(v).split(":")[1]: str(v) for v in services[name]["volumes"]}
+        assert mounts[str(path.parent)] == f"./grants:{path.parent}:ro", name  # a directory: edits are seen
+    shipped = DEPLOY / "grants" / path.name
+    assert parse_grants(shipped.read_text(), filename=shipped.name) == {}
+
+
+@pytest.mark.unit
+def test_compose_worker_alone_can_create_agent_sandboxes() -> None:
+    """bwrap needs seccomp and AppArmor to allow unshare/mount and an unmasked /proc: the worker, nobody else."""
+    services = compose()["services"]
+    relaxed = {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"}
+    assert relaxed <= set(services["worker"]["security_opt"])
+    for name in ("init", "api", "beat"):
+        assert services[name]["security_opt"] == ["no-new-privileges:true"], name
+    # every concurrent run's scratch tmpfs fits in the worker's memory limit, with 512 MiB for the worker itself
+    command = services["worker"]["command"]
+    concurrency = int(command[command.index("--concurrency") + 1])
+    disk = int(
+        services["worker"]["environment"].get("STRONGROOM_MAX_DISK_USAGE") or _default("STRONGROOM_MAX_DISK_USAGE")
+    )
+    memory = services["worker"]["deploy"]["resources"]["limits"]["memory"]
+    assert memory.endswith("G") and int(memory[:-1]) * 1000**3 >= concurrency * disk + 512 * 1024**2
+
+
+def _default(name: str) -> str:
+    from shared.settings import options
+
+    return {o.name: o.default for o in options()}[name]
+
+
+@pytest.mark.unit
 def test_compose_publishes_only_on_loopback() -> None:
     for name, service in compose()["services"].items():
         for port in service.get("ports", []):

@@ -76,6 +76,32 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "strongroom.keyringDir" -}}/var/run/strongroom/keyring{{- end -}}
 {{- define "strongroom.workDir" -}}/var/lib/strongroom/work{{- end -}}
 {{- define "strongroom.beatScheduleFile" -}}/var/lib/strongroom/beat/celerybeat-schedule{{- end -}}
+{{- define "strongroom.grantsDir" -}}/etc/strongroom/grants{{- end -}}
+
+{{/* The ConfigMap holding the grants file (key grants.yaml): yours (grants.existingConfigMap) or the chart's. */}}
+{{- define "strongroom.grantsConfigName" -}}
+{{- default (printf "%s-grants" (include "strongroom.fullname" .)) .Values.grants.existingConfigMap -}}
+{{- end -}}
+
+{{/*
+Bytes in a Kubernetes quantity (512Mi, 1.5Gi, 2G, 1073741824), as a float; an empty or unparsable one is 0.
+*/}}
+{{- define "strongroom.bytes" -}}
+{{- $quantity := toString . -}}
+{{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $quantity -}}
+{{- $units := dict "" "1" "k" "1e3" "Ki" "1024" "M" "1e6" "Mi" "1048576" "G" "1e9" "Gi" "1073741824" "T" "1e12" "Ti" "1099511627776" "P" "1e15" "Pi" "1125899906842624" "E" "1e18" "Ei" "1152921504606846976" -}}
+{{- $unit := get $units (trimPrefix $number $quantity) -}}
+{{- if and $number $unit -}}
+{{- mulf (float64 $number) (float64 $unit) -}}
+{{- else -}}
+0
+{{- end -}}
+{{- end -}}
+
+{{/* STRONGROOM_MAX_DISK_USAGE as the servers see it: config's value, else shared/settings.py's default (1 GiB). */}}
+{{- define "strongroom.maxDiskUsage" -}}
+{{- float64 (toString (.Values.config.STRONGROOM_MAX_DISK_USAGE | default "1073741824")) -}}
+{{- end -}}
 
 {{/*
 Environment of every strongroom container: non-secret options from the ConfigMap, secrets from the Secret (the
@@ -150,13 +176,21 @@ annotations:
   {{- end }}
 {{- end -}}
 
-{{/* Mounts every strongroom container has: the keyring (read-only) and a private /tmp. */}}
+{{/*
+Mounts every strongroom container has: the keyring (read-only), a private /tmp and, for grants.source=static, the
+grants file (a directory mount, not subPath, so ConfigMap updates reach the running pods).
+*/}}
 {{- define "strongroom.volumeMounts" -}}
 - name: keyring
   mountPath: {{ include "strongroom.keyringDir" . }}
   readOnly: true
 - name: tmp
   mountPath: /tmp
+{{- if eq .Values.grants.source "static" }}
+- name: grants
+  mountPath: {{ include "strongroom.grantsDir" . }}
+  readOnly: true
+{{- end }}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
 {{- end }}
@@ -172,6 +206,13 @@ annotations:
 - name: tmp
   emptyDir:
     sizeLimit: 256Mi
+{{- if eq .Values.grants.source "static" }}
+- name: grants
+  configMap:
+    name: {{ include "strongroom.grantsConfigName" . }}
+    items:
+      - {key: grants.yaml, path: grants.yaml}
+{{- end }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
