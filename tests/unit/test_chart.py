@@ -173,8 +173,20 @@ def test_templates_never_template_beat_replicas() -> None:
 # --- compose.yaml ------------------------------------------------------------------------------------------------
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """docker compose refuses a mapping with a key twice; PyYAML would silently keep the last one."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [key.value for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"]
+        duplicates = {key for key in keys if keys.count(key) > 1}
+        if duplicates:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate keys {sorted(duplicates)}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def compose() -> dict[str, Any]:
-    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    loaded: dict[str, Any] = yaml.load((DEPLOY / "compose.yaml").read_text(), Loader=_UniqueKeyLoader)
+    return loaded
 
 
 def writable_paths(service: dict[str, Any]) -> list[str]:
