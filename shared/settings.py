@@ -329,11 +329,19 @@ class Settings:
         self.validate_grants()
 
     def validate_grants(self) -> None:
-        """Production has no default grant source: who may run the agents is a decision, not an accident.
+        """Production has no default grant source: who may run the agents is a decision, not an accident. A static
+        source's file must load: a missing or invalid one is a start-up error, not a first-request one.
 
         Checked where a process that enforces grants starts (the API in ``validate_api``, the worker at
         ``worker_init``), not in ``from_env``, so tools that never look at grants still load these settings.
         """
+        self._require_grants_source()
+        if self.grants_source == "static":
+            from shared.grants import build_grant_source
+
+            build_grant_source("static", self.grants_file)
+
+    def _require_grants_source(self) -> None:
         if self.env == "production" and not self.grants_source:
             raise ConfigError(
                 "STRONGROOM_GRANTS_SOURCE",
@@ -346,7 +354,7 @@ class Settings:
     def resolved_grants_source(self) -> str:
         """The grant source in use: as configured, else ``open`` (development's default; production has none and
         raises ``ConfigError``)."""
-        self.validate_grants()
+        self._require_grants_source()
         return self.grants_source or "open"
 
     @property

@@ -122,6 +122,21 @@ def test_strongroom_api_and_worker_refuse_a_production_start_without_one(command
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["api", "worker --pool solo"])
+def test_strongroom_api_and_worker_refuse_to_start_with_a_bad_grants_file(command: str, tmp_path: Path) -> None:
+    """A static file that does not load stops the process at start with one line (the API used to fail in its
+    lifespan instead: a traceback and exit 3)."""
+    bad = tmp_path / "grants.yaml"
+    bad.write_text("grants:\n  - {address: '0x12', agents: ['*']}\n")
+    env = {**BASE, "STRONGROOM_ENV": "development", "STRONGROOM_GRANTS_SOURCE": "static"}
+    for path, reason in ((tmp_path / "missing.yaml", "cannot be read"), (bad, "grants.yaml: grants.0.address")):
+        result = _run(command, {**env, "STRONGROOM_GRANTS_FILE": str(path)})
+        assert result.returncode == 2, result.stderr[-2000:]
+        name = command.split()[0]
+        assert f"strongroom {name}: configuration error: STRONGROOM_GRANTS_FILE {reason}" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_compose_sets_the_grant_source_for_every_strongroom_process() -> None:
     compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
     for name in ("api", "worker", "beat", "init"):
