@@ -232,7 +232,20 @@ def test_metrics_off(helm: Path, scenarios: dict[str, list[Path]]) -> None:  # n
     manifests = render(helm, scenarios["default"], "metrics.enabled=false")
     api, worker = container(manifests, "api"), container(manifests, "worker")
     assert [p["name"] for p in api["ports"]] == ["http"] and "ports" not in worker
-    assert env_of(api)["STRONGROOM_API_METRICS_PORT"]["value"] == "0"
+    # STRONGROOM_API_METRICS_PORT=0 would serve /metrics on the public API port: it stays on its own port
+    assert env_of(api)["STRONGROOM_API_METRICS_PORT"]["value"] == "9090"
+    policies = {d["metadata"]["name"]: d for d in kinds(manifests)["NetworkPolicy"]}
+    assert [r["ports"] for r in policies["sr-strongroom-api"]["spec"]["ingress"]] == [
+        [{"port": 8080, "protocol": "TCP"}]
+    ]
+    clash = run_helm(
+        helm,
+        "template",
+        "sr",
+        str(CHART),
+        *value_args(scenarios["default"], ("metrics.enabled=false", "metrics.port=8080")),
+    )
+    assert clash.returncode != 0 and "metrics.port" in clash.stderr
     assert env_of(worker)["STRONGROOM_WORKER_METRICS_PORT"]["value"] == "0"
     assert not [s for s in kinds(manifests)["Service"] if s["metadata"]["name"].endswith("-metrics")]
     assert (
