@@ -69,9 +69,21 @@ def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str,
     return event_dict
 
 
-def _shared_processors() -> list[Any]:
+def _process_name(process: str | None) -> Any:
+    """Tag every line with the process's name, from any thread (a Celery pool thread has no copy of the context)."""
+
+    def add(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if process:
+            event_dict.setdefault("process", process)
+        return event_dict
+
+    return add
+
+
+def _shared_processors(process: str | None = None) -> list[Any]:
     return [
         structlog.contextvars.merge_contextvars,
+        _process_name(process),
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -94,7 +106,7 @@ def configure(log_format: str = "json", level: str = "INFO", process: str | None
     ]
     structlog.configure(
         processors=[
-            *_shared_processors(),
+            *_shared_processors(process),
             structlog.processors.StackInfoRenderer(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
@@ -103,7 +115,8 @@ def configure(log_format: str = "json", level: str = "INFO", process: str | None
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(foreign_pre_chain=_shared_processors(), processors=final))
+    formatter = structlog.stdlib.ProcessorFormatter(foreign_pre_chain=_shared_processors(process), processors=final)
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -14,8 +14,10 @@ process of an agent outlives it and nothing here tracks agent processes.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -97,11 +99,62 @@ def _configure(sender: Celery, **_: Any) -> None:
     sender.config_from_object(celery_settings(settings()))
 
 
+# Celery's own INFO lines for each run of these (beat's "Sending due task", the worker's "received" and
+# "succeeded") say nothing the job's ``job.done`` line does not: DEBUG, so an idle deployment's log stays quiet.
+ROUTINE_TASKS = frozenset(
+    {
+        contracts.PERSIST_AUDIT,
+        contracts.CLEANUP_EXPIRED,
+        contracts.SWEEP_ORPHANS,
+        contracts.MONITOR_RESOURCES,
+        contracts.ROTATE_KEYS,
+        contracts.HEARTBEAT,
+    }
+)
+ROUTINE_LOGGERS = ("celery.beat", "celery.worker.strategy", "celery.app.trace")
+
+
+class RoutineTaskLines(logging.Filter):
+    """Demote Celery's per-run INFO lines about a routine task to DEBUG (dropped unless DEBUG is enabled)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or _task_named(record) not in ROUTINE_TASKS:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self.logger.isEnabledFor(logging.DEBUG)
+
+
+def _task_named(record: logging.LogRecord) -> object:
+    """The task a Celery line is about: ``{'name': ...}`` (worker) or ``(entry, task)`` arguments (beat)."""
+    args = record.args
+    if isinstance(args, Mapping):
+        return args.get("name")
+    if isinstance(args, tuple) and len(args) == 2:
+        return args[1]
+    return None
+
+
+def quiet_routine_tasks() -> None:
+    for name in ROUTINE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RoutineTaskLines) for f in logger.filters):
+            logger.addFilter(RoutineTaskLines(logger))
+
+
 @signals.setup_logging.connect
 def _setup_logging(**_: Any) -> None:
-    """Connected, so Celery leaves logging alone; one structlog set-up for the whole process."""
+    """Connected, so Celery leaves logging alone; one structlog set-up for the whole process.
+
+    The process keeps the name its command gave it (``strongroom beat`` runs this app too: its lines say beat).
+    """
     current = settings()
-    configure_logging(current.resolved_log_format, current.log_level, process="worker")
+    process_name = structlog.contextvars.get_contextvars().get("process") or "worker"
+    configure_logging(current.resolved_log_format, current.log_level, process=process_name)
+    quiet_routine_tasks()
 
 
 @signals.worker_init.connect

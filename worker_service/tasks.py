@@ -149,16 +149,42 @@ def heartbeat_task(self: StrongroomTask) -> dict[str, Any]:
 Job = Callable[[Services], Any]
 
 
-def run_exclusively(job: str, function: Job, lock_timeout: float) -> Any:
-    """Call ``function(services)`` unless another run of ``job`` holds the lock; ``None`` when skipped."""
+Idle = Callable[[Any], bool]
+
+
+def nothing_done(result: Any) -> bool:
+    """The default test of an idle run: the job returned a count of zero (or nothing)."""
+    return not result
+
+
+def monitor_idle(report: Any) -> bool:
+    """A monitoring pass that found nothing to act on or to alert about."""
+    noteworthy = (
+        "failed_dead_runs", "overdue_pending", "redelivered", "operations_over_quota", "grantees_over_quota",
+        "unreadable_records",
+    )  # fmt: skip
+    return isinstance(report, dict) and not any(report.get(key) for key in noteworthy)
+
+
+def rotation_idle(report: Any) -> bool:
+    """A rotation pass that re-encrypted nothing and has nothing left to do."""
+    return isinstance(report, dict) and not report.get("rotated") and bool(report.get("complete"))
+
+
+def run_exclusively(job: str, function: Job, lock_timeout: float, idle: Idle = nothing_done) -> Any:
+    """Call ``function(services)`` unless another run of ``job`` holds the lock; ``None`` when skipped.
+
+    A run that did something logs ``job.done`` at INFO; an idle one (``idle(result)``), or one skipped because
+    another holds the lock, at DEBUG: the audit job runs every few seconds and must not flood the console.
+    """
     current = services()
     lock = current.redis.lock(layout.redis_job_lock(job), timeout=lock_timeout, blocking=False)
     if not lock.acquire():
-        log.info("job.skipped", job=job, reason="another run holds the lock")
+        log.debug("job.skipped", job=job, reason="another run holds the lock")
         return None
     try:
         result = function(current)
-        log.info("job.done", job=job, result=result)
+        (log.debug if idle(result) else log.info)("job.done", job=job, result=result)
         return result
     finally:
         with suppress(redis.RedisError):  # expired or Redis restarted: the lock times out by itself
@@ -166,26 +192,35 @@ def run_exclusively(job: str, function: Job, lock_timeout: float) -> Any:
 
 
 class PeriodicJob(StrongroomTask):
-    """A periodic task: ``job(services)`` under the job's Redis lock, held at most ``lock_timeout`` seconds."""
+    """A periodic task: ``job(services)`` under the job's Redis lock, held at most ``lock_timeout`` seconds;
+    ``idle(result)`` tells a run that did nothing (logged at DEBUG)."""
 
     job: Job
     lock_timeout: float
+    idle: Idle
 
 
-def periodic(name: str, function: Job, lock_timeout: float) -> PeriodicJob:
+def periodic(name: str, function: Job, lock_timeout: float, idle: Idle = nothing_done) -> PeriodicJob:
     """Register ``function`` as the periodic task ``name`` (its interval is in ``schedule.beat_schedule``)."""
 
     def task(self: PeriodicJob) -> Any:
-        return run_exclusively(self.name.rsplit(".", 1)[-1], self.job, self.lock_timeout)
+        return run_exclusively(self.name.rsplit(".", 1)[-1], self.job, self.lock_timeout, self.idle)
 
     task.__name__ = task.__qualname__ = name.rsplit(".", 1)[-1]
     task.__doc__ = function.__doc__
-    # Extra options become class attributes of the task (staticmethod: ``job`` is a plain function, not a method).
-    return app.task(name=name, bind=True, base=PeriodicJob, job=staticmethod(function), lock_timeout=lock_timeout)(task)
+    # Extra options become class attributes of the task (staticmethod: plain functions, not methods).
+    return app.task(
+        name=name,
+        bind=True,
+        base=PeriodicJob,
+        job=staticmethod(function),
+        lock_timeout=lock_timeout,
+        idle=staticmethod(idle),
+    )(task)
 
 
 persist_audit_task = periodic(contracts.PERSIST_AUDIT, persist_audit_events, 60)
 cleanup_expired_task = periodic(contracts.CLEANUP_EXPIRED, cleanup_expired, 3600)
 sweep_orphans_task = periodic(contracts.SWEEP_ORPHANS, sweep_orphans, 3600)
-monitor_resources_task = periodic(contracts.MONITOR_RESOURCES, monitor_resources, 600)
-rotate_keys_task = periodic(contracts.ROTATE_KEYS, rotate_keys, 6 * 3600)
+monitor_resources_task = periodic(contracts.MONITOR_RESOURCES, monitor_resources, 600, monitor_idle)
+rotate_keys_task = periodic(contracts.ROTATE_KEYS, rotate_keys, 6 * 3600, rotation_idle)

@@ -149,8 +149,9 @@ class DevStack:
             "worker": [*python, "worker", "--pool", "threads", "--concurrency", str(self.args.concurrency)],
             "beat": [*python, "beat", "--schedule", str(self.data_dir / "celerybeat-schedule")],
         }
+        envs = {"worker": worker_env(self.env)}
         for name, argv in commands.items():
-            child = ManagedProcess(argv, log_path=None, env=self.env, name=name)
+            child = ManagedProcess(argv, log_path=None, env=envs.get(name, self.env), name=name)
             self.children.append(child)  # registered first: a signal between the two lines still stops it
             child.start()
             log.info("started", child=name, pid=child.pid)
@@ -208,6 +209,24 @@ def next_steps(
         activate = shlex.quote(str(script.parent / "activate"))
         lines.append(f"  (or run `. {activate}` once, then type plain `strongroom ...`)")
     return lines
+
+
+# Celery warns that a worker running as root is "absolutely not recommended" (its C_FORCE_ROOT check). `strongroom
+# dev` runs as whoever started it, in a container often root, and agents never run with the worker's rights: each
+# run is in its own bubblewrap sandbox (user namespace, no view of the keyring or credentials). So dev says that
+# once and silences exactly this warning for its own worker; `strongroom worker` elsewhere still shows it (the
+# image and the chart run as uid 10001).
+ROOT_WARNING = "You're running the worker with superuser privileges"
+
+
+def worker_env(env: Mapping[str, str], euid: int | None = None) -> dict[str, str]:
+    """The dev worker's environment: as root, with Celery's superuser warning filtered (said once, here, instead)."""
+    if (os.geteuid() if euid is None else euid) != 0:
+        return dict(env)
+    log.info("the dev worker runs as root, as you do: Celery's superuser warning is silenced for it (development only)")
+    rule = f"ignore:{ROOT_WARNING}"
+    existing = env.get("PYTHONWARNINGS")
+    return {**env, "PYTHONWARNINGS": f"{existing},{rule}" if existing else rule}
 
 
 def _remembered_port(path: Path) -> int | None:

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -133,3 +134,13 @@ def test_configured_secrets_are_masked_even_in_free_text(captured: pytest.Captur
     out = captured.readouterr().err
     assert "connecting with" in out
     assert secret not in out
+
+
+def test_a_thread_without_the_context_still_names_its_process(captured: pytest.CaptureFixture[str]) -> None:
+    """Celery's thread pool runs tasks in threads that do not copy the context: their lines are this process's."""
+    configure("json", "DEBUG", process="test")
+    worker = threading.Thread(target=lambda: get_logger("t").info("from a pool thread"))
+    worker.start()
+    worker.join()
+    logging.getLogger("celery.thread").warning("a stdlib line from the main thread")
+    assert [line["process"] for line in _lines(captured)] == ["test", "test"]
