@@ -627,3 +627,41 @@ def test_grants_rejected_values(
     result = run_helm(helm, "template", "sr", str(CHART), *value_args(scenarios["default"], sets))
     assert result.returncode != 0
     assert message in result.stderr
+
+
+MASKED_BY_RUNTIMES = ("/proc/keys", "/proc/timer_list", "/proc/kcore", "/proc/latency_stats")  # containerd's list
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root to mask /proc in a mount ns")
+def test_worker_sandbox_probe_needs_the_unmasked_proc_the_chart_asks_for(tmp_path: Path) -> None:
+    """Why worker.sandbox.procMount is Unmasked: the worker's own start-up probe, with /proc masked the way a
+    container runtime masks it by default (a file bind-mounted over), cannot create a sandbox and says why; the
+    same probe on an unmasked /proc can. Runs in a private mount namespace, so nothing outside it changes."""
+    import sys
+
+    masked = next(path for path in MASKED_BY_RUNTIMES if Path(path).is_file())
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "from worker_service.agents import sandbox\nprint('probe:', sandbox.probe(sandbox.SandboxPolicy()))\n"
+    )
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    probe = f"{sys.executable} {script}"
+    runs = {
+        "unmasked": ["unshare", "-m", "--propagation", "private", "sh", "-c", probe],
+        "masked": [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"mount --bind /dev/null {masked} && {probe}",
+        ],
+    }
+    out = {}
+    for name, command in runs.items():
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+        out[name] = result.stdout
+    assert out["unmasked"].strip() == "probe: None"
+    assert "Can't mount proc" in out["masked"] and "the agent was not started" in out["masked"]
