@@ -665,3 +665,20 @@ def test_worker_sandbox_probe_needs_the_unmasked_proc_the_chart_asks_for(tmp_pat
         out[name] = result.stdout
     assert out["unmasked"].strip() == "probe: None"
     assert "Can't mount proc" in out["masked"] and "the agent was not started" in out["masked"]
+
+
+def test_install_notes_warn_about_open_grants_and_name_the_sandbox_needs(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+) -> None:
+    def notes(*sets: str) -> str:
+        args = ("install", "sr", str(CHART), "--dry-run=client", *value_args(scenarios["default"], sets))
+        result = run_helm(helm, *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split("NOTES:", 1)[1]
+
+    opened = notes("grants.source=open")
+    assert "ANY address that reaches the API may run every configured agent" in opened
+    assert "checks.agent_sandbox" in opened
+    static = notes()
+    assert "ANY address" not in static and "0 grant(s) from grants.static" in static
