@@ -7,13 +7,16 @@ as RFC 3339 with a ``Z``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from shared import layout
+
+T = TypeVar("T")
 
 OperationStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -25,7 +28,11 @@ def utcnow() -> datetime:
 
 
 def format_time(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 UTC to the second (``2026-12-06T20:55:27Z``); ``isoformat`` is C code, a third faster than
+    ``strftime``, and this runs for every timestamp of every status and list answer."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 Timestamp = Annotated[datetime, PlainSerializer(format_time, return_type=str, when_used="json")]
@@ -153,6 +160,20 @@ class OperationRecord(Model):
     def evolve(self, **changes: Any) -> OperationRecord:
         """A validated copy with ``changes`` applied (records are immutable values)."""
         return OperationRecord.model_validate({**self.model_dump(), **changes})
+
+    def derived(self, name: str, compute: Callable[[OperationRecord], T]) -> T:
+        """``compute(self)``, once per record object: a record is immutable, so what is derived from it alone
+        (the API's rendered answers) stays right for as long as the object lives. The API serves a cached record
+        object until its version changes, so each answer is rendered once per version, not per request."""
+        # Kept in the instance dict beside the fields: pydantic ignores it there (equality, dumps), unlike a
+        # private attribute, which equality compares. Keyed by id: a model_copy shares the dict, not the entries.
+        memo: dict[tuple[int, str], Any] = self.__dict__.setdefault("_derived", {})
+        key = (id(self), name)
+        try:
+            value: T = memo[key]
+        except KeyError:
+            value = memo[key] = compute(self)
+        return value
 
 
 class EmbeddedArtifact(Model):

@@ -24,7 +24,7 @@ from api_service.access import artifact, record, signed
 from api_service.endpoints.common import blocking, json_response, services
 from api_service.errors import RangeNotSatisfiable
 from api_service.http import ByteRange, parse_range, prefers_json
-from api_service.views import collection
+from api_service.views import collection_json
 from shared.errors import NotFound
 from shared.models import (
     ENCRYPTION_SCHEME,
@@ -34,12 +34,13 @@ from shared.models import (
     artifact_url,
     format_time,
 )
+from shared.storage.base import PresignedUrl
 from shared.storage.s3 import content_disposition
 
 
 @signed("artifact.list", operation=True)
 async def list_artifacts(request: Request) -> Response:
-    return json_response(collection(record(request)).model_dump(mode="json"))
+    return json_response(collection_json(record(request)))
 
 
 def _action(request: Request) -> AuditAction:
@@ -99,7 +100,11 @@ def artifact_headers(artifact: StoredArtifact) -> dict[str, str]:
 async def _presigned(request: Request, record: OperationRecord, artifact: StoredArtifact) -> Response:
     svc = services(request)
     key = artifact.object_key(record.id)
-    url = await blocking(lambda: svc.store.presign_get(key, ttl=svc.settings.presign_ttl, filename=artifact.name))
+
+    def presign() -> PresignedUrl:
+        return svc.store.presign_get(key, ttl=svc.settings.presign_ttl, filename=artifact.name)
+
+    url = presign() if svc.store.presign_is_local else await blocking(presign)  # a thread hop costs more
     as_json = prefers_json(request.headers.get("accept"))
     request.app.state.metrics.urls_minted.labels(delivery="json" if as_json else "redirect").inc()
     if as_json:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from api_service.services import ApiServices
 
@@ -27,5 +27,9 @@ async def blocking(func: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(func, *args)
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """An uncached JSON answer; ``body`` as bytes is JSON rendered beforehand (``views.render_json``)."""
+    headers = {"Cache-Control": "no-store", **(headers or {})}
+    if isinstance(body, bytes):
+        return Response(body, status_code=status, headers=headers, media_type="application/json")
+    return JSONResponse(body, status_code=status, headers=headers)

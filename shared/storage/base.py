@@ -38,6 +38,8 @@ class PresignedUrl:
 
 class ObjectStore(Protocol):
     bucket: str
+    # Presigning needs no network (fixed credentials: a few HMACs), so the API may call it on its event loop.
+    presign_is_local: bool
 
     def ensure_bucket(self, *, cors_origins: tuple[str, ...] = (), expire_after_days: int | None = None) -> None:
         """Create the bucket if missing and apply CORS and the lifecycle backstop rule. Idempotent."""

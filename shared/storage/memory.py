@@ -41,6 +41,7 @@ class MemoryObjectStore:
         self.cors_origins: tuple[str, ...] = ()
         self.expire_after_days: int | None = None
         self.available = True  # tests flip this to exercise ``Unavailable`` paths
+        self.presign_is_local = True
         self._objects: dict[str, _Object] = {}
         self._keys: list[str] = []  # sorted, for listing by key order
         self._lock = threading.Lock()

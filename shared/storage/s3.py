@@ -38,6 +38,7 @@ from urllib.parse import quote
 
 import boto3
 from botocore.config import Config
+from botocore.credentials import Credentials, RefreshableCredentials
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -191,6 +192,7 @@ class S3ObjectStore:
         self.client = client
         self.bucket = bucket
         self.presign_client = presign_client or client
+        self.presign_is_local = _fixed_credentials(self.presign_client)
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.max_concurrency = max_concurrency
@@ -540,6 +542,13 @@ class S3ObjectStore:
 
 
 # --- configuration builders -------------------------------------------------------------------------------
+
+
+def _fixed_credentials(client: S3Client) -> bool:
+    """Whether presigning is pure CPU: fixed keys, not credentials botocore refreshes over the network (instance
+    roles, web identity) when they near expiry. Unknown means no: the caller then keeps it off the event loop."""
+    credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)  # no public accessor
+    return isinstance(credentials, Credentials) and not isinstance(credentials, RefreshableCredentials)
 
 
 def _make_client(settings: Settings, endpoint_url: str | None) -> S3Client:

@@ -4,6 +4,7 @@ served after a write or delete elsewhere, including while writes run concurrentl
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+from api_service.views import collection_json
 from shared import layout
 from shared.crypto.keyring import Keyring
 from shared.errors import NotFound
@@ -95,6 +97,16 @@ def test_a_deleted_artifact_is_never_served(pair: tuple[OperationStore, Operatio
     assert reader.get(record.id).artifact("a.txt") is not None
     writer.update(record.id, lambda r: r.evolve(artifacts=[a.model_dump() for a in r.artifacts if a.name != "a.txt"]))
     assert reader.get(record.id).artifact("a.txt") is None
+
+
+def test_the_rendered_artifact_list_follows_the_record(pair: tuple[OperationStore, OperationStore]) -> None:
+    """The API renders the list once per cached record object; a delete elsewhere must still show at once."""
+    reader, writer = pair
+    record = stored(writer, status="succeeded", artifacts=[artifact("a.txt"), artifact("b.txt")])
+    names = lambda: [a["name"] for a in json.loads(collection_json(reader.get(record.id)))["artifacts"]]  # noqa: E731
+    assert names() == names() == ["a.txt", "b.txt"]
+    writer.update(record.id, lambda r: r.evolve(artifacts=[a.model_dump() for a in r.artifacts if a.name != "a.txt"]))
+    assert names() == ["b.txt"]
 
 
 def test_a_deleted_record_is_not_found(pair: tuple[OperationStore, OperationStore]) -> None:

@@ -1,7 +1,7 @@
 """The design's shapes serialise exactly as documented."""
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
@@ -13,6 +13,8 @@ from shared.models import (
     OperationRecord,
     StoredArtifact,
     WrappedKey,
+    format_time,
+    utcnow,
 )
 
 pytestmark = pytest.mark.unit
@@ -77,3 +79,27 @@ def test_record_round_trips_and_rejects_unknown_fields() -> None:
         OperationRecord.model_validate({**record.model_dump(), "surprise": 1})
     with pytest.raises(ValidationError):
         record.evolve(status="exploded")
+
+
+def test_a_derived_value_is_computed_once_per_record_and_never_carried_to_a_new_version() -> None:
+    record = OperationRecord(
+        id="privacy-audit_x", agent="privacy-audit", grantee="0x" + "ab" * 20, encryption_public_key="pk",
+        created_at=utcnow(), expires_at=utcnow() + timedelta(days=1),
+    )  # fmt: skip
+    calls: list[str] = []
+
+    def status(r: OperationRecord) -> str:
+        calls.append(r.status)
+        return r.status
+
+    assert record.derived("status", status) == record.derived("status", status) == "pending"
+    assert calls == ["pending"]
+    running = record.evolve(status="running")
+    assert running.derived("status", status) == "running"
+    assert record.model_copy(update={"status": "failed"}).derived("status", status) == "failed"
+    assert record == record.evolve() and "_derived" not in record.model_dump()  # invisible to equality and dumps
+
+
+def test_times_are_rfc3339_utc_to_the_second() -> None:
+    assert format_time(datetime(2026, 3, 4, 5, 6, 7, 999999, tzinfo=UTC)) == "2026-03-04T05:06:07Z"
+    assert format_time(datetime(2026, 1, 1, 5, tzinfo=timezone(timedelta(hours=2)))) == "2026-01-01T03:00:00Z"

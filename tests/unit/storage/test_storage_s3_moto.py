@@ -343,3 +343,19 @@ def test_unreachable_endpoint_is_unavailable() -> None:
         store.get_bytes("k")
     with pytest.raises(Unavailable):
         list(store.list("p/"))
+
+
+def test_presigning_runs_on_the_event_loop_only_with_fixed_keys(moto_url: str) -> None:
+    """Refreshable credentials (instance roles, web identity) may fetch keys over the network while presigning."""
+    from botocore.credentials import RefreshableCredentials
+    from botocore.session import get_session
+
+    assert S3ObjectStore.from_settings(moto_settings(moto_url)).presign_is_local
+
+    def fetch() -> dict[str, str]:
+        return {"access_key": "a", "secret_key": "b", "token": "c", "expiry_time": "2099-01-01T00:00:00Z"}
+
+    session = get_session()
+    session._credentials = RefreshableCredentials.create_from_metadata(fetch(), fetch, "test")
+    refreshing = session.create_client("s3", endpoint_url=moto_url, region_name="us-east-1")
+    assert not S3ObjectStore(refreshing, "bucket").presign_is_local
