@@ -1,9 +1,9 @@
 """`strongroom client ...`: the command line on top of the SDK (``strongroom.client``).
 
 Every command prints a short human summary, or one JSON document with ``--json``. Expected failures print one
-line on stderr (``error: <what happened and what to do>``) and exit with a code naming the kind of failure (see
-``EXIT_CODES``); no tracebacks. The SDK (httpx, pydantic, the crypto libraries) is imported inside the commands
-that use it, so ``--help`` and argument errors answer at once.
+line on stderr (``error: <what happened and what to do>``) and exit with a code naming the kind of failure
+(``EXIT_CODES``, described to users by ``EXIT_MEANINGS``); no tracebacks. The SDK (httpx, pydantic, the crypto
+libraries) is imported inside the commands that use it, so ``--help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,13 +56,56 @@ EXIT_CODES: tuple[tuple[type[StrongroomError], int], ...] = (
 )
 EXIT_NOT_SUCCEEDED = 12  # `wait`: the operation finished, but failed or was cancelled
 EXIT_INTERRUPTED = 130
+EXIT_OTHER = 1
+EXIT_USAGE = 2  # argparse's own
+
+# What each exit code means, for people: `strongroom client --help` prints it and docs/cli.md's table must list
+# exactly these codes (tests/unit/client/test_client_help.py).
+EXIT_MEANINGS: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (EXIT_OTHER, "another error: bad input on the command line, an existing file, an unexpected answer"),
+    (EXIT_USAGE, "usage error: an unknown command or option, a missing argument"),
+    (3, "the server refused the signature (expired: check your clock; replayed; invalid)"),
+    (4, "your identity is not the grantee of this operation"),
+    (5, "no such operation or artifact, or the operation has expired"),
+    (6, "conflict: the operation is already finished (nothing to cancel)"),
+    (7, "refused input: an unknown agent, a retention out of range, a request too large, an unsafe artifact name"),
+    (8, "try again later: rate limited, server unavailable, storage error, API unreachable, download interrupted"),
+    (9, "integrity or decryption failure (a tampered or swapped artifact); for `log`, a broken hash chain"),
+    (10, "the identity file is missing, unreadable, readable by others, or already exists"),
+    (11, "`wait` timed out"),
+    (EXIT_NOT_SUCCEEDED, "`wait`: the operation finished but failed or was cancelled"),
+    (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
+)
+
+DESCRIPTION = """\
+Talk to a strongroom API. Every request is signed with your identity (create
+one with `strongroom client keygen`); artifacts are verified and decrypted on
+your machine, never by the server.
+
+Each command prints a short summary, or one JSON document with --json. A
+failure prints one line on stderr, starting with "error: ", that says what went
+wrong and what to do, and exits with a code naming the kind of failure."""
+
+
+def exit_code_epilog(width: int = 79) -> str:
+    lines = ["exit codes:"]
+    for code, meaning in EXIT_MEANINGS:
+        lines += textwrap.wrap(meaning, width, initial_indent=f"  {code:<4} ", subsequent_indent=" " * 7)
+    return "\n".join(lines)
+
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "client", help="talk to a strongroom API", description=__doc__, parents=[_common(suppress=False)]
+        "client",
+        help="talk to a strongroom API: keys, operations, artifacts",
+        description=DESCRIPTION,
+        epilog=exit_code_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_common(suppress=False)],
     )
     commands = parser.add_subparsers(dest="client_command", metavar="COMMAND")
     parser.set_defaults(handler=lambda args: _usage(parser))
@@ -111,13 +155,13 @@ def _guarded(handler: Handler) -> Handler:
             return EXIT_INTERRUPTED
         except OSError as exc:
             print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-            return 1
+            return EXIT_OTHER
 
     return run
 
 
 def exit_code(error: StrongroomError) -> int:
-    return next((code for cls, code in EXIT_CODES if isinstance(error, cls)), 1)
+    return next((code for cls, code in EXIT_CODES if isinstance(error, cls)), EXIT_OTHER)
 
 
 # --- plumbing ---
@@ -265,6 +309,8 @@ def _get(args: argparse.Namespace) -> int:
     out_dir: Path = args.output
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[dict[str, Any]] = []
+    for name in args.names:  # refused before asking the server: a name that could leave the output directory
+        validate_artifact_name(name)
     with _client(args) as client:
         available = {a.name: a for a in client.artifacts(args.id).artifacts}
         names = args.names or sorted(available)
@@ -294,6 +340,8 @@ def _build_rm(parser: argparse.ArgumentParser) -> None:
 
 
 def _rm(args: argparse.Namespace) -> int:
+    for name in args.names:
+        validate_artifact_name(name)
     with _client(args) as client:
         for name in args.names:
             client.delete(args.id, name)

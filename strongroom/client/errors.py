@@ -128,9 +128,16 @@ _BY_STATUS: Mapping[int, type[StrongroomError]] = {
 }
 
 
+# Codes whose server detail is already one complete sentence saying more than the hint (the agent asked for and
+# the ones available; the allowed range): the detail alone, so the message does not say the same thing twice.
+DETAIL_SUFFICES = frozenset({"agent_unknown", "retention_days_invalid"})
+
+
 def message_for(code: str, detail: str = "") -> str:
     """The hint for ``code`` followed by the server's detail, or the detail alone for a code we do not know."""
     hint = HINTS.get(code)
+    if detail and code in DETAIL_SUFFICES:
+        return detail
     if hint and detail and not _repeats(hint, detail):
         return f"{hint} ({detail})"
     return hint or detail or code

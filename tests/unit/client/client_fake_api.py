@@ -206,7 +206,8 @@ class FakeApi:
     def _create(self, request: httpx.Request, signer: str) -> httpx.Response:
         body = json.loads(request.content)
         if body["agent"] != "privacy-audit":
-            return problem(422, "agent_unknown", "unknown agent")
+            detail = f"no agent named '{body['agent']}' on this server; available: privacy-audit"  # as the API says
+            return problem(422, "agent_unknown", detail)
         keywrap.parse_public_key(body["encryption_public_key"])
         op_id = f"privacy-audit_{len(self.operations):026d}"
         self.add_operation(op_id, signer, body["encryption_public_key"])

@@ -117,7 +117,7 @@ def test_session(capsys: pytest.CaptureFixture[str], api: FakeApi, ident: Path, 
         (403, "not_grantee", 4, "not the grantee"),
         (404, "expired", 5, "retention"),
         (409, "operation_finished", 6, "already finished"),
-        (422, "agent_unknown", 7, "no agent"),
+        (422, "input_invalid", 7, "input was refused"),
         (503, "unavailable", 8, "retry later"),
     ],
 )
@@ -137,6 +137,37 @@ def test_error_codes_become_one_line_and_an_exit_code(
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("error: ") and hint in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("code_name", "detail"),
+    [
+        ("agent_unknown", "no agent named 'nope' on this server; available: privacy-audit"),
+        ("retention_days_invalid", "retention_days must be between 1 and 7"),
+    ],
+)
+def test_a_server_detail_that_says_it_all_is_the_whole_message(
+    capsys: pytest.CaptureFixture[str], api: FakeApi, ident: Path, code_name: str, detail: str
+) -> None:
+    run(capsys, "keygen")
+    api.fail_next.append(problem(422, code_name, detail))
+    code, _, err = run(capsys, "create", "--agent", "nope", "--text", "x")
+    assert code == 7 and err == f"error: {detail}\n"
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "..", " lead"])
+def test_unsafe_names_on_the_command_line_are_refused_before_any_request(
+    capsys: pytest.CaptureFixture[str], api: FakeApi, ident: Path, tmp_path: Path, name: str
+) -> None:
+    run(capsys, "keygen")
+    sent = len(api.requests)
+    for command in (
+        ["get", "privacy-audit_" + "a" * 26, name, "-o", str(tmp_path)],
+        ["rm", "privacy-audit_" + "a" * 26, name],
+    ):
+        code, _, err = run(capsys, *command)
+        assert code == 7 and err.startswith("error: artifact name "), err
+    assert len(api.requests) == sent
 
 
 def test_wait_exit_code_for_failed_operation(capsys: pytest.CaptureFixture[str], api: FakeApi, ident: Path) -> None:

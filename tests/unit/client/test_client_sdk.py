@@ -79,7 +79,7 @@ def test_unknown_agent_is_validation_error_with_hint(client: StrongroomClient) -
     with pytest.raises(ValidationFailed) as info:
         client.create("nope", {})
     assert info.value.code == "agent_unknown"
-    assert "no agent by that name" in info.value.detail
+    assert info.value.detail == "no agent named 'nope' on this server; available: privacy-audit"  # said once
 
 
 def test_wait_polls_with_backoff_until_terminal(client: StrongroomClient, api: FakeApi, identity: Identity) -> None:
