@@ -138,9 +138,19 @@ def test_strongroom_api_and_worker_refuse_to_start_with_a_bad_grants_file(comman
 
 
 def test_compose_sets_the_grant_source_for_every_strongroom_process() -> None:
-    compose = yaml.safe_load((ROOT / "deploy" / "compose.yaml").read_text())
+    """Each production process of compose.yaml names its grant source; a static file is mounted and loads."""
+    deploy = ROOT / "deploy"
+    compose = yaml.safe_load((deploy / "compose.yaml").read_text())
     for name in ("api", "worker", "beat", "init"):
-        env = {k: str(v) for k, v in compose["services"][name]["environment"].items()}
+        service = compose["services"][name]
+        env = {k: str(v) for k, v in service["environment"].items()}
         assert env["STRONGROOM_ENV"] == "production"
         assert env["STRONGROOM_GRANTS_SOURCE"] in ("open", "static"), name
+        if env["STRONGROOM_GRANTS_SOURCE"] == "static":
+            inside = env["STRONGROOM_GRANTS_FILE"]
+            mounts = [str(v).split(":") for v in service.get("volumes", [])]
+            (host,) = [
+                deploy / src / inside[len(dst) :].lstrip("/") for src, dst, *_ in mounts if inside.startswith(dst)
+            ]
+            env["STRONGROOM_GRANTS_FILE"] = str(host)
         Settings.from_env({**env, **BASE}).validate_grants()
