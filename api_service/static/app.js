@@ -13,6 +13,8 @@ import { Wallet, hexlify, toUtf8Bytes } from './vendor/ethers.min.js';
 import { IntegrityError, StreamDecryptor, artifactContext, ciphertextSize } from './cobblestone.js';
 import { b64encode, signRequest } from './erc8128.js';
 import {
+  checkLogPages,
+  describeGrant,
   formatDuration,
   formatProgress,
   formatSize,
@@ -43,6 +45,8 @@ const $ = (id) => document.getElementById(id);
 let identity = null; // {address, label, signMessage(text), openWrap(wrap) -> payload text, encryptionPublicKey()}
 let pageConfig = { storage_origins: [], delivery_mode: 'presigned' };
 let agents = null; // GET /agents answer
+let grant = null; // GET /grant answer
+const logSeen = new Map(); // operation id -> event ids this page showed (a log that shrinks later is caught)
 let current = null; // the operation on screen
 let pollTimer = null;
 let elapsedTimer = null;
@@ -167,10 +171,19 @@ async function useIdentity(next) {
     showOperation(null);
     $('operation').hidden = true;
     $('op-table').tBodies[0].replaceChildren();
+    $('grant').hidden = true;
+    grant = null;
+    logSeen.clear();
     return;
   }
   announce(`Signed in as ${identity.address}.`);
-  const tasks = [action('start-error', loadAgents)(), action('list-error', () => listOperations(false))()];
+  const tasks = [
+    action('start-error', async () => {
+      await Promise.all([loadAgents(), action('grant-error', loadGrant)()]);
+      describeAgent();
+    })(),
+    action('list-error', () => listOperations(false))(),
+  ];
   const deepLink = operationFromHash(location.hash);
   if (deepLink) tasks.push(action('op-error', () => openOperation(deepLink))());
   await Promise.all(tasks);
@@ -259,7 +272,25 @@ async function loadAgents() {
   const retention = $('start-retention');
   retention.max = String(agents.limits.max_retention_days);
   retention.value = String(agents.limits.max_retention_days);
-  describeAgent();
+}
+
+// --- the grant: what this identity may run here, until when, and how much of each quota is used ---
+
+async function loadGrant() {
+  grant = await (await api('GET', 'grant')).json();
+  const words = describeGrant(grant);
+  $('grant-status').textContent = words.sentence;
+  $('grant-status').className = words.canStart ? 'status' : 'notice';
+  $('grant-facts').replaceChildren(...words.facts.flatMap(([term, text]) => [el('dt', term), el('dd', text)]));
+  $('grant-facts').hidden = words.facts.length === 0;
+  $('grant').hidden = false;
+}
+
+/** Agents the grant lets this identity start (all of them when the grant is unknown: the server decides). */
+function grantedAgents() {
+  const all = agents?.agents ?? [];
+  if (!grant || grant.status !== 'active' || grant.agents.includes('*')) return all;
+  return all.filter((agent) => grant.agents.includes(agent.name));
 }
 
 function selectedAgent() {
@@ -267,6 +298,24 @@ function selectedAgent() {
 }
 
 function describeAgent() {
+  if (!agents) return;
+  const select = $('start-agent');
+  const allowed = grantedAgents();
+  if (select.options.length !== allowed.length) {
+    select.replaceChildren(...allowed.map((agent) => {
+      const option = el('option', agent.name);
+      option.value = agent.name;
+      return option;
+    }));
+  }
+  const blocked = grant && grant.status !== 'active' ? describeGrant(grant).sentence : allowed.length ? '' : 'Your grant lists no agent this server runs.';
+  $('start-blocked').textContent = blocked;
+  $('start-blocked').hidden = !blocked;
+  $('start-submit').disabled = Boolean(blocked);
+  const maxDays = Math.min(agents.limits.max_retention_days, grant?.max_retention_days ?? Infinity);
+  const retention = $('start-retention');
+  retention.max = String(maxDays);
+  if (Number(retention.value) > maxDays) retention.value = String(maxDays);
   const agent = selectedAgent();
   if (!agent) return;
   const props = agent.input_schema?.properties ?? {};
@@ -291,7 +340,7 @@ async function startOperation() {
   }
   if (!text && !files.length) throw new Error('give the agent some text or files');
   const days = Number($('start-retention').value);
-  const max = agents.limits.max_retention_days;
+  const max = Number($('start-retention').max);
   if (!Number.isInteger(days) || days < 1 || days > max) throw new Error(`keep results for 1 to ${max} days`);
   const body = { agent: agent.name, input, encryption_public_key: await identity.encryptionPublicKey(), retention_days: days };
   const size = new TextEncoder().encode(JSON.stringify(body)).length;
@@ -307,6 +356,7 @@ async function startOperation() {
     announce(`Operation ${created.id} started.`);
     await openOperation(created.id, { focus: true });
     listOperations(false).catch((error) => showError('list-error', error));
+    loadGrant().catch((error) => showError('grant-error', error));
   } finally {
     button.disabled = false;
   }
@@ -376,7 +426,10 @@ async function poll(id) {
     if (current?.id !== id) return;
     showOperation(operation);
     if (!TERMINAL.has(operation.status)) pollTimer = setTimeout(() => poll(id), POLL_MS);
-    else announce(`Operation ${id} ${operation.status}.`);
+    else {
+      announce(`Operation ${id} ${operation.status}.`);
+      loadGrant().catch((error) => showError('grant-error', error)); // quota usage moved
+    }
   } catch (error) {
     showError('op-error', error);
     pollTimer = setTimeout(() => poll(id), POLL_MS * 3); // keep watching: the API may be back soon
@@ -396,6 +449,9 @@ function resetOperationPanels() {
   $('log-table').hidden = true;
   $('log-table').tBodies[0].replaceChildren();
   $('log-verdict').hidden = true;
+  $('log-problems').hidden = true;
+  $('log-problems').replaceChildren();
+  $('log-load').textContent = 'Show access log';
   clearError('log-error');
 }
 
@@ -750,17 +806,25 @@ async function deleteArtifact(operationId, name) {
 // --- access log ---
 
 async function loadAccessLog(operationId) {
-  const events = [];
-  let valid = true;
+  const pages = [];
   let cursor = null;
-  for (let page = 0; page < 50; page += 1) {
-    const query = cursor ? `?after=${encodeURIComponent(cursor)}` : '';
-    const body = await (await api('GET', `${opPath(operationId)}/access-log${query}`)).json();
-    events.push(...body.events);
-    valid = valid && body.chain_valid === true;
-    cursor = body.next_cursor;
-    if (!cursor) break;
+  $('log-load').disabled = true;
+  try {
+    for (let page = 0; page < 200; page += 1) {
+      const query = cursor ? `?after=${encodeURIComponent(cursor)}` : '';
+      const body = await (await api('GET', `${opPath(operationId)}/access-log${query}`)).json();
+      pages.push(body);
+      cursor = body.next_cursor;
+      if (!cursor) break;
+    }
+  } finally {
+    $('log-load').disabled = false;
   }
+  if (current?.id !== operationId) return; // another operation was opened meanwhile
+  if (cursor) throw new Error('the access log is too long to check in the page; use `strongroom client log`');
+  const events = pages.flatMap((page) => page.events);
+  const problems = checkLogPages(pages, operationId, logSeen.get(operationId) ?? []);
+  if (!problems.length) logSeen.set(operationId, events.map((event) => event.id));
   const table = $('log-table');
   table.tBodies[0].replaceChildren(...events.map((event) => {
     const time = el('time', localTime(event.time));
@@ -773,12 +837,17 @@ async function loadAccessLog(operationId) {
       cell('Reason', event.reason ?? '—'));
   }));
   table.hidden = events.length === 0;
+  const batches = pages.reduce((sum, page) => sum + (page.batches ?? 0), 0);
   const verdict = $('log-verdict');
-  verdict.textContent = valid
-    ? `${events.length} event${events.length === 1 ? '' : 's'}; the server verified the hash chain on every page.`
-    : 'The hash chain does NOT verify: the log was changed or truncated. Tell the operator.';
-  verdict.className = valid ? 'status' : 'error';
+  verdict.textContent = problems.length
+    ? 'The access log does NOT verify: it was changed or cut. Tell the operator. What failed:'
+    : `${events.length} event${events.length === 1 ? '' : 's'} in ${batches} batch${batches === 1 ? '' : 'es'}, oldest first: hash chain verified by the server on every page; checked here that the pages join up, every event is this operation's and none this page showed before is missing.`;
+  verdict.className = problems.length ? 'error' : 'status';
   verdict.hidden = false;
+  $('log-problems').replaceChildren(...problems.map((problem) => el('li', problem)));
+  $('log-problems').hidden = problems.length === 0;
+  announce(problems.length ? 'The access log does not verify.' : 'Access log verified.');
+  $('log-load').textContent = 'Reload access log';
 }
 
 // --- helpers ---

@@ -100,11 +100,16 @@ const MESSAGES = {
   bucket_missing: 'The server storage is not set up (bucket missing). Tell the operator.',
   credentials_missing: 'The server has no storage credentials. Tell the operator.',
   range_not_satisfiable: 'The download could not resume at that position; start it again.',
+  no_grant: 'This identity has no grant on this server, so it may not start operations here. Ask the operator to grant its address.',
+  agent_not_granted: 'Your grant does not include this agent. Choose another one, or ask the operator to add it.',
+  grant_expired: 'Your grant on this server has ended. Ask the operator to renew it.',
+  grant_revoked: 'Your grant on this server was withdrawn, so its operations can no longer be opened here.',
+  quota_exceeded: 'You have used up a quota of your grant',
   internal_error: 'The server failed unexpectedly',
   unavailable: 'A service the server needs is unavailable. Try again later.',
 };
 
-const WITH_DETAIL = new Set(['input_invalid', 'body_invalid', 'retention_days_invalid', 'internal_error']);
+const WITH_DETAIL = new Set(['input_invalid', 'body_invalid', 'retention_days_invalid', 'internal_error', 'quota_exceeded']);
 
 /** A sentence for a problem+json answer (or just a status when the body was not one). */
 export function problemMessage(problem, status) {
@@ -168,4 +173,86 @@ export function previewKind(contentType, name = '') {
     return type === 'application/json' || /\.json$/i.test(name) ? 'json' : 'text';
   }
   return null;
+}
+
+/** "2 of 5", or "2 (no limit)" when the quota is absent. */
+export function quotaText(used, limit, format = String) {
+  const shown = used === null || used === undefined ? '—' : format(used);
+  return limit === null || limit === undefined ? `${shown} (no limit)` : `${shown} of ${format(limit)}`;
+}
+
+/**
+ * What `GET /api/v1/grant` says, in words: `{sentence, canStart, facts: [[term, text], ...]}`.
+ * `now` is injectable for the tests; times are local.
+ */
+export function describeGrant(view, now = Date.now(), { locale, timeZone } = {}) {
+  if (!view || view.status === 'none') {
+    return {
+      sentence: `This server has not granted ${view?.address ?? 'this identity'} anything: it cannot start operations here. Ask the operator to add this address to the grants.`,
+      canStart: false,
+      facts: [],
+    };
+  }
+  const until = view.expires_at
+    ? `${localTime(view.expires_at, { locale, timeZone })} (${relativeTime(view.expires_at, now)})`
+    : 'no end date';
+  if (view.status === 'expired') {
+    return {
+      sentence: `Your grant ended ${localTime(view.expires_at, { locale, timeZone })} (${relativeTime(view.expires_at, now)}): you cannot start or open operations until the operator renews it.`,
+      canStart: false,
+      facts: [['Ended', until]],
+    };
+  }
+  const agents = view.agents.includes('*') ? 'every agent' : view.agents.join(', ') || 'none';
+  const usage = view.usage ?? {};
+  const quotas = view.quotas ?? {};
+  const facts = [
+    ['Agents', agents],
+    ['Until', until],
+    ['Keep results', view.max_retention_days ? `up to ${view.max_retention_days} days` : 'as long as the server allows'],
+    ['Running', quotaText(usage.concurrent_operations, quotas.concurrent_operations)],
+    ['Last hour', quotaText(usage.operations_last_hour, quotas.operations_per_hour)],
+    ['Stored', quotaText(usage.stored_bytes, quotas.stored_bytes, formatSize)],
+  ];
+  const open = view.source === 'open';
+  return {
+    sentence: open ? 'This server is open: any identity may run every agent, without quotas.' : `You may run ${agents}${view.expires_at ? ` until ${until}` : ''}.`,
+    canStart: view.agents.length > 0,
+    facts: open ? facts.slice(0, 2) : facts,
+  };
+}
+
+/**
+ * The page's own checks of access-log pages (on top of the server's `chain_valid`): every page continues after
+ * the previous cursor, every event belongs to this operation and appears once, and every event this page saw
+ * earlier for the operation is still there, in the same place (a log that shrank or was rewritten since).
+ * Returns a list of problems in words (empty: all checks hold).
+ */
+export function checkLogPages(pages, operationId, seenBefore = []) {
+  const problems = [];
+  const ids = [];
+  let cursor = 0;
+  pages.forEach((page, index) => {
+    if (page.chain_valid !== true) {
+      const said = Array.isArray(page.problems) && page.problems.length ? page.problems : ['the server reports a broken chain'];
+      problems.push(...said.map((p) => `server: ${p}`));
+    }
+    const next = page.next_cursor === null || page.next_cursor === undefined ? null : Number(page.next_cursor);
+    if (next !== null && !(Number.isSafeInteger(next) && next > cursor)) {
+      problems.push(`page ${index + 1} does not move forward in the log`);
+    }
+    if (next !== null) cursor = next;
+    for (const event of page.events ?? []) {
+      if (event.operation_id && event.operation_id !== operationId) {
+        problems.push(`event ${event.id} belongs to another operation (${event.operation_id})`);
+      }
+      ids.push(event.id);
+    }
+  });
+  if (new Set(ids).size !== ids.length) problems.push('an event appears twice');
+  const missing = seenBefore.filter((id, i) => ids[i] !== id);
+  if (missing.length) {
+    problems.push(`${missing.length} event${missing.length === 1 ? '' : 's'} this page showed earlier ${missing.length === 1 ? 'is' : 'are'} gone or moved: the log was cut or rewritten`);
+  }
+  return problems;
 }

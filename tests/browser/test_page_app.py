@@ -1,0 +1,500 @@
+"""The page as a grantee uses it, in real Chromium against the real stack, at desktop (1280x800) and phone
+(390x844) sizes: start an operation and watch it finish, download with progress on a throttled network, cancel
+and restart, delete with a confirmation, the access log and a tampered one, the grant panel; in every state no
+horizontal scroll, axe-core without violations in light and dark mode, and no request to another machine.
+
+Screenshots: every test saves its views under its tmp_path; with ``STRONGROOM_UPDATE_SCREENSHOTS=1`` the ones
+docs/browser.md shows are written to docs/img/ instead (``make`` never sets it: regenerate them by hand).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import expect
+
+from shared import audit_log
+from shared.contracts import PERSIST_AUDIT
+from shared.models import GetOperationResponse
+from strongroom.client.identity import Identity, create_identity
+from strongroom.client.sdk import StrongroomClient
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+ROOT = Path(__file__).resolve().parents[2]
+AXE = ROOT / "tests" / "interop" / "js" / "node_modules" / "axe-core" / "axe.min.js"
+DOC_IMAGES = ROOT / "docs" / "img"
+VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+SLOW = 180_000  # ms: the machine is shared; nothing here asserts a time
+# Many findings make a report of a few hundred KiB: long enough to watch a throttled download move.
+BIG_INPUT = {"text": "".join(f"Contact user{i}@example.com about ticket {i}.\n" for i in range(6000))}
+SMALL_INPUT = {"text": "Write to alice@example.com or call +1 415 555 0100.\n"}
+
+
+# --- fixtures -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def grantee(tmp_path_factory: pytest.TempPathFactory) -> tuple[Identity, Path]:
+    path = tmp_path_factory.mktemp("grantee") / "identity.json"
+    return create_identity(path), path
+
+
+def finished(api: str, identity: Identity, payload: dict[str, Any]) -> GetOperationResponse:
+    with StrongroomClient(api, identity) as client:
+        created = client.create("privacy-audit", payload)
+        done = client.wait(created.id, timeout=300, max_interval=1.0)
+    assert done.status == "succeeded", done.result
+    return done
+
+
+@pytest.fixture(scope="module")
+def big_operation(page_api: str, celery_worker: Any, grantee: tuple[Identity, Path]) -> GetOperationResponse:
+    return finished(page_api, grantee[0], BIG_INPUT)
+
+
+@pytest.fixture(params=list(VIEWPORTS))
+def viewport(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def app(browser_page: Any, viewport: str) -> Iterator[Any]:
+    """The page at the given size; every request it makes is collected, and none may leave the machine."""
+    page = browser_page
+    page.set_viewport_size(VIEWPORTS[viewport])
+    page.requests_seen = []
+    page.on("request", lambda request: page.requests_seen.append(request.url))
+    yield page
+    assert_local(page.requests_seen)
+    seen = "\n".join(page.console_messages_seen)
+    assert "pageerror" not in seen, seen
+    assert "Content Security Policy" not in seen, seen
+
+
+def assert_local(urls: list[str]) -> None:
+    assert urls, "the page made no request at all"
+    foreign = [
+        u for u in urls if urlsplit(u).scheme not in {"blob", "data"} and urlsplit(u).hostname not in LOCAL_HOSTS
+    ]
+    assert foreign == [], f"requests left the machine: {foreign}"
+
+
+# --- helpers --------------------------------------------------------------------------------------------------
+
+
+def sign_in(page: Any, api: str, identity_file: Path, identity: Identity, hash_: str = "") -> None:
+    page.goto(f"{api}/app/{hash_}")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page.set_input_files("#identity-file", str(identity_file))
+    expect(page.locator("#identity-status")).to_contain_text(identity.address)
+
+
+def open_operation(page: Any, operation_id: str) -> None:
+    page.fill("#op-id", operation_id)
+    page.click("#op-open")
+    expect(page.locator("#op-status")).to_have_text("succeeded", timeout=SLOW)
+    expect(page.locator("#artifacts tbody tr").first).to_be_visible()
+
+
+def row(page: Any, name: str) -> Any:
+    return page.locator(f"#artifacts tr[data-artifact='{name}']")
+
+
+def assert_no_horizontal_scroll(page: Any, state: str) -> None:
+    """`document.documentElement.scrollWidth <= clientWidth`; on failure, name the elements that stick out."""
+    report = page.evaluate(
+        """() => {
+          const root = document.documentElement;
+          const width = root.clientWidth;
+          const name = (node) => `${node.tagName.toLowerCase()}#${node.id}.${node.className}`;
+          const wide = [...document.querySelectorAll('body *')]
+            .filter((node) => node.getClientRects().length && (node.getBoundingClientRect().right > width + 0.5
+              || (node.scrollWidth > node.clientWidth + 1 && getComputedStyle(node).overflowX === 'visible')))
+            .slice(0, 12)
+            .map((node) => `${name(node)} right=${Math.round(node.getBoundingClientRect().right)}`
+              + ` sw=${node.scrollWidth}/${node.clientWidth}`);
+          return { scroll: root.scrollWidth, client: width, wide };
+        }"""
+    )
+    assert report["scroll"] <= report["client"], f"{state}: horizontal scroll {report}"
+
+
+def run_axe(page: Any) -> list[dict[str, Any]]:
+    """axe-core's violations for the page as it is now (injected through the DevTools protocol: CSP allows no
+    inline script, and the page's own CSP is what is being tested)."""
+    if not AXE.exists():
+        pytest.fail(f"{AXE} is missing: run `npm ci` in tests/interop/js (make test does)")
+    page.evaluate(AXE.read_text(encoding="utf-8") + "\n;undefined")
+    result: list[dict[str, Any]] = page.evaluate(
+        """async () => {
+          const { violations } = await axe.run(document, { resultTypes: ['violations'] });
+          return violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help,
+            nodes: v.nodes.slice(0, 5).map((n) => `${n.target.join(' ')}: ${n.failureSummary}`) }));
+        }"""
+    )
+    return result
+
+
+def screenshot(page: Any, tmp_path: Path, name: str) -> None:
+    """A viewport-sized PNG: under docs/img/ when regenerating the documentation's pictures, else tmp_path."""
+    target = DOC_IMAGES if os.environ.get("STRONGROOM_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    target.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(target / f"{name}.png"), scale="css", animations="disabled")
+
+
+def persist_audit_until(settings: Any, client: StrongroomClient, operation_id: str, action: str) -> None:
+    """Ask the worker to persist the audit stream (beat does it every few seconds) until ``action`` is logged."""
+    from api_service.services import CeleryProducer
+
+    producer = CeleryProducer(settings)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            producer.send(PERSIST_AUDIT, {})
+            if action in {str(e.get("action")) for e in client.access_log(operation_id).events}:
+                return
+            time.sleep(1)
+    finally:
+        producer.close()
+    pytest.fail(f"{action} never reached the access log of {operation_id}")
+
+
+# --- tests ----------------------------------------------------------------------------------------------------
+
+
+def test_start_an_operation_from_the_page_and_watch_it_finish(
+    page_api: str, celery_worker: Any, app: Any, viewport: str, grantee: tuple[Identity, Path], tmp_path: Path
+) -> None:
+    identity, identity_file = grantee
+    page = app
+    sign_in(page, page_api, identity_file, identity)
+    expect(page.locator("#start")).to_be_visible()
+    expect(page.locator("#start-agent option[value='privacy-audit']")).to_have_count(1)
+    assert_no_horizontal_scroll(page, "identity loaded")
+    screenshot(page, tmp_path, f"page-{viewport}-signed-in")
+
+    page.select_option("#start-agent", "privacy-audit")
+    page.fill("#start-text", SMALL_INPUT["text"])
+    page.fill("#start-retention", "3")
+    page.click("#start-submit")
+    expect(page.locator("#op-title")).to_contain_text("privacy-audit_", timeout=SLOW)
+    expect(page.locator("#op-title")).to_be_focused()
+    operation_id = page.locator("#op-field-id").inner_text()
+    expect(page).to_have_url(re.compile(f"#op={operation_id}$"))
+    assert_no_horizontal_scroll(page, "operation started")
+
+    expect(page.locator("#op-status")).to_have_text("succeeded", timeout=SLOW)  # watched: the page polls
+    expect(page.locator("#op-running")).to_be_hidden()
+    expect(page.locator("#op-result")).to_contain_text("ok")
+    expect(page.locator("#op-elapsed")).to_contain_text(re.compile(r"^in \d"))
+    expect(page.locator("#op-expires")).to_contain_text(re.compile(r"in [23] days|in \d+ hours"))
+    expect(page.locator("#artifacts tbody tr")).to_have_count(2)
+    expect(row(page, "privacy_audit.md").locator("button[data-action=download]")).to_have_attribute(
+        "aria-label", "Download privacy_audit.md"
+    )
+    expect(page.locator(".error:visible")).to_have_count(0)
+    assert_no_horizontal_scroll(page, "operation open with artifacts")
+
+    with StrongroomClient(page_api, identity) as client:  # the page's create is an ordinary, retrievable one
+        got = client.get(operation_id)
+    assert got.status == "succeeded"
+    listed = page.locator(f"#op-table button[data-op='{operation_id}']")
+    expect(listed).to_be_visible(timeout=SLOW)
+    screenshot(page, tmp_path, f"page-{viewport}-operation")
+
+
+def test_download_shows_progress_on_a_throttled_network_cancel_and_restart(
+    page_api: str,
+    big_operation: GetOperationResponse,
+    app: Any,
+    viewport: str,
+    grantee: tuple[Identity, Path],
+    tmp_path: Path,
+) -> None:
+    identity, identity_file = grantee
+    name = "privacy_audit.md"
+    with StrongroomClient(page_api, identity) as client:
+        client.download(big_operation.id, name, tmp_path / "sdk.md")
+    expected = (tmp_path / "sdk.md").read_bytes()
+    assert len(expected) > 200_000  # enough to be slow at the throttled rate below
+
+    page = app
+    downloads: list[Any] = []
+    page.on("download", lambda download: downloads.append(download))
+    sign_in(page, page_api, identity_file, identity)
+    open_operation(page, big_operation.id)
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    throttle = {"offline": False, "latency": 20, "downloadThroughput": 24 * 1024, "uploadThroughput": -1}
+    cdp.send("Network.emulateNetworkConditions", throttle)
+
+    the_row = row(page, name)
+    the_row.locator("button[data-action=download]").click()
+    status = the_row.locator(".row-status .text")
+    expect(status).to_contain_text(re.compile(r"[1-9][0-9.]* KiB of [0-9.]+ (KiB|MiB) \(\d+%\)"), timeout=SLOW)
+    expect(the_row.locator(".row-status progress")).to_be_visible()
+    expect(the_row.locator("button[data-action=download]")).to_be_disabled()
+    assert_no_horizontal_scroll(page, "download in progress")
+    screenshot(page, tmp_path, f"page-{viewport}-downloading")
+    cancel = the_row.locator("button[data-action=cancel]")
+    expect(cancel).to_have_attribute("aria-label", f"Cancel download of {name}")
+    cancel.click()
+    expect(status).to_have_text("Cancelled. Nothing was saved.")
+    expect(the_row.locator("button[data-action=download]")).to_be_enabled()
+    expect(cancel).to_be_hidden()
+    assert downloads == []
+
+    cdp.send("Network.emulateNetworkConditions", {**throttle, "latency": 0, "downloadThroughput": -1})
+    with page.expect_download(timeout=SLOW) as info:
+        the_row.locator("button[data-action=download]").click()
+    assert info.value.suggested_filename == name
+    assert Path(info.value.path()).read_bytes() == expected
+    expect(status).to_contain_text("checksums verified")
+    expect(page.locator(".error:visible")).to_have_count(0)
+
+
+@pytest.mark.parametrize("viewport", ["desktop"])  # the same code at both sizes; other tests cover the phone layout
+def test_delete_asks_for_a_confirmation_naming_the_artifact(
+    page_api: str, celery_worker: Any, app: Any, viewport: str, grantee: tuple[Identity, Path]
+) -> None:
+    identity, identity_file = grantee
+    done = finished(page_api, identity, SMALL_INPUT)
+    name = "recommendations.json"
+    page = app
+    sign_in(page, page_api, identity_file, identity)
+    open_operation(page, done.id)
+    asked: list[str] = []
+
+    def answer(dialog: Any, accept: bool) -> None:
+        asked.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    page.once("dialog", lambda dialog: answer(dialog, False))
+    row(page, name).locator("button[data-action=delete]").click()
+    expect(page.locator("#artifact-count")).to_have_text("(2)")
+    assert len(asked) == 1 and name in asked[0] and done.id in asked[0]
+    expect(row(page, name)).to_have_count(1)
+
+    page.once("dialog", lambda dialog: answer(dialog, True))
+    row(page, name).locator("button[data-action=delete]").click()
+    expect(row(page, name)).to_have_count(0, timeout=SLOW)
+    expect(page.locator("#artifact-count")).to_have_text("(1)")
+    expect(page.locator("#notice")).to_have_text(f"{name} deleted.")
+    with StrongroomClient(page_api, identity) as client:
+        assert [a.name for a in client.artifacts(done.id).artifacts] == ["privacy_audit.md"]
+
+
+def test_access_log_verifies_and_shows_a_tampered_log(
+    page_api: str,
+    celery_worker: Any,
+    settings: Any,
+    object_store: Any,
+    app: Any,
+    viewport: str,
+    grantee: tuple[Identity, Path],
+    tmp_path: Path,
+) -> None:
+    identity, identity_file = grantee
+    done = finished(page_api, identity, SMALL_INPUT)
+    with StrongroomClient(page_api, identity) as client:
+        client.download(done.id, "recommendations.json", tmp_path / "r.json")
+        persist_audit_until(settings, client, done.id, "artifact.url")
+
+    page = app
+    sign_in(page, page_api, identity_file, identity)
+    open_operation(page, done.id)
+    page.click("#log-load")
+    verdict = page.locator("#log-verdict")
+    expect(verdict).to_contain_text("hash chain verified", timeout=SLOW)
+    expect(verdict).not_to_have_class(re.compile("error"))
+    expect(page.locator("#log-table tbody tr").first).to_be_visible()
+    expect(page.locator("#log-table tbody")).to_contain_text("artifact.url")
+    expect(page.locator("#log-table tbody")).to_contain_text("recommendations.json")
+    assert_no_horizontal_scroll(page, "access log open")
+    page.locator("#access-log").scroll_into_view_if_needed()
+    screenshot(page, tmp_path, f"page-{viewport}-access-log")
+
+    # Someone with S3 write access removes the newest batch and head.json: the head kept in Redis still names it.
+    newest = max(
+        int(i.key.rsplit("/", 1)[1].removesuffix(".json"))
+        for i in object_store.list(f"operations/{done.id}/access_log/")
+        if not i.key.endswith("head.json")
+    )
+    object_store.delete(audit_log.batch_key(done.id, newest))
+    object_store.delete(audit_log.head_key(done.id))
+    page.click("#log-load")
+    expect(verdict).to_contain_text("does NOT verify", timeout=SLOW)
+    expect(verdict).to_have_class(re.compile("error"))
+    expect(page.locator("#log-problems")).to_contain_text("tail removed")
+    assert_no_horizontal_scroll(page, "tampered access log")
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_axe_finds_no_violations_and_nothing_scrolls_sideways(
+    page_api: str,
+    big_operation: GetOperationResponse,
+    app: Any,
+    viewport: str,
+    scheme: str,
+    grantee: tuple[Identity, Path],
+    tmp_path: Path,
+) -> None:
+    _, identity_file = grantee
+    page = app
+    page.emulate_media(color_scheme=scheme)
+    page.goto(f"{page_api}/app/")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    assert run_axe(page) == [], "no identity"
+    assert_no_horizontal_scroll(page, "no identity")
+
+    page.set_input_files("#identity-file", str(identity_file))
+    expect(page.locator("#grant-status")).to_be_visible(timeout=SLOW)
+    expect(page.locator("#op-table tbody tr").first).to_be_visible(timeout=SLOW)
+    assert run_axe(page) == [], "identity loaded"
+    assert_no_horizontal_scroll(page, "identity loaded")
+
+    open_operation(page, big_operation.id)
+    page.click("#log-load")
+    expect(page.locator("#log-verdict")).to_be_visible(timeout=SLOW)
+    row(page, "recommendations.json").locator("button[data-action=preview]").click()
+    expect(page.locator("#preview pre")).to_be_visible(timeout=SLOW)
+    assert run_axe(page) == [], "operation, access log and preview open"
+    assert_no_horizontal_scroll(page, "operation, access log and preview open")
+
+    page.fill("#op-id", "privacy-audit_aaaaaaaaaaaaaaaaaaaaaaaaaa")
+    page.click("#op-open")
+    expect(page.locator("#op-error")).to_be_visible(timeout=SLOW)
+    expect(page.locator("#op-error")).to_be_focused()
+    expect(page.locator("#op-details")).to_be_hidden()
+    assert run_axe(page) == [], "error shown"
+    assert_no_horizontal_scroll(page, "error shown")
+    if scheme == "dark":
+        screenshot(page, tmp_path, f"page-{viewport}-dark-error")
+
+
+@pytest.mark.parametrize("viewport", ["phone"])
+def test_the_page_catches_a_log_that_shrank_even_when_the_server_says_it_verifies(
+    page_api: str, celery_worker: Any, settings: Any, app: Any, viewport: str, grantee: tuple[Identity, Path]
+) -> None:
+    """The grantee's device remembers the events it showed: a server (or a proxy in front of it) that later
+    drops the newest ones and still answers ``chain_valid: true`` is caught by the page itself."""
+    identity, identity_file = grantee
+    done = finished(page_api, identity, SMALL_INPUT)
+    with StrongroomClient(page_api, identity) as client:
+        persist_audit_until(settings, client, done.id, "operation.read")
+    page = app
+    sign_in(page, page_api, identity_file, identity)
+    open_operation(page, done.id)
+    page.click("#log-load")
+    expect(page.locator("#log-verdict")).to_contain_text("hash chain verified", timeout=SLOW)
+    shown = page.locator("#log-table tbody tr").count()
+    assert shown >= 2
+
+    def lying(route: Any) -> None:
+        response = route.fetch()
+        body = response.json()
+        body["events"] = body["events"][:-1]  # the newest event cut, the verdict left as it was
+        route.fulfill(response=response, body=json.dumps(body))
+
+    page.route(re.compile(r".*/access-log(\?.*)?$"), lying)
+    page.click("#log-load")
+    expect(page.locator("#log-verdict")).to_contain_text("does NOT verify", timeout=SLOW)
+    expect(page.locator("#log-problems")).to_contain_text("showed earlier")
+    expect(page.locator("#log-problems")).not_to_contain_text("server:")
+    assert_no_horizontal_scroll(page, "log that shrank")
+
+
+@pytest.fixture(scope="module")
+def static_grants_api(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Identity, Path, Identity, Path]]:
+    """An API whose grants file names one identity (privacy-audit, 30 days, quotas) and not the other."""
+    from api_service.app import create_app
+    from shared.settings import Settings
+    from tests.browser.conftest import serving
+    from tests.helpers.ports import free_port
+
+    folder = tmp_path_factory.mktemp("grants")
+    granted = create_identity(folder / "granted.json")
+    stranger = create_identity(folder / "stranger.json")
+    until = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    grants = {
+        "version": 1,
+        "grants": [
+            {
+                "address": granted.address,
+                "agents": ["privacy-audit"],
+                "expires_at": until,
+                "max_retention_days": 3,
+                "quotas": {"concurrent_operations": 2, "operations_per_hour": 5, "stored_bytes": 10485760},
+            }
+        ],
+    }
+    (folder / "grants.json").write_text(json.dumps(grants))
+    port = free_port()
+    env = {
+        **stack_env,
+        "STRONGROOM_API_HOST": "127.0.0.1",
+        "STRONGROOM_API_PORT": str(port),
+        "STRONGROOM_GRANTS_SOURCE": "static",
+        "STRONGROOM_GRANTS_FILE": str(folder / "grants.json"),
+    }
+    with serving(create_app(Settings.from_env(env)), port) as url:
+        yield url, granted, folder / "granted.json", stranger, folder / "stranger.json"
+
+
+def test_the_grant_panel_says_what_may_run_until_when_and_the_quota_usage(
+    static_grants_api: tuple[str, Identity, Path, Identity, Path], app: Any, viewport: str, tmp_path: Path
+) -> None:
+    url, granted, granted_file, _, _ = static_grants_api
+    page = app
+    sign_in(page, url, granted_file, granted)
+    panel = page.locator("#grant")
+    expect(panel).to_be_visible(timeout=SLOW)
+    expect(page.locator("#grant-status")).to_contain_text("You may run privacy-audit until")
+    facts = page.locator("#grant-facts")
+    expect(facts).to_contain_text("in 29 days")
+    expect(facts).to_contain_text("up to 3 days")
+    expect(facts).to_contain_text("0 of 2")  # running
+    expect(facts).to_contain_text("0 of 5")  # started in the last hour
+    expect(facts).to_contain_text("0 B of 10.0 MiB")
+    expect(page.locator("#start-retention")).to_have_attribute("max", "3")
+    expect(page.locator("#start-submit")).to_be_enabled()
+    assert_no_horizontal_scroll(page, "grant shown")
+    panel.scroll_into_view_if_needed()
+    screenshot(page, tmp_path, f"page-{viewport}-grant")
+
+
+@pytest.mark.parametrize("viewport", ["phone"])
+def test_an_identity_without_a_grant_is_told_in_plain_words(
+    static_grants_api: tuple[str, Identity, Path, Identity, Path], app: Any, viewport: str
+) -> None:
+    url, _, _, stranger, stranger_file = static_grants_api
+    page = app
+    sign_in(page, url, stranger_file, stranger)
+    status = page.locator("#grant-status")
+    expect(status).to_contain_text(f"has not granted {stranger.address} anything", timeout=SLOW)
+    expect(status).not_to_contain_text("no_grant")
+    expect(page.locator("#start-blocked")).to_contain_text("Ask the operator")
+    expect(page.locator("#start-submit")).to_be_disabled()
+    # The server's 403 no_grant, should the page try anyway (an older page, a grant removed meanwhile): words.
+    page.evaluate("document.getElementById('start-submit').disabled = false")
+    page.fill("#start-text", "hello")
+    page.click("#start-submit")
+    error = page.locator("#start-error")
+    expect(error).to_contain_text("has no grant on this server", timeout=SLOW)
+    expect(error).not_to_contain_text("no_grant")
+    expect(error).to_be_focused()
+    assert_no_horizontal_scroll(page, "no grant")
