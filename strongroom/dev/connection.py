@@ -34,6 +34,7 @@ KEPT = (
     "STRONGROOM_S3_ENDPOINT_URL",
     "STRONGROOM_S3_BUCKET",
     "STRONGROOM_S3_ADDRESSING_STYLE",
+    "STRONGROOM_S3_CORS_ORIGINS",  # so a `strongroom init` with these settings keeps dev's bucket CORS rule
     "AWS_REGION",
     "STRONGROOM_KEYRING_FILE",
     "STRONGROOM_WORK_DIR",
