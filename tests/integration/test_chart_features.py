@@ -682,3 +682,35 @@ def test_install_notes_warn_about_open_grants_and_name_the_sandbox_needs(
     assert "checks.agent_sandbox" in opened
     static = notes()
     assert "ANY address" not in static and "0 grant(s) from grants.static" in static
+
+
+def test_large_numbers_from_a_values_file_reach_the_servers_as_integers(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Helm reads numbers in a values file as floats and toString writes 536870912 as 5.36870912e+08, which the
+    servers' integer settings refuse at start: the ConfigMap must carry integers, and quantities given as plain
+    numbers must still count as bytes."""
+    from shared.settings import Settings
+
+    values = tmp_path / "numbers.yaml"
+    values.write_text(
+        "config:\n"
+        "  STRONGROOM_MAX_DISK_USAGE: 536870912\n"
+        "  STRONGROOM_QUOTA_PER_GRANTEE: 10737418240\n"
+        "  STRONGROOM_ARTIFACT_RETENTION_DAYS: 30\n"
+        "worker:\n"
+        "  resources:\n"
+        "    limits: {memory: 1610612736}\n"  # 2 x 512 MiB + 512 MiB, as a number
+    )
+    data = config_data(render(helm, [*scenarios["default"], values]))
+    assert data["STRONGROOM_MAX_DISK_USAGE"] == "536870912"
+    assert data["STRONGROOM_QUOTA_PER_GRANTEE"] == "10737418240"
+    assert data["STRONGROOM_ARTIFACT_RETENTION_DAYS"] == "30"
+    settings = Settings.from_env({**data, "REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert settings.max_disk_usage == 536870912 and settings.quota_per_grantee == 10737418240
+    short = tmp_path / "short.yaml"
+    short.write_text("worker:\n  resources:\n    limits: {memory: 1610612735}\n")
+    result = run_helm(helm, "template", "sr", str(CHART), *value_args([*scenarios["default"], values, short]))
+    assert result.returncode != 0 and "i.e. 1536Mi" in result.stderr

@@ -87,6 +87,9 @@ app.kubernetes.io/component: {{ .component }}
 Bytes in a Kubernetes quantity (512Mi, 1.5Gi, 2G, 1073741824), as a float; an empty or unparsable one is 0.
 */}}
 {{- define "strongroom.bytes" -}}
+{{- if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) -}}
+{{- float64 . -}}
+{{- else -}}
 {{- $quantity := toString . -}}
 {{- $number := regexFind "^[0-9]+(\\.[0-9]+)?" $quantity -}}
 {{- $units := dict "" "1" "k" "1e3" "Ki" "1024" "M" "1e6" "Mi" "1048576" "G" "1e9" "Gi" "1073741824" "T" "1e12" "Ti" "1099511627776" "P" "1e15" "Pi" "1125899906842624" "E" "1e18" "Ei" "1152921504606846976" -}}
@@ -97,10 +100,23 @@ Bytes in a Kubernetes quantity (512Mi, 1.5Gi, 2G, 1073741824), as a float; an em
 0
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+A value as an environment variable's text. Helm reads numbers in values files as floats, and toString writes a
+large one as 5.36870912e+08, which the servers' integer settings refuse: whole numbers are written as integers.
+*/}}
+{{- define "strongroom.envText" -}}
+{{- if and (kindIs "float64" .) (eq . (floor .)) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- toString . -}}
+{{- end -}}
+{{- end -}}
 
 {{/* STRONGROOM_MAX_DISK_USAGE as the servers see it: config's value, else shared/settings.py's default (1 GiB). */}}
 {{- define "strongroom.maxDiskUsage" -}}
-{{- float64 (toString (.Values.config.STRONGROOM_MAX_DISK_USAGE | default "1073741824")) -}}
+{{- float64 (include "strongroom.envText" (.Values.config.STRONGROOM_MAX_DISK_USAGE | default "1073741824")) -}}
 {{- end -}}
 
 {{/*
