@@ -714,3 +714,45 @@ def test_large_numbers_from_a_values_file_reach_the_servers_as_integers(
     short.write_text("worker:\n  resources:\n    limits: {memory: 1610612735}\n")
     result = run_helm(helm, "template", "sr", str(CHART), *value_args([*scenarios["default"], values, short]))
     assert result.returncode != 0 and "i.e. 1536Mi" in result.stderr
+
+
+def test_rendered_helm_test_against_a_real_api_and_worker(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+    api_factory: Any,
+    worker_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """`helm test`'s script, exactly as rendered, against a real API (static grants from the rendered file, the
+    public authority from the rendered config) and worker: it passes, and fails when the signed authority is one
+    the API does not answer for."""
+    import sys
+
+    manifests = render(helm, scenarios["default"])
+    (pod,) = kinds(manifests)["Pod"]
+    (test,) = pod["spec"]["containers"]
+    assert test["command"] == ["python", "-c"]
+    script = test["args"][0]
+    env = {k: v["value"] for k, v in env_of(test).items()}
+    data = config_data(manifests)
+    (grants_map,) = [d for d in manifests if d["metadata"]["name"] == "sr-strongroom-grants"]
+    grants_file = tmp_path / "grants.yaml"
+    grants_file.write_text(grants_map["data"]["grants.yaml"])
+    worker_factory()
+    api = api_factory(
+        STRONGROOM_PUBLIC_AUTHORITIES=data["STRONGROOM_PUBLIC_AUTHORITIES"],
+        STRONGROOM_GRANTS_SOURCE=data["STRONGROOM_GRANTS_SOURCE"],
+        STRONGROOM_GRANTS_FILE=str(grants_file),
+    )
+
+    def run(**overrides: str) -> subprocess.CompletedProcess[str]:
+        environ = {"PATH": os.environ["PATH"], **env, "API_URL": api.url, **overrides}
+        return subprocess.run(
+            [sys.executable, "-c", script], env=environ, capture_output=True, text=True, timeout=120, check=False
+        )
+
+    passed = run()
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "a new key has grant status 'none'" in passed.stdout  # static grants that list nobody
+    refused = run(PUBLIC_AUTHORITY="elsewhere.example")
+    assert refused.returncode != 0 and "signed: 401" in refused.stderr
