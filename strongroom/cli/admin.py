@@ -87,7 +87,7 @@ def run_keys_reencrypt(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     audit = sub.add_parser("audit", help="inspect the hash-chained access logs")
-    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
     verify = audit_sub.add_parser("verify", help="verify an operation's access log chain (or `global`)")
     verify.add_argument("operation_id", help="operation id, or `global` for events that name no operation")
     verify.add_argument(
@@ -99,7 +99,7 @@ def register(sub: Any) -> None:
     verify.set_defaults(handler=run_audit_verify)
 
     keys = sub.add_parser("keys", help="what the server keyring protects; re-encrypt under the primary")
-    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
     usage = keys_sub.add_parser("usage", help="count stored blobs per key id")
     usage.set_defaults(handler=run_keys_usage)
     check = keys_sub.add_parser("check-remove", help="exit 0 only if KEY_ID protects nothing and is not primary")

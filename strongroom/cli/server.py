@@ -232,12 +232,13 @@ def run_dev(args: argparse.Namespace) -> int:
 # --- registration ------------------------------------------------------------------------------------------------
 
 
-def add_data_dir_option(parser: argparse.ArgumentParser) -> None:
-    """``--data-dir``: use the connection settings a running `strongroom dev` wrote there."""
+def add_data_dir_option(parser: argparse.ArgumentParser, uses: str = "Redis, S3 and keyring") -> None:
+    """``--data-dir``: use the connection settings a `strongroom dev` wrote there."""
     parser.add_argument(
         "--data-dir",
-        help="the data dir of a running `strongroom dev` whose Redis, S3 and keyring to use "
-        "(default: ./.strongroom or a parent's, when no REDIS_URL/S3/keyring variable is set)",
+        metavar="DIR",
+        help=f"use the {uses} of the `strongroom dev` with this data dir (default: ./.strongroom or a "
+        "parent's, when no REDIS_URL, S3 endpoint or keyring variable is set)",
     )
 
 
@@ -261,7 +262,7 @@ def register(sub: Any) -> None:
     init.set_defaults(handler=run_init)
 
     keyring = sub.add_parser("keyring", help="generate or rotate a server keyring")
-    keyring_sub = keyring.add_subparsers(dest="keyring_command", required=True)
+    keyring_sub = keyring.add_subparsers(dest="keyring_command", required=True, metavar="COMMAND")
     generate = keyring_sub.add_parser("generate", help="print a new one-key keyring (a secret)")
     generate.add_argument("--output", help="write it to this file (mode 0600) instead of stdout")
     generate.add_argument("--force", action="store_true", help="replace an existing --output file")
@@ -269,7 +270,7 @@ def register(sub: Any) -> None:
     rotate.add_argument(
         "file", nargs="?", help="keyring file (default STRONGROOM_KEYRING_FILE, else the dev stack's keyring)"
     )
-    add_data_dir_option(rotate)
+    add_data_dir_option(rotate, uses="keyring")
     keyring.set_defaults(handler=run_keyring)
 
     dev = sub.add_parser("dev", help="run everything locally with embedded Redis and S3")

@@ -53,7 +53,7 @@ def _prepare_env(args: argparse.Namespace, data_dir: Path, base: Mapping[str, st
     env.setdefault("STRONGROOM_ENV", "development")
     env["STRONGROOM_API_HOST"] = args.host
     env["STRONGROOM_API_PORT"] = str(args.port)
-    env.setdefault("STRONGROOM_S3_CORS_ORIGINS", f"http://{args.host}:{args.port}")
+    env.setdefault("STRONGROOM_S3_CORS_ORIGINS", local_url(args.host, args.port))  # the page's origin, as printed
     env.setdefault("STRONGROOM_PUBLIC_AUTHORITIES", ",".join(dev_authorities(args.host, args.port)))
     env.setdefault("STRONGROOM_WORK_DIR", str(data_dir / "work"))
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -68,6 +68,13 @@ def _sandbox_problem(settings: Settings) -> str | None:
         return sandbox.probe(sandbox.SandboxPolicy.from_settings(settings))
     except ConfigError as exc:
         return exc.detail
+
+
+def local_url(host: str, port: int) -> str:
+    """The API's URL from this machine: a wildcard bind is reached (and may be signed for) by its loopback name."""
+    if host in _WILDCARD_BINDS:
+        host = "127.0.0.1"  # one of the names dev_authorities gives a wildcard bind (IPv6 "::" takes IPv4 too)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def dev_authorities(host: str, port: int) -> list[str]:
@@ -293,7 +300,7 @@ def _serve(stack: DevStack, stopping: threading.Event) -> int:
         log.error("agents cannot be sandboxed here", problem=problem, escape_hatch="STRONGROOM_AGENT_SANDBOX=none")
         return 1
     initialise(settings)
-    url = f"http://{settings.api_host}:{settings.api_port}"
+    url = local_url(settings.api_host, settings.api_port)
     # Before the children: once dev says ready, `strongroom audit verify ...` finds the stack without any export.
     connection.write(stack.data_dir, stack.env, api_url=url, credentials_file=stack.credentials_file)
     stack.start_children()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from strongroom.dev.stack import command_path, next_steps
+from strongroom.dev.stack import command_path, dev_authorities, local_url, next_steps
 
 pytestmark = pytest.mark.unit
 
@@ -55,3 +55,19 @@ def test_elsewhere_the_path_is_absolute_and_quoted_and_the_port_and_data_dir_are
 
 def test_without_a_script_python_dash_m_is_printed(tmp_path: Path) -> None:
     assert command_path(tmp_path, str(tmp_path / "python3"), "") == (f"{tmp_path}/python3 -m strongroom", False)
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8080"),
+        ("0.0.0.0", "http://127.0.0.1:8080"),  # a wildcard bind is reached, and signed for, by a loopback name
+        ("::", "http://127.0.0.1:8080"),
+        ("::1", "http://[::1]:8080"),
+        ("localhost", "http://localhost:8080"),
+    ],
+)
+def test_the_printed_url_is_one_a_client_can_sign_for(host: str, url: str) -> None:
+    assert local_url(host, 8080) == url
+    authority = url.removeprefix("http://")
+    assert authority in dev_authorities(host, 8080)
