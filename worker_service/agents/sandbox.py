@@ -379,9 +379,16 @@ def refusal(lines: Sequence[str], policy: SandboxPolicy) -> SandboxUnavailable:
     variable = NETWORK_VAR if policy.network == "none" and "net" in said.lower() else SANDBOX_VAR
     return SandboxUnavailable(
         variable,
-        f"cannot be enforced here: bwrap could not create the sandbox ({said}); unprivileged user namespaces "
-        "must be allowed (see docs/agents.md); the agent was not started",
+        f"cannot be enforced here: bwrap could not create the sandbox ({said}); {_remedy(said)} (see "
+        "docs/agents.md); the agent was not started",
     )
+
+
+def _remedy(said: str) -> str:
+    """What to change, by what bwrap said: a masked /proc (a container runtime's default) is not a userns issue."""
+    if "mount proc" in said.lower():
+        return "the worker's /proc must not be masked (in Kubernetes: procMount: Unmasked with hostUsers: false)"
+    return "unprivileged user namespaces must be allowed"
 
 
 def probe(policy: SandboxPolicy, *, scratch_bytes: int = 1 << 20) -> str | None:

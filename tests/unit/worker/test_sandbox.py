@@ -89,6 +89,13 @@ def test_the_probe_succeeds_here() -> None:
     assert sandbox.probe(SandboxPolicy(network="none")) is None
 
 
+def test_the_refusal_names_the_fix_for_what_bwrap_said() -> None:
+    masked = sandbox.refusal(["bwrap: Can't mount proc on /newroot/proc: Operation not permitted"], SandboxPolicy())
+    assert "procMount: Unmasked" in masked.detail and "user namespaces" not in masked.detail
+    no_userns = sandbox.refusal(["bwrap: No permissions to create new namespace"], SandboxPolicy())
+    assert "unprivileged user namespaces must be allowed" in no_userns.detail
+
+
 def test_a_sandbox_bwrap_cannot_create_refuses_the_run(wd: Workdir, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail closed: bwrap's own reason, and the agent never ran (here: bwrap told to use a missing user ns fd)."""
     real = sandbox.bwrap_argv
