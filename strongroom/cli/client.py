@@ -317,9 +317,10 @@ def _get(args: argparse.Namespace) -> int:
         missing = [n for n in names if n not in available]
         if missing:
             raise NotFound(f"no artifact named {', '.join(map(repr, missing))} in {args.id}")
+        for name in names:  # the names come from the server: none may pick a path outside the output directory
+            validate_artifact_name(name)  # all checked before the first file is written
         for name in names:
-            # The name comes from the server: never let it pick a path outside the output directory.
-            dest = out_dir / validate_artifact_name(name)
+            dest = out_dir / name
             if dest.exists() and not args.force:
                 raise ClientError(f"{dest} exists; use --force to overwrite it", code="file_exists")
             bar = ProgressBar(name) if not args.json else None

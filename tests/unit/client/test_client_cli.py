@@ -217,6 +217,8 @@ def test_server_chosen_names_cannot_escape_the_output_dir(
     identity = load_identity(ident)
     op = api.add_operation("privacy-audit_" + "r" * 26, identity.address, identity.encryption_public_key)
     api.add_artifact(op, "../escape.txt", b"x")
+    api.add_artifact(op, "+fine.txt", b"y")  # sorts before the bad name: written first if names were checked late
     code, _, err = run(capsys, "get", op.id, "-o", str(tmp_path / "out"))
     assert code == 7 and "artifact name" in err
     assert not (tmp_path / "escape.txt").exists()
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []  # nothing written
