@@ -53,3 +53,11 @@ def test_docs_table_documents_the_same_exit_codes() -> None:
     section = section[: section.index("\n## ", 1)]
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.MULTILINE)}
     assert documented == {code for code, _ in cli.EXIT_MEANINGS}
+
+
+def test_docs_describe_every_client_command() -> None:
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    documented = set(re.findall(r"^\| `(\w+)[ `]", doc, re.MULTILINE)) | set(
+        re.findall(r"^strongroom client (\w+)", doc, re.M)
+    )
+    assert {name for name, *_ in cli._COMMANDS} <= documented
