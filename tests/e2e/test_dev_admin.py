@@ -65,6 +65,10 @@ def test_admin_commands_elsewhere_with_data_dir(dev_stack: DevStack, tmp_path: P
     assert usage.returncode == 0, usage.stderr
     primary = json.loads(usage.stdout)["primary"]
     assert json.loads(usage.stdout)["usage"].get(primary, 0) > 0  # the operation's sealed record, at least
+    reencrypt = strongroom("keys", "reencrypt", "--data-dir", data_dir, cwd=tmp_path)
+    assert reencrypt.returncode == 0 and json.loads(reencrypt.stdout)["complete"] is True, reencrypt.stderr
+    in_use = strongroom("keys", "check-remove", primary, "--data-dir", data_dir, cwd=tmp_path)
+    assert in_use.returncode == 1 and "Traceback" not in in_use.stderr  # the primary key is never removable
 
 
 def test_without_data_dir_and_outside_the_project_nothing_is_guessed(dev_stack: DevStack, tmp_path: Path) -> None:
