@@ -36,6 +36,7 @@ STATIC_FILES: Mapping[str, str] = {
     "format.js": _JS,
     "sha256.js": _JS,
     "keywrap.js": _JS,
+    "walletkey.js": _JS,
     "style.css": "text/css; charset=utf-8",
     "vendor/ethers.min.js": _JS,
     "vendor/nacl-fast.min.js": _JS,

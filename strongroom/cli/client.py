@@ -214,16 +214,30 @@ def _dump(op: GetOperationResponse) -> dict[str, Any]:
 
 def _keygen(args: argparse.Namespace) -> int:
     path = _identity_path(args)
-    from strongroom.client.identity import create_identity
+    from strongroom.client.identity import create_identity, create_wallet_identity
 
-    identity = create_identity(path, force=args.force)
-    document = {"address": identity.address, "encryption_public_key": identity.encryption_public_key, "path": str(path)}
+    changed = True
+    if args.from_wallet_key:
+        identity, changed = create_wallet_identity(path, force=args.force)
+    else:
+        identity = create_identity(path, force=args.force)
+    document: dict[str, Any] = {
+        "address": identity.address,
+        "encryption_public_key": identity.encryption_public_key,
+        "path": str(path),
+    }
+    if args.from_wallet_key:
+        document |= {"encryption_key": "wallet-derived", "changed": changed}
+    written = f"identity written to {path} (mode 0600)" if changed else f"identity at {path} unchanged"
+    derived = ""
+    if args.from_wallet_key:
+        derived = "\nencryption key derived from the signing key: a wallet holding it derives the same one"
     _emit(
         args,
         document,
-        f"identity written to {path} (mode 0600)\n"
+        f"{written}\n"
         f"address:               {identity.address}\n"
-        f"encryption public key: {identity.encryption_public_key}",
+        f"encryption public key: {identity.encryption_public_key}{derived}",
     )
     return 0
 
@@ -409,6 +423,13 @@ def grant_lines(view: GrantView) -> str:
 
 def _build_keygen(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace an existing identity (its artifacts are lost)")
+    parser.add_argument(
+        "--from-wallet-key",
+        action="store_true",
+        help="derive the encryption key from the signing key's signature over strongroom's key message, as the "
+        "browser page does from a wallet holding that key; an existing identity keeps its signing key "
+        "(docs/encryption.md section 4)",
+    )
 
 
 _COMMANDS: Sequence[tuple[str, str, Callable[[argparse.ArgumentParser], None], Handler]] = (

@@ -25,6 +25,7 @@ from shared.errors import CryptoError
 from strongroom.client.defaults import IDENTITY_ENV as IDENTITY_ENV
 from strongroom.client.defaults import default_identity_path as default_identity_path
 from strongroom.client.errors import IdentityError
+from strongroom.client.walletkey import derive_from_signer
 
 FORMAT_VERSION = 1
 
@@ -55,6 +56,45 @@ class Identity:
 def generate_identity() -> Identity:
     secret, public = keywrap.generate_encryption_keypair()
     return Identity(SigningKey.generate(), secret, public)
+
+
+def wallet_identity(account: SigningKey) -> Identity:
+    """``account`` with the X25519 key derived from its signature (docs/encryption.md section 4): a browser
+    wallet holding the same key derives the same encryption key in the page."""
+    derived = derive_from_signer(account)
+    return Identity(account, derived.secret, derived.public_key)
+
+
+def create_wallet_identity(path: Path, *, force: bool = False) -> tuple[Identity, bool]:
+    """Write an identity whose encryption key is derived from its signing key; returns it and whether the file
+    changed.
+
+    An identity already at ``path`` keeps its signing key (its address): unchanged when its encryption key already
+    is the derived one, else the derived key replaces it only with ``force`` (artifacts wrapped for the old key can
+    no longer be opened). Without a usable file a new signing key is generated.
+    """
+    current: Identity | None = None
+    if path.exists():
+        try:
+            current = load_identity(path)
+        except IdentityError:
+            if not force:
+                raise
+    if current is None:
+        identity = wallet_identity(SigningKey.generate())
+        save_identity(identity, path, force=force)
+        return identity, True
+    identity = wallet_identity(current.account)
+    if identity.encryption_public_key == current.encryption_public_key:
+        return current, False
+    if not force:
+        raise IdentityError(
+            f"{path} already exists with another encryption key; use --force to replace it with the one derived "
+            "from its signing key (artifacts wrapped for the old key can no longer be opened)",
+            code="identity_exists",
+        )
+    save_identity(identity, path, force=True)
+    return identity, True
 
 
 def create_identity(path: Path, *, force: bool = False) -> Identity:
