@@ -71,14 +71,15 @@ def create_wallet_identity(path: Path, *, force: bool = False) -> tuple[Identity
 
     An identity already at ``path`` keeps its signing key (its address): unchanged when its encryption key already
     is the derived one, else the derived key replaces it only with ``force`` (artifacts wrapped for the old key can
-    no longer be opened). Without a usable file a new signing key is generated.
+    no longer be opened). Without a file, or with ``force`` over one that is not an identity at all, a new signing
+    key is generated; a file readable by others is refused even with ``force`` (its signing key would be lost).
     """
     current: Identity | None = None
     if path.exists():
         try:
             current = load_identity(path)
-        except IdentityError:
-            if not force:
+        except IdentityError as error:
+            if not force or error.code != "identity_invalid":
                 raise
     if current is None:
         identity = wallet_identity(SigningKey.generate())

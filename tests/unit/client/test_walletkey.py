@@ -267,13 +267,27 @@ def test_wallet_identity_keeps_an_existing_signing_key(tmp_path: Path) -> None:
     assert load_identity(path).encryption_public_key == derived.encryption_public_key
 
 
-def test_wallet_identity_refuses_a_readable_file_unless_forced(tmp_path: Path) -> None:
+def test_wallet_identity_never_drops_the_signing_key_of_a_readable_file(tmp_path: Path) -> None:
     path = tmp_path / "id.json"
     create_identity(path)
     path.chmod(0o644)
+    before = path.read_bytes()
+    for force in (False, True):
+        with pytest.raises(IdentityError) as refused:
+            create_wallet_identity(path, force=force)
+        assert refused.value.code == "identity_permissions"
+    assert path.read_bytes() == before
+
+
+def test_wallet_identity_replaces_a_broken_file_only_when_forced(tmp_path: Path) -> None:
+    path = tmp_path / "id.json"
+    path.write_text("not json")
+    path.chmod(0o600)
     with pytest.raises(IdentityError) as refused:
         create_wallet_identity(path)
-    assert refused.value.code == "identity_permissions"
+    assert refused.value.code == "identity_invalid"
+    identity, changed = create_wallet_identity(path, force=True)
+    assert changed and load_identity(path).encryption_public_key == identity.encryption_public_key
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
