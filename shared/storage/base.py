@@ -6,7 +6,7 @@ raises ``StorageError`` (or ``Unavailable`` when the endpoint cannot be reached)
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Protocol
@@ -63,6 +63,18 @@ class ObjectStore(Protocol):
 
         Large files go multipart (each part checksummed); memory stays bounded by the part size.
         The object appears atomically when the upload completes; an aborted upload leaves nothing.
+        """
+
+    def put_stream(
+        self, key: str, chunks: Iterable[bytes], *, size: int, content_type: str = "application/octet-stream"
+    ) -> str:
+        """Upload exactly ``size`` bytes produced by ``chunks`` to ``key`` in one pass; return their SHA-256 (hex).
+
+        ``chunks`` is consumed once, in order, by the calling thread, and run to its end before the object
+        appears; the bytes are hashed as they go (the server verifies the checksums) and never read again.
+        Memory stays bounded by the part size, not the object size. An exception from ``chunks``, a source
+        shorter (``source_truncated``) or longer (``source_too_long``) than ``size``, or a failed request stores
+        nothing (and leaves no pending upload); an exception from ``chunks`` is re-raised as it is.
         """
 
     def get_bytes(self, key: str) -> bytes:

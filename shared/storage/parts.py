@@ -18,7 +18,7 @@ import io
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -192,3 +192,119 @@ def _collect(in_flight: set[Future[SentPart]], sent: dict[int, SentPart], return
         in_flight.discard(future)
         part = future.result()
         sent[part.number] = part
+
+
+# --- parts produced on the fly (an encrypting generator), held in memory only while in flight --------------------
+
+
+class BufferBudget:
+    """At most ``limit`` bytes of upload buffers held at once, across every upload of one store.
+
+    A streamed upload cannot re-read its source, so a part lives in memory from the moment it is produced until
+    its send finished; several artifacts upload at once, so the bound has to be shared. A request larger than the
+    whole budget is let through when nothing else is held (it cannot wait for space that will never exist).
+    Holders never wait for each other while holding, so waiting here cannot deadlock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        self.limit = limit
+        self.used = 0
+        self.peak = 0  # for tests and benchmarks: the most ever held at once
+        self._condition = threading.Condition()
+
+    def acquire(self, size: int) -> None:
+        with self._condition:
+            while self.used and self.used + size > self.limit:
+                self._condition.wait()
+            self.used += size
+            self.peak = max(self.peak, self.used)
+
+    def release(self, size: int) -> None:
+        with self._condition:
+            self.used -= size
+            self._condition.notify_all()
+
+
+class StreamReader:
+    """Exact-length reads from an iterable of pieces of any sizes (an encrypting generator), consumed once, in
+    order, by one thread."""
+
+    def __init__(self, chunks: Iterable[bytes], key: str) -> None:
+        self._source = iter(chunks)
+        self._key = key
+        self._view = memoryview(b"")
+
+    def read_exact(self, size: int) -> bytes:
+        """Exactly ``size`` bytes; ``source_truncated`` if the source ends first."""
+        pieces: list[bytes | memoryview] = []
+        wanted = size
+        while wanted:
+            if not self._view:
+                piece = next(self._source, None)
+                if piece is None:
+                    raise _truncated(self._key)
+                self._view = memoryview(piece)
+                continue
+            take = self._view[:wanted]
+            pieces.append(take)
+            self._view = self._view[len(take) :]
+            wanted -= len(take)
+        return b"".join(pieces)
+
+    def expect_end(self) -> None:
+        """Drive the source to its end (its own final checks run then); ``source_too_long`` if bytes remain."""
+        if self._view or any(len(piece) for piece in self._source):
+            raise StorageError(f"source for {self._key} is longer than its declared size", code="source_too_long")
+
+
+#: Sends one in-memory part: ``(part number, body, its SHA-256) -> ETag``.
+SendBuffer = Callable[[int, bytes, bytes], str]
+
+
+def send_stream(
+    reader: StreamReader, size: int, part_size: int, concurrency: int, budget: BufferBudget, send: SendBuffer
+) -> tuple[list[SentPart], bytes]:
+    """Send exactly ``size`` bytes read from ``reader`` in parts of ``part_size``, at most ``concurrency`` in flight.
+
+    Each part is read (the source produces it: encryption runs here, in the calling thread), hashed once for its
+    ``ChecksumSHA256`` and once into the whole-object SHA-256, handed to a sender thread and dropped when sent; the
+    bytes are never read twice and never written anywhere else. Returns the parts in order and the whole digest.
+    As with ``send_parts``, a failure (a send, or the source raising) is raised only once no send is running, and
+    nothing more is started, so the caller may abort the upload at once.
+    """
+    if concurrency < 1 or part_size < 1:
+        raise ValueError("concurrency and part_size must be positive")
+    whole = hashlib.sha256()
+    sent: dict[int, SentPart] = {}
+    in_flight: set[Future[SentPart]] = set()
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="strongroom-part")
+    try:
+        for number, start in enumerate(range(0, size, part_size), start=1):
+            length = min(part_size, size - start)
+            _collect(in_flight, sent, FIRST_COMPLETED if len(in_flight) >= concurrency else None)
+            budget.acquire(length)
+            try:
+                body = reader.read_exact(length)
+                if start + length == size:
+                    reader.expect_end()  # before the last part leaves: a source that ran long sends nothing more
+                digest = hashlib.sha256(body).digest()
+                whole.update(body)
+                in_flight.add(pool.submit(_send_buffer, send, number, body, digest, budget))
+            except BaseException:
+                budget.release(length)
+                raise
+        while in_flight:
+            _collect(in_flight, sent, FIRST_EXCEPTION)
+    finally:
+        # Never more sends submitted than workers, so none waits in a queue: each one runs and frees its buffer.
+        pool.shutdown(wait=True)
+    return [sent[n] for n in sorted(sent)], whole.digest()
+
+
+def _send_buffer(send: SendBuffer, number: int, body: bytes, digest: bytes, budget: BufferBudget) -> SentPart:
+    try:
+        return SentPart(number=number, sha256=digest, etag=send(number, body, digest))
+    finally:
+        budget.release(len(body))

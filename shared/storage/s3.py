@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import base64
 import builtins
+import functools
 import hashlib
 import hmac
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal, cast
@@ -52,7 +53,15 @@ from botocore.exceptions import (
 from shared.errors import Conflict, NotFound, StorageError, StrongroomError, Unavailable, ValidationFailed
 from shared.logging import get_logger
 from shared.storage.base import ObjectInfo, PendingUpload, PresignedUrl
-from shared.storage.parts import PartSource, SendPart, SourceWindow, send_parts
+from shared.storage.parts import (
+    BufferBudget,
+    PartSource,
+    SentPart,
+    SourceWindow,
+    StreamReader,
+    send_parts,
+    send_stream,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -66,6 +75,7 @@ MULTIPART_THRESHOLD = 16 * MiB
 PART_SIZE = 8 * MiB
 PART_CONCURRENCY = 4  # parts in flight per upload; each holds a pooled connection, not a buffered part
 MIN_PART_SIZE = 5 * MiB  # S3 refuses smaller non-final parts (EntityTooSmall)
+STREAM_BUFFER = 8 * PART_SIZE  # bytes all streamed uploads of one store may hold in memory at once
 DELETE_BATCH = 1000  # DeleteObjects limit
 READ_CHUNK = 64 * 1024
 NO_CORS_ORIGIN = "https://no-cors.invalid"  # RFC 2606 name: matches no real origin
@@ -184,6 +194,7 @@ class S3ObjectStore:
         multipart_threshold: int = MULTIPART_THRESHOLD,
         part_size: int = PART_SIZE,
         max_concurrency: int = PART_CONCURRENCY,
+        stream_buffer: int = STREAM_BUFFER,
     ) -> None:
         if part_size < MIN_PART_SIZE or multipart_threshold < part_size:
             raise ValueError("part_size must be >= 5 MiB and multipart_threshold >= part_size")
@@ -196,6 +207,7 @@ class S3ObjectStore:
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.max_concurrency = max_concurrency
+        self.buffers = BufferBudget(stream_buffer)  # shared by every ``put_stream`` of this store
         self._sse = _sse_args(sse, sse_kms_key_id)
 
     @classmethod
@@ -320,6 +332,71 @@ class S3ObjectStore:
             expected_b64 = self._put_multipart(key, src, size, expected, content_type)
         self._verify_stored(key, size, expected_b64)
 
+    def put_stream(
+        self, key: str, chunks: Iterable[bytes], *, size: int, content_type: str = "application/octet-stream"
+    ) -> str:
+        """Upload exactly ``size`` bytes produced by ``chunks`` to ``key`` in one pass; return their SHA-256 (hex).
+
+        ``chunks`` (pieces of any sizes, e.g. an encrypting generator) is consumed once, in order, by the calling
+        thread, and run to its end before the object is completed. Every byte is hashed as it goes by and never
+        read again. Up to ``multipart_threshold`` the object is buffered for one checksummed PUT; above it, parts
+        are sent as they are produced (``max_concurrency`` in flight) and dropped once sent. Memory: the buffers
+        of all streamed uploads of this store together stay within ``stream_buffer`` bytes (``BufferBudget``).
+        An exception from ``chunks``, a source shorter (``source_truncated``) or longer (``source_too_long``) than
+        ``size``, or a failed request stores nothing and leaves no pending upload; the exception is re-raised.
+        """
+        reader = StreamReader(chunks, key)
+        if size <= self.multipart_threshold:
+            self.buffers.acquire(size)
+            try:
+                data = reader.read_exact(size)
+                reader.expect_end()
+                digest = hashlib.sha256(data).digest()
+                with translate_errors("PutObject", key):
+                    self.client.put_object(
+                        Bucket=self.bucket,
+                        Key=key,
+                        Body=data,
+                        ContentLength=size,
+                        ContentType=content_type,
+                        ChecksumSHA256=_b64(digest),
+                        **self._sse,  # type: ignore[arg-type]
+                    )
+                del data
+            finally:
+                self.buffers.release(size)
+            self._verify_stored(key, size, _b64(digest))
+            return digest.hex()
+        upload_id = self._create_upload(key, content_type)
+        try:
+            # ``send_stream`` returns (or raises) only once no part request is running: abort cannot race a part.
+            send = functools.partial(self._upload_part, key, upload_id)
+            parts, whole = send_stream(reader, size, self.part_size, self.max_concurrency, self.buffers, send)
+            self._complete_upload(key, upload_id, parts)
+        except BaseException:
+            self._abort(key, upload_id)
+            raise
+        composite = hashlib.sha256(b"".join(p.sha256 for p in parts)).digest()
+        self._verify_stored(key, size, f"{_b64(composite)}-{len(parts)}")
+        return whole.hex()
+
+    def _create_upload(self, key: str, content_type: str) -> str:
+        with translate_errors("CreateMultipartUpload", key):
+            return self.client.create_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                ContentType=content_type,
+                ChecksumAlgorithm="SHA256",
+                **self._sse,  # type: ignore[arg-type]
+            )["UploadId"]
+
+    def _complete_upload(self, key: str, upload_id: str, parts: Sequence[SentPart]) -> None:
+        listed: Any = [{"PartNumber": p.number, "ETag": p.etag, "ChecksumSHA256": _b64(p.sha256)} for p in parts]
+        with translate_errors("CompleteMultipartUpload", key):
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": listed}
+            )
+
     def _put_single(self, key: str, src: BinaryIO, size: int, expected: bytes, content_type: str) -> str:
         source = PartSource(src, key)
         # Hash locally too: some S3-compatible servers accept a wrong checksum without a word.
@@ -338,49 +415,33 @@ class S3ObjectStore:
         return _b64(expected)
 
     def _put_multipart(self, key: str, src: BinaryIO, size: int, expected: bytes, content_type: str) -> str:
-        with translate_errors("CreateMultipartUpload", key):
-            upload_id = self.client.create_multipart_upload(
-                Bucket=self.bucket,
-                Key=key,
-                ContentType=content_type,
-                ChecksumAlgorithm="SHA256",
-                **self._sse,  # type: ignore[arg-type]
-            )["UploadId"]
+        upload_id = self._create_upload(key, content_type)
         try:
             # ``send_parts`` returns (or raises) only once no part request is running, so abort cannot race a part.
-            parts, whole = send_parts(
-                PartSource(src, key), size, self.part_size, self.max_concurrency, self._part_sender(key, upload_id)
-            )
+            send = functools.partial(self._upload_part, key, upload_id)
+            parts, whole = send_parts(PartSource(src, key), size, self.part_size, self.max_concurrency, send)
             if not hmac.compare_digest(whole, expected):
                 raise StorageError(f"{key}: source does not match its SHA-256", code="checksum_mismatch")
-            listed: Any = [{"PartNumber": p.number, "ETag": p.etag, "ChecksumSHA256": _b64(p.sha256)} for p in parts]
-            with translate_errors("CompleteMultipartUpload", key):
-                self.client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": listed}
-                )
+            self._complete_upload(key, upload_id, parts)
         except BaseException:
             self._abort(key, upload_id)
             raise
         composite = hashlib.sha256(b"".join(p.sha256 for p in parts)).digest()
         return f"{_b64(composite)}-{len(parts)}"
 
-    def _part_sender(self, key: str, upload_id: str) -> SendPart:
-        """One ``UploadPart`` per call, from a pool thread (boto3 clients are thread-safe)."""
-
-        def send(number: int, body: SourceWindow, digest: bytes) -> str:
-            with translate_errors("UploadPart", key):
-                response = self.client.upload_part(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=cast(IO[bytes], body),
-                    ContentLength=len(body),
-                    ChecksumSHA256=_b64(digest),
-                )
-            return response["ETag"]
-
-        return send
+    def _upload_part(self, key: str, upload_id: str, number: int, body: SourceWindow | bytes, digest: bytes) -> str:
+        """One ``UploadPart``, from a pool thread (boto3 clients are thread-safe); returns its ETag."""
+        with translate_errors("UploadPart", key):
+            response = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=cast(IO[bytes], body),
+                ContentLength=len(body),
+                ChecksumSHA256=_b64(digest),
+            )
+        return response["ETag"]
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:

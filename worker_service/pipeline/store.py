@@ -1,25 +1,31 @@
 """Turn an agent's output files into encrypted, uploaded artifacts (the design's ``store_artifacts``).
 
-Per file: one descriptor opened without following links (content sniffing, encryption and the embedded copy all
-read it), a fresh 32-byte data key, Cobblestone-256 encryption bound to (operation, name) into a temp file
-(constant memory, both SHA-256s computed on the way), an upload S3 verifies against the ciphertext SHA-256 under
-this run's own key, and the data key wrapped for the grantee's public key. This module only uploads: the caller
-writes the record once, after every upload succeeded, which is what makes the artifacts visible (all or none).
+Per file, in one pass over its bytes: one descriptor opened without following links is read once; each piece
+feeds the plaintext SHA-256 (and, for small files in the legacy embedded modes, the embedded copy) and
+Cobblestone-256 encryption under a fresh 32-byte data key bound to (operation, name); the sealed bytes go
+straight to the store's ``put_stream``, which hashes them for the checksums S3 verifies and uploads them as they
+are produced (multipart above a threshold, memory bounded by the part size: no temp file, nothing read twice).
+The data key is then wrapped for the grantee's public key.
+
+The files of one operation upload concurrently (``STORE_CONCURRENCY`` at a time). The first failure cancels the
+rest (a cancelled upload stops at its next piece and its multipart upload is aborted) and the objects this run
+already completed are deleted; this module only uploads: the caller writes the record once, after every upload
+succeeded, which is what makes the artifacts visible (all or none).
 """
 
 from __future__ import annotations
 
 import codecs
 import hashlib
-import io
 import mimetypes
 import os
 import secrets
-import tempfile
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import BinaryIO
 
 import structlog
 
@@ -76,26 +82,51 @@ def open_output(item: OutputFile) -> Iterator[BinaryIO]:
         yield handle
 
 
-class _Bounded(io.RawIOBase):
-    """At most ``limit`` bytes of ``src``: a file still growing behind our back cannot make encryption endless."""
+READ_SIZE = 1024 * 1024  # plaintext read per piece (Cobblestone seals it as 64 chunks)
+STORE_CONCURRENCY = 8  # artifacts of one operation uploading at once (each may have parts in flight too)
 
-    def __init__(self, src: BinaryIO, limit: int) -> None:
-        self._src, self._left = src, limit
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")[: self._left]
-        count = self._src.readinto(view) if view.nbytes else 0  # type: ignore[attr-defined]
-        self._left -= count
-        return count
+class StoreCancelled(Exception):
+    """Another artifact of the same operation failed: this one stops (never raised out of ``store_artifacts``)."""
 
 
 def _check_unchanged(src: BinaryIO, item: OutputFile, plaintext_size: int) -> None:
     """The bytes encrypted were the whole file as collected: same size read, same size now, nothing beyond."""
     if plaintext_size != item.size or os.fstat(src.fileno()).st_size != item.size:
         raise changed(item)
+
+
+class _Plaintext:
+    """One read of the file as collected: pieces for encryption, hashed on the way, kept when an embedded copy
+    needs them (small files only). At most ``item.size`` bytes are read, so a file still growing behind our back
+    cannot make encryption endless; the size check runs when the last piece was read, before the final chunk is
+    sealed, so a changed file never completes an upload."""
+
+    def __init__(self, src: BinaryIO, item: OutputFile, *, keep: bool, cancelled: threading.Event | None) -> None:
+        self.src, self.item, self.cancelled = src, item, cancelled
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.kept: list[bytes] | None = [] if keep else None
+
+    def pieces(self) -> Iterator[bytes]:
+        while self.size < self.item.size:
+            if self.cancelled is not None and self.cancelled.is_set():
+                raise StoreCancelled()
+            piece = self.src.read(min(READ_SIZE, self.item.size - self.size))
+            if not piece:
+                break
+            self.sha256.update(piece)
+            self.size += len(piece)
+            if self.kept is not None:
+                self.kept.append(piece)
+            yield piece
+        _check_unchanged(self.src, self.item, self.size)
+
+
+def _embeds(services: Services, item: OutputFile) -> bool:
+    """The legacy keyring-sealed copy (embedded-artifacts migration): small files only, never in "off" mode."""
+    settings = services.settings
+    return settings.embedded_artifacts != "off" and item.size <= settings.embedded_max_size
 
 
 def store_artifact(
@@ -105,68 +136,53 @@ def store_artifact(
     *,
     run_id: str,
     ensure_owner: Callable[[], None],
-    scratch: Path,
+    scratch: Path | None = None,
+    cancelled: threading.Event | None = None,
+    written: list[str] | None = None,
 ) -> StoredArtifact:
-    """Encrypt, upload and wrap one file under this run's keys; no record names the objects yet.
+    """Encrypt, upload and wrap one file under this run's keys, in one pass; no record names the objects yet.
 
     ``ensure_owner`` runs right before each upload and raises if this run lost its lease, so a superseded run
     stops writing at once (its keys are its own, so what it already wrote can only be an unnamed leftover).
+    ``cancelled`` stops the upload between pieces (``StoreCancelled``); the key of each object completed is
+    appended to ``written``. ``scratch`` is unused (nothing is written locally any more); kept for callers.
     """
+    del scratch
     data_key = secrets.token_bytes(32)
     key = layout.artifact_key(record.id, item.name, run_id)
     with open_output(item) as src:
         content_type = detect_content_type(item.name, src.read(SNIFF_BYTES))
         src.seek(0)
-        with tempfile.TemporaryFile(dir=scratch) as sealed:
-            ctx = cobblestone.artifact_context(record.id, item.name)
-            result = cobblestone.encrypt_file(data_key, ctx, cast(BinaryIO, _Bounded(src, item.size)), sealed)
-            _check_unchanged(src, item, result.plaintext_size)
-            sealed.seek(0)
-            ensure_owner()
-            services.store.put_file(
-                key, sealed, size=result.ciphertext_size, sha256_hex=result.ciphertext_sha256, content_type=BINARY_TYPE
-            )
-        embedded = _store_embedded(services, record, item, src, run_id, result.plaintext_sha256, ensure_owner)
-    wrapped = keywrap.wrap_data_key(
-        record.encryption_public_key, record.id, item.name, data_key, result.plaintext_sha256
-    )
+        plaintext = _Plaintext(src, item, keep=_embeds(services, item), cancelled=cancelled)
+        ctx = cobblestone.artifact_context(record.id, item.name)
+        sealed = cobblestone.encrypt_stream(data_key, ctx, plaintext.pieces())
+        ciphertext_size = cobblestone.ciphertext_size(item.size)
+        ensure_owner()
+        ciphertext_sha256 = services.store.put_stream(key, sealed, size=ciphertext_size, content_type=BINARY_TYPE)
+        if written is not None:
+            written.append(key)
+    plaintext_sha256 = plaintext.sha256.hexdigest()
+    embedded = plaintext.kept is not None
+    if plaintext.kept is not None:
+        # Per run like the ciphertext: a stale run must not replace the copy the current record's plaintext matches.
+        embedded_key = layout.embedded_key(record.id, item.name, run_id)
+        ensure_owner()
+        services.records.put_sealed(embedded_key, b"".join(plaintext.kept))
+        if written is not None:
+            written.append(embedded_key)
+    wrapped = keywrap.wrap_data_key(record.encryption_public_key, record.id, item.name, data_key, plaintext_sha256)
     return StoredArtifact(
         name=item.name,
-        size=result.plaintext_size,
+        size=plaintext.size,
         content_type=content_type,
         created_at=utcnow(),
-        checksum=f"sha256:{result.plaintext_sha256}",
-        ciphertext_checksum=f"sha256:{result.ciphertext_sha256}",
-        ciphertext_size=result.ciphertext_size,
+        checksum=f"sha256:{plaintext_sha256}",
+        ciphertext_checksum=f"sha256:{ciphertext_sha256}",
+        ciphertext_size=ciphertext_size,
         encryption=Encryption(wrapped_key=WrappedKey.model_validate(wrapped)),
         embedded=embedded,
         run_id=run_id,
     )
-
-
-def _store_embedded(
-    services: Services,
-    record: OperationRecord,
-    item: OutputFile,
-    src: BinaryIO,
-    run_id: str,
-    sha256_hex: str,
-    ensure_owner: Callable[[], None],
-) -> bool:
-    """The legacy keyring-sealed copy (embedded-artifacts migration); small files only, never in "off" mode.
-
-    Per run like the ciphertext: a stale run must not replace the copy the current record's plaintext matches.
-    """
-    settings = services.settings
-    if settings.embedded_artifacts == "off" or item.size > settings.embedded_max_size:
-        return False
-    src.seek(0)
-    plaintext = src.read(item.size + 1)  # bounded by embedded_max_size; one byte more reveals growth
-    if len(plaintext) != item.size or hashlib.sha256(plaintext).hexdigest() != sha256_hex:
-        raise changed(item)
-    ensure_owner()
-    services.records.put_sealed(layout.embedded_key(record.id, item.name, run_id), plaintext)
-    return True
 
 
 def store_artifacts(
@@ -178,24 +194,64 @@ def store_artifacts(
     ensure_owner: Callable[[], None],
     scratch: Path | None = None,
 ) -> list[StoredArtifact]:
-    """Upload every file in ``out_dir`` (after the limit checks) under run ``run_id``'s keys; return what the
-    record should list.
+    """Upload every file in ``out_dir`` (after the limit checks) under run ``run_id``'s keys, ``STORE_CONCURRENCY``
+    at a time; return what the record should list, in ``collect_outputs`` order.
 
     Raises ``LimitExceeded`` before uploading anything if ``out_dir`` breaks a limit (or when a file changed after
     the check), whatever ``ensure_owner`` raises once the run lost its lease, and lets storage errors
-    (``StorageError``/``Unavailable``) propagate: objects already uploaded are unnamed, so invisible, and the
-    orphan sweep removes them once the operation has ended.
+    (``StorageError``/``Unavailable``) propagate. The first failure is the one raised: it cancels the uploads
+    still running (their multipart uploads are aborted), starts no more, and deletes what this run already
+    stored (best effort: anything left is unnamed, so invisible, and the orphan sweep removes it once the
+    operation has ended).
     """
+    del scratch
     files = collect_outputs(out_dir, Limits.from_settings(services.settings))
     keywrap.parse_public_key(record.encryption_public_key)  # a bad key fails before anything is uploaded
-    scratch_dir = scratch or out_dir.parent
-    stored = []
-    for item in files:
-        stored.append(
-            store_artifact(services, record, item, run_id=run_id, ensure_owner=ensure_owner, scratch=scratch_dir)
-        )
+    cancelled = threading.Event()
+    written: list[str] = []
+    failures: list[BaseException] = []
+
+    def one(item: OutputFile) -> StoredArtifact | None:
+        if cancelled.is_set():
+            return None
+        try:
+            artifact = store_artifact(
+                services,
+                record,
+                item,
+                run_id=run_id,
+                ensure_owner=ensure_owner,
+                cancelled=cancelled,
+                written=written,
+            )
+        except StoreCancelled:
+            return None
+        except BaseException as exc:
+            failures.append(exc)  # list.append is atomic: the first failure stays first
+            cancelled.set()
+            return None
         log.info("artifact.uploaded", operation_id=record.id, artifact=item.name, size=item.size)
-    return stored
+        return artifact
+
+    if len(files) <= 1:
+        results = [one(item) for item in files]
+    else:
+        with ThreadPoolExecutor(min(STORE_CONCURRENCY, len(files)), thread_name_prefix="strongroom-store") as pool:
+            results = list(pool.map(one, files))
+    if failures:
+        _discard(services, record, written)
+        raise failures[0]
+    return [artifact for artifact in results if artifact is not None]  # none is None without a failure
+
+
+def _discard(services: Services, record: OperationRecord, keys: list[str]) -> None:
+    """Delete what a failed store completed (this run's own keys: no other run and no record names them)."""
+    if not keys:
+        return
+    try:
+        services.store.delete_many(sorted(keys))
+    except Exception as exc:  # the original failure is worth more; the orphan sweep finishes the job
+        log.warning("artifact.discard_failed", operation_id=record.id, count=len(keys), error=type(exc).__name__)
 
 
 def unnamed_objects(services: Services, record: OperationRecord) -> list[str]:

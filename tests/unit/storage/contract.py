@@ -249,6 +249,53 @@ class ObjectStoreContract:
         with pytest.raises(ValidationFailed):
             store.put_file(prefix + "x", io.BytesIO(b"abc"), size=3, sha256_hex="not-hex")
 
+    # --- one-pass streamed uploads (put_stream) ------------------------------------------------------
+
+    @pytest.mark.parametrize("big", [False, True], ids=["single", "multipart"])
+    def test_put_stream_round_trips_and_returns_the_digest(self, store: ObjectStore, prefix: str, big: bool) -> None:
+        size = self.multipart_size if big else 300_000
+        data = os.urandom(size)
+        key = prefix + "streamed.enc"
+        digest = store.put_stream(key, _odd_pieces(data), size=size)
+        assert digest == sha256_hex(data)
+        assert store.head(key).size == size
+        assert b"".join(store.open_range(key)) == data
+
+    def test_put_stream_of_nothing(self, store: ObjectStore, prefix: str) -> None:
+        assert store.put_stream(prefix + "empty", iter([b"", b""]), size=0) == sha256_hex(b"")
+        assert store.get_bytes(prefix + "empty") == b""
+
+    @pytest.mark.parametrize("big", [False, True], ids=["single", "multipart"])
+    def test_put_stream_failing_source_stores_nothing(self, store: ObjectStore, prefix: str, big: bool) -> None:
+        size = self.multipart_size if big else 4000
+        key = prefix + "broken.enc"
+        store.put_bytes(key, b"previous version")
+
+        class SourceBroke(Exception):
+            pass
+
+        def pieces() -> Any:
+            yield os.urandom(size * 2 // 3)
+            raise SourceBroke
+
+        with pytest.raises(SourceBroke):  # the source's own exception, as it was raised
+            store.put_stream(key, pieces(), size=size)
+        assert store.get_bytes(key) == b"previous version"
+        self.assert_no_pending_uploads(store, prefix)
+
+    @pytest.mark.parametrize("big", [False, True], ids=["single", "multipart"])
+    @pytest.mark.parametrize(("delta", "code"), [(-1, "source_truncated"), (1, "source_too_long")])
+    def test_put_stream_wrong_length_stores_nothing(
+        self, store: ObjectStore, prefix: str, big: bool, delta: int, code: str
+    ) -> None:
+        size = self.multipart_size if big else 4000
+        key = prefix + "wrong-length.enc"
+        with pytest.raises(StorageError) as exc:
+            store.put_stream(key, _odd_pieces(os.urandom(size + delta)), size=size)
+        assert exc.value.code == code
+        assert not store.exists(key)
+        self.assert_no_pending_uploads(store, prefix)
+
     # --- presigning ---------------------------------------------------------------------------------
 
     def test_presign_get_names_key_and_expiry(self, store: ObjectStore, prefix: str) -> None:
@@ -301,3 +348,14 @@ def _put_many(store: ObjectStore, keys: list[str]) -> None:
     """Create many tiny objects with a few threads: a real server round trip each, but not one at a time."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(lambda k: store.put_bytes(k, b"x"), keys))
+
+
+def _odd_pieces(data: bytes) -> Any:
+    """``data`` in pieces of awkward sizes (as an encrypting generator yields them), never aligned with parts."""
+    sizes = (1, 16_400, 65_537, 1_000_003)
+    position, turn = 0, 0
+    while position < len(data):
+        step = sizes[turn % len(sizes)]
+        yield data[position : position + step]
+        position += step
+        turn += 1

@@ -359,3 +359,48 @@ def test_presigning_runs_on_the_event_loop_only_with_fixed_keys(moto_url: str) -
     session._credentials = RefreshableCredentials.create_from_metadata(fetch(), fetch, "test")
     refreshing = session.create_client("s3", endpoint_url=moto_url, region_name="us-east-1")
     assert not S3ObjectStore(refreshing, "bucket").presign_is_local
+
+
+def test_streamed_parts_stay_within_the_buffer_budget(moto_url: str, moto_store: S3ObjectStore) -> None:
+    """A streamed upload holds a part in memory until it is sent; the store's budget caps all of them together."""
+    store = own_client_store(moto_url, moto_store.bucket, max_concurrency=4, stream_buffer=10 * MiB)
+    data = os.urandom(26 * MiB)  # six parts, at most two held at once
+    pieces = (data[i : i + 100_000] for i in range(0, len(data), 100_000))
+    assert store.put_stream("budget/obj", pieces, size=len(data)) == sha256_hex(data)
+    assert 5 * MiB <= store.buffers.peak <= 10 * MiB
+    assert store.buffers.used == 0
+    assert store.head("budget/obj").etag.endswith("-6")
+    assert store.get_bytes("budget/obj") == data
+
+
+def test_a_failing_streamed_part_aborts_the_upload(moto_url: str, moto_store: S3ObjectStore) -> None:
+    store = own_client_store(moto_url, moto_store.bucket, max_concurrency=3)
+    prefix = f"t-{secrets.token_hex(4)}/"
+    key = prefix + "obj"
+    store.put_bytes(key, b"previous version")
+    produced: list[int] = []
+
+    class Body:
+        def stream(self, **_: Any) -> Iterator[bytes]:
+            yield b"<Error><Code>InvalidArgument</Code><Message>injected</Message></Error>"
+
+    def before_send(request: Any, **_: Any) -> Any:  # a response returned here is used instead of sending
+        if part_number(request) != 2:
+            return None
+        headers = HTTPHeaders()
+        headers["Content-Type"] = "application/xml"
+        return AWSResponse(request.url, 400, headers, Body())
+
+    def pieces() -> Iterator[bytes]:
+        for _ in range(26):  # 26 MiB: six parts
+            produced.append(1)
+            yield os.urandom(MiB)
+
+    store.client.meta.events.register("before-send.s3.UploadPart", before_send)
+    with pytest.raises(StorageError) as exc:
+        store.put_stream(key, pieces(), size=26 * MiB)
+    assert "InvalidArgument" in exc.value.detail
+    assert len(produced) < 26  # production stopped: the rest was never encrypted
+    assert store.get_bytes(key) == b"previous version"
+    assert pending_uploads(store, prefix) == []
+    assert store.buffers.used == 0

@@ -28,6 +28,7 @@ from worker_service.agents import sandbox
 from worker_service.agents.sandbox import SandboxUnavailable
 from worker_service.pipeline import lease
 from worker_service.pipeline import run as pipeline
+from worker_service.pipeline import store as store_module
 from worker_service.pipeline.store import unnamed_objects
 from worker_service.services import Services
 
@@ -318,6 +319,9 @@ def test_interleaved_runs_never_destroy_each_others_artifacts(
     """T1 is cut off from Redis mid-upload (its lease lapses), T2 re-claims and finishes, then T1's upload lands
     and T1 tries the next one. T1 must stop, and must neither overwrite nor delete what T2's record names."""
     monkeypatch.setattr(lease, "LEASE_REFRESH", 0.2)  # T1's keep-alive tries to refresh while T2 runs
+    # The staged order (T1's first upload, then T2 whole, then T1's next) needs T1's artifacts one at a time; with
+    # concurrent uploads, ``test_store`` covers a lease lost while several are in flight.
+    monkeypatch.setattr(store_module, "STORE_CONCURRENCY", 1)
     secret, public = keypair
     t1_uploads: list[str] = []
     t2_final: list[OperationRecord | None] = []
@@ -352,8 +356,9 @@ def test_interleaved_runs_never_destroy_each_others_artifacts(
         plaintext = b"".join(cobblestone.decrypt_stream(key.data_key, ctx, [blob]))
         assert artifact.checksum == "sha256:" + hashlib.sha256(plaintext).hexdigest()
     assert not client.exists(layout.redis_run_lease(record.id))  # T1 did not re-create it
-    # T1's late object is an unnamed leftover: the orphan sweep's business, never the record's.
-    assert unnamed_objects(services, final) == [t1_uploads[0]]
+    # T1's late object was under T1's own run key: T1 deleted it when its next upload found the lease gone.
+    assert unnamed_objects(services, final) == []
+    assert not services.store.exists(t1_uploads[0])
 
     assert pipeline.run_operation(services, record.id, token="t1") is None  # T1's retry: nothing left to do
     assert services.records.get(record.id) == final

@@ -65,6 +65,14 @@ def store(services: Services, record: OperationRecord, out: Path, scratch: Path,
     return store_artifacts(services, record, out, run_id=RUN, scratch=scratch, **kwargs)
 
 
+def decrypt(services: Services, record: OperationRecord, artifact: StoredArtifact, secret: bytes) -> bytes:
+    blob = services.store.get_bytes(layout.artifact_key(record.id, artifact.name, RUN))
+    assert artifact.ciphertext_checksum == "sha256:" + hashlib.sha256(blob).hexdigest()
+    unwrapped = keywrap.unwrap_data_key(secret, artifact.encryption.wrapped_key.model_dump(), record.id, artifact.name)
+    ctx = cobblestone.artifact_context(record.id, artifact.name)
+    return b"".join(cobblestone.decrypt_stream(unwrapped.data_key, ctx, [blob]))
+
+
 def test_artifacts_decrypt_with_the_grantee_secret(tmp_path: Path, keypair: tuple[bytes, str]) -> None:
     secret, public = keypair
     services = make_services()
@@ -141,13 +149,16 @@ def test_bad_public_key_fails_before_any_upload(tmp_path: Path) -> None:
     assert list(services.store.list("")) == []
 
 
-def test_storage_failure_leaves_only_unnamed_objects(tmp_path: Path, keypair: tuple[bytes, str]) -> None:
+def test_storage_failure_leaves_nothing(tmp_path: Path, keypair: tuple[bytes, str]) -> None:
     class FailsOnSecond(MemoryObjectStore):
         calls = 0
+        lock = threading.Lock()
 
         def put_file(self, key: str, src: Any, **kwargs: Any) -> None:
-            self.calls += 1
-            if self.calls == 2:
+            with self.lock:
+                self.calls += 1
+                fail = self.calls == 2
+            if fail:
                 raise StorageError("boom")
             super().put_file(key, src, **kwargs)
 
@@ -157,11 +168,127 @@ def test_storage_failure_leaves_only_unnamed_objects(tmp_path: Path, keypair: tu
     out.mkdir()
     for name in ("a.txt", "b.txt", "c.txt"):
         (out / name).write_text(name)
-    with pytest.raises(StorageError):
+    with pytest.raises(StorageError, match="boom"):
         store(services, record, out, tmp_path)
-    # The record names nothing, so the one uploaded object is unnamed: invisible, and what cleanup removes.
+    # What this run completed before the failure was under its own keys, and is gone: nothing to sweep.
+    assert list(services.store.list("")) == []
+    assert list(tmp_path.glob("tmp*")) == []  # nothing is written locally
+
+
+def test_a_failed_cleanup_leaves_only_unnamed_objects(
+    tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "STORE_CONCURRENCY", 1)  # a is stored before b fails
+
+    class FailsOnSecondAndCannotDelete(MemoryObjectStore):
+        calls = 0
+
+        def put_file(self, key: str, src: Any, **kwargs: Any) -> None:
+            self.calls += 1
+            if self.calls == 2:
+                raise StorageError("boom")
+            super().put_file(key, src, **kwargs)
+
+        def delete_many(self, keys: Any) -> None:
+            raise StorageError("S3 gone")
+
+    services = make_services(store=FailsOnSecondAndCannotDelete())
+    record = make_record(keypair[1])
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (out / name).write_text(name)
+    with pytest.raises(StorageError, match="boom"):  # the upload's failure, not the cleanup's
+        store(services, record, out, tmp_path)
+    # The record names nothing, so the uploaded object is unnamed: invisible, and what the orphan sweep removes.
     assert unnamed_objects(services, record) == [layout.artifact_key(record.id, "a.txt", RUN)]
-    assert list(tmp_path.glob("tmp*")) == []  # encrypted temp files are gone
+
+
+def test_artifacts_of_one_operation_upload_concurrently(tmp_path: Path, keypair: tuple[bytes, str]) -> None:
+    """Two uploads meet at a barrier: one at a time, the first would wait there alone and the barrier break."""
+    barrier = threading.Barrier(2, timeout=30)
+
+    class Meets(MemoryObjectStore):
+        def put_file(self, key: str, src: Any, **kwargs: Any) -> None:
+            if key.endswith(("a.txt.enc", "b.txt.enc")):
+                barrier.wait()
+            super().put_file(key, src, **kwargs)
+
+    services = make_services(store=Meets())
+    secret, public = keypair
+    record = make_record(public)
+    out = tmp_path / "out"
+    out.mkdir()
+    names = [f"{c}.txt" for c in "abcdefghij"]
+    for name in names:
+        (out / name).write_text(name * 3)
+    stored = store(services, record, out, tmp_path)
+    assert [artifact.name for artifact in stored] == names  # in collect_outputs order, whatever finished first
+    for artifact in stored:
+        assert decrypt(services, record, artifact, secret) == artifact.name.encode() * 3
+
+
+def test_a_failure_cancels_the_uploads_not_yet_started(tmp_path: Path, keypair: tuple[bytes, str]) -> None:
+    """The first file fails while the others of the first wave wait for it: no file beyond that wave starts,
+    and nothing stays stored."""
+    failed = threading.Event()
+    started: list[str] = []
+
+    class FailsFirst(MemoryObjectStore):
+        def put_file(self, key: str, src: Any, **kwargs: Any) -> None:
+            started.append(key)
+            if key.endswith("f00.txt.enc"):
+                failed.set()
+                raise StorageError("boom")
+            assert failed.wait(timeout=30)
+            super().put_file(key, src, **kwargs)
+
+    services = make_services(store=FailsFirst())
+    record = make_record(keypair[1])
+    out = tmp_path / "out"
+    out.mkdir()
+    for n in range(3 * store_module.STORE_CONCURRENCY):
+        (out / f"f{n:02d}.txt").write_text("x")
+    with pytest.raises(StorageError, match="boom"):
+        store(services, record, out, tmp_path)
+    assert len(started) <= store_module.STORE_CONCURRENCY  # only the first wave ever reached the store
+    assert list(services.store.list("")) == []
+
+
+def test_a_large_upload_stops_when_another_fails(tmp_path: Path, keypair: tuple[bytes, str]) -> None:
+    """A large file still encrypting when another fails stops at its next piece: its upload never completes (on
+    S3 the multipart upload is aborted: the storage contract tests ``put_stream`` with a failing source)."""
+    failed = threading.Event()
+
+    class FailsSmall(MemoryObjectStore):
+        def put_file(self, key: str, src: Any, **kwargs: Any) -> None:
+            if key.endswith("small.txt.enc"):
+                failed.set()
+                raise StorageError("boom")
+            super().put_file(key, src, **kwargs)
+
+    services = make_services(store=FailsSmall())
+    record = make_record(keypair[1])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "big.bin").write_bytes(os.urandom(4 * store_module.READ_SIZE))
+    (out / "small.txt").write_text("x")
+    real_read = store_module._Plaintext.pieces
+    pieces_read: list[int] = []
+
+    def slow_pieces(self: Any) -> Any:
+        for piece in real_read(self):
+            if self.item.name == "big.bin":
+                pieces_read.append(len(piece))
+                assert failed.wait(timeout=30)  # the big file's first piece waits until the small one failed
+            yield piece
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store_module._Plaintext, "pieces", slow_pieces)
+        with pytest.raises(StorageError, match="boom"):
+            store(services, record, out, tmp_path)
+    assert len(pieces_read) < 4  # it stopped before reading the whole file
+    assert list(services.store.list("")) == []
 
 
 @pytest.mark.parametrize(
@@ -304,7 +431,11 @@ def test_a_file_that_grew_after_collection_is_refused(
     assert list(services.store.list("")) == []
 
 
-def test_a_run_that_loses_its_lease_stops_before_the_next_upload(tmp_path: Path, keypair: tuple[bytes, str]) -> None:
+@pytest.mark.parametrize("concurrency", [1, 8])
+def test_a_run_that_loses_its_lease_stops_and_removes_what_it_stored(
+    tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch, concurrency: int
+) -> None:
+    monkeypatch.setattr(store_module, "STORE_CONCURRENCY", concurrency)
     services = make_services(embedded_artifacts="on", embedded_max_size=100)
     record = make_record(keypair[1])
     out = tmp_path / "out"
@@ -316,13 +447,14 @@ def test_a_run_that_loses_its_lease_stops_before_the_next_upload(tmp_path: Path,
     class Lost(Exception):
         pass
 
-    def ensure_owner() -> None:  # owner for the first file's two uploads (ciphertext, embedded copy), then not
+    def ensure_owner() -> None:  # owner for the first two uploads, then not
         checks.append(1)
         if len(checks) > 2:
             raise Lost
 
     with pytest.raises(Lost):
         store(services, record, out, tmp_path, ensure_owner=ensure_owner)
-    assert sorted(info.key for info in services.store.list("")) == sorted(
-        [layout.artifact_key(record.id, "a.txt", RUN), layout.embedded_key(record.id, "a.txt", RUN)]
-    )
+    if concurrency == 1:  # a's ciphertext and embedded copy, then b's check fails: nothing after it
+        assert len(checks) == 3
+    # Whatever landed was under this run's own keys; the run deleted it on its way out.
+    assert list(services.store.list("")) == []
