@@ -45,7 +45,7 @@ AGENTS = {
     "files": ["files", "3", "1000"],
     "bulk": ["files", "8", str(3 << 20)],  # 24 MiB of output: storing takes a while, one file goes multipart
     "big": ["big", str(24 << 20)],  # one 24 MiB file: a multipart upload
-    "sealed8": ["big", str(8 << 20)],  # one 8 MiB file: sealing it needs as much space again beside it
+    "sealed8": ["big", str(8 << 20)],  # one 8 MiB file
     "until": ["until", "{prompt}"],  # sleeps until the unix time given as the prompt, then writes one file
 }
 RUN_DIR_PREFIX = "strongroom-agent-"

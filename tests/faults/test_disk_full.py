@@ -1,4 +1,7 @@
-"""Issue 10, item 9: the worker's work disk fills up while a run seals its output (a size-limited tmpfs).
+"""Issue 10, item 9: the worker's work disk fills up while it prepares a run (a size-limited tmpfs).
+
+Sealing no longer touches the disk (artifacts stream from ``out/`` to S3, issue 14), so the disk here is too small
+for the run's input files: the worker's own write fails with ENOSPC, as any worker-side write would.
 
 Wanted: a clear reason (``worker_disk_full``) instead of "internal error", a retry that another worker with room
 can take, an alert from the resource monitor, nothing stored half, and no plaintext left on the full disk.
@@ -6,6 +9,7 @@ can take, an alert from the resource monitor, nothing stored half, and no plaint
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 from collections.abc import Iterator
@@ -18,7 +22,8 @@ from worker_service.pipeline.monitor import monitor_resources
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
-TMPFS_SIZE = "12m"  # room for the agent's 8 MiB output, not for its sealed copy beside it
+TMPFS_SIZE = "256k"  # no room for the run's input
+PADDING = base64.b64encode(os.urandom(600 * 1024)).decode()  # one input file, under the API's 1 MiB body limit
 
 
 @pytest.fixture
@@ -42,7 +47,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 def test_a_full_work_disk_is_reported_retried_elsewhere_and_leaves_nothing(stack: FaultStack, small_disk: Path) -> None:
     full = stack.start_worker(STRONGROOM_WORK_DIR=str(small_disk))
-    operation_id = stack.create("sealed8")
+    operation_id = stack.create("sealed8", {"files": {"padding.bin": PADDING}})
     stack.wait_for(lambda: "worker_disk_full" in full.logs(), "the worker's disk-full alert")
 
     assert "internal error" not in full.logs()
