@@ -62,6 +62,7 @@ from shared.storage.parts import (
     send_parts,
     send_stream,
 )
+from shared.storage.presign import CONTENT_TYPE, DISPOSITION, QueryPresigner, learn
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -204,6 +205,8 @@ class S3ObjectStore:
         self.bucket = bucket
         self.presign_client = presign_client or client
         self.presign_is_local = _fixed_credentials(self.presign_client)
+        # Learned at the first presign (botocore presigns a probe once); None: botocore's path for every URL.
+        self._presigner: QueryPresigner | Literal[False] | None = False
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.max_concurrency = max_concurrency
@@ -590,16 +593,46 @@ class S3ObjectStore:
     def presign_get(
         self, key: str, *, ttl: int, filename: str | None = None, content_type: str | None = None
     ) -> PresignedUrl:
-        """A GET URL valid for ``ttl`` seconds; ``filename`` sets a safe ``Content-Disposition: attachment``."""
+        """A GET URL valid for ``ttl`` seconds; ``filename`` sets a safe ``Content-Disposition: attachment``.
+
+        With fixed credentials the URL is built by ``shared.storage.presign`` (the same bytes botocore would
+        produce, at a fraction of the CPU); otherwise, or if that could not reproduce botocore's URL, by botocore.
+        """
+        presigner = self._presigner
+        if presigner is False:
+            presigner = self._presigner = self._learn_presigner()
+        disposition = None if filename is None else content_disposition(filename)
+        if presigner is not None:
+            query = []
+            if disposition is not None:
+                query.append((DISPOSITION, disposition))
+            if content_type is not None:
+                query.append((CONTENT_TYPE, content_type))
+            url, signed_at = presigner.presign_get(key, ttl, query)
+            return PresignedUrl(url=url, expires_at=datetime.fromtimestamp(signed_at + ttl, UTC))
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
-        if filename is not None:
-            params["ResponseContentDisposition"] = content_disposition(filename)
+        if disposition is not None:
+            params["ResponseContentDisposition"] = disposition
         if content_type is not None:
             params["ResponseContentType"] = content_type
         expires_at = datetime.now(UTC) + timedelta(seconds=ttl)
         with translate_errors("PresignGetObject", key):
             url = self.presign_client.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl)
         return PresignedUrl(url=url, expires_at=expires_at)
+
+    def _learn_presigner(self) -> QueryPresigner | None:
+        """The fast presigner if credentials are fixed keys and it reproduces botocore's URL for this bucket."""
+        if not self.presign_is_local:
+            return None
+        credentials = self.presign_client._request_signer._credentials  # type: ignore[attr-defined]  # no public accessor
+        try:
+            presigner = learn(self.presign_client, self.bucket, credentials)
+        except Exception as exc:  # anything unusual keeps botocore's path; the reason is logged, never a URL
+            log.warning("presigning through botocore", reason=type(exc).__name__)
+            return None
+        if presigner is None:
+            log.info("presigning through botocore", reason="URL shape not reproduced")
+        return presigner
 
 
 # --- configuration builders -------------------------------------------------------------------------------
