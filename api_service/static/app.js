@@ -429,6 +429,7 @@ async function poll(id) {
     else {
       announce(`Operation ${id} ${operation.status}.`);
       loadGrant().catch((error) => showError('grant-error', error)); // quota usage moved
+      listOperations(false).catch((error) => showError('list-error', error)); // its row still says running
     }
   } catch (error) {
     showError('op-error', error);

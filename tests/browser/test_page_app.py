@@ -33,6 +33,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
 AXE = ROOT / "tests" / "interop" / "js" / "node_modules" / "axe-core" / "axe.min.js"
 DOC_IMAGES = ROOT / "docs" / "img"
+DOC_SHOTS = {
+    "page-desktop-signed-in",
+    "page-desktop-operation",
+    "page-phone-downloading",
+    "page-desktop-access-log",
+    "page-phone-grant",
+    "page-phone-dark-error",
+}
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 SLOW = 180_000  # ms: the machine is shared; nothing here asserts a time
@@ -147,11 +155,17 @@ def run_axe(page: Any) -> list[dict[str, Any]]:
     return result
 
 
-def screenshot(page: Any, tmp_path: Path, name: str) -> None:
-    """A viewport-sized PNG: under docs/img/ when regenerating the documentation's pictures, else tmp_path."""
-    target = DOC_IMAGES if os.environ.get("STRONGROOM_UPDATE_SCREENSHOTS") == "1" else tmp_path
+def screenshot(page: Any, tmp_path: Path, name: str, part: str = "") -> None:
+    """A PNG of the viewport, or of the element ``part`` (a CSS selector), under tmp_path; the ones docs/browser.md
+    shows go to docs/img/ instead when regenerating them (``STRONGROOM_UPDATE_SCREENSHOTS=1``)."""
+    regenerate = os.environ.get("STRONGROOM_UPDATE_SCREENSHOTS") == "1"
+    target = DOC_IMAGES if regenerate and name in DOC_SHOTS else tmp_path
     target.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(target / f"{name}.png"), scale="css", animations="disabled")
+    options = {"path": str(target / f"{name}.png"), "scale": "css", "animations": "disabled"}
+    if part:
+        page.locator(part).screenshot(**options)
+    else:
+        page.screenshot(**options)
 
 
 def persist_audit_until(settings: Any, client: StrongroomClient, operation_id: str, action: str) -> None:
@@ -212,7 +226,10 @@ def test_start_an_operation_from_the_page_and_watch_it_finish(
     assert got.status == "succeeded"
     listed = page.locator(f"#op-table button[data-op='{operation_id}']")
     expect(listed).to_be_visible(timeout=SLOW)
-    screenshot(page, tmp_path, f"page-{viewport}-operation")
+    # The list is re-read when the watched operation ends: its row must not keep saying "running".
+    listed_row = page.locator("#op-table tbody tr", has=page.locator(f"button[data-op='{operation_id}']"))
+    expect(listed_row.locator(".badge")).to_have_text("succeeded", timeout=SLOW)
+    screenshot(page, tmp_path, f"page-{viewport}-operation", "#operation")
 
 
 def test_download_shows_progress_on_a_throttled_network_cancel_and_restart(
@@ -241,13 +258,14 @@ def test_download_shows_progress_on_a_throttled_network_cancel_and_restart(
     cdp.send("Network.emulateNetworkConditions", throttle)
 
     the_row = row(page, name)
+    expect(row(page, "recommendations.json").locator("progress")).to_be_hidden()  # no bar before a download
     the_row.locator("button[data-action=download]").click()
     status = the_row.locator(".row-status .text")
     expect(status).to_contain_text(re.compile(r"[1-9][0-9.]* KiB of [0-9.]+ (KiB|MiB) \(\d+%\)"), timeout=SLOW)
     expect(the_row.locator(".row-status progress")).to_be_visible()
     expect(the_row.locator("button[data-action=download]")).to_be_disabled()
     assert_no_horizontal_scroll(page, "download in progress")
-    screenshot(page, tmp_path, f"page-{viewport}-downloading")
+    screenshot(page, tmp_path, f"page-{viewport}-downloading", "#artifacts-block")
     cancel = the_row.locator("button[data-action=cancel]")
     expect(cancel).to_have_attribute("aria-label", f"Cancel download of {name}")
     cancel.click()
@@ -323,8 +341,7 @@ def test_access_log_verifies_and_shows_a_tampered_log(
     expect(page.locator("#log-table tbody")).to_contain_text("artifact.url")
     expect(page.locator("#log-table tbody")).to_contain_text("recommendations.json")
     assert_no_horizontal_scroll(page, "access log open")
-    page.locator("#access-log").scroll_into_view_if_needed()
-    screenshot(page, tmp_path, f"page-{viewport}-access-log")
+    screenshot(page, tmp_path, f"page-{viewport}-access-log", "#access-log")
 
     # Someone with S3 write access removes the newest batch and head.json: the head kept in Redis still names it.
     newest = max(
@@ -473,8 +490,7 @@ def test_the_grant_panel_says_what_may_run_until_when_and_the_quota_usage(
     expect(page.locator("#start-retention")).to_have_attribute("max", "3")
     expect(page.locator("#start-submit")).to_be_enabled()
     assert_no_horizontal_scroll(page, "grant shown")
-    panel.scroll_into_view_if_needed()
-    screenshot(page, tmp_path, f"page-{viewport}-grant")
+    screenshot(page, tmp_path, f"page-{viewport}-grant", "#identity")
 
 
 @pytest.mark.parametrize("viewport", ["phone"])
