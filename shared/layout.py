@@ -290,3 +290,7 @@ REDIS_AUDIT_SEEN = f"{REDIS_PREFIX}audit:seen"  # sorted set: event id -> persis
 # sorted set: worker -> when its disk was last full (unix seconds); the resource monitor alerts on recent ones
 REDIS_WORKER_DISK_FULL = f"{REDIS_PREFIX}alerts:worker-disk-full"
 REDIS_MONITOR_SNAPSHOT = f"{REDIS_PREFIX}monitor:snapshot"  # last resource report (JSON) for any metrics endpoint
+# set: operation ids whose record was written or deleted since the resource monitor last looked (it keeps running
+# totals and re-reads only these; see worker_service.pipeline.monitor)
+REDIS_MONITOR_CHANGED = f"{REDIS_PREFIX}monitor:changed"
+REDIS_MONITOR_LEDGER = f"{REDIS_PREFIX}monitor:ledger"  # the monitor's running totals (several keys share this prefix)

@@ -13,6 +13,9 @@ token it saw *before* the read, so a write landing after that read always change
 record is never served after its record changed or vanished. A writer that dies mid-write leaves ``WRITING``,
 which expires (``LOCK_TIMEOUT``); a missing token is replaced by a fresh one with SET NX, never reused, so a
 Redis that lost its keys cannot validate an old entry either. Without Redis nothing is cached.
+
+The same round trip that sets the fresh token adds the operation to ``REDIS_MONITOR_CHANGED``: the resource
+monitor keeps running totals and re-reads only the operations noted there (plus a bounded reconciliation).
 """
 
 from __future__ import annotations
@@ -168,7 +171,11 @@ class OperationStore:
         key = layout.redis_record_version(operation_id)
         self.redis.set(key, WRITING, ex=LOCK_TIMEOUT)
         yield
-        self.redis.set(key, new_token(), ex=TOKEN_TTL)
+        # One round trip: the fresh token, and the change noted for the resource monitor's running totals.
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(key, new_token(), ex=TOKEN_TTL)
+        pipe.sadd(layout.REDIS_MONITOR_CHANGED, operation_id)
+        pipe.execute()
 
     def read_input(self, operation_id: str) -> dict[str, Any]:
         value = json.loads(self.get_sealed(layout.input_key(operation_id)))
