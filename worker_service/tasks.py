@@ -29,7 +29,7 @@ from worker_service.celery_app import app, services
 from worker_service.pipeline.audit import persist_audit_events
 from worker_service.pipeline.monitor import monitor_resources
 from worker_service.pipeline.retention import cleanup_expired, sweep_orphans
-from worker_service.pipeline.rotation import rotate_keys
+from worker_service.pipeline.rotation import rotate_keys_step
 from worker_service.pipeline.run import TRANSIENT_ERRORS, fail_operation, run_operation
 from worker_service.services import Services
 
@@ -223,4 +223,4 @@ persist_audit_task = periodic(contracts.PERSIST_AUDIT, persist_audit_events, 60)
 cleanup_expired_task = periodic(contracts.CLEANUP_EXPIRED, cleanup_expired, 3600)
 sweep_orphans_task = periodic(contracts.SWEEP_ORPHANS, sweep_orphans, 3600)
 monitor_resources_task = periodic(contracts.MONITOR_RESOURCES, monitor_resources, 600, monitor_idle)
-rotate_keys_task = periodic(contracts.ROTATE_KEYS, rotate_keys, 6 * 3600, rotation_idle)
+rotate_keys_task = periodic(contracts.ROTATE_KEYS, rotate_keys_step, 6 * 3600, rotation_idle)

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from shared import layout
 from shared.errors import IntegrityError, KeyringError, StrongroomError
@@ -111,25 +111,109 @@ def rotate_keys(services: Services, batch_size: int = 100, *, limit: int | None 
     """
     report = RotationReport(primary=services.keyring.primary_id)
     for log_id, objects in _sealed_groups(services):
-        stale: list[tuple[str, str]] = []
-        for info in objects:
-            report.scanned += 1
-            key_id = key_id_of(services, info.key)
-            if key_id == report.primary:
-                report.current += 1
-            elif key_id == INVALID:
-                report.unreadable += 1
-                log.error("rotation_blob_unreadable", key=info.key)
-            else:
-                stale.append((info.key, key_id))
-        for start in range(0, len(stale), batch_size):
-            chunk = stale[start : start + batch_size]
-            if limit is not None and sum(report.rotated.values()) >= limit:
-                report.remaining.update(key_id for _, key_id in chunk)
-                continue
-            _rotate_chunk(services, log_id, chunk, report, limit)
+        _rotate_group(services, log_id, objects, report, batch_size, limit)
     _announce(services, report)
     return report.as_dict()
+
+
+ROTATION_OPERATIONS_PER_RUN = 500  # operations one periodic run looks at (each costs a LIST page share and a read
+# of each sealed blob's header); the next run continues from the cursor
+
+
+def rotate_keys_step(services: Services, *, operations: int | None = None, batch_size: int = 100) -> dict[str, Any]:
+    """The periodic job: one bounded step of a rotation cycle, from a cursor; returns what this step did.
+
+    A cycle visits every operation (``operations`` per step, default ``ROTATION_OPERATIONS_PER_RUN``, in key
+    order from the cursor kept in Redis), then the global audit log. A cycle that ends with nothing left under
+    another key and nothing unreadable marks the primary done: later steps cost nothing (no S3 request) until
+    the keyring's primary changes, which starts a new cycle. A cycle that left something (a busy lock, a failed
+    write) is followed by another. ``complete`` in the report is true once the current primary is done.
+    Stopping anywhere loses nothing: the cursor is saved at the end of a step, so a step cut short is redone.
+    """
+    count = operations or ROTATION_OPERATIONS_PER_RUN
+    primary = services.keyring.primary_id
+    report = RotationReport(primary=primary)
+    state = {k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], services.redis.hgetall(_CYCLE)).items()}
+    if state.get("done") == primary:
+        return report.as_dict()
+    if state.get("primary") != primary:  # a new primary: start a cycle from the beginning
+        state = {"primary": primary, "cursor": "", "left": "0"}
+    cursor = state["cursor"]
+    groups, reached_end = _operation_groups_after(services, cursor, count)
+    for operation_id, objects in groups:
+        sealed = [info for info in objects if is_sealed_key(info.key)]
+        _rotate_group(services, operation_id, sealed, report, batch_size, None)
+        cursor = operation_id
+    if reached_end:
+        global_log = list(services.store.list(layout.GLOBAL_AUDIT))
+        _rotate_group(services, None, global_log, report, batch_size, None)
+    left = int(state["left"]) + sum(report.remaining.values()) + report.unreadable
+    if reached_end:
+        done = left == 0
+        state = {"primary": primary, "cursor": "", "left": "0", "done": primary if done else ""}
+    else:
+        state = {"primary": primary, "cursor": cursor, "left": str(left), "done": ""}
+    services.redis.hset(_CYCLE, mapping=cast(Any, state))
+    result = report.as_dict()
+    result["complete"] = state["done"] == primary
+    result["cycle_finished"] = reached_end
+    _announce(services, report)
+    return result
+
+
+_CYCLE = f"{layout.REDIS_PREFIX}rotation:cycle"  # hash: primary, cursor, left (blobs left this cycle), done
+
+
+def _operation_groups_after(
+    services: Services, cursor: str, count: int
+) -> tuple[list[tuple[str, list[ObjectInfo]]], bool]:
+    """The objects of the next ``count`` operations after ``cursor`` (whole operations), and whether the listing
+    reached the end of ``operations/``."""
+    # "<id>0" sorts after every "<id>/..." key and before the next id (an id ends in 26 base32 letters after the
+    # agent's "_", and agent names hold no "_", so no id continues another).
+    start_after = f"{layout.OPERATIONS}{cursor}0" if cursor else None
+    groups: list[tuple[str, list[ObjectInfo]]] = []
+    current, objects = "", cast(list[ObjectInfo], [])
+    for info in services.store.list(layout.OPERATIONS, start_after=start_after):
+        operation_id = info.key[len(layout.OPERATIONS) :].split("/", 1)[0]
+        if operation_id != current:
+            if current and layout.is_operation_id(current):
+                groups.append((current, objects))
+                if len(groups) == count:
+                    return groups, False
+            current, objects = operation_id, []
+        objects.append(info)
+    if current and layout.is_operation_id(current):
+        groups.append((current, objects))
+    return groups, True
+
+
+def _rotate_group(
+    services: Services,
+    log_id: str | None,
+    objects: list[ObjectInfo],
+    report: RotationReport,
+    batch_size: int,
+    limit: int | None,
+) -> None:
+    """Scan one lock's sealed blobs and rewrite those under another key, ``batch_size`` per lock hold."""
+    stale: list[tuple[str, str]] = []
+    for info in objects:
+        report.scanned += 1
+        key_id = key_id_of(services, info.key)
+        if key_id == report.primary:
+            report.current += 1
+        elif key_id == INVALID:
+            report.unreadable += 1
+            log.error("rotation_blob_unreadable", key=info.key)
+        else:
+            stale.append((info.key, key_id))
+    for start in range(0, len(stale), batch_size):
+        chunk = stale[start : start + batch_size]
+        if limit is not None and sum(report.rotated.values()) >= limit:
+            report.remaining.update(key_id for _, key_id in chunk)
+            continue
+        _rotate_chunk(services, log_id, chunk, report, limit)
 
 
 def _rotate_chunk(

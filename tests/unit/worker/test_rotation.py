@@ -170,3 +170,77 @@ def test_corrupt_blobs_are_reported_not_rewritten(client: redis.Redis, store: Me
     assert report["unreadable"] == 1 and not report["complete"]
     assert store.get_bytes(key) == b"not a keyring blob"
     assert rotation.key_usage(services) == {rotation.INVALID: 1}
+
+
+# --- the periodic job: bounded steps from a cursor (issue 14, goal 7) ---------------------------------------------
+
+
+class _CountingStore:
+    """Counts the store calls a step makes (each is at least one S3 request)."""
+
+    def __init__(self, inner: MemoryObjectStore) -> None:
+        self.inner, self.calls = inner, 0
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if not callable(attribute):
+            return attribute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+def test_steps_rotate_a_bounded_number_of_operations_until_done(client: redis.Redis, store: MemoryObjectStore) -> None:
+    _populate(make_services(client, OLD, store), operations=5)
+    plaintexts = _plaintexts(make_services(client, OLD, store))
+    counting = _CountingStore(store)
+    services = make_services(client, NEW, counting)
+    services.records = OperationStore(counting, NEW, client)  # type: ignore[arg-type]
+    steps = []
+    while True:
+        counting.calls = 0
+        report = rotation.rotate_keys_step(services, operations=2)
+        steps.append((report, counting.calls))
+        if report["cycle_finished"]:
+            break
+    assert len(steps) == 3  # 2 + 2 + 1 operations, the global log with the last
+    assert [sum(r["rotated"].values()) for r, _ in steps] == [12, 12, 6 + 2]
+    assert steps[-1][0]["complete"] and not steps[0][0]["complete"]
+    assert rotation.key_usage(make_services(client, NEW, store)) == {"new": len(plaintexts)}
+    assert _plaintexts(make_services(client, NEW, store)) == plaintexts
+    # a step of two operations costs the same whatever is stored
+    assert steps[0][1] == steps[1][1]
+    counting.calls = 0
+    idle = rotation.rotate_keys_step(services, operations=2)  # the primary is done: no S3 request at all
+    assert counting.calls == 0 and idle["complete"] and idle["rotated"] == {}
+
+
+def test_a_new_primary_starts_a_new_cycle(client: redis.Redis, store: MemoryObjectStore) -> None:
+    _populate(make_services(client, OLD, store), operations=2)
+    assert rotation.rotate_keys_step(make_services(client, NEW, store))["complete"]
+    newer = NEW.add_primary("newer")
+    report = rotation.rotate_keys_step(make_services(client, newer, store))
+    assert report["rotated"] == {"new": 14} and report["complete"]
+
+
+def test_a_cycle_that_left_something_is_run_again(
+    client: redis.Redis, store: MemoryObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _populate(make_services(client, OLD, store), operations=3)
+    services = make_services(client, NEW, store)
+    holder = client.lock(layout.redis_operation_lock(sorted(ids)[0]), timeout=30)
+    assert holder.acquire()
+    monkeypatch.setattr(records_module, "LOCK_WAIT", 0)
+    try:
+        first = rotation.rotate_keys_step(services, operations=2)
+        second = rotation.rotate_keys_step(services, operations=2)  # the end of the cycle: not clean
+    finally:
+        holder.release()
+    assert first["remaining"] == {"old": 6} and not second["complete"] and second["cycle_finished"]
+    third = rotation.rotate_keys_step(services, operations=2)  # a new cycle picks up what was left
+    assert third["rotated"] == {"old": 6} and not third["complete"]
+    assert rotation.rotate_keys_step(services, operations=2)["complete"]
+    assert rotation.key_usage(services) == {"new": 3 * 6 + 2}
