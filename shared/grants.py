@@ -268,6 +268,7 @@ def grant_source_at_start(settings: Settings, *, process: str) -> GrantSource:
     ``ConfigError`` for production without ``STRONGROOM_GRANTS_SOURCE`` and for a static file that is missing or
     invalid; an explicit ``open`` in production starts, with a warning in the log.
     """
+    settings.require_grants_source()
     source = build_grant_source(settings.resolved_grants_source, settings.grants_file)
     if settings.env == "production" and isinstance(source, OpenGrants):
         log.warning(OPEN_IN_PRODUCTION, process=process)

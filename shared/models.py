@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from shared import layout
 
 T = TypeVar("T")
+_ZERO = timedelta(0)
+_DERIVED = "_derived"  # OperationRecord.derived's memo, in the instance dict
 
 OperationStatus = Literal["pending", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -30,7 +32,7 @@ def utcnow() -> datetime:
 def format_time(value: datetime) -> str:
     """RFC 3339 UTC to the second (``2026-12-06T20:55:27Z``); ``isoformat`` is C code, a third faster than
     ``strftime``, and this runs for every timestamp of every status and list answer."""
-    if value.tzinfo is not UTC:
+    if value.utcoffset() != _ZERO:  # stored times come back with pydantic's own UTC tzinfo, not datetime.UTC
         value = value.astimezone(UTC)
     return value.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
@@ -166,14 +168,28 @@ class OperationRecord(Model):
         (the API's rendered answers) stays right for as long as the object lives. The API serves a cached record
         object until its version changes, so each answer is rendered once per version, not per request."""
         # Kept in the instance dict beside the fields: pydantic ignores it there (equality, dumps), unlike a
-        # private attribute, which equality compares. Keyed by id: a model_copy shares the dict, not the entries.
-        memo: dict[tuple[int, str], Any] = self.__dict__.setdefault("_derived", {})
-        key = (id(self), name)
+        # private attribute, which equality compares. Copies and pickles leave it behind (below).
+        memo: dict[str, Any] = self.__dict__.setdefault(_DERIVED, {})
         try:
-            value: T = memo[key]
+            value: T = memo[name]
         except KeyError:
-            value = memo[key] = compute(self)
+            value = memo[name] = compute(self)
         return value
+
+    def __copy__(self) -> OperationRecord:
+        copied = super().__copy__()
+        copied.__dict__.pop(_DERIVED, None)  # model_copy(update=...) changes fields: nothing derived may follow
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> OperationRecord:
+        copied = super().__deepcopy__(memo)
+        copied.__dict__.pop(_DERIVED, None)
+        return copied
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = super().__getstate__()
+        state["__dict__"] = {k: v for k, v in state["__dict__"].items() if k != _DERIVED}
+        return state
 
 
 class EmbeddedArtifact(Model):

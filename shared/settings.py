@@ -335,13 +335,13 @@ class Settings:
         Checked where a process that enforces grants starts (the API in ``validate_api``, the worker at
         ``worker_init``), not in ``from_env``, so tools that never look at grants still load these settings.
         """
-        self._require_grants_source()
+        self.require_grants_source()
         if self.grants_source == "static":
             from shared.grants import build_grant_source
 
             build_grant_source("static", self.grants_file)
 
-    def _require_grants_source(self) -> None:
+    def require_grants_source(self) -> None:
         if self.env == "production" and not self.grants_source:
             raise ConfigError(
                 "STRONGROOM_GRANTS_SOURCE",
@@ -352,9 +352,9 @@ class Settings:
 
     @property
     def resolved_grants_source(self) -> str:
-        """The grant source in use: as configured, else ``open`` (development's default; production has none and
-        raises ``ConfigError``)."""
-        self._require_grants_source()
+        """The grant source in use: as configured, else ``open`` (development's default). Production has no
+        default, but that is checked where a process that enforces grants starts (``require_grants_source``):
+        admin tools that never authorise anything (``audit verify``, ``keys``) run without the setting."""
         return self.grants_source or "open"
 
     @property

@@ -54,8 +54,22 @@ def fails_cleanly(handler: Handler) -> Handler:
                 file=sys.stderr,
             )
             return CONFIG_EXIT
+        except OSError as exc:  # e.g. `keyring rotate` on a read-only mount
+            where = f" ({exc.filename})" if exc.filename else ""
+            print(f"strongroom {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
+            return 1
+        except Exception as exc:
+            if not _is_redis_error(exc):
+                raise
+            print(f"strongroom {args.command}: cannot reach Redis ({exc})", file=sys.stderr)
+            return 1
 
     return run
+
+
+def _is_redis_error(exc: Exception) -> bool:
+    """Without importing redis (the client install has none): is ``exc`` one of redis-py's errors?"""
+    return any(cls.__module__ == "redis.exceptions" and cls.__name__ == "RedisError" for cls in type(exc).__mro__)
 
 
 def load_settings(process: str, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

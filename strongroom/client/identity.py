@@ -75,18 +75,21 @@ def create_wallet_identity(path: Path, *, force: bool = False) -> tuple[Identity
     key is generated; a file readable by others is refused even with ``force`` (its signing key would be lost).
     """
     current: Identity | None = None
+    account: SigningKey | None = None
     if path.exists():
         try:
             current = load_identity(path)
+            account = current.account
         except IdentityError as error:
             if not force or error.code != "identity_invalid":
                 raise
-    if current is None:
+            account = _salvaged_signing_key(path)  # a damaged file's usable key is its address: keep it
+    if account is None:
         identity = wallet_identity(SigningKey.generate())
         save_identity(identity, path, force=force)
         return identity, True
-    identity = wallet_identity(current.account)
-    if identity.encryption_public_key == current.encryption_public_key:
+    identity = wallet_identity(account)
+    if current is not None and identity.encryption_public_key == current.encryption_public_key:
         return current, False
     if not force:
         raise IdentityError(
@@ -96,6 +99,23 @@ def create_wallet_identity(path: Path, *, force: bool = False) -> tuple[Identity
         )
     save_identity(identity, path, force=True)
     return identity, True
+
+
+def _salvaged_signing_key(path: Path) -> SigningKey | None:
+    """The signing key of an identity file that fails its other checks (a wrong public key or address), or None
+    when it has none; a file of a format version this client does not know is refused, not rewritten."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if data.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise IdentityError(f"{path} has an unsupported format version", code="identity_invalid")
+    try:
+        return SigningKey.from_key(data["signing_key"])
+    except (KeyError, TypeError, ValueError, AttributeError, CryptoError):
+        return None
 
 
 def create_identity(path: Path, *, force: bool = False) -> Identity:

@@ -40,7 +40,7 @@ HKDF_SALT = b"strongroom/walletkey/v1"
 HKDF_INFO = b"strongroom x25519 v1"
 DEFAULT_CHAIN_ID = 1  # what the browser page signs with (docs/browser.md "Chain id")
 
-_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")  # fullmatch: "$" would let a final newline in
 _HALF_ORDER = SECP256K1_ORDER // 2
 _SIGNATURE_INVALID = "wallet_signature_invalid"
 _NOT_DETERMINISTIC = "wallet_not_deterministic"
@@ -61,7 +61,7 @@ def wallet_key_message(address: str, chain_id: int = DEFAULT_CHAIN_ID) -> str:
     purpose and the version; the text cannot be an RFC 9421 signature base (those lines start with ``"@``), so no
     request signature can ever be this message, nor this signature a request signature.
     """
-    if not isinstance(address, str) or not _ADDRESS.match(address):
+    if not isinstance(address, str) or not _ADDRESS.fullmatch(address):
         raise ValueError("address must be 0x followed by 40 hex digits")
     if isinstance(chain_id, bool) or not isinstance(chain_id, int) or not 0 < chain_id < 2**53:
         raise ValueError("chain id must be a positive integer")
@@ -121,17 +121,15 @@ def _clamp(seed: bytes) -> bytes:
     return bytes(scalar)
 
 
-def derive_from_signature(
-    signature: bytes | str, address: str, chain_id: int = DEFAULT_CHAIN_ID, *, check: bool = True
-) -> WalletKey:
+def derive_from_signature(signature: bytes | str, address: str, chain_id: int = DEFAULT_CHAIN_ID) -> WalletKey:
     """The key pair from ``address``'s signature over ``wallet_key_message(address, chain_id)``.
 
-    With ``check`` (the default) the signature must recover to ``address``: a wallet that signed with another
-    account would otherwise yield a key nobody could re-derive for this address.
+    The signature must recover to ``address``: a wallet that signed with another account would otherwise yield a
+    key nobody could re-derive for this address.
     """
     message = wallet_key_message(address, chain_id)
     canonical = canonical_signature(signature)
-    if check and recover_address(eip191_digest(message), canonical) != address.lower():
+    if recover_address(eip191_digest(message), canonical) != address.lower():
         raise CryptoError(
             "the wallet signature was not made by this address over strongroom's key message", code=_SIGNATURE_INVALID
         )

@@ -5,17 +5,26 @@ they run it writes ``<data dir>/connection.json`` (mode 0600): the Redis URL, th
 the keyring file and a *reference* to the S3 credentials file (never the secret itself), plus dev's pid. The admin
 commands (``strongroom audit verify``, ``strongroom keys ...``, ``strongroom keyring rotate``) read it:
 
-- with ``--data-dir DIR``: that dev's file, each variable already set in the environment winning over it;
+- with ``--data-dir DIR``: that dev's file (refused if a connection variable is also set: one stack or the other);
 - without it, when no connection variable (``REDIS_URL``, ``STRONGROOM_S3_ENDPOINT_URL``, ``STRONGROOM_KEYRING``,
   ``STRONGROOM_KEYRING_FILE``) is set: the ``.strongroom`` folder of the current directory or of the nearest
   parent that has one (the repository, for ``make dev``). A shell configured for a real deployment is never
-  mixed with a dev stack's values.
+  mixed with a dev stack's values; the stack's S3 credentials replace any ``AWS_*`` keys of the shell, so real
+  keys are never sent to dev's endpoint.
+
+The file steers where the admin commands connect, so it is trusted only as dev leaves it (a file in a cloned
+repository or in a shared parent such as ``/tmp`` is not): it must be the user's own and mode 0600, only the
+variables dev writes are read from it, and the credentials and keyring files it names must lie in its folder.
+Dev holds an exclusive ``flock`` on it while it runs and deletes it when it stops: a running stack is one whose
+file is locked (a pid can be reused or forged; a lock dies with its holder).
 
 This module imports nothing heavy: the admin commands load it before any server code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 from collections.abc import Mapping
@@ -49,8 +58,30 @@ CONNECTION_VARIABLES = (
 )
 
 
-def write(data_dir: Path, env: Mapping[str, str], *, api_url: str, credentials_file: Path | None) -> Path:
-    """Record what this dev run chose (called once its servers run); returns the file's path."""
+class Published:
+    """``connection.json`` while dev runs: the exclusive lock that says so is held until ``close``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise ConfigError("--data-dir", f"{path.parent}: another strongroom dev is using it") from None
+
+    def close(self) -> None:
+        """Dev stopped: the file goes (a stale file must not send admin commands to whatever reuses its ports)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+
+def write(data_dir: Path, env: Mapping[str, str], *, api_url: str, credentials_file: Path | None) -> Published:
+    """Record what this dev run chose (called once its servers run) and hold it as running until closed."""
     document: dict[str, Any] = {
         "pid": os.getpid(),
         "api_url": api_url,
@@ -59,7 +90,7 @@ def write(data_dir: Path, env: Mapping[str, str], *, api_url: str, credentials_f
     }
     path = data_dir / FILE_NAME
     write_private(path, json.dumps(document, indent=2, sort_keys=True) + "\n", overwrite=True)
-    return path
+    return Published(path)
 
 
 def find(start: Path) -> Path | None:
@@ -71,14 +102,27 @@ def find(start: Path) -> Path | None:
     return None
 
 
-def _running(pid: int) -> bool:
+def _running(path: Path) -> bool:
+    """Whether a dev holds the file's lock (a shared lock we can take means nobody does)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # alive, another user's
-    return True
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _refuse(data_dir: Path, why: str) -> ConfigError:
+    return ConfigError("--data-dir", f"{data_dir / FILE_NAME} {why}: ignored")
+
+
+def _inside(data_dir: Path, value: str, what: str) -> Path:
+    path = Path(value).resolve()
+    if not path.is_relative_to(data_dir.resolve()):
+        raise _refuse(data_dir, f"names a {what} outside its folder ({value})")
+    return path
 
 
 def load(data_dir: Path, *, require_running: bool = True) -> dict[str, str]:
@@ -88,23 +132,30 @@ def load(data_dir: Path, *, require_running: bool = True) -> dict[str, str]:
     """
     path = data_dir / FILE_NAME
     try:
+        info = path.stat()
         document = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError("--data-dir", f"{data_dir}: no {FILE_NAME} (not the data dir of `strongroom dev`?)") from None
     except (OSError, ValueError) as exc:
         raise ConfigError("--data-dir", f"{path} cannot be read ({exc})") from None
-    pid = document.get("pid")
-    if require_running and not (isinstance(pid, int) and _running(pid)):
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise _refuse(data_dir, "is not yours or not mode 0600 (strongroom dev writes it so)")
+    env = document.get("env") if isinstance(document, dict) else None
+    if not isinstance(env, dict):
+        raise _refuse(data_dir, "is not a strongroom dev connection file")
+    if require_running and not _running(path):
         raise ConfigError(
             "strongroom dev",
             f"is not running on {data_dir}: start it (`strongroom dev --data-dir {data_dir}`), "
             "or set REDIS_URL and the S3 and keyring variables",
         )
-    values = {str(k): str(v) for k, v in (document.get("env") or {}).items()}
+    values = {name: str(env[name]) for name in KEPT if isinstance(env.get(name), str | int)}
+    if "STRONGROOM_KEYRING_FILE" in values:
+        _inside(data_dir, values["STRONGROOM_KEYRING_FILE"], "keyring file")
     credentials = document.get("s3_credentials_file")
     if credentials:
         try:
-            secret = json.loads(Path(credentials).read_text())
+            secret = json.loads(_inside(data_dir, str(credentials), "credentials file").read_text())
             values["AWS_ACCESS_KEY_ID"] = str(secret["access_key"])
             values["AWS_SECRET_ACCESS_KEY"] = str(secret["secret_key"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -117,16 +168,22 @@ def admin_environ(
 ) -> dict[str, str]:
     """The environment an admin command runs with: ``environ`` completed from a dev stack's file when one applies.
 
-    Explicit variables always win; without ``--data-dir`` a dev file is used only by a shell that has no
-    connection variable at all (see the module docstring).
+    The stack's own values win over the shell's (its endpoint with its credentials, never the shell's AWS keys);
+    a shell with a connection variable is used as it is, and with ``--data-dir`` it is refused (see the module
+    docstring).
     """
+    configured = [name for name in CONNECTION_VARIABLES if environ.get(name)]
     if data_dir is not None:
+        if configured:
+            raise ConfigError(
+                "--data-dir", f"cannot be combined with {', '.join(configured)}: use one stack or the other"
+            )
         folder = Path(data_dir).expanduser().resolve()
-    elif any(environ.get(name) for name in CONNECTION_VARIABLES):
+    elif configured:
         return dict(environ)
     else:
         found = find(cwd.resolve())
         if found is None:
             return dict(environ)
         folder = found
-    return {**load(folder, require_running=require_running), **{k: v for k, v in environ.items() if v}}
+    return {**{k: v for k, v in environ.items() if v}, **load(folder, require_running=require_running)}

@@ -302,7 +302,14 @@ def _serve(stack: DevStack, stopping: threading.Event) -> int:
     initialise(settings)
     url = local_url(settings.api_host, settings.api_port)
     # Before the children: once dev says ready, `strongroom audit verify ...` finds the stack without any export.
-    connection.write(stack.data_dir, stack.env, api_url=url, credentials_file=stack.credentials_file)
+    published = connection.write(stack.data_dir, stack.env, api_url=url, credentials_file=stack.credentials_file)
+    try:
+        return _run(stack, stopping, settings, url)
+    finally:
+        published.close()  # stopped: the admin commands must not find it any more
+
+
+def _run(stack: DevStack, stopping: threading.Event, settings: Settings, url: str) -> int:
     stack.start_children()
     print(f"strongroom API: {url}", flush=True)
 

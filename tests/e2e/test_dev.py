@@ -75,6 +75,7 @@ def test_dev_round_trip_restart_and_clean_stop(dev_dir: Path, tmp_path: Path) ->
         assert dev.process.returncode() == 0, dev.process.logs()[-3000:]
         survivors = [pid for pid in children if alive(pid)]
         assert survivors == [], f"orphans after Ctrl-C: {survivors}"
+        assert not (dev_dir / "connection.json").exists()  # admin commands must not find a stopped stack
     finally:
         dev.process.stop()
 

@@ -24,8 +24,12 @@ pytestmark = pytest.mark.unit
 SECRET = "s3-secret-that-must-stay-in-its-own-file"
 
 
-def dev_dir(root: Path, *, pid: int | None = None) -> Path:
-    """A data dir as a running dev leaves it: connection.json, the S3 credentials and a keyring."""
+RUNNING: list[connection.Published] = []  # dev stacks "running" for the test session (their locks held)
+
+
+def dev_dir(root: Path, *, running: bool = True) -> Path:
+    """A data dir as dev leaves it: connection.json, the S3 credentials and a keyring; ``running=False``: as a dev
+    that crashed leaves it (its file written by a process that exited without removing it)."""
     data = root / ".strongroom"
     credentials = data / "s3-credentials.json"
     data.mkdir(parents=True)
@@ -39,18 +43,16 @@ def dev_dir(root: Path, *, pid: int | None = None) -> Path:
         "AWS_SECRET_ACCESS_KEY": SECRET,  # in dev's environment, never in the file
         "STRONGROOM_KEYRING": "inline keyrings are never written either",
     }
-    connection.write(data, env, api_url="http://127.0.0.1:8080", credentials_file=credentials)
-    if pid is not None:
-        document = json.loads((data / connection.FILE_NAME).read_text())
-        document["pid"] = pid
-        (data / connection.FILE_NAME).write_text(json.dumps(document))
+    if running:
+        RUNNING.append(connection.write(data, env, api_url="http://127.0.0.1:8080", credentials_file=credentials))
+        return data
+    crashed = (
+        "import json, sys; from pathlib import Path; from strongroom.dev import connection; "
+        "connection.write(Path(sys.argv[1]), json.loads(sys.argv[2]), api_url='http://127.0.0.1:8080', "
+        "credentials_file=Path(sys.argv[3]))"
+    )
+    subprocess.run([sys.executable, "-c", crashed, str(data), json.dumps(env), str(credentials)], check=True)
     return data
-
-
-def dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
 
 
 def test_the_file_is_private_and_holds_no_secret(tmp_path: Path) -> None:
@@ -60,7 +62,7 @@ def test_the_file_is_private_and_holds_no_secret(tmp_path: Path) -> None:
     text = path.read_text()
     assert SECRET not in text and "inline keyrings" not in text
     document = json.loads(text)
-    assert document["pid"] == os.getpid()
+    assert document["pid"] == os.getpid()  # for people; whether dev runs is its lock on the file
     assert document["s3_credentials_file"] == str(data / "s3-credentials.json")
 
 
@@ -82,13 +84,51 @@ def test_a_configured_shell_is_never_mixed_with_a_dev_stack(tmp_path: Path) -> N
     assert connection.admin_environ(None, configured, tmp_path) == configured
 
 
-def test_with_data_dir_explicit_variables_win(tmp_path: Path) -> None:
+def test_with_data_dir_a_configured_shell_is_refused_not_mixed(tmp_path: Path) -> None:
     data = dev_dir(tmp_path)
-    environ = connection.admin_environ(
-        str(data), {"REDIS_URL": "redis://elsewhere:6379/1", "AWS_REGION": ""}, Path("/")
-    )
-    assert environ["REDIS_URL"] == "redis://elsewhere:6379/1"
-    assert environ["STRONGROOM_S3_ENDPOINT_URL"] == "http://127.0.0.1:7002"  # not set: from the file
+    with pytest.raises(ConfigError, match="cannot be combined with REDIS_URL"):
+        connection.admin_environ(str(data), {"REDIS_URL": "redis://elsewhere:6379/1"}, Path("/"))
+    environ = connection.admin_environ(str(data), {"AWS_REGION": "", "STRONGROOM_LOG_LEVEL": "DEBUG"}, Path("/"))
+    assert environ["STRONGROOM_S3_ENDPOINT_URL"] == "http://127.0.0.1:7002"
+    assert environ["STRONGROOM_LOG_LEVEL"] == "DEBUG"  # not a connection setting: the shell's
+
+
+def test_the_shells_aws_keys_never_go_to_the_dev_stack(tmp_path: Path) -> None:
+    dev_dir(tmp_path)
+    shell = {"AWS_ACCESS_KEY_ID": "AKIAREALKEY", "AWS_SECRET_ACCESS_KEY": "real-secret"}
+    environ = connection.admin_environ(None, shell, tmp_path)
+    assert (environ["AWS_ACCESS_KEY_ID"], environ["AWS_SECRET_ACCESS_KEY"]) == ("SRKEY", SECRET)
+
+
+def test_a_planted_or_foreign_file_is_not_trusted(tmp_path: Path) -> None:
+    """A connection.json committed to a repository (0644 after checkout) or naming files elsewhere is refused."""
+    data = dev_dir(tmp_path)
+    path = data / connection.FILE_NAME
+    path.chmod(0o644)
+    with pytest.raises(ConfigError, match="not mode 0600"):
+        connection.admin_environ(None, {}, tmp_path)
+    path.chmod(0o600)
+    document = json.loads(path.read_text())
+    for planted in ({"env": {**document["env"], "STRONGROOM_KEYRING_FILE": "/etc/elsewhere/keyring.json"}},
+                    {"s3_credentials_file": "/root/.aws/credentials.json"}):  # fmt: skip
+        path.write_text(json.dumps({**document, **planted}))
+        with pytest.raises(ConfigError, match="outside its folder"):
+            connection.admin_environ(None, {}, tmp_path)
+    path.write_text(json.dumps({**document, "env": {**document["env"], "STRONGROOM_GRANTS_FILE": "/x"}}))
+    assert "STRONGROOM_GRANTS_FILE" not in connection.admin_environ(None, {}, tmp_path)  # only what dev writes
+    for broken in ([1, 2], {"env": [1]}):
+        path.write_text(json.dumps(broken))
+        with pytest.raises(ConfigError, match="not a strongroom dev connection file"):
+            connection.admin_environ(None, {}, tmp_path)
+
+
+def test_a_stopped_dev_removes_its_file(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    published = connection.write(data, {"REDIS_URL": "redis://x"}, api_url="http://x", credentials_file=None)
+    assert connection.load(data)["REDIS_URL"] == "redis://x"
+    published.close()
+    assert not (data / connection.FILE_NAME).exists()
 
 
 def test_nothing_found_leaves_the_environment_alone(tmp_path: Path) -> None:
@@ -96,7 +136,7 @@ def test_nothing_found_leaves_the_environment_alone(tmp_path: Path) -> None:
 
 
 def test_a_stopped_dev_is_named_not_mistaken_for_a_configuration_gap(tmp_path: Path) -> None:
-    data = dev_dir(tmp_path, pid=dead_pid())
+    data = dev_dir(tmp_path, running=False)
     with pytest.raises(ConfigError, match="not running"):
         connection.admin_environ(None, {}, tmp_path)
     with pytest.raises(ConfigError, match="not running"):
@@ -110,7 +150,7 @@ def test_admin_command_against_a_stopped_dev_says_so_in_one_line(
 ) -> None:
     for name in connection.CONNECTION_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    dev_dir(tmp_path, pid=dead_pid())
+    dev_dir(tmp_path, running=False)
     monkeypatch.chdir(tmp_path)
     assert main(["audit", "verify", "global"]) == 2
     err = capsys.readouterr().err
@@ -122,7 +162,7 @@ def test_admin_command_against_a_stopped_dev_says_so_in_one_line(
 def test_keyring_rotate_defaults_to_the_dev_keyring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in connection.CONNECTION_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    data = dev_dir(tmp_path, pid=dead_pid())
+    data = dev_dir(tmp_path, running=False)
     monkeypatch.chdir(tmp_path)
     assert main(["keyring", "rotate"]) == 0
     rotated = Keyring.from_json((data / "keyring.json").read_text())
@@ -137,3 +177,33 @@ def test_keyring_rotate_without_a_file_or_a_dev_stack_asks_for_one(
     monkeypatch.chdir(tmp_path)
     assert main(["keyring", "rotate"]) == 2
     assert "name the keyring file" in capsys.readouterr().err
+
+
+def test_an_unreachable_redis_is_one_line_not_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.helpers.ports import free_port
+
+    for name in connection.CONNECTION_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nobody listens there
+    monkeypatch.setenv("STRONGROOM_ENV", "development")
+    monkeypatch.setenv("STRONGROOM_KEYRING", Keyring.generate_json("k1"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["audit", "verify", "global"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("strongroom audit: cannot reach Redis") and "Traceback" not in err
+
+
+def test_a_keyring_that_cannot_be_written_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keyring = tmp_path / "ro" / "keyring.json"
+    keyring.parent.mkdir()
+    keyring.write_text(Keyring.generate_json("k1"))
+    monkeypatch.setattr(
+        os, "replace", lambda *a: (_ for _ in ()).throw(OSError(30, "Read-only file system", str(keyring)))
+    )
+    assert main(["keyring", "rotate", str(keyring)]) == 1
+    err = capsys.readouterr().err
+    assert "Read-only file system" in err and "Traceback" not in err

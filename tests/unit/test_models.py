@@ -1,6 +1,8 @@
 """The design's shapes serialise exactly as documented."""
 
+import copy
 import json
+import pickle
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -97,6 +99,8 @@ def test_a_derived_value_is_computed_once_per_record_and_never_carried_to_a_new_
     running = record.evolve(status="running")
     assert running.derived("status", status) == "running"
     assert record.model_copy(update={"status": "failed"}).derived("status", status) == "failed"
+    assert copy.deepcopy(record).model_copy(update={"status": "cancelled"}).derived("status", status) == "cancelled"
+    assert "_derived" not in pickle.loads(pickle.dumps(record)).__dict__
     assert record == record.evolve() and "_derived" not in record.model_dump()  # invisible to equality and dumps
 
 

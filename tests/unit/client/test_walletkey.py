@@ -161,7 +161,8 @@ def test_message_address_case_does_not_matter() -> None:
 @pytest.mark.parametrize(
     ("address", "chain_id"),
     [("f39fd6e51aad88f6f4ce6ab8827279cfffb92266", 1), ("0x1234", 1), (VECTORS[0]["address"], 0),
-     (VECTORS[0]["address"], -1), (VECTORS[0]["address"], True), (VECTORS[0]["address"], 2**53)],
+     (VECTORS[0]["address"], -1), (VECTORS[0]["address"], True), (VECTORS[0]["address"], 2**53),
+     (VECTORS[0]["address"] + "\n", 1)],  # a regex "$" would have let it in: another message than the page's
 )  # fmt: skip
 def test_message_refuses_bad_inputs(address: str, chain_id: int) -> None:
     with pytest.raises(ValueError):
@@ -288,6 +289,19 @@ def test_wallet_identity_replaces_a_broken_file_only_when_forced(tmp_path: Path)
     assert refused.value.code == "identity_invalid"
     identity, changed = create_wallet_identity(path, force=True)
     assert changed and load_identity(path).encryption_public_key == identity.encryption_public_key
+
+
+def test_wallet_identity_keeps_the_signing_key_of_a_damaged_identity(tmp_path: Path) -> None:
+    """A wrong public key (or address) fails the identity's checks, but its signing key is still the address."""
+    path = tmp_path / "id.json"
+    original = create_identity(path)
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps({**document, "encryption_public_key": "d3Jvbmc="}))
+    identity, changed = create_wallet_identity(path, force=True)
+    assert changed and identity.address == original.address
+    path.write_text(json.dumps({**document, "version": 2}))  # a future format: refused, never rewritten
+    with pytest.raises(IdentityError, match="unsupported format version"):
+        create_wallet_identity(path, force=True)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

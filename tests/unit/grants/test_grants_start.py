@@ -58,13 +58,23 @@ def test_production_without_a_grant_source_is_a_configuration_error_naming_the_c
     for action in (
         settings.validate_api,
         settings.validate_grants,
-        lambda: settings.resolved_grants_source,
         lambda: grant_source_at_start(settings, process="api"),
     ):
         error = _refusal(action)
         assert error.variable == "STRONGROOM_GRANTS_SOURCE"
         assert "STRONGROOM_ENV=production" in error.detail
         assert "`static`" in error.detail and "`open`" in error.detail
+
+
+def test_admin_tools_that_authorise_nothing_run_in_production_without_a_grant_source() -> None:
+    """`strongroom audit verify` and `keys` build the worker's services but never decide who may do what."""
+    from shared.crypto.keyring import Keyring
+    from worker_service.services import Services
+
+    settings = Settings.from_env({**PRODUCTION, "STRONGROOM_KEYRING": Keyring.generate_json()})
+    assert settings.resolved_grants_source == "open"
+    services = Services.from_settings(settings)  # built without refusing: it connects to nothing yet
+    assert isinstance(services.grants, OpenGrants)
 
 
 def test_explicit_open_in_production_starts_with_a_warning(logged: Recorder) -> None:
