@@ -9,7 +9,7 @@ its request count is the "before" figure. Then, for each size in ``--sizes``, mo
 run at that hour is counted. Requests are counted at the HTTP layer (botocore's ``before-send``), so pagination
 and retries are included.
 
-    .venv/bin/python bench/bench_cleanup.py [--sizes 10000 100000] [--due 100] [--grantees 1000] [--threads 32]
+    .venv/bin/python bench/bench_cleanup.py [--sizes 10000 30000] [--due 100] [--grantees 1000] [--threads 32]
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _show(label: str, counts: Counter[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="stored operations")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000], help="stored operations")
     parser.add_argument("--due", type=int, default=100, help="operations due in each counted run")
     parser.add_argument("--grantees", type=int, default=1000, help="distinct grantee addresses")
     parser.add_argument("--threads", type=int, default=32, help="concurrent writers while filling")
