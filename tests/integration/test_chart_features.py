@@ -454,6 +454,28 @@ def test_worker_sandbox_rejected_values(
     assert message in result.stderr
 
 
+def test_worker_sandbox_before_1_33_needs_the_feature_gate_acknowledged(
+    helm: Path,  # noqa: F811
+    scenarios: dict[str, list[Path]],  # noqa: F811
+) -> None:
+    """Before 1.33 an API server without UserNamespacesSupport drops hostUsers: false silently: the default
+    (Unconfined, Unmasked) would then run in the node's user namespace, so it renders only when acknowledged."""
+    old = ("--kube-version", "1.31.0")
+    refused = run_helm(helm, "template", "sr", str(CHART), *value_args(scenarios["default"], ()), *old)
+    assert refused.returncode != 0 and "userNamespacesFeatureGate=true" in refused.stderr
+    acknowledged = value_args(scenarios["default"], ("worker.sandbox.userNamespacesFeatureGate=true",))
+    assert run_helm(helm, "template", "sr", str(CHART), *acknowledged, *old).returncode == 0
+    profiles = (  # node profiles without a user namespace need no gate
+        "worker.sandbox.hostUsers=true", "worker.sandbox.procMount=Default",
+        "worker.sandbox.seccompProfile.type=Localhost", "worker.sandbox.seccompProfile.localhostProfile=bwrap.json",
+        "worker.sandbox.appArmorProfile.type=Localhost", "worker.sandbox.appArmorProfile.localhostProfile=bwrap",
+    )  # fmt: skip
+    assert (
+        run_helm(helm, "template", "sr", str(CHART), *value_args(scenarios["default"], profiles), *old).returncode == 0
+    )
+    assert run_helm(helm, "template", "sr", str(CHART), *value_args(scenarios["default"], ())).returncode == 0  # 1.35
+
+
 def test_chart_and_compose_name_only_real_settings() -> None:
     """A removed setting (STRONGROOM_AGENT_USER) must not linger in values, templates, compose or the deploy docs."""
     from shared.settings import options
