@@ -42,7 +42,9 @@ LOCK_TIMEOUT = 60  # seconds a holder may keep the lock before it is considered 
 LOCK_WAIT = 15
 WRITING = b"writing"  # the version token while a record write is in flight: nothing is cached meanwhile
 TOKEN_TTL = 24 * 3600  # seconds an idle version token lives; a missing one is replaced by a fresh one
-CACHE_SIZE = 1024  # decoded records kept per process (least recently used dropped first)
+# Decoded records kept per process (least recently used dropped first). Each also holds the API's rendered status
+# and list answers (OperationRecord.derived): with 50 artifacts about 40 KB per record, some 40 MB per API process.
+CACHE_SIZE = 1024
 
 
 def new_token() -> bytes:

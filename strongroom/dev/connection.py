@@ -36,7 +36,8 @@ from strongroom.files import write_private
 
 FILE_NAME = "connection.json"
 DEFAULT_DATA_DIR = ".strongroom"
-# Written to the file when dev's environment has them (never a secret: the keyring and the S3 secret are files).
+# Written to the file when dev's environment has them (the keyring and the S3 secret stay in their own files; a
+# password inside an external REDIS_URL given to dev is kept as given, which is why the file is 0600).
 KEPT = (
     "STRONGROOM_ENV",
     "REDIS_URL",
