@@ -252,25 +252,31 @@ class Ledger:
         # "<id>0" sorts after every "<id>/..." key and before the next id (ids never contain "0" right after
         # their random part ends: an id is <agent>_<26 base32 letters>, and agents hold no "_").
         start_after = f"{layout.OPERATIONS}{cursor}0" if cursor else None
-        found: list[str] = []
-        previous = ""
+        found: dict[str, list[ObjectInfo]] = {}  # the slice's operations with all their objects, in key order
+        previous, taking = "", False
         for info in self.services.store.list(layout.OPERATIONS, start_after=start_after):
             operation_id = info.key[len(layout.OPERATIONS) :].split("/", 1)[0]
-            if operation_id == previous or not layout.is_operation_id(operation_id):
+            if not layout.is_operation_id(operation_id):
                 continue
-            previous = operation_id
-            if operation_id in self.refreshed:
-                continue  # re-read already in this pass (a change): the slice takes the next one instead
-            if len(found) == count:
-                break
-            found.append(operation_id)
+            if operation_id != previous:
+                previous = operation_id
+                # one re-read in this pass already (a change): the slice takes the next one instead
+                taking = operation_id not in self.refreshed
+                if taking and len(found) == count:
+                    break  # the listing is in key order: every object of the last one taken was seen
+                if taking:
+                    found[operation_id] = []
+            if taking:
+                found[operation_id].append(info)
         complete = len(found) < count
-        last = "" if complete else found[-1]
+        last = "" if complete else list(found)[-1]
         high = "+" if complete else f"[{last}"
         low = f"({cursor}" if cursor else "-"
         known = [m.decode() for m in cast(list[bytes], self.redis.zrangebylex(self.keys[5], low, high))]
         unreadable = 0
-        for operation_id in sorted((set(found) | set(known)) - self.refreshed):
+        for operation_id, objects in found.items():  # listed already: no LIST of its own
+            unreadable += not self._refresh(operation_id, objects)
+        for operation_id in sorted(set(known) - self.refreshed):  # in the ledger, not in the bucket: gone?
             unreadable += not self._refresh(operation_id)
         self.redis.set(self.cursor_key, last)
         return unreadable
