@@ -22,6 +22,7 @@ Encoding, as botocore does it (``botocore.serialize`` and ``botocore.auth.SigV4Q
 from __future__ import annotations
 
 import calendar
+import functools
 import hashlib
 import hmac
 import time
@@ -48,11 +49,15 @@ PROBE_TTL = 900
 _clock = time.time  # tests replace it to freeze time alongside botocore's clock
 
 
+# ``quote`` walks the string byte by byte in Python; the same keys, filenames and content types come back request
+# after request, so the encodings are memoised (bounded; they are URL parts, nothing secret).
+@functools.lru_cache(maxsize=4096)
 def _encode_query(value: str) -> str:
     """botocore's ``percent_encode``: UTF-8, only RFC 3986 unreserved characters kept."""
     return quote(value, safe="-_.~")
 
 
+@functools.lru_cache(maxsize=4096)
 def _encode_key(key: str) -> str:
     """botocore's greedy-label encoding of the object key in the path."""
     return quote(key, safe="/~")
@@ -154,7 +159,7 @@ class QueryPresigner:
             f"{ALGORITHM}\n{stamp}\n{day}{self._scope_tail}\n"
             f"{hashlib.sha256(canonical_request.encode('utf-8')).hexdigest()}"
         )
-        signature = hmac.new(self._signing_key(day), string_to_sign.encode("utf-8"), "sha256").hexdigest()
+        signature = hmac.digest(self._signing_key(day), string_to_sign.encode("utf-8"), "sha256").hex()
         auth_query = "&".join(f"{name}={value}" for name, value in auth)
         path = self._base + encoded_key
         prefix = f"{path}?{operation}&" if operation else f"{path}?"

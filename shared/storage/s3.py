@@ -145,6 +145,7 @@ def translate_errors(op: str, key: str = "") -> Iterator[None]:
 # --- helpers ----------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)  # a pure function of the name; the same names are downloaded again and again
 def content_disposition(filename: str) -> str:
     """``attachment`` with an ASCII fallback and the exact name in RFC 8187 ``filename*`` (RFC 6266 section 4.3).
 
