@@ -30,17 +30,21 @@ SECRET_KEY = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 TOKEN = "FwoGZXIvYXdzEB4aDO/+tok=en//with+slashes=="
 BUCKET = "strongroom-data"
 
-# (addressing style, endpoint, region, session token): SeaweedFS/MinIO path style, a public endpoint with a
-# port, AWS virtual-hosted (regional and us-east-1's global host), and AWS "auto".
+# (addressing style, endpoint, region, session token, bucket): SeaweedFS/MinIO path style, a public endpoint with
+# a port, behind a proxy path, or spelled with capitals and its default port; AWS virtual-hosted (regional and
+# us-east-1's global host), and AWS "auto" (a dotted bucket goes path-style there).
 CONFIGS = [
-    ("path", "http://127.0.0.1:8333", "us-east-1", None),
-    ("path", "https://s3.files.example.com:8443", "eu-west-3", TOKEN),
-    ("path", "http://[::1]:9000", "us-east-1", None),
-    ("virtual", None, "us-east-1", None),
-    ("virtual", None, "eu-central-1", TOKEN),
-    ("virtual", None, "ap-southeast-2", None),
-    ("auto", None, "us-west-2", TOKEN),
-    ("auto", "https://minio.example.com", "us-east-1", None),
+    ("path", "http://127.0.0.1:8333", "us-east-1", None, BUCKET),
+    ("path", "https://s3.files.example.com:8443", "eu-west-3", TOKEN, BUCKET),
+    ("path", "http://[::1]:9000", "us-east-1", None, BUCKET),
+    ("virtual", None, "us-east-1", None, BUCKET),
+    ("virtual", None, "eu-central-1", TOKEN, BUCKET),
+    ("virtual", None, "ap-southeast-2", None, BUCKET),
+    ("auto", None, "us-west-2", TOKEN, BUCKET),
+    ("auto", "https://minio.example.com", "us-east-1", None, BUCKET),
+    ("path", "https://proxy.example.com/s3", "eu-west-1", None, BUCKET),
+    ("path", "http://S3.Example.COM:80", "us-east-1", None, BUCKET),
+    ("auto", None, "eu-west-1", None, "strongroom.data.example"),
 ]
 
 
@@ -58,7 +62,7 @@ def _client(style: str, endpoint: str | None, region: str, token: str | None, **
 
 @pytest.fixture(scope="module")
 def stores() -> list[S3ObjectStore]:
-    built = [S3ObjectStore(_client(*config), BUCKET) for config in CONFIGS]
+    built = [S3ObjectStore(_client(*config[:4]), config[4]) for config in CONFIGS]
     for store in built:
         store.presign_get("warm-up", ttl=60)  # learns the URL shape
     return built
@@ -142,6 +146,8 @@ def test_learned_shapes(stores: list[S3ObjectStore]) -> None:
     assert "base_url='https://s3.files.example.com:8443/strongroom-data/', region='eu-west-3'" in bases[1]
     assert "base_url='https://strongroom-data.s3.amazonaws.com/', region='us-east-1'" in bases[3]
     assert "base_url='https://strongroom-data.s3.eu-central-1.amazonaws.com/', region='eu-central-1'" in bases[4]
+    assert "base_url='https://proxy.example.com/s3/strongroom-data/'" in bases[8]
+    assert "base_url='https://s3.eu-west-1.amazonaws.com/strongroom.data.example/'" in bases[10]
 
 
 def test_session_token_is_signed_into_the_url(stores: list[S3ObjectStore]) -> None:
