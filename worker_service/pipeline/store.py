@@ -233,14 +233,19 @@ def store_artifacts(
         log.info("artifact.uploaded", operation_id=record.id, artifact=item.name, size=item.size)
         return artifact
 
-    if len(files) <= 1:
-        results = [one(item) for item in files]
-    else:
-        with ThreadPoolExecutor(min(STORE_CONCURRENCY, len(files)), thread_name_prefix="strongroom-store") as pool:
-            results = list(pool.map(one, files))
-    if failures:
+    results: list[StoredArtifact | None] = []
+    interrupted: BaseException | None = None
+    pool = ThreadPoolExecutor(max(1, min(STORE_CONCURRENCY, len(files))), thread_name_prefix="strongroom-store")
+    try:
+        results = list(pool.map(one, files))
+    except BaseException as exc:  # this thread was interrupted while it waited (a task time limit, a signal)
+        interrupted = exc
+        cancelled.set()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # what is still running stops at its next piece
+    if interrupted is not None or failures:
         _discard(services, record, written)
-        raise failures[0]
+        raise interrupted or failures[0]
     return [artifact for artifact in results if artifact is not None]  # none is None without a failure
 
 

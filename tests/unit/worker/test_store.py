@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import threading
 from collections.abc import Callable
 from contextlib import suppress
@@ -428,6 +429,46 @@ def test_a_file_that_grew_after_collection_is_refused(
     _swap_after_collection(monkeypatch, grow)
     with pytest.raises(LimitExceeded, match="changed after the agent finished"):
         store(services, record, out, tmp_path)
+    assert list(services.store.list("")) == []
+
+
+def test_an_interrupt_while_waiting_cancels_the_rest_and_cleans_up(tmp_path: Path, keypair: tuple[bytes, str]) -> None:
+    """A Celery time limit or a signal raises in the waiting thread: the uploads still running stop, none starts,
+    and what was stored is deleted."""
+    stored_one = threading.Event()
+    release = threading.Event()
+    reached: list[str] = []
+
+    class Blocks(MemoryObjectStore):
+        def put_file(self, key: str, src: Any, **kwargs: Any) -> None:
+            reached.append(key)
+            super().put_file(key, src, **kwargs)
+            stored_one.set()
+            assert release.wait(timeout=30)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum: int, frame: Any) -> None:
+        release.set()
+        raise Interrupted
+
+    services = make_services(store=Blocks())
+    record = make_record(keypair[1])
+    out = tmp_path / "out"
+    out.mkdir()
+    for n in range(3 * store_module.STORE_CONCURRENCY):
+        (out / f"f{n:02d}.txt").write_text("x")
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        threading.Thread(target=lambda: stored_one.wait(30) and signal.setitimer(signal.ITIMER_REAL, 0.2)).start()
+        with pytest.raises(Interrupted):
+            store(services, record, out, tmp_path)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        release.set()
+    assert len(reached) <= store_module.STORE_CONCURRENCY  # nothing started after the interrupt
     assert list(services.store.list("")) == []
 
 
