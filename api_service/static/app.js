@@ -36,7 +36,8 @@ const CHAIN_ID = 1;
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 const POLL_MS = 2000;
 const PAGE_SIZE = 10;
-const RESUME_TRIES = 3;
+const RESUME_TRIES = 5; // a dropped download is resumed after 1, 2, 4 and 8 s (a phone changing networks)
+const RESUME_PAUSE_MS = 1000;
 const API = new URL('../api/v1/', document.baseURI);
 const API_PATH = '/api/v1/'; // how the API writes its own URLs (download_url, proxy tickets)
 const IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp']);
@@ -211,7 +212,7 @@ async function api(method, path, { accept = 'application/json', body = null, hea
     });
   } catch (error) {
     if (error?.name === 'AbortError') throw error;
-    throw new ApiError(`cannot reach the strongroom API at ${url.origin}: is the server running? (check your connection)`);
+    throw new ApiError(`cannot reach the strongroom API at ${url.origin}: is the server running? (check your connection)`, { code: 'unreachable' });
   }
   if (!response.ok) throw await apiError(response);
   return response;
@@ -638,9 +639,9 @@ async function openCiphertext(ticket, offset, signal) {
         const target = suggestedPageUrl(location.href, pageConfig.storage_origins);
         throw new ApiError(`storage does not send downloads to pages opened at ${location.origin}; open ${target} instead`);
       }
-      throw new ApiError(`cannot reach storage at ${new URL(ticket.url).origin}: it is down or unreachable from this device`);
+      throw new ApiError(`cannot reach storage at ${new URL(ticket.url).origin}: it is down or unreachable from this device`, { code: 'unreachable' });
     }
-    if (response.status === 403) throw new ApiError('storage refused the download link (expired, or this device\'s clock is off); try again');
+    if (response.status === 403) throw new ApiError('storage refused the download link (expired, or this device\'s clock is off); try again', { code: 'link_refused' });
     if (response.status >= 500) throw new ApiError(`storage is failing (HTTP ${response.status}); try again later`);
     if (!response.ok) throw new ApiError(`storage answered HTTP ${response.status}`);
   }
@@ -679,6 +680,7 @@ async function fetchAndDecrypt(operationId, name, signal) {
   try {
     for (let attempt = 0; ; attempt += 1) {
       try {
+        if (attempt > 0) ticket = await requestTicket(operationId, name, signal); // a fresh link for the Range
         const response = await openCiphertext(ticket, received, signal);
         const length = Number(response.headers.get('content-length'));
         if (received === 0 && response.headers.get('content-length') !== null && length !== total) {
@@ -701,11 +703,12 @@ async function fetchAndDecrypt(operationId, name, signal) {
         }
         break;
       } catch (error) {
-        // A dropped connection (or a link that expired before a retry): a fresh link, then a Range from here.
-        const dropped = error instanceof TypeError || (error instanceof ApiError && /refused the download link/.test(error.message) && received > 0);
-        if (signal.aborted || !dropped || attempt + 1 >= RESUME_TRIES) throw error;
+        // Once bytes arrived, a dropped connection, an unreachable API or storage, or an expired link is worth a
+        // pause and a fresh link, then a Range from here. Before that, the error is shown as it is.
+        const dropped = error instanceof TypeError || ['unreachable', 'link_refused'].includes(error?.code);
+        if (signal.aborted || received === 0 || !dropped || attempt + 1 >= RESUME_TRIES) throw error;
         rowStatus(name, `Connection lost at ${formatSize(received)}; resuming…`, { percent: Math.floor((received / total) * 100) });
-        ticket = await requestTicket(operationId, name, signal);
+        await pause(RESUME_PAUSE_MS * 2 ** attempt, signal);
       }
     }
     if (received !== total) throw new IntegrityError(`the stored object for ${name} does not have the artifact's size`);
@@ -852,6 +855,17 @@ async function loadAccessLog(operationId) {
 }
 
 // --- helpers ---
+
+/** Wait `ms`, or reject at once when `signal` aborts (a cancelled download does not sit out its pause). */
+function pause(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => {
+      clearTimeout(timer);
+      reject(new DOMException('cancelled', 'AbortError'));
+    }, { once: true });
+  });
+}
 
 /** Compare two `sha256:<hex>` / `<hex>` values without an early exit. */
 function sameHex(a, b) {

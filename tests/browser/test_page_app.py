@@ -514,3 +514,131 @@ def test_an_identity_without_a_grant_is_told_in_plain_words(
     expect(error).not_to_contain_text("no_grant")
     expect(error).to_be_focused()
     assert_no_horizontal_scroll(page, "no grant")
+
+
+class CutShortStorage:
+    """A local stand-in for storage that promises the whole object (``Content-Length``) but closes the connection
+    after ``cut`` bytes: what a dropped mobile connection looks like to the page."""
+
+    def __init__(self, body: bytes, origin: str, cut: int) -> None:
+        import http.server
+        import threading
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Access-Control-Allow-Origin", origin)
+                self.end_headers()
+                self.wfile.write(body[:cut])
+                self.wfile.flush()
+                self.close_connection = True
+                outer.served += 1
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.served = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cut"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("viewport", ["desktop"])
+def test_a_download_cut_mid_way_resumes_with_a_fresh_link_and_a_range_request(
+    page_api: str,
+    big_operation: GetOperationResponse,
+    object_store: Any,
+    app: Any,
+    viewport: str,
+    grantee: tuple[Identity, Path],
+    tmp_path: Path,
+) -> None:
+    """The connection breaks in the middle of a download, the network is still gone at the first retry, then the
+    link has expired (403): the page pauses, asks for a fresh link and continues with ``Range: bytes=<received>-``
+    from where it stopped, instead of starting over or giving up."""
+    from tests.browser.test_page_download import stored_key
+
+    identity, identity_file = grantee
+    name = "privacy_audit.md"
+    with StrongroomClient(page_api, identity) as client:
+        client.download(big_operation.id, name, tmp_path / "sdk.md")
+    ciphertext = object_store.get_bytes(stored_key(object_store, big_operation.id, name))
+    cut = CutShortStorage(ciphertext, page_api, cut=96 * 1024)
+    seen: list[dict[str, str]] = []
+
+    def storage(route: Any) -> None:
+        seen.append({"url": route.request.url, "range": route.request.headers.get("range", "")})
+        if len(seen) == 1:
+            route.continue_(url=cut.url)  # the connection breaks after 96 KiB
+        elif len(seen) == 2:  # the network is still gone at the first try
+            route.abort("internetdisconnected")
+        elif len(seen) == 3:  # then the link has expired
+            route.fulfill(status=403, headers={"access-control-allow-origin": page_api}, body="AccessDenied")
+        else:
+            route.continue_()
+
+    page = app
+    downloads: list[Any] = []
+    page.on("download", lambda download: downloads.append(download))
+    try:
+        sign_in(page, page_api, identity_file, identity)
+        open_operation(page, big_operation.id)
+        page.route(re.compile(r".*\.enc\?.*X-Amz-Signature=.*"), storage)
+        status = row(page, name).locator(".row-status .text")
+        row(page, name).locator("button[data-action=download]").click()
+        expect(status).to_contain_text("checksums verified", timeout=SLOW)
+    finally:
+        cut.close()
+    assert cut.served == 1
+    assert len(downloads) == 1
+    assert Path(downloads[0].path()).read_bytes() == (tmp_path / "sdk.md").read_bytes()
+    assert len(seen) == 4, seen
+    assert [s["range"] for s in seen[1:]] == [seen[1]["range"]] * 3
+    assert seen[0]["range"] == "" and re.fullmatch(r"bytes=[1-9]\d*-", seen[1]["range"]), seen
+    assert len({s["url"] for s in seen}) == 4  # each try with a fresh presigned link
+    expect(page.locator(".error:visible")).to_have_count(0)
+
+
+@pytest.mark.parametrize("viewport", ["phone"])
+def test_preview_shows_text_as_text_and_json_pretty_printed(
+    page_api: str,
+    big_operation: GetOperationResponse,
+    app: Any,
+    viewport: str,
+    grantee: tuple[Identity, Path],
+    tmp_path: Path,
+) -> None:
+    identity, identity_file = grantee
+    with StrongroomClient(page_api, identity) as client:
+        client.download(big_operation.id, "recommendations.json", tmp_path / "r.json")
+        client.download(big_operation.id, "privacy_audit.md", tmp_path / "p.md")
+    page = app
+    sign_in(page, page_api, identity_file, identity)
+    open_operation(page, big_operation.id)
+
+    row(page, "recommendations.json").locator("button[data-action=preview]").click()
+    shown = page.locator("#preview pre")
+    expect(shown).to_be_visible(timeout=SLOW)
+    expect(page.locator("#preview-title")).to_have_text("Preview: recommendations.json")
+    expect(page.locator("#preview-title")).to_be_focused()
+    pretty = json.dumps(json.loads((tmp_path / "r.json").read_text(encoding="utf-8")), indent=2, ensure_ascii=False)
+    assert shown.inner_text() == pretty
+
+    row(page, "privacy_audit.md").locator("button[data-action=preview]").click()
+    expect(page.locator("#preview-title")).to_have_text("Preview: privacy_audit.md", timeout=SLOW)
+    text = (tmp_path / "p.md").read_text(encoding="utf-8")
+    assert len(text.encode()) > 256 * 1024
+    assert text.startswith(shown.inner_text()[:1000])  # as text: Markdown is not rendered
+    expect(page.locator("#preview-body")).to_contain_text("First 256.0 KiB shown.")
+    assert page.locator("#preview-body *").evaluate_all("nodes => nodes.map(n => n.tagName)") == ["PRE", "P"]
+    assert_no_horizontal_scroll(page, "preview open")
+    page.click("#preview-close")
+    expect(page.locator("#preview")).to_be_hidden()
