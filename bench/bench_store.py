@@ -100,7 +100,6 @@ def _ours(services: Services, out: Path, public_key: str) -> Callable[[], None]:
             out,
             run_id=layout.new_run_id(),
             ensure_owner=lambda: None,
-            scratch=out.parent,
         )
 
     return run

@@ -221,7 +221,6 @@ def execute(services: Services, record: OperationRecord, probe: RunProbe) -> Ver
                 workdir.out_dir,
                 run_id=probe.lease.run_id,
                 ensure_owner=probe.ensure_owner,
-                scratch=workdir.root,
             )
             if probe.lease_lost:
                 raise LeaseLost("lost the run lease while storing artifacts")

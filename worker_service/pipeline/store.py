@@ -136,7 +136,6 @@ def store_artifact(
     *,
     run_id: str,
     ensure_owner: Callable[[], None],
-    scratch: Path | None = None,
     cancelled: threading.Event | None = None,
     written: list[str] | None = None,
 ) -> StoredArtifact:
@@ -145,9 +144,8 @@ def store_artifact(
     ``ensure_owner`` runs right before each upload and raises if this run lost its lease, so a superseded run
     stops writing at once (its keys are its own, so what it already wrote can only be an unnamed leftover).
     ``cancelled`` stops the upload between pieces (``StoreCancelled``); the key of each object completed is
-    appended to ``written``. ``scratch`` is unused (nothing is written locally any more); kept for callers.
+    appended to ``written``.
     """
-    del scratch
     data_key = secrets.token_bytes(32)
     key = layout.artifact_key(record.id, item.name, run_id)
     with open_output(item) as src:
@@ -192,7 +190,6 @@ def store_artifacts(
     *,
     run_id: str,
     ensure_owner: Callable[[], None],
-    scratch: Path | None = None,
 ) -> list[StoredArtifact]:
     """Upload every file in ``out_dir`` (after the limit checks) under run ``run_id``'s keys, ``STORE_CONCURRENCY``
     at a time; return what the record should list, in ``collect_outputs`` order.
@@ -204,7 +201,6 @@ def store_artifacts(
     stored (best effort: anything left is unnamed, so invisible, and the orphan sweep removes it once the
     operation has ended).
     """
-    del scratch
     files = collect_outputs(out_dir, Limits.from_settings(services.settings))
     keywrap.parse_public_key(record.encryption_public_key)  # a bad key fails before anything is uploaded
     cancelled = threading.Event()

@@ -60,10 +60,10 @@ def keypair() -> tuple[bytes, str]:
 RUN = "0123456789abcdef"
 
 
-def store(services: Services, record: OperationRecord, out: Path, scratch: Path, **kwargs: Any) -> list[StoredArtifact]:
+def store(services: Services, record: OperationRecord, out: Path, **kwargs: Any) -> list[StoredArtifact]:
     """``store_artifacts`` as one run that keeps its lease (unless ``ensure_owner`` says otherwise)."""
     kwargs.setdefault("ensure_owner", lambda: None)
-    return store_artifacts(services, record, out, run_id=RUN, scratch=scratch, **kwargs)
+    return store_artifacts(services, record, out, run_id=RUN, **kwargs)
 
 
 def decrypt(services: Services, record: OperationRecord, artifact: StoredArtifact, secret: bytes) -> bytes:
@@ -85,7 +85,7 @@ def test_artifacts_decrypt_with_the_grantee_secret(tmp_path: Path, keypair: tupl
     (out / "data.bin").write_bytes(big)
     (out / "noext").write_text("plain words")
 
-    stored = store(services, record, out, tmp_path)
+    stored = store(services, record, out)
 
     assert [a.name for a in stored] == ["data.bin", "noext", "report.md"]
     for artifact in stored:
@@ -118,7 +118,7 @@ def test_embedded_copy_only_for_small_files_when_enabled(tmp_path: Path, keypair
     out.mkdir()
     (out / "small.txt").write_text("tiny")
     (out / "large.txt").write_text("x" * 101)
-    stored = {a.name: a for a in store(services, record, out, tmp_path)}
+    stored = {a.name: a for a in store(services, record, out)}
     assert stored["small.txt"].embedded and not stored["large.txt"].embedded
     assert stored["small.txt"].embedded_object_key(record.id) == layout.embedded_key(record.id, "small.txt", RUN)
     assert services.records.get_sealed(layout.embedded_key(record.id, "small.txt", RUN)) == b"tiny"
@@ -135,7 +135,7 @@ def test_limit_violation_uploads_nothing(tmp_path: Path, keypair: tuple[bytes, s
     for i in range(3):
         (out / f"f{i}").write_text("x")
     with pytest.raises(LimitExceeded, match="artifact limit exceeded: 3 files, max 2"):
-        store(services, record, out, tmp_path)
+        store(services, record, out)
     assert list(services.store.list("")) == []
 
 
@@ -146,7 +146,7 @@ def test_bad_public_key_fails_before_any_upload(tmp_path: Path) -> None:
     out.mkdir()
     (out / "a.txt").write_text("x")
     with pytest.raises(ValidationFailed):
-        store(services, record, out, tmp_path)
+        store(services, record, out)
     assert list(services.store.list("")) == []
 
 
@@ -170,7 +170,7 @@ def test_storage_failure_leaves_nothing(tmp_path: Path, keypair: tuple[bytes, st
     for name in ("a.txt", "b.txt", "c.txt"):
         (out / name).write_text(name)
     with pytest.raises(StorageError, match="boom"):
-        store(services, record, out, tmp_path)
+        store(services, record, out)
     # What this run completed before the failure was under its own keys, and is gone: nothing to sweep.
     assert list(services.store.list("")) == []
     assert list(tmp_path.glob("tmp*")) == []  # nothing is written locally
@@ -200,7 +200,7 @@ def test_a_failed_cleanup_leaves_only_unnamed_objects(
     for name in ("a.txt", "b.txt"):
         (out / name).write_text(name)
     with pytest.raises(StorageError, match="boom"):  # the upload's failure, not the cleanup's
-        store(services, record, out, tmp_path)
+        store(services, record, out)
     # The record names nothing, so the uploaded object is unnamed: invisible, and what the orphan sweep removes.
     assert unnamed_objects(services, record) == [layout.artifact_key(record.id, "a.txt", RUN)]
 
@@ -223,7 +223,7 @@ def test_artifacts_of_one_operation_upload_concurrently(tmp_path: Path, keypair:
     names = [f"{c}.txt" for c in "abcdefghij"]
     for name in names:
         (out / name).write_text(name * 3)
-    stored = store(services, record, out, tmp_path)
+    stored = store(services, record, out)
     assert [artifact.name for artifact in stored] == names  # in collect_outputs order, whatever finished first
     for artifact in stored:
         assert decrypt(services, record, artifact, secret) == artifact.name.encode() * 3
@@ -251,7 +251,7 @@ def test_a_failure_cancels_the_uploads_not_yet_started(tmp_path: Path, keypair: 
     for n in range(3 * store_module.STORE_CONCURRENCY):
         (out / f"f{n:02d}.txt").write_text("x")
     with pytest.raises(StorageError, match="boom"):
-        store(services, record, out, tmp_path)
+        store(services, record, out)
     assert len(started) <= store_module.STORE_CONCURRENCY  # only the first wave ever reached the store
     assert list(services.store.list("")) == []
 
@@ -287,7 +287,7 @@ def test_a_large_upload_stops_when_another_fails(tmp_path: Path, keypair: tuple[
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store_module._Plaintext, "pieces", slow_pieces)
         with pytest.raises(StorageError, match="boom"):
-            store(services, record, out, tmp_path)
+            store(services, record, out)
     assert len(pieces_read) < 4  # it stopped before reading the whole file
     assert list(services.store.list("")) == []
 
@@ -363,7 +363,7 @@ def test_a_fifo_swapped_in_neither_blocks_nor_uploads(
         os.mkfifo(fifo)
 
     _swap_after_collection(monkeypatch, to_fifo)
-    error = _run_bounded(lambda: store(services, record, out, tmp_path), lambda: _open_fifo_writer(fifo))
+    error = _run_bounded(lambda: store(services, record, out), lambda: _open_fifo_writer(fifo))
     assert isinstance(error, LimitExceeded) and error.code == "artifact_changed"
     assert error.detail == "invalid artifact: 'notes.txt' changed after the agent finished"
     assert list(services.store.list("")) == []
@@ -388,7 +388,7 @@ def test_a_symlink_swapped_in_is_not_followed(
 
     _swap_after_collection(monkeypatch, to_symlink)
     with pytest.raises(LimitExceeded) as caught:  # O_NOFOLLOW: the open itself refuses the link
-        store(services, record, out, tmp_path)
+        store(services, record, out)
     assert caught.value.code == "artifact_changed"
     assert list(services.store.list("")) == []
 
@@ -408,7 +408,7 @@ def test_every_read_comes_from_the_one_descriptor(tmp_path: Path, keypair: tuple
 
     services = make_services(store=SwapDuringUpload(), embedded_artifacts="on", embedded_max_size=100)
     record = make_record(keypair[1])
-    [stored] = store(services, record, out, tmp_path)
+    [stored] = store(services, record, out)
     assert stored.checksum == "sha256:" + hashlib.sha256(b"original").hexdigest()
     assert services.records.get_sealed(layout.embedded_key(record.id, "small.txt", RUN)) == b"original"
 
@@ -428,7 +428,7 @@ def test_a_file_that_grew_after_collection_is_refused(
 
     _swap_after_collection(monkeypatch, grow)
     with pytest.raises(LimitExceeded, match="changed after the agent finished"):
-        store(services, record, out, tmp_path)
+        store(services, record, out)
     assert list(services.store.list("")) == []
 
 
@@ -463,7 +463,7 @@ def test_an_interrupt_while_waiting_cancels_the_rest_and_cleans_up(tmp_path: Pat
     try:
         threading.Thread(target=lambda: stored_one.wait(30) and signal.setitimer(signal.ITIMER_REAL, 0.2)).start()
         with pytest.raises(Interrupted):
-            store(services, record, out, tmp_path)
+            store(services, record, out)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -494,7 +494,7 @@ def test_a_run_that_loses_its_lease_stops_and_removes_what_it_stored(
             raise Lost
 
     with pytest.raises(Lost):
-        store(services, record, out, tmp_path, ensure_owner=ensure_owner)
+        store(services, record, out, ensure_owner=ensure_owner)
     if concurrency == 1:  # a's ciphertext and embedded copy, then b's check fails: nothing after it
         assert len(checks) == 3
     # Whatever landed was under this run's own keys; the run deleted it on its way out.

@@ -94,7 +94,6 @@ def test_out_replaced_by_a_symlink_is_refused_not_followed(workdir: Workdir, sec
             workdir.out_dir,
             run_id="0123456789abcdef",
             ensure_owner=lambda: None,
-            scratch=workdir.tmp_dir,
         )
     assert list(store.list("")) == []
 
@@ -132,7 +131,6 @@ def test_out_swapped_after_collection_uploads_nothing(
             workdir.out_dir,
             run_id="0123456789abcdef",
             ensure_owner=lambda: None,
-            scratch=workdir.tmp_dir,
         )
     assert list(store.list("")) == []
 
