@@ -6,7 +6,7 @@
 #   deploy/base-image.sh localhost/strongroom-base:bookworm
 #
 # The root filesystem is cached as a tarball under $STRONGROOM_CACHE_DIR (default ~/.cache/strongroom), keyed by
-# the package list below: the first run takes about 90 s, later runs only import it (or nothing, when podman
+# the package list below: the first run takes 1-3 minutes, later runs only import it (or nothing, when podman
 # already holds an image of that key). Needs root, debootstrap and podman.
 #
 # The host's CA bundle (CA_BUNDLE, default /etc/ssl/certs/ca-certificates.crt) replaces the base's, and pip is told
@@ -49,4 +49,4 @@ if [ ! -s "$tarball" ]; then
 fi
 
 echo "importing $tarball as $name (stands in for the Dockerfile's FROM, which no registry here can serve)"
-podman_ import --change "LABEL org.strongroom.base=$key" --change 'CMD ["python3"]' "$tarball" "$name" >/dev/null
+podman_ import --quiet --change "LABEL org.strongroom.base=$key" --change 'CMD ["python3"]' "$tarball" "$name" >/dev/null
