@@ -28,6 +28,7 @@ import {
 } from './format.js';
 import { b64decode, openWrap, parseWrapPayload } from './keywrap.js';
 import { Sha256 } from './sha256.js';
+import { WalletKeyError, deriveFromProvider } from './walletkey.js';
 
 // The page assembles a download in memory before offering it; above this, `strongroom client get` streams.
 const MAX_BROWSER_BYTES = 512 * 1024 * 1024;
@@ -135,18 +136,43 @@ function identityFromFile(doc) {
   };
 }
 
-/** An EIP-1193 wallet (MetaMask): personal_sign for requests, eth_decrypt for key wraps. */
+/**
+ * An EIP-1193 wallet (MetaMask): personal_sign for requests; the encryption key is derived from a wallet
+ * signature over strongroom's key message (walletkey.js, docs/encryption.md section 4), so the same wallet
+ * re-derives it on any device and the CLI/SDK derive the same key. A wrap made for the wallet's older
+ * `eth_getEncryptionPublicKey` key is still opened with `eth_decrypt` where the wallet offers it.
+ */
 async function identityFromWallet(ethereum) {
   const [account] = await ethereum.request({ method: 'eth_requestAccounts' });
   if (!account) throw new Error('the wallet shared no account');
   const address = account.toLowerCase();
+  announce('Asking the wallet to sign strongroom\'s key message (twice: the same signature must come back).');
+  let key;
+  try {
+    key = await deriveFromProvider(ethereum, { address: account, chainId: CHAIN_ID });
+  } catch (error) {
+    // The wallet's own wording may quote what it signed; say what happened in ours.
+    if (error instanceof WalletKeyError) throw new Error(error.message);
+    throw new Error('the wallet did not sign the key message, so no encryption key was derived');
+  }
+  if (key.address.toLowerCase() !== address) throw new Error('the wallet signed with another account');
   return {
     address,
-    label: 'browser wallet',
+    label: 'browser wallet, key derived from its signature',
     signMessage: (text) => ethereum.request({ method: 'personal_sign', params: [hexlify(toUtf8Bytes(text)), address] }),
-    openWrap: (wrap) =>
-      ethereum.request({ method: 'eth_decrypt', params: [hexlify(toUtf8Bytes(JSON.stringify(wrap))), address] }),
-    encryptionPublicKey: () => ethereum.request({ method: 'eth_getEncryptionPublicKey', params: [address] }),
+    openWrap: async (wrap) => {
+      try {
+        return openWrap(key.secretKey, wrap);
+      } catch (derivedFailed) {
+        try {
+          return await ethereum.request({ method: 'eth_decrypt', params: [hexlify(toUtf8Bytes(JSON.stringify(wrap))), address] });
+        } catch {
+          throw derivedFailed; // neither key opens it: say so in the page's words
+        }
+      }
+    },
+    encryptionPublicKey: async () => key.publicKey,
+    forget: () => key.secretKey.fill(0),
   };
 }
 
@@ -162,6 +188,7 @@ async function loadIdentityFile(file) {
 }
 
 async function useIdentity(next) {
+  identity?.forget?.(); // a wallet-derived secret is zeroed when its identity goes
   identity = next;
   const loaded = identity !== null;
   $('identity-status').textContent = loaded ? `Signed in as ${identity.address} (${identity.label}).` : 'No identity loaded.';

@@ -642,3 +642,56 @@ def test_preview_shows_text_as_text_and_json_pretty_printed(
     assert_no_horizontal_scroll(page, "preview open")
     page.click("#preview-close")
     expect(page.locator("#preview")).to_be_hidden()
+
+
+class DerivedKeyOnlyWallet:
+    """An EIP-1193 provider that only signs (no eth_decrypt, no eth_getEncryptionPublicKey): every key the page
+    uses must come from the wallet-derived key."""
+
+    def __init__(self, identity: Identity) -> None:
+        from tests.browser.test_page_download import FakeWallet
+
+        self.inner = FakeWallet(identity)
+        self.calls: list[str] = []
+
+    def request(self, method: str, params: list[Any]) -> Any:
+        self.calls.append(method)
+        if method not in {"eth_requestAccounts", "personal_sign"}:
+            raise RuntimeError(f"{method} is not supported")
+        return self.inner.request(method, params)
+
+
+@pytest.mark.parametrize("viewport", ["phone"])
+def test_a_wallet_user_starts_and_downloads_with_the_key_derived_from_a_signature(
+    page_api: str, celery_worker: Any, app: Any, viewport: str, tmp_path: Path
+) -> None:
+    """The page derives the X25519 key from the wallet's signature of the key message; the operation it starts
+    is sealed for that key, and the SDK, deriving from the same private key, opens the same artifacts."""
+    from strongroom.client.walletkey import derive_from_signer
+
+    identity = create_identity(tmp_path / "wallet.json")  # only its signing key plays the wallet
+    wallet = DerivedKeyOnlyWallet(identity)
+    page = app
+    page.expose_function("__walletRequest", wallet.request)
+    page.add_init_script(
+        "window.ethereum = { request: ({ method, params }) => window.__walletRequest(method, params ?? []) };"
+    )
+    page.goto(f"{page_api}/app/")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page.click("#wallet-connect")
+    expect(page.locator("#identity-status")).to_contain_text(f"{identity.address} (browser wallet, key derived")
+    page.fill("#start-text", SMALL_INPUT["text"])
+    page.click("#start-submit")
+    expect(page.locator("#op-status")).to_have_text("succeeded", timeout=SLOW)
+    operation_id = page.locator("#op-field-id").inner_text()
+    name = "recommendations.json"
+    with page.expect_download(timeout=SLOW) as info:
+        row(page, name).locator("button[data-action=download]").click()
+    assert wallet.calls.count("personal_sign") >= 3  # the key message twice, then requests
+    assert "eth_decrypt" not in wallet.calls and "eth_getEncryptionPublicKey" not in wallet.calls
+
+    derived = derive_from_signer(identity.account)
+    as_sdk = Identity(identity.account, derived.secret, derived.public_key)
+    with StrongroomClient(page_api, as_sdk) as client:
+        client.download(operation_id, name, tmp_path / "sdk.json")
+    assert Path(info.value.path()).read_bytes() == (tmp_path / "sdk.json").read_bytes()

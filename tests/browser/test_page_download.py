@@ -174,7 +174,7 @@ def test_wallet_path_signs_with_personal_sign_and_unwraps_with_eth_decrypt(
     )
     page.goto(f"{page_api}/app/")
     page.click("#wallet-connect")
-    expect(page.locator("#identity-status")).to_contain_text(f"{identity.address} (browser wallet)")
+    expect(page.locator("#identity-status")).to_contain_text(f"{identity.address} (browser wallet")
     page.fill("#op-id", done.id)
     page.click("#op-open")
     expect(page.locator("#op-status")).to_have_text("succeeded")
