@@ -697,6 +697,7 @@ async function fetchAndDecrypt(operationId, name, signal) {
   const parts = [];
   const started = performance.now();
   let received = 0;
+  let streaming = false; // the current response's body is being read (a failure now is a dropped connection)
   let shown = 0;
   const take = (chunks) => {
     for (const chunk of chunks) {
@@ -707,8 +708,10 @@ async function fetchAndDecrypt(operationId, name, signal) {
   try {
     for (let attempt = 0; ; attempt += 1) {
       try {
+        streaming = false;
         if (attempt > 0) ticket = await requestTicket(operationId, name, signal); // a fresh link for the Range
         const response = await openCiphertext(ticket, received, signal);
+        streaming = true;
         const length = Number(response.headers.get('content-length'));
         if (received === 0 && response.headers.get('content-length') !== null && length !== total) {
           throw new IntegrityError(`the stored object for ${name} does not have the artifact's size`);
@@ -730,10 +733,10 @@ async function fetchAndDecrypt(operationId, name, signal) {
         }
         break;
       } catch (error) {
-        // Once bytes arrived, a dropped connection, an unreachable API or storage, or an expired link is worth a
-        // pause and a fresh link, then a Range from here. Before that, the error is shown as it is.
+        // Once the body started, a dropped connection, an unreachable API or storage, or an expired link is worth
+        // a pause and a fresh link, then a Range from here. Before that, the error is shown as it is.
         const dropped = error instanceof TypeError || ['unreachable', 'link_refused'].includes(error?.code);
-        if (signal.aborted || received === 0 || !dropped || attempt + 1 >= RESUME_TRIES) throw error;
+        if (signal.aborted || (received === 0 && !streaming) || !dropped || attempt + 1 >= RESUME_TRIES) throw error;
         rowStatus(name, `Connection lost at ${formatSize(received)}; resuming…`, { percent: Math.floor((received / total) * 100) });
         await pause(RESUME_PAUSE_MS * 2 ** attempt, signal);
       }

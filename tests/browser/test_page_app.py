@@ -112,8 +112,17 @@ def sign_in(page: Any, api: str, identity_file: Path, identity: Identity, hash_:
 def open_operation(page: Any, operation_id: str) -> None:
     page.fill("#op-id", operation_id)
     page.click("#op-open")
-    expect(page.locator("#op-status")).to_have_text("succeeded", timeout=SLOW)
+    expect_succeeded(page)
     expect(page.locator("#artifacts tbody tr").first).to_be_visible()
+
+
+def expect_succeeded(page: Any) -> None:
+    """The open operation reaches succeeded; if it does not, the failure names the errors the page shows."""
+    try:
+        expect(page.locator("#op-status")).to_have_text("succeeded", timeout=SLOW)
+    except AssertionError as error:
+        shown = page.locator(".error:visible").all_inner_texts()
+        raise AssertionError(f"{error}\nerrors on the page: {shown}") from None
 
 
 def row(page: Any, name: str) -> Any:
@@ -209,7 +218,7 @@ def test_start_an_operation_from_the_page_and_watch_it_finish(
     expect(page).to_have_url(re.compile(f"#op={operation_id}$"))
     assert_no_horizontal_scroll(page, "operation started")
 
-    expect(page.locator("#op-status")).to_have_text("succeeded", timeout=SLOW)  # watched: the page polls
+    expect_succeeded(page)  # watched: the page polls
     expect(page.locator("#op-running")).to_be_hidden()
     expect(page.locator("#op-result")).to_contain_text("ok")
     expect(page.locator("#op-elapsed")).to_contain_text(re.compile(r"^in \d"))
@@ -518,7 +527,8 @@ def test_an_identity_without_a_grant_is_told_in_plain_words(
 
 class CutShortStorage:
     """A local stand-in for storage that promises the whole object (``Content-Length``) but closes the connection
-    after ``cut`` bytes: what a dropped mobile connection looks like to the page."""
+    after ``cut`` bytes: what a dropped mobile connection looks like to the page. It closes only once ``release``
+    is set (the test sets it when the page shows progress), so the page has surely read those bytes."""
 
     def __init__(self, body: bytes, origin: str, cut: int) -> None:
         import http.server
@@ -535,6 +545,7 @@ class CutShortStorage:
                 self.end_headers()
                 self.wfile.write(body[:cut])
                 self.wfile.flush()
+                outer.release.wait(timeout=300)
                 self.close_connection = True
                 outer.served += 1
 
@@ -542,11 +553,13 @@ class CutShortStorage:
                 pass
 
         self.served = 0
+        self.release = threading.Event()
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cut"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -594,6 +607,8 @@ def test_a_download_cut_mid_way_resumes_with_a_fresh_link_and_a_range_request(
         page.route(re.compile(r".*\.enc\?.*X-Amz-Signature=.*"), storage)
         status = row(page, name).locator(".row-status .text")
         row(page, name).locator("button[data-action=download]").click()
+        expect(status).to_contain_text(re.compile(r"[1-9][0-9.]* KiB of"), timeout=SLOW)
+        cut.release.set()
         expect(status).to_contain_text("checksums verified", timeout=SLOW)
     finally:
         cut.close()
@@ -682,7 +697,7 @@ def test_a_wallet_user_starts_and_downloads_with_the_key_derived_from_a_signatur
     expect(page.locator("#identity-status")).to_contain_text(f"{identity.address} (browser wallet, key derived")
     page.fill("#start-text", SMALL_INPUT["text"])
     page.click("#start-submit")
-    expect(page.locator("#op-status")).to_have_text("succeeded", timeout=SLOW)
+    expect_succeeded(page)
     operation_id = page.locator("#op-field-id").inner_text()
     name = "recommendations.json"
     with page.expect_download(timeout=SLOW) as info:

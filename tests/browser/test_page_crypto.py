@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from shared.crypto import cobblestone
 
@@ -67,7 +68,8 @@ def signing_block(name: str) -> str:
 @pytest.fixture
 def loaded(static_page: str, browser_page: Any) -> Any:
     browser_page.goto(f"{static_page}/app/")
-    browser_page.wait_for_function("document.body.dataset.ready === 'true'")
+    # Not wait_for_function: its string predicate is polled through eval, which the page's CSP refuses.
+    expect(browser_page.locator("body")).to_have_attribute("data-ready", "true")
     return browser_page
 
 
