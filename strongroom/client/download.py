@@ -1,18 +1,22 @@
 """Streaming download and verification of one artifact: nothing reaches ``dest`` unless every check passed.
 
-Steps, each in constant memory:
+One pass over the bytes, in constant memory: the data key is unwrapped first (with the identity's X25519 key,
+bound to this operation id and artifact name; the plaintext checksum sealed inside the wrap must equal the
+advertised ``checksum``), then the ciphertext streams from the source through
 
-1. the ciphertext streams into ``.<dest>.<ciphertext checksum prefix>.part`` next to ``dest`` while being hashed;
-   if that file already exists (an interrupted download of the same ciphertext), it is re-hashed and the rest is
-   fetched with an HTTP ``Range`` request;
-2. the SHA-256 of the ciphertext must equal ``ciphertext_checksum`` (a wrong or swapped object stops here);
-3. the data key is unwrapped with the identity's X25519 key, bound to this operation id and artifact name, and
-   the plaintext checksum sealed inside the wrap must equal the advertised ``checksum``;
-4. Cobblestone-256 decryption (bound to the same operation and name) writes a second temp file while hashing the
-   plaintext, which must again equal ``checksum``;
-5. ``os.replace`` moves it onto ``dest`` atomically.
+1. the SHA-256 of the ciphertext (it must equal ``ciphertext_checksum``: a wrong or swapped object is refused),
+2. Cobblestone-256 decryption, chunk by chunk (bound to the same operation and name; every chunk authenticates
+   before its plaintext is used),
+3. the SHA-256 of the plaintext (it must equal ``checksum`` again),
 
-Any integrity failure removes both temp files, so a bad download can neither land nor be resumed.
+into a temp file beside ``dest``, which is fsynced and moved onto ``dest`` with ``os.replace`` only once all
+three checks passed at the end of the stream.
+
+Resume: a download cut off midway leaves the ciphertext received so far in ``.<dest>.<checksum prefix>.part``
+(rebuilt from the authenticated plaintext by re-sealing it under the payload's own salt and nonces, which gives
+back exactly the bytes received, plus the few bytes of an unfinished chunk), and the next attempt feeds that
+file through the same pass before asking for the rest with an HTTP ``Range`` request. Any integrity failure
+removes both temp files, so a bad download can neither land nor be resumed.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import itertools
 import os
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -33,6 +39,7 @@ from shared.errors import IntegrityError, Unavailable
 from strongroom.client.errors import ProtocolError
 
 READ_SIZE = 1024 * 1024
+WRITE_BUFFER = 1024 * 1024  # plaintext leaves in 1 MiB writes, not one per 16 KiB chunk
 
 Progress = Callable[[int, int], None]
 
@@ -88,14 +95,33 @@ def download_artifact(
     """Fetch, verify, decrypt and atomically write one artifact to ``dest`` (see the module docstring)."""
     dest = Path(dest)
     part = partial_path(dest, ticket)
-    resumed_from = _fetch_ciphertext(ticket, part, source, progress)
     try:
         data_key = _unwrap(ticket, secret_key)
-        _decrypt_to(ticket, data_key, part, dest)
     except IntegrityError:
-        part.unlink(missing_ok=True)
+        _discard(part)
         raise
-    part.unlink(missing_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb", buffering=WRITE_BUFFER) as out:
+            one_pass = _OnePass(ticket, data_key, out)
+            try:
+                resumed_from = one_pass.run(part, source, progress)
+            except _Interrupted as cut:
+                out.flush()
+                one_pass.keep_partial(part, tmp)  # what arrived, for the next attempt to resume from
+                raise Unavailable(cut.detail, code="download_incomplete") from None
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except IntegrityError:
+        _discard(part)
+        _discard(tmp)
+        raise
+    except BaseException:
+        _discard(tmp)
+        raise
+    _discard(part)
     return DownloadResult(dest, ticket.size, ticket.checksum, resumed_from)
 
 
@@ -117,62 +143,148 @@ def partial_path(dest: Path, ticket: DownloadTicket) -> Path:
     return dest.with_name(f".{dest.name}.{_hex(ticket.ciphertext_checksum)[:16]}.part")
 
 
-# --- steps ---
+# --- the pass ---
 
 
-def _fetch_ciphertext(ticket: DownloadTicket, part: Path, source: RangeSource, progress: Progress | None) -> int:
-    total = ticket.ciphertext_size
-    hasher = hashlib.sha256()
-    fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "r+b") as out:
-        have = _rehash(out, hasher, total)
-        resumed_from = have
-        if have < total:
-            with source(have, None) as answer:
-                if answer.object_size is not None and answer.object_size != total:
-                    _discard(part)
-                    raise IntegrityError(f"the stored object for {ticket.name!r} does not have the artifact's size")
-                if answer.start != have:  # Range ignored: start over from the first byte
-                    if answer.start != 0:
-                        raise ProtocolError("the server answered a different byte range than requested")
-                    out.seek(0)
-                    out.truncate()
-                    hasher, have, resumed_from = hashlib.sha256(), 0, 0
-                for piece in answer.pieces:
-                    if have + len(piece) > total:
-                        _discard(part)
-                        raise IntegrityError("the stored artifact is longer than its metadata says")
-                    out.write(piece)
-                    hasher.update(piece)
-                    have += len(piece)
-                    if progress:
-                        progress(have, total)
-        out.flush()
-    if have != total:
-        # A short answer: keep what arrived, the next attempt resumes from there.
-        raise Unavailable(
-            f"download of {ticket.name!r} stopped after {have} of {total} bytes; run it again to resume",
-            code="download_incomplete",
-        )
-    if not hmac.compare_digest(hasher.hexdigest(), _hex(ticket.ciphertext_checksum)):
-        _discard(part)
-        raise IntegrityError(
-            f"ciphertext checksum mismatch for {ticket.name!r}: the stored object is not this artifact"
-        )
-    return resumed_from
+class _Interrupted(Exception):
+    """The ciphertext stopped before its end (a dropped connection, a short answer): resumable."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
-def _rehash(out: BinaryIO, hasher: Any, total: int) -> int:
-    """Hash what an earlier attempt left; a partial longer than the whole object is stale and is dropped."""
-    size = out.seek(0, os.SEEK_END)
-    if size > total:
-        out.seek(0)
-        out.truncate()
+class _OnePass:
+    """Ciphertext pieces in, verified plaintext out: hashes both sides and decrypts as the bytes arrive, and
+    remembers just enough (the header, the last few pieces) to rebuild the received ciphertext if it is cut."""
+
+    def __init__(self, ticket: DownloadTicket, data_key: bytes, out: BinaryIO) -> None:
+        self.ticket = ticket
+        self.total = ticket.ciphertext_size
+        self.data_key = data_key
+        self.ctx = cobblestone.artifact_context(ticket.operation_id, ticket.name)
+        self.out = out
+        self.have = 0  # ciphertext bytes received (from the partial file and the source)
+        self.written = 0  # plaintext bytes written (authenticated chunks only)
+        self.head = b""  # the payload's header (salt + commitment), once received
+        self.recent: deque[bytes] = deque()  # the last pieces received: at least one sealed chunk's worth
+        self.recent_size = 0
+
+    def run(self, part: Path, source: RangeSource, progress: Progress | None) -> int:
+        """Everything from the partial file (if any) and the source; returns where the source resumed."""
+        on_disk = _partial_size(part, self.total)
+        if on_disk == self.total:
+            self._decrypt(_file_pieces(part))
+            return on_disk
+        with source(on_disk, None) as answer:
+            if answer.object_size is not None and answer.object_size != self.total:
+                raise IntegrityError(f"the stored object for {self.ticket.name!r} does not have the artifact's size")
+            if answer.start != on_disk:  # Range ignored: start over from the first byte
+                if answer.start != 0:
+                    raise ProtocolError("the server answered a different byte range than requested")
+                on_disk = 0
+            earlier: Iterable[bytes] = _file_pieces(part) if on_disk else ()
+            self._decrypt(itertools.chain(earlier, self._progress(answer.pieces, on_disk, progress)))
+        return on_disk
+
+    def _progress(self, pieces: Iterable[bytes], start: int, progress: Progress | None) -> Iterator[bytes]:
+        if progress is None:
+            yield from pieces
+            return
+        done = start
+        for piece in pieces:
+            yield piece
+            done += len(piece)
+            progress(done, self.total)
+
+    def _decrypt(self, pieces: Iterable[bytes]) -> None:
+        cipher_hash, plain_hash = hashlib.sha256(), hashlib.sha256()
+        write = self.out.write
+        for plain in cobblestone.decrypt_stream(self.data_key, self.ctx, self._received(pieces, cipher_hash)):
+            plain_hash.update(plain)
+            write(plain)
+            self.written += len(plain)
+        if not hmac.compare_digest(cipher_hash.hexdigest(), _hex(self.ticket.ciphertext_checksum)):
+            raise IntegrityError(
+                f"ciphertext checksum mismatch for {self.ticket.name!r}: the stored object is not this artifact"
+            )
+        if not hmac.compare_digest(plain_hash.hexdigest(), _hex(self.ticket.checksum)):
+            raise IntegrityError(f"plaintext checksum mismatch for {self.ticket.name!r}")
+
+    def _received(self, pieces: Iterable[bytes], cipher_hash: Any) -> Iterator[bytes]:
+        """The pieces, hashed and counted on their way into the decryptor, which must only see the stream end
+        where the ciphertext does: a short stream is an interruption, never a (truncated) end of message."""
+        total, recent, floor = self.total, self.recent, cobblestone.SEALED_CHUNK_SIZE + cobblestone.HEADER_SIZE
+        try:
+            for piece in pieces:
+                if not piece:
+                    continue
+                if self.have + len(piece) > total:
+                    raise IntegrityError("the stored artifact is longer than its metadata says")
+                cipher_hash.update(piece)
+                if len(self.head) < cobblestone.HEADER_SIZE:
+                    self.head += piece[: cobblestone.HEADER_SIZE - len(self.head)]
+                recent.append(piece)
+                self.recent_size += len(piece)
+                while self.recent_size - len(recent[0]) >= floor:
+                    self.recent_size -= len(recent.popleft())
+                self.have += len(piece)
+                yield piece
+        except Unavailable as exc:  # the connection dropped (the SDK's body reader says so)
+            raise _Interrupted(exc.detail) from None
+        if self.have < total:
+            raise _Interrupted(
+                f"download of {self.ticket.name!r} stopped after {self.have} of {total} bytes; run it again to resume"
+            )
+
+    def keep_partial(self, part: Path, plaintext: Path) -> None:
+        """Write the ciphertext received so far to ``part``: the sealed form of every authenticated chunk (sealing
+        it again under the payload's salt gives back exactly the bytes that arrived) and the unopened rest."""
+        chunks = self.written // cobblestone.CHUNK_SIZE
+        opened = cobblestone.HEADER_SIZE + chunks * cobblestone.SEALED_CHUNK_SIZE
+        if len(self.head) < cobblestone.HEADER_SIZE:
+            opened = 0  # not even the header arrived: keep the bytes as they are
+        rest = self.have - opened
+        tail = b"".join(self.recent)[-rest:] if rest else b""
+        staging = part.with_name(part.name + ".new")
+        try:
+            with staging.open("wb") as out:
+                if opened:
+                    with plaintext.open("rb") as src:
+                        out.writelines(self._sealed(src, chunks))
+                out.write(tail)
+            os.replace(staging, part)
+        except OSError:
+            _discard(staging)  # no resume then; the next attempt starts over
+
+    def _sealed(self, src: BinaryIO, chunks: int) -> Iterator[bytes]:
+        """Header and the first ``chunks`` sealed chunks, re-made from their plaintext (the final short chunk
+        ``encrypt_stream`` adds is not part of them and is dropped)."""
+        length = chunks * cobblestone.CHUNK_SIZE
+        plain = iter(lambda: src.read(min(READ_SIZE, length - src.tell())), b"")
+        sealed = cobblestone.encrypt_stream(self.data_key, self.ctx, plain, salt=self.head[: cobblestone.SALT_SIZE])
+        for index, piece in enumerate(sealed):
+            if index > chunks:
+                return
+            yield piece
+
+
+def _partial_size(part: Path, total: int) -> int:
+    """Bytes an earlier attempt left; a partial longer than the whole object is stale and is dropped."""
+    try:
+        size = part.stat().st_size
+    except FileNotFoundError:
         return 0
-    out.seek(0)
-    while piece := out.read(READ_SIZE):
-        hasher.update(piece)
+    if size > total:
+        _discard(part)
+        return 0
     return size
+
+
+def _file_pieces(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as src:
+        while piece := src.read(READ_SIZE):
+            yield piece
 
 
 def _unwrap(ticket: DownloadTicket, secret_key: bytes) -> bytes:
@@ -180,26 +292,6 @@ def _unwrap(ticket: DownloadTicket, secret_key: bytes) -> bytes:
     if not hmac.compare_digest(_hex(unwrapped.sha256), _hex(ticket.checksum)):
         raise IntegrityError(f"the key wrap of {ticket.name!r} names a different checksum than its metadata")
     return bytes(unwrapped.data_key)
-
-
-def _decrypt_to(ticket: DownloadTicket, data_key: bytes, part: Path, dest: Path) -> None:
-    ctx = cobblestone.artifact_context(ticket.operation_id, ticket.name)
-    hasher = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, part.open("rb") as src:
-            for plain in cobblestone.decrypt_stream(data_key, ctx, iter(lambda: src.read(READ_SIZE), b"")):
-                hasher.update(plain)
-                out.write(plain)
-            out.flush()
-            os.fsync(out.fileno())
-        if not hmac.compare_digest(hasher.hexdigest(), _hex(ticket.checksum)):
-            raise IntegrityError(f"plaintext checksum mismatch for {ticket.name!r}")
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # --- helpers ---
