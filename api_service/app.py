@@ -34,6 +34,7 @@ EXPOSED_HEADERS = [
     "Deprecation",
     "Sunset",
     "Link",
+    "X-Wait-Applied",
 ]
 
 
@@ -93,6 +94,13 @@ def _expose(app: Starlette, svc: ApiServices) -> None:
     app.state.services = svc
     app.state.verifier = svc.verifier
     app.state.redis = svc.redis
+
+
+def stop_long_polls(app: Starlette) -> None:
+    """The server is shutting down: every request long-polling an operation answers now (see ``long_poll``)."""
+    svc = getattr(app.state, "services", None)
+    if isinstance(svc, ApiServices):
+        svc.stop_waiting()
 
 
 def create_metrics_app(app: Starlette) -> Starlette:

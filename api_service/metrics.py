@@ -44,6 +44,11 @@ class ApiMetrics:
             "Messages waiting in the worker queue (LLEN of the Celery list in Redis); -1 when unknown.",
             registry=self.registry,
         )
+        self.long_polls = Gauge(
+            "strongroom_long_polls_waiting",
+            "Requests of this process held by GET /operations/{id}?wait= right now (each holds no thread).",
+            registry=self.registry,
+        )
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, method=method, status=str(status)).inc()

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from api_service.endpoints.operations import CURSOR_PATTERN, LOG_CURSOR_PATTERN
+from api_service.long_poll import MAX_WAIT
 from shared.agents import AgentList, agent_names
 from shared.models import (
     ArtifactCollection,
@@ -196,6 +197,20 @@ _DEPRECATION_HEADERS = {
     "Link": _header('`<...>; rel="deprecation"`, only in the deprecated phase'),
 }
 
+_WAIT_DOC = (
+    "Long poll: a finished operation answers at once; otherwise the answer is held until the operation's status "
+    "differs from the one it had when the request arrived, or for this many seconds, whichever comes first (the "
+    "answer is the operation as it is then, with the new status or the same one). 0 does not wait. The server may "
+    "answer earlier without a change (it is shutting down): ask again. Signature, grantee check, rate limit and "
+    "the access record are those of the plain GET."
+)
+_WAIT_HEADERS = {
+    "X-Wait-Applied": {
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT},
+        "description": "with ?wait= only: the wait the server applied (a server that ignores ?wait= omits it)",
+    }
+}
+
 
 def _signed(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {
@@ -248,9 +263,17 @@ def _paths() -> dict[str, Any]:
         "/api/v1/operations/{operation_id}": {
             "parameters": [_OP_ID],
             "get": _signed(
-                "One operation (the design's GetOperationResponse)",
-                {"200": _json("GetOperationResponse", "The operation", _DEPRECATION_HEADERS)},
+                "One operation (the design's GetOperationResponse); with ?wait= a long poll",
+                {"200": _json("GetOperationResponse", "The operation", {**_DEPRECATION_HEADERS, **_WAIT_HEADERS})},
                 operationId="getOperation",
+                parameters=[
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "description": _WAIT_DOC,
+                        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_WAIT},
+                    }
+                ],
             ),
         },
         "/api/v1/operations/{operation_id}/cancel": {

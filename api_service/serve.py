@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 
-from api_service.app import create_metrics_app
+from api_service.app import create_metrics_app, stop_long_polls
 from api_service.http_protocol import header_limited_protocol
 from shared.settings import Settings
 
@@ -29,7 +30,18 @@ _COMMON: dict[str, Any] = {
 }
 
 
-class _Server(uvicorn.Server):
+class _ApiServer(uvicorn.Server):
+    """A uvicorn server that, as its shutdown begins, has the app answer its long polls (``?wait=``) at once: they
+    would otherwise hold the graceful-shutdown window open and then be cut off without an answer."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        app = self.config.app
+        if isinstance(app, Starlette):
+            stop_long_polls(app)
+        await super().shutdown(sockets)
+
+
+class _Server(_ApiServer):
     """A uvicorn server that leaves signal handling to ``serve`` (two servers cannot both own SIGTERM)."""
 
     @contextlib.contextmanager
@@ -46,7 +58,7 @@ def serve(app: Starlette, settings: Settings) -> None:
     common = {**_COMMON, "http": header_limited_protocol(settings)}
     api = uvicorn.Config(app, host=settings.api_host, port=settings.api_port, timeout_graceful_shutdown=8, **common)
     if not settings.api_metrics_port:
-        uvicorn.Server(api).run()
+        _ApiServer(api).run()
         return
     metrics = uvicorn.Config(
         create_metrics_app(app),

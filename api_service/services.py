@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
 
+from api_service.long_poll import StatusWaits
 from shared.auth.verifier import Verifier
 from shared.contracts import celery_config
 from shared.crypto.keyring import Keyring
@@ -21,6 +22,8 @@ from shared.quotas import QuotaBook
 from shared.records import OperationStore
 from shared.settings import Settings
 from shared.storage import ObjectStore
+
+REDIS_CONNECTIONS = 100  # async Redis connections per API process (the library's default bound)
 
 
 class TaskProducer(Protocol):
@@ -64,13 +67,30 @@ class ApiServices:
     grants: GrantSource = field(default_factory=OpenGrants)
     quotas: QuotaBook | None = None  # None: no quota can be enforced (only with grants that set none)
     _closers: list[Any] = field(default_factory=list, repr=False)
+    _waits: StatusWaits | None = field(default=None, repr=False)
+
+    @property
+    def waits(self) -> StatusWaits:
+        """The process's long-poll subscriber (``?wait=``), started by the first request that waits."""
+        if self._waits is None:
+            self._waits = StatusWaits(self.redis)
+        return self._waits
+
+    def stop_waiting(self) -> None:
+        """Shutdown has begun: every long poll answers now, and none waits from here on."""
+        self.waits.close()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ApiServices:
         from shared.storage.s3 import S3ObjectStore
 
         keyring = Keyring.from_settings(settings)
-        async_redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, health_check_interval=30)
+        # A burst (many long polls woken by one change, each recording its access) waits up to 5 s for one of the
+        # pool's connections instead of failing at once with "too many connections" (a 503).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=5, socket_timeout=5, health_check_interval=30
+        )
+        async_redis = aioredis.Redis.from_pool(pool)
         sync_redis = SyncRedis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=30)
         store = S3ObjectStore.from_settings(settings)
         producer = CeleryProducer(settings)
@@ -90,6 +110,8 @@ class ApiServices:
         )
 
     async def aclose(self) -> None:
+        if self._waits is not None:
+            await self._waits.aclose()
         for close in self._closers:
             close()
         await self.redis.aclose()

@@ -294,3 +294,6 @@ REDIS_MONITOR_SNAPSHOT = f"{REDIS_PREFIX}monitor:snapshot"  # last resource repo
 # totals and re-reads only these; see worker_service.pipeline.monitor)
 REDIS_MONITOR_CHANGED = f"{REDIS_PREFIX}monitor:changed"
 REDIS_MONITOR_LEDGER = f"{REDIS_PREFIX}monitor:ledger"  # the monitor's running totals (several keys share this prefix)
+# Pub/sub channel: the id of an operation whose record a worker just wrote with a (possibly) new status; API
+# processes wake the requests long-polling it (shared.status_feed). A hint to re-read, never the state itself.
+REDIS_STATUS_CHANNEL = f"{REDIS_PREFIX}operation-status"

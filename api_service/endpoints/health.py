@@ -82,4 +82,6 @@ async def metrics(request: Request) -> Response:
         state.metrics.queue_depth.set(await services(request).redis.llen(QUEUE))
     except Exception:
         state.metrics.queue_depth.set(-1)
+    svc = getattr(state, "services", None)  # None before the lifespan built them (a scrape on the metrics port)
+    state.metrics.long_polls.set(0 if svc is None else svc.waits.waiting)
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -16,15 +16,17 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api_service.access import _record as current_record
 from api_service.access import record, signed, signer
 from api_service.endpoints.common import blocking, json_response, services
+from api_service.long_poll import MAX_WAIT
 from api_service.views import API_PREFIX, dump_operation, operation_response, operation_view
 from shared import audit_log, bounded_json, layout
 from shared.agents import agent_names
 from shared.cancel import request_cancel
 from shared.contracts import RunOperation
 from shared.crypto.keywrap import parse_public_key
-from shared.errors import JsonTooDeep, NotFound, Unavailable, ValidationFailed
+from shared.errors import Expired, JsonTooDeep, NotFound, Unavailable, ValidationFailed
 from shared.grants import grant_for, operation_expiry
 from shared.models import (
     CreateOperationRequest,
@@ -217,11 +219,46 @@ async def _fetch_many(get: Any, ids: list[str]) -> list[OperationRecord | None]:
 # --- read and cancel --------------------------------------------------------------------------------------
 
 
-@signed("operation.read", operation=True)
+@signed("operation.read", operation=True, audited={"expired": "denied", "operation_not_found": "denied"})
 async def get_operation(request: Request) -> Response:
+    """The operation; with ``?wait=<seconds>`` a long poll (see ``wait_param`` and docs/api.md).
+
+    The signature, grantee, grant and expiry checks (``@signed``) run before any waiting, and the access is
+    recorded once, when the answer is ready. Waiting holds no thread: ``api_service.long_poll``.
+    """
     svc = services(request)
-    view = await blocking(operation_view, record(request), svc.settings, svc.records)
-    return json_response(view.body, 200, view.headers)
+    wait = wait_param(request.query_params.get("wait"))
+    found = record(request)
+    headers: dict[str, str] = {}
+    if wait is not None:
+        headers[WAIT_APPLIED] = str(wait)
+        if wait and not found.finished:
+            operation_id = found.id
+            found = await svc.waits.wait(
+                operation_id, found.status, lambda: current_record(request, operation_id), wait
+            )
+            if found.is_expired():  # it expired while the request waited
+                raise Expired("this operation has expired")
+    view = await blocking(operation_view, found, svc.settings, svc.records)
+    return json_response(view.body, 200, {**view.headers, **headers})
+
+
+WAIT_APPLIED = "X-Wait-Applied"  # answer header: the server honoured ``?wait=`` (an older one ignores it)
+_WAIT_RE = re.compile(r"[0-9]{1,2}")
+
+
+def wait_param(raw: str | None) -> int | None:
+    """``?wait=``: whole seconds from 0 to ``MAX_WAIT`` in ASCII digits, or ``None`` when absent.
+
+    The contract: a finished operation answers at once; otherwise the answer waits until the status differs from
+    the one the operation had when the request arrived (the status in the answer is then the new one), or until
+    ``wait`` seconds passed (then it is unchanged), whichever comes first. 0 does not wait.
+    """
+    if raw is None:
+        return None
+    if not _WAIT_RE.fullmatch(raw) or int(raw) > MAX_WAIT:
+        raise ValidationFailed(f"wait must be a whole number of seconds from 0 to {MAX_WAIT}", code="wait_invalid")
+    return int(raw)
 
 
 @signed("operation.cancel", operation=True, result="ok", audited={"operation_finished": "denied"})

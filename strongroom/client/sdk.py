@@ -56,6 +56,9 @@ from strongroom.client.errors import (
 from strongroom.client.identity import Identity
 
 API_PREFIX = "/api/v1"
+LONG_POLL_MAX = 30  # seconds: the longest ?wait= the API accepts
+LONG_POLL_SLACK = 15.0  # seconds of read timeout beyond a long poll's bound (a loaded server, a slow network)
+WAIT_APPLIED = "x-wait-applied"  # the API's answer header saying it held a ?wait= request
 JSON = "application/json"
 OCTET_STREAM = "application/octet-stream"
 M = TypeVar("M", bound=BaseModel)
@@ -100,6 +103,7 @@ class StrongroomClient:
         max_retry_after: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.identity = identity
@@ -107,6 +111,7 @@ class StrongroomClient:
         self.max_retries = max_retries
         self.max_retry_after = max_retry_after
         self._sleep = sleep
+        self._clock = clock
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             transport=transport,
@@ -138,8 +143,11 @@ class StrongroomClient:
         response = self._request("POST", "/operations", json_body=body)
         return _model(CreateOperationResponse, response)
 
-    def get(self, operation_id: str) -> GetOperationResponse:
-        return _model(GetOperationResponse, self._request("GET", _op(operation_id)))
+    def get(self, operation_id: str, *, wait: int | None = None) -> GetOperationResponse:
+        """The operation; with ``wait`` (1-30 s) a long poll: the server answers once the status differs from the
+        one it had when the request arrived, or after ``wait`` seconds (docs/api.md). A server that does not know
+        ``wait`` answers at once."""
+        return self._get(operation_id, wait)[0]
 
     def grant(self) -> GrantView:
         """What this identity may do on the server (agents, expiry, quotas) and how much of each quota it uses."""
@@ -153,25 +161,50 @@ class StrongroomClient:
         initial_interval: float = 0.5,
         max_interval: float = 5.0,
         on_poll: Callable[[GetOperationResponse], None] | None = None,
+        long_poll: bool = True,
     ) -> GetOperationResponse:
-        """Poll until a terminal status, backing off exponentially with jitter; ``WaitTimeout`` past ``timeout``."""
-        deadline = time.monotonic() + timeout
+        """Until a terminal status; ``WaitTimeout`` past ``timeout``.
+
+        Long-polls (``GET ?wait=``): each answer is a change of status or the server's bound, so the end is seen
+        as soon as the worker records it and nothing is asked in between. Against a server that ignores ``wait``
+        (its answer lacks ``X-Wait-Applied``), or with ``long_poll=False``, it polls instead, backing off
+        exponentially with jitter from ``initial_interval`` to ``max_interval``; so it does after a long poll that
+        came back early without a change (a server shutting down).
+        """
+        deadline = self._clock() + timeout
         interval = initial_interval
+        holds: bool | None = None if long_poll else False  # does the server hold ?wait= requests (None: unknown)
+        seen: str | None = None
         while True:
-            operation = self.get(operation_id)
+            bound = max(0, min(LONG_POLL_MAX, int(deadline - self._clock()))) if holds is not False else 0
+            asked = self._clock()
+            operation, applied = self._get(operation_id, bound or None)
+            if bound:
+                holds = applied
             if on_poll:
                 on_poll(operation)
             if operation.status in TERMINAL_STATUSES:
                 return operation
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock()
             if remaining <= 0:
                 raise WaitTimeout(
                     f"operation {operation_id} is still {operation.status} after {timeout:g}s; "
                     f"`strongroom client wait {operation_id}` keeps waiting"
                 )
+            changed, seen = operation.status != seen, operation.status
+            if holds and bound and (changed or self._clock() - asked >= bound - 1):
+                interval = initial_interval
+                continue  # a change or the full bound: ask again at once
             # Jitter spreads many clients' polls apart; never sleep past the deadline.
             self._sleep(min(remaining, interval * random.uniform(0.5, 1.0)))
             interval = min(max_interval, interval * 2)
+
+    def _get(self, operation_id: str, wait: int | None) -> tuple[GetOperationResponse, bool]:
+        """The operation and whether the server applied ``wait`` (it said so with ``X-Wait-Applied``)."""
+        if wait is None:
+            return _model(GetOperationResponse, self._request("GET", _op(operation_id))), False
+        response = self._request("GET", _op(operation_id), params={"wait": str(wait)}, timeout=wait + LONG_POLL_SLACK)
+        return _model(GetOperationResponse, response), WAIT_APPLIED in response.headers
 
     def list(self, *, status: str | None = None, limit: int = 50, cursor: str | None = None) -> OperationPage:
         """One page of this identity's operations, newest first."""
@@ -315,9 +348,10 @@ class StrongroomClient:
         json_body: Any = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
         body = b"" if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
-        with self._stream(method, path, body=body, params=params, headers=headers) as response:
+        with self._stream(method, path, body=body, params=params, headers=headers, timeout=timeout) as response:
             response.read()
             return response
 
@@ -330,11 +364,13 @@ class StrongroomClient:
         body: bytes = b"",
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Iterator[httpx.Response]:
-        """Send a signed request (re-signed on every retry) and yield the successful, still-open response."""
+        """Send a signed request (re-signed on every retry) and yield the successful, still-open response;
+        ``timeout`` raises the read timeout for this request (a long poll) above the client's."""
         attempt = 0
         while True:
-            response = self._send_signed(method, path, body, params, headers)
+            response = self._send_signed(method, path, body, params, headers, timeout)
             try:
                 if response.status_code < 400 or response.status_code in (301, 302, 303, 307, 308):
                     yield response
@@ -356,12 +392,21 @@ class StrongroomClient:
         body: bytes,
         params: Mapping[str, str] | None,
         headers: Mapping[str, str] | None,
+        timeout: float | None = None,
     ) -> httpx.Response:
         base_headers = {"Accept": JSON, **(headers or {})}
         if body:
             base_headers["Content-Type"] = JSON
+        limits = self._http.timeout
+        if timeout is not None and (limits.read is None or limits.read < timeout):
+            limits = httpx.Timeout(limits.connect, read=timeout, write=limits.write, pool=limits.pool)
         request = self._http.build_request(
-            method, f"{self.api_url}{API_PREFIX}{path}", content=body, params=params, headers=base_headers
+            method,
+            f"{self.api_url}{API_PREFIX}{path}",
+            content=body,
+            params=params,
+            headers=base_headers,
+            timeout=limits,
         )
         # Sign the URL httpx will actually send, so encoding differences cannot break @path or @query.
         request.headers.update(

@@ -48,6 +48,7 @@ from shared.errors import (
 from shared.events import new_event, publish
 from shared.grants import standing
 from shared.models import OperationRecord, OperationResult, OperationStatus, StoredArtifact, utcnow
+from shared.status_feed import announce
 from worker_service.agents.inputs import write_input
 from worker_service.agents.outputs import LimitExceeded, collect_outputs
 from worker_service.agents.registry import resolve
@@ -80,6 +81,16 @@ class Verdict:
     logs: list[str] = field(default_factory=list)
     artifacts: list[StoredArtifact] = field(default_factory=list)
     charged: int = 0  # stored bytes counted against the grantee's quota for these artifacts
+
+
+# --- the record -----------------------------------------------------------------------------------------------------
+
+
+def persist(services: Services, record: OperationRecord) -> None:
+    """Write the record with its new status: the one place a run does, so it is also the one place that wakes
+    the API requests long-polling the operation (``shared.status_feed``; best effort, after the write)."""
+    services.records.put(record)
+    announce(services.redis, record.id)
 
 
 # --- claim ----------------------------------------------------------------------------------------------------------
@@ -118,7 +129,7 @@ def _claim_once(
             if record.status == "running":
                 log.warning("run.reclaimed")
             record = record.evolve(status="running", started_at=utcnow(), finished_at=None, result=None, artifacts=[])
-            records.put(record)
+            persist(services, record)
         except BaseException:
             _release_quietly(lease)
             raise
@@ -293,7 +304,7 @@ def finish(services: Services, probe: RunProbe, verdict: Verdict, execution_time
         final = current.evolve(
             status=verdict.status, finished_at=utcnow(), result=result, artifacts=verdict.artifacts if ok else []
         )
-        records.put(final)
+        persist(services, final)
         probe.release()
         services.redis.delete(layout.redis_cancel_key(operation_id))
     return final
@@ -397,7 +408,7 @@ def fail_operation(services: Services, operation_id: str, summary: str) -> Opera
             return None
         result = OperationResult(status="error", summary=summary, execution_time=0)
         final = current.evolve(status="failed", finished_at=utcnow(), result=result, artifacts=[])
-        records.put(final)
+        persist(services, final)
     if services.quotas is not None:
         services.quotas.finished(final.grantee, final.id)
     return final

@@ -69,6 +69,7 @@ class FakeOperation:
     artifacts: dict[str, FakeArtifact] = field(default_factory=dict)
     polls_until_done: int = 0
     summary: str = "done"
+    changes: list[str] = field(default_factory=list)  # long poll: the status each held ?wait= request ends with
 
     def body(self) -> dict[str, Any]:
         arts = [a.metadata(self.id) for a in self.artifacts.values()]
@@ -88,8 +89,12 @@ class FakeOperation:
 class FakeApi:
     """Route table over in-memory state; ``fail_next`` queues canned error answers before normal handling."""
 
-    def __init__(self, *, proxy: bool = False, proxy_tickets: bool = True, s3: str = S3) -> None:
+    def __init__(
+        self, *, proxy: bool = False, proxy_tickets: bool = True, s3: str = S3, long_poll: bool = False
+    ) -> None:
         self.s3 = s3  # where presigned URLs point
+        self.long_poll = long_poll  # False: an older API that ignores ?wait=
+        self.waits: list[int] = []  # the ?wait= values of the requests it held
         self.proxy_tickets = proxy_tickets  # False: an older proxy-mode API that streams even when JSON is preferred
         self.operations: dict[str, FakeOperation] = {}
         self.nonces: set[str] = set()
@@ -172,6 +177,12 @@ class FakeApi:
         if op.grantee != signer:
             return problem(403, "not_grantee", "not yours")
         rest = segments[2:]
+        wait = request.url.params.get("wait")
+        if not rest and method == "GET" and self.long_poll and wait is not None:
+            self.waits.append(int(wait))
+            if op.changes and op.status not in ("succeeded", "failed", "cancelled"):
+                op.status = op.changes.pop(0)  # the change the request was held for (none left: the bound)
+            return httpx.Response(200, json=op.body(), headers={"X-Wait-Applied": wait})
         if not rest and method == "GET":
             if op.polls_until_done > 0:
                 op.polls_until_done -= 1

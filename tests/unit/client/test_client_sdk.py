@@ -91,6 +91,67 @@ def test_wait_polls_with_backoff_until_terminal(client: StrongroomClient, api: F
     assert seen == ["running", "running", "running", "succeeded"]
 
 
+def test_wait_long_polls_a_server_that_holds_requests(identity: Identity, sleeps: list[float]) -> None:
+    """One held request per status change, no sleeping in between, and the bound never past the timeout."""
+    api = FakeApi(long_poll=True)
+    op = api.add_operation("privacy-audit_" + "e" * 26, identity.address, identity.encryption_public_key)
+    op.changes = ["running", "succeeded"]
+    seen: list[str] = []
+    with StrongroomClient(API, identity, transport=api.transport, sleep=sleeps.append) as client:
+        done = client.wait(op.id, timeout=20, on_poll=lambda o: seen.append(o.status))
+    assert done.status == "succeeded"
+    assert seen == ["running", "succeeded"]
+    assert sleeps == []
+    assert len(api.waits) == 2 and all(1 <= w <= 20 for w in api.waits)
+    held = [r for r in api.requests if r.url.params.get("wait")]
+    assert len(held) == 2 and all("signature" in r.headers for r in held)
+
+
+def test_wait_asks_again_at_once_after_the_bound_but_backs_off_after_an_early_answer(
+    identity: Identity, sleeps: list[float]
+) -> None:
+    """A held request that ran to its bound without a change is followed by the next at once; one that came back
+    early without a change (a server shutting down) is followed by a backoff sleep first."""
+    api = FakeApi(long_poll=True)
+    op = api.add_operation("privacy-audit_" + "f" * 26, identity.address, identity.encryption_public_key)
+    op.status = "running"
+    now = [0.0]
+    script = iter([("running", 0), ("running", "bound"), ("running", 0), ("succeeded", 0)])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("wait"):
+            op.status, took = next(script)
+            now[0] += int(request.url.params["wait"]) if took == "bound" else 0.01
+        return api.handle(request)
+
+    with StrongroomClient(
+        API, identity, transport=httpx.MockTransport(handle), sleep=sleeps.append, clock=lambda: now[0]
+    ) as client:
+        done = client.wait(op.id, timeout=600, initial_interval=1)
+    assert done.status == "succeeded"
+    assert api.waits == [30, 30, 30, 30]
+    assert len(sleeps) == 1  # only after the third answer: early and unchanged
+
+
+def test_wait_without_long_poll_polls(identity: Identity, sleeps: list[float]) -> None:
+    api = FakeApi(long_poll=True)
+    op = api.add_operation("privacy-audit_" + "g" * 26, identity.address, identity.encryption_public_key)
+    op.status, op.polls_until_done = "running", 3
+    with StrongroomClient(API, identity, transport=api.transport, sleep=sleeps.append) as client:
+        assert client.wait(op.id, timeout=60, long_poll=False).status == "succeeded"
+    assert api.waits == [] and len(sleeps) == 2
+
+
+def test_get_with_wait_sends_the_parameter(identity: Identity) -> None:
+    api = FakeApi(long_poll=True)
+    op = api.add_operation("privacy-audit_" + "h" * 26, identity.address, identity.encryption_public_key)
+    op.changes = ["running"]
+    with StrongroomClient(API, identity, transport=api.transport) as client:
+        assert client.get(op.id, wait=7).status == "running"
+        assert client.get(op.id).status == "running"
+    assert api.waits == [7]
+
+
 def test_wait_backoff_grows_with_jitter_and_is_capped(
     client: StrongroomClient, api: FakeApi, identity: Identity, sleeps: list[float]
 ) -> None:
