@@ -710,3 +710,43 @@ def test_a_wallet_user_starts_and_downloads_with_the_key_derived_from_a_signatur
     with StrongroomClient(page_api, as_sdk) as client:
         client.download(operation_id, name, tmp_path / "sdk.json")
     assert Path(info.value.path()).read_bytes() == (tmp_path / "sdk.json").read_bytes()
+
+
+@pytest.mark.parametrize("viewport", ["desktop"])
+def test_the_page_is_usable_by_keyboard_alone_with_visible_focus(
+    page_api: str,
+    big_operation: GetOperationResponse,
+    app: Any,
+    viewport: str,
+    grantee: tuple[Identity, Path],
+    tmp_path: Path,
+) -> None:
+    identity, identity_file = grantee
+    page = app
+    page.goto(f"{page_api}/app/")
+    page.bring_to_front()  # a file chooser opens only in the active tab (earlier tests' pages may still exist)
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    page.keyboard.press("Tab")  # the first stop is the visible button, not the hidden file input
+    expect(page.locator("#identity-pick")).to_be_focused()
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid"
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(identity_file))
+    expect(page.locator("#identity-status")).to_contain_text(identity.address)
+
+    page.focus("#op-id")
+    page.keyboard.type(big_operation.id)
+    page.keyboard.press("Enter")
+    expect_succeeded(page)
+    expect(page.locator("#op-title")).to_be_focused()
+    download = row(page, "recommendations.json").locator("button[data-action=download]")
+    for _ in range(60):  # Tab from the heading to the artifact's Download button
+        page.keyboard.press("Tab")
+        if download.evaluate("node => node === document.activeElement"):
+            break
+    expect(download).to_be_focused()
+    assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") == "solid"
+    with page.expect_download(timeout=SLOW) as info:
+        page.keyboard.press("Enter")
+    assert info.value.suggested_filename == "recommendations.json"
