@@ -24,6 +24,7 @@ unless STRONGROOM_REQUIRE_IMAGE or CI is set: then a missing tool is a failure.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import secrets
@@ -58,6 +59,8 @@ TEXT = "Write to jane.doe@example.com or call +1 415 555 0100.\n" * 50
 # A Redis database of its own on the session's Valkey: a session worker started by another module (another
 # keyring, another bucket) must not take this API's tasks, nor this module's beat feed that worker.
 REDIS_DB = 11
+# A command agent still running when the worker gets SIGTERM: warm shutdown must let it finish and store its file.
+SLOW_AGENT = "sleep 15; echo {prompt} > out/slow.txt"
 
 
 def say(config: pytest.Config, line: str) -> None:
@@ -195,6 +198,7 @@ def chart(tmp_path_factory: pytest.TempPathFactory, own_redis_url: str, s3_serve
         },
         "s3": {"endpointUrl": s3_server.endpoint_url},
         "config": {
+            "STRONGROOM_AGENTS": json.dumps({"slow": {"command": ["/bin/sh", "-c", SLOW_AGENT]}}),
             "STRONGROOM_PUBLIC_AUTHORITIES": f"{LOOPBACK}:{api_port}",
             "STRONGROOM_S3_BUCKET": f"sr-image-{secrets.token_hex(4)}",
             "AWS_REGION": s3_server.region,
@@ -366,15 +370,27 @@ def test_containers_run_hardened(podman: Podman, running: dict[str, Pod]) -> Non
         assert "root-read-only" in seen and "tmp-writable" in seen, (component, seen)
 
 
-def test_sigterm_is_a_warm_shutdown(podman: Podman, running: dict[str, Pod]) -> None:
+def test_sigterm_is_a_warm_shutdown(podman: Podman, running: dict[str, Pod], tmp_path: Path) -> None:
+    """SIGTERM (`podman stop`, the rendered grace period) while an agent runs: the worker lets it finish, stores
+    its file, and exits 0; then beat and the API exit 0 too."""
     show = diagnose(podman, running)
-    for component in ("worker", "beat", "api"):
-        pod = running[component]
-        grace = int(pod.spec.get("terminationGracePeriodSeconds", 30))
-        podman("stop", "--time", str(grace), pod.name, timeout=grace + 120)
-        status, code = podman.state(pod.name)
-        assert (status, code) == ("exited", 0), f"{component}: {status} {code}\n{show()}"
-    assert "Warm shutdown" in podman.logs(running["worker"].name)
+    url = f"http://{LOOPBACK}:{running['api'].port('http')}"
+    with StrongroomClient(url, generate_identity()) as client:
+        created = client.create("slow", {"prompt": "finished", "files": {}}, retention_days=1)
+        wait_until(lambda: client.get(created.id).status != "pending", 120, "the slow agent to start", show)
+        assert client.get(created.id).status == "running"
+        for component in ("worker", "beat", "api"):
+            pod = running[component]
+            grace = int(pod.spec.get("terminationGracePeriodSeconds", 30))
+            podman("stop", "--time", str(grace), pod.name, timeout=grace + 120)
+            status, code = podman.state(pod.name)
+            assert (status, code) == ("exited", 0), f"{component}: {status} {code}\n{show()}"
+            if component == "worker":
+                assert "Warm shutdown" in podman.logs(pod.name)
+                done = client.get(created.id)
+                assert done.status == "succeeded", f"{done.result}\n{show()}"
+                client.download(created.id, "slow.txt", tmp_path / "slow.txt")
+    assert (tmp_path / "slow.txt").read_text() == "finished\n"
 
 
 PROBE = (
