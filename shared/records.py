@@ -173,10 +173,13 @@ class OperationStore:
         key = layout.redis_record_version(operation_id)
         self.redis.set(key, WRITING, ex=LOCK_TIMEOUT)
         yield
-        # One round trip: the fresh token, and the change noted for the resource monitor's running totals.
+        # One round trip: the fresh token, the change noted for the resource monitor's running totals, and the
+        # notification that wakes the API requests long-polling this operation (shared.status_feed). Here, every
+        # write notifies: the worker's, a cancel or delete through the API, the monitor failing a dead run.
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(key, new_token(), ex=TOKEN_TTL)
         pipe.sadd(layout.REDIS_MONITOR_CHANGED, operation_id)
+        pipe.publish(layout.REDIS_STATUS_CHANNEL, operation_id)
         pipe.execute()
 
     def read_input(self, operation_id: str) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from api_service.services import ApiServices
 from shared import layout
 from shared.events import decode
 from shared.models import AuditEvent, OperationRecord
-from shared.status_feed import announce
 from tests.unit.api.api_harness import ApiHarness
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -82,10 +81,9 @@ def waits(services: ApiServices) -> CountingWaits:
 
 
 def write(api: ApiHarness, record: OperationRecord, **changes: Any) -> OperationRecord:
-    """What the worker's ``persist`` does: write the record, then announce it."""
+    """What the worker's ``persist`` does: write the record (which announces it)."""
     changed = record.evolve(**changes)
     api.records.put(changed)
-    announce(api.sync_redis, record.id)
     return changed
 
 
@@ -236,8 +234,7 @@ def test_an_operation_deleted_while_waited_on_is_404(
     record = api.make_record(status="running")
     thread, answers = in_background(lambda: api.signed(client, "GET", f"{OPS}/{record.id}?wait=30"))
     until(lambda: waits(services).waiting == 1, "the request to wait")
-    api.records.delete_record(record.id)
-    announce(api.sync_redis, record.id)
+    api.records.delete_record(record.id)  # announced by the delete itself
     thread.join(timeout=60)
     assert_problem(answers[0], 404, "operation_not_found")
 

@@ -48,7 +48,6 @@ from shared.errors import (
 from shared.events import new_event, publish
 from shared.grants import standing
 from shared.models import OperationRecord, OperationResult, OperationStatus, StoredArtifact, utcnow
-from shared.status_feed import announce
 from worker_service.agents.inputs import write_input
 from worker_service.agents.outputs import LimitExceeded, collect_outputs
 from worker_service.agents.registry import resolve
@@ -87,10 +86,9 @@ class Verdict:
 
 
 def persist(services: Services, record: OperationRecord) -> None:
-    """Write the record with its new status: the one place a run does, so it is also the one place that wakes
-    the API requests long-polling the operation (``shared.status_feed``; best effort, after the write)."""
+    """Write the record with its new status (the write also wakes the API requests long-polling the operation:
+    ``shared.status_feed``)."""
     services.records.put(record)
-    announce(services.redis, record.id)
 
 
 # --- claim ----------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The worker's status notifications (``shared.status_feed``): every record write of a run is announced after it
-landed, and a Redis that cannot take the announcement never fails the run."""
+"""Status notifications (``shared.status_feed``): every record write is announced once it landed, the worker's
+and everyone else's (a cancel of a pending operation through the API, a delete)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 import redis
 
 from shared import layout
-from shared.status_feed import announce
 from tests.unit.worker.pipeline_support import make_record, make_services, redis_client
 from worker_service.pipeline import run as pipeline
 
@@ -59,6 +58,18 @@ def test_fail_operation_announces(client: redis.Redis) -> None:
         pubsub.close()
 
 
-def test_an_announcement_redis_cannot_take_is_logged_not_raised() -> None:
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.5)
-    announce(dead, "privacy-audit_" + "a" * 26)  # no exception
+def test_writes_outside_the_worker_announce_too(client: redis.Redis) -> None:
+    """A pending operation cancelled through the API never reaches a worker: its waiters must still wake."""
+    services = make_services(client)
+    record = make_record(status="pending")
+    services.records.put(record)
+    pubsub = client.pubsub()
+    pubsub.subscribe(layout.REDIS_STATUS_CHANNEL)
+    try:
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+        services.records.update(record.id, lambda r: r.evolve(status="cancelled", finished_at=r.created_at))
+        assert next_announcement(pubsub) == record.id
+        services.records.delete_record(record.id)
+        assert next_announcement(pubsub) == record.id
+    finally:
+        pubsub.close()
