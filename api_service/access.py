@@ -165,7 +165,7 @@ async def load_operation(
         await audit(request, action, "denied", actor=signer.address, reason="operation_not_found")
         raise NotFound("no such operation", code="operation_not_found")
     try:
-        found = await _record(request, operation_id)
+        found = await current_record(request, operation_id)
     except NotFound:
         await _deny(request, action, signer, operation_id, artifact, "operation_not_found")
         raise NotFound("no such operation", code="operation_not_found") from None
@@ -179,7 +179,7 @@ async def load_operation(
     return found
 
 
-async def _record(request: Request, operation_id: str) -> OperationRecord:
+async def current_record(request: Request, operation_id: str) -> OperationRecord:
     """The current record: from this process's cache when its version token in Redis still stands (no thread
     hop, no S3 read), else read from S3 in a worker thread (``shared.records``)."""
     svc = services(request)

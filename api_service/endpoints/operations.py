@@ -16,8 +16,7 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api_service.access import _record as current_record
-from api_service.access import record, signed, signer
+from api_service.access import current_record, record, signed, signer
 from api_service.endpoints.common import blocking, json_response, services
 from api_service.long_poll import MAX_WAIT
 from api_service.views import API_PREFIX, dump_operation, operation_response, operation_view

@@ -50,9 +50,17 @@ def install(root: Path) -> None:
         return
     root = root.resolve()
     _installed.append(root)
+    # Now, not inside the hook: the first gettempdir() opens probe files while holding tempfile's lock, and an
+    # open hook calling it again then waits on that lock forever (``pytest -s`` hung at start-up).
+    temp = Path(os.path.realpath(tempfile.gettempdir()))
 
     def hook(event: str, args: tuple[Any, ...]) -> None:
-        if event == "open" and args and isinstance(args[0], (str, bytes, os.PathLike)) and forbidden(args[0], root):
+        if (
+            event == "open"
+            and args
+            and isinstance(args[0], (str, bytes, os.PathLike))
+            and forbidden(args[0], root, temp)
+        ):
             raise OutsideRepositoryError(
                 f"a test opened {os.fsdecode(args[0])!r}, outside the repository {str(root)!r}: "
                 "copy what the tests need into the repository"

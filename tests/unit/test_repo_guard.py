@@ -1,6 +1,8 @@
 """Tests read nothing beside the checkout: a user's clone has nothing there."""
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -45,3 +47,15 @@ def test_the_guard_is_active_in_this_session(tmp_path: Path) -> None:
     sibling = ROOT.parent / "strongroom-guard-probe-does-not-exist"
     with pytest.raises(OutsideRepositoryError):
         sibling.open()
+
+
+def test_installing_before_the_temp_dir_is_known_does_not_hang() -> None:
+    """``pytest -s`` installs the guard before anything asked for the temp dir; the first ``gettempdir()`` then
+    opens probe files under tempfile's lock, which a hook calling ``gettempdir()`` again waited on forever."""
+    script = (
+        "import sys, tempfile; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+        "from tests.helpers import repo_guard; tempfile.tempdir = None; "
+        "repo_guard.install(Path(sys.argv[1])); print(tempfile.gettempdir())"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(ROOT)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
