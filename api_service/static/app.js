@@ -35,7 +35,8 @@ const MAX_BROWSER_BYTES = 512 * 1024 * 1024;
 const MAX_PREVIEW_TEXT = 256 * 1024;
 const CHAIN_ID = 1;
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
-const POLL_MS = 2000;
+const POLL_MS = 2000; // between plain GETs, when the server does not long-poll
+const WAIT_S = 25; // GET ?wait=: the server answers when the status changes (docs/api.md)
 const PAGE_SIZE = 10;
 const RESUME_TRIES = 5; // a dropped download is resumed after 1, 2, 4 and 8 s (a phone changing networks)
 const RESUME_PAUSE_MS = 1000;
@@ -51,6 +52,7 @@ let grant = null; // GET /grant answer
 const logSeen = new Map(); // operation id -> event ids this page showed (a log that shrinks later is caught)
 let current = null; // the operation on screen
 let pollTimer = null;
+let pollAbort = null; // the long poll in flight, aborted when another operation is opened
 let elapsedTimer = null;
 let listCursor = null;
 const downloads = new Map(); // artifact name -> {controller}
@@ -449,25 +451,36 @@ async function openOperation(id, { focus = false } = {}) {
 async function poll(id) {
   pollTimer = null;
   if (current?.id !== id) return;
+  const controller = new AbortController();
+  pollAbort = controller;
   try {
-    const operation = await (await api('GET', opPath(id))).json();
-    if (current?.id !== id) return;
+    // A long poll: the answer comes when the status changes (or after WAIT_S). A server without ?wait= answers
+    // at once without X-Wait-Applied; then the page asks again every POLL_MS.
+    const response = await api('GET', `${opPath(id)}?wait=${WAIT_S}`, { signal: controller.signal });
+    const operation = await response.json();
+    if (current?.id !== id || controller.signal.aborted) return;
     showOperation(operation);
-    if (!TERMINAL.has(operation.status)) pollTimer = setTimeout(() => poll(id), POLL_MS);
+    const longPoll = response.headers.get('x-wait-applied') !== null;
+    if (!TERMINAL.has(operation.status)) pollTimer = setTimeout(() => poll(id), longPoll ? 0 : POLL_MS);
     else {
       announce(`Operation ${id} ${operation.status}.`);
       loadGrant().catch((error) => showError('grant-error', error)); // quota usage moved
       listOperations(false).catch((error) => showError('list-error', error)); // its row still says running
     }
   } catch (error) {
+    if (controller.signal.aborted) return; // another operation was opened, or the identity forgotten
     showError('op-error', error);
     pollTimer = setTimeout(() => poll(id), POLL_MS * 3); // keep watching: the API may be back soon
+  } finally {
+    if (pollAbort === controller) pollAbort = null;
   }
 }
 
 function stopPolling() {
   if (pollTimer !== null) clearTimeout(pollTimer);
   pollTimer = null;
+  pollAbort?.abort();
+  pollAbort = null;
 }
 
 function resetOperationPanels() {

@@ -218,7 +218,8 @@ def test_start_an_operation_from_the_page_and_watch_it_finish(
     expect(page).to_have_url(re.compile(f"#op={operation_id}$"))
     assert_no_horizontal_scroll(page, "operation started")
 
-    expect_succeeded(page)  # watched: the page polls
+    expect_succeeded(page)  # watched: the page long-polls
+    assert any(f"/operations/{operation_id}?wait=" in url for url in page.requests_seen)
     expect(page.locator("#op-running")).to_be_hidden()
     expect(page.locator("#op-result")).to_contain_text("ok")
     expect(page.locator("#op-elapsed")).to_contain_text(re.compile(r"^in \d"))
