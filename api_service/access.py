@@ -65,7 +65,9 @@ def signed(
     def decorate(endpoint: Endpoint) -> Endpoint:
         @functools.wraps(endpoint)
         async def wrapper(request: Request) -> Response:
-            who = await authenticate(request)
+            named = request.path_params.get("operation_id") if operation else None
+            # The record's version token comes back with the nonce's admission: one Redis round trip, not two.
+            who = await authenticate(request, operation_id=named if layout.is_operation_id(named or "") else None)
             what = action(request) if callable(action) else action
             if what is None:
                 return await endpoint(request)
@@ -165,7 +167,7 @@ async def load_operation(
         await audit(request, action, "denied", actor=signer.address, reason="operation_not_found")
         raise NotFound("no such operation", code="operation_not_found")
     try:
-        found = await current_record(request, operation_id)
+        found = await current_record(request, operation_id, signer.record_version)
     except NotFound:
         await _deny(request, action, signer, operation_id, artifact, "operation_not_found")
         raise NotFound("no such operation", code="operation_not_found") from None
@@ -179,14 +181,16 @@ async def load_operation(
     return found
 
 
-async def current_record(request: Request, operation_id: str) -> OperationRecord:
+async def current_record(request: Request, operation_id: str, token: bytes | None = None) -> OperationRecord:
     """The current record: from this process's cache when its version token in Redis still stands (no thread
-    hop, no S3 read), else read from S3 in a worker thread (``shared.records``)."""
+    hop, no S3 read), else read from S3 in a worker thread (``shared.records``). ``token``: the version token
+    read moments ago with the request's admission (else it is read here)."""
     svc = services(request)
-    try:
-        token = await aversion(svc.redis, operation_id)
-    except (RedisError, OSError):
-        token = None  # no version to trust: read the truth, cache nothing
+    if token is None:
+        try:
+            token = await aversion(svc.redis, operation_id)
+        except (RedisError, OSError):
+            token = None  # no version to trust: read the truth, cache nothing
     cached = svc.records.cache.get(operation_id, token)
     return cached if cached is not None else await blocking(svc.records.load, operation_id, token)
 

@@ -36,7 +36,7 @@ _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also passes '²', w
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-async def authenticate(request: Request) -> VerifiedSigner:
+async def authenticate(request: Request, *, operation_id: str | None = None) -> VerifiedSigner:
     """Verify the request's signature and return the signer; raise the typed error otherwise.
 
     Every decision is published as an ``auth`` audit event, except refusals past the client's failure budget
@@ -69,7 +69,7 @@ async def authenticate(request: Request) -> VerifiedSigner:
 
     try:
         signed = await signed_request(request, settings, headers, client=client)
-        signer = await verifier.verify(signed, audit=allowed)
+        signer = await verifier.verify(signed, audit=allowed, operation_id=operation_id)
     except FailureLimited:
         raise
     except (AuthError, RateLimited, PayloadTooLarge) as exc:  # the client's doing: charged to its budget

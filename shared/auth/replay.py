@@ -25,28 +25,40 @@ from shared.layout import (
     redis_auth_failure_key,
     redis_nonce_key,
     redis_rate_key,
+    redis_record_version,
     redis_rpc_budget_key,
     redis_wallet_failure_key,
 )
+from shared.records import TOKEN_TTL, new_token, usable_token
 
 NONCE_GRACE_SECONDS = 60  # kept past ``expires`` so clock skew cannot reopen the window
 RATE_WINDOW_SECONDS = 60
 
-# KEYS: nonce, rate counter, audit stream. ARGV: nonce ttl, rate limit (0: off), rate ttl, stream maxlen, then the
-# audit entry's field/value pairs (none: no entry). Returns -1 for a replay, else the window's count (0: off).
-# The steps and their order are consume_nonce, enforce_rate_limit and shared.events.publish, run atomically.
+# KEYS: nonce, rate counter, audit stream[, a record version token]. ARGV: nonce ttl, rate limit (0: off), rate ttl,
+# stream maxlen, a fresh token and its ttl (used only with the fourth key), then the audit entry's field/value
+# pairs (none: no entry). Returns {-1} for a replay, else {the window's count (0: off)[, the version token]}.
+# The steps and their order are consume_nonce, enforce_rate_limit, shared.events.publish and, for an admitted
+# request naming an operation, shared.records.aversion (read the token, creating one if none stands), atomically.
 _ADMIT_LUA = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return -1 end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return {-1} end
 local limit, count = tonumber(ARGV[2]), 0
 if limit > 0 then
   count = redis.call('INCR', KEYS[2])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
-  if count > limit then return count end
+  if count > limit then return {count} end
 end
-if #ARGV > 4 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
+if #ARGV > 6 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 7))
 end
-return count
+if #KEYS > 3 then
+  local token = redis.call('GET', KEYS[4])
+  if not token then
+    redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6])
+    token = ARGV[5]
+  end
+  return {count, token}
+end
+return {count}
 """
 _ADMIT_SHA = hashlib.sha1(_ADMIT_LUA.encode("ascii"), usedforsecurity=False).hexdigest()
 
@@ -93,34 +105,44 @@ async def admit(
     rate_limit: int,
     now: float,
     audit_entry: Mapping[str, str] | None = None,
-) -> None:
+    operation_id: str | None = None,
+) -> bytes | None:
     """For a verified signature: consume its nonce, count it against ``address``'s rate limit, and append
     ``audit_entry`` (a ``shared.events.encode`` entry) to the audit stream, atomically and in one round trip.
+    With ``operation_id`` (a request about one operation) the same call returns that record's version token, as
+    ``shared.records.aversion`` would (``None`` while a write is in flight), so the API's record cache is checked
+    without a round trip of its own.
 
     Outcomes are those of ``consume_nonce`` then ``enforce_rate_limit``: ``nonce_replayed`` without counting,
     ``RateLimited`` (nonce consumed, no entry), ``Unavailable`` on any Redis error. The entry is written only for
     an admitted request, so an accepted request is never without it. With nothing to combine (rate limit off, no
-    entry) it is the plain ``SET NX`` of ``consume_nonce``.
+    entry, no operation) it is the plain ``SET NX`` of ``consume_nonce``.
     """
-    if rate_limit <= 0 and audit_entry is None:
+    if rate_limit <= 0 and audit_entry is None and operation_id is None:
         await consume_nonce(redis, keyid, nonce, expires=expires, now=now)
-        return
+        return None
     window = int(now // RATE_WINDOW_SECONDS)
-    keys = (redis_nonce_key(keyid, nonce), redis_rate_key(address, window), REDIS_AUDIT_STREAM)
-    args: list[str | int] = [_nonce_ttl(expires, now), max(0, rate_limit), RATE_WINDOW_SECONDS * 2, STREAM_MAXLEN]
+    keys = [redis_nonce_key(keyid, nonce), redis_rate_key(address, window), REDIS_AUDIT_STREAM]
+    args: list[str | int | bytes] = [
+        _nonce_ttl(expires, now), max(0, rate_limit), RATE_WINDOW_SECONDS * 2, STREAM_MAXLEN, new_token(), TOKEN_TTL,
+    ]  # fmt: skip
+    if operation_id is not None:
+        keys.append(redis_record_version(operation_id))
     for field, value in (audit_entry or {}).items():
         args += (field, value)
     try:
         try:
-            count = await redis.evalsha(_ADMIT_SHA, len(keys), *keys, *args)
+            reply = await redis.evalsha(_ADMIT_SHA, len(keys), *keys, *args)
         except NoScriptError:  # first use on this server (or after SCRIPT FLUSH): EVAL also caches it
-            count = await redis.eval(_ADMIT_LUA, len(keys), *keys, *args)
+            reply = await redis.eval(_ADMIT_LUA, len(keys), *keys, *args)
     except (RedisError, OSError):
         raise store_unavailable() from None
-    if int(count) < 0:
+    count = int(reply[0])
+    if count < 0:
         raise AuthError("this nonce has already been used", code="nonce_replayed")
-    if rate_limit > 0 and int(count) > rate_limit:
+    if rate_limit > 0 and count > rate_limit:
         raise _rate_limited(window, now)
+    return usable_token(reply[1]) if len(reply) > 1 else None
 
 
 def _nonce_ttl(expires: int, now: float) -> int:

@@ -18,6 +18,7 @@ never touch either budget.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import time
@@ -67,6 +68,8 @@ class VerifiedSigner:
     nonce: str
     created: int
     expires: int
+    # The version token of the operation the caller named in ``verify`` (read in the admission's round trip).
+    record_version: bytes | None = None
 
 
 class Verifier:
@@ -94,13 +97,19 @@ class Verifier:
         self._contract_wallets = contract_wallets
 
     async def verify(
-        self, request: SignedRequest, *, audit: Callable[[VerifiedSigner], AuditEvent] | None = None
+        self,
+        request: SignedRequest,
+        *,
+        audit: Callable[[VerifiedSigner], AuditEvent] | None = None,
+        operation_id: str | None = None,
     ) -> VerifiedSigner:
         """Return the proven signer, or raise ``AuthError`` (401, with ``code``), ``RateLimited`` or ``Unavailable``.
 
         ``audit`` builds the event that records an accepted request; it is appended to the audit stream in the
         same atomic Redis step that consumes the nonce and counts the rate limit (one round trip, and never an
         accepted request without its event). Refusals are not recorded here: the caller knows whom to tell.
+        ``operation_id``: the request is about that operation; its record version token comes back on the signer
+        (``record_version``), read in that same step.
         """
         headers = {name.lower(): value for name, value in request.headers.items()}
         parsed = parse_signature(headers)
@@ -122,7 +131,7 @@ class Verifier:
             created=parsed.created,
             expires=parsed.expires,
         )
-        await admit(
+        version = await admit(
             self._redis,
             keyid=parsed.keyid,
             nonce=parsed.nonce,
@@ -131,8 +140,9 @@ class Verifier:
             rate_limit=self._settings.rate_limit_per_minute,
             now=now,
             audit_entry=encode(audit(signer)) if audit is not None else None,
+            operation_id=operation_id,
         )
-        return signer
+        return signer if operation_id is None else dataclasses.replace(signer, record_version=version)
 
     def _check_policy(self, parsed: ParsedSignature, request: SignedRequest, now: float) -> None:
         settings = self._settings

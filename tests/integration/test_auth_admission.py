@@ -20,7 +20,8 @@ from shared.auth.signer import sign_request
 from shared.auth.verifier import SignedRequest, Verifier
 from shared.errors import AuthError, RateLimited, Unavailable
 from shared.events import decode, encode, new_event
-from shared.layout import REDIS_AUDIT_STREAM, redis_nonce_key, redis_rate_key
+from shared.layout import REDIS_AUDIT_STREAM, redis_nonce_key, redis_rate_key, redis_record_version
+from shared.records import WRITING
 from shared.settings import Settings
 from strongroom.dev.servers import free_port
 
@@ -92,6 +93,31 @@ def test_accepted_request_is_one_round_trip_with_its_event(redis_url: str) -> No
         window = int(now // 60)
         assert await counter(client, redis_rate_key(address, window)) == 2
         assert 0 < await client.ttl(redis_rate_key(address, window)) <= 120
+
+    run(redis_url, body)
+
+
+def test_the_operations_version_token_comes_back_in_the_same_round_trip(redis_url: str) -> None:
+    """As ``shared.records.aversion``: the token standing, one created when none does, None while a write runs."""
+    address, now = fresh()[2], time.time()
+    operation_id = "privacy-audit_" + "v" * 26
+    key = redis_record_version(operation_id)
+
+    async def body(client: CountingRedis) -> None:
+        await client.delete(key)
+        kwargs: dict[str, Any] = {"expires": int(now) + 60, "address": address, "rate_limit": 0, "now": now}
+        keyid, nonce, _ = fresh()
+        client.commands.clear()
+        created = await admit(client, keyid=keyid, nonce=nonce, operation_id=operation_id, **kwargs)
+        assert client.commands == ["EVALSHA"] and created is not None
+        assert await client.get(key) == created and await client.ttl(key) > 0
+        keyid, nonce, _ = fresh()
+        assert await admit(client, keyid=keyid, nonce=nonce, operation_id=operation_id, **kwargs) == created
+        await client.set(key, WRITING)
+        keyid, nonce, _ = fresh()
+        assert await admit(client, keyid=keyid, nonce=nonce, operation_id=operation_id, **kwargs) is None
+        with pytest.raises(AuthError, match="already been used"):  # a replay learns nothing
+            await admit(client, keyid=keyid, nonce=nonce, operation_id=operation_id, **kwargs)
 
     run(redis_url, body)
 
