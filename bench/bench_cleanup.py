@@ -59,12 +59,12 @@ class RequestCounter:
         return taken
 
 
-def _services(seaweed: SeaweedServer, valkey: ValkeyServer) -> Services:
+def _services(seaweed: SeaweedServer, valkey: ValkeyServer, bucket: str = BUCKET) -> Services:
     settings = Settings.from_env(
         {
             "REDIS_URL": valkey.url,
             "STRONGROOM_S3_ENDPOINT_URL": seaweed.endpoint_url,
-            "STRONGROOM_S3_BUCKET": BUCKET,
+            "STRONGROOM_S3_BUCKET": bucket,
             "STRONGROOM_S3_ADDRESSING_STYLE": "path",
             "AWS_REGION": seaweed.region,
             "AWS_ACCESS_KEY_ID": seaweed.credentials.access_key,

@@ -22,17 +22,13 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import redis
+from bench_cleanup import RequestCounter, _services  # run as bench/bench_monitor.py: its folder is on the path
 
 from shared import layout
-from shared.crypto.keyring import Keyring
 from shared.logging import configure as configure_logging
 from shared.models import Encryption, OperationRecord, StoredArtifact, WrappedKey
 from shared.records import OperationStore
-from shared.settings import Settings
-from shared.storage.s3 import S3ObjectStore
 from strongroom.dev.servers import S3Credentials, SeaweedServer, ValkeyServer
 from worker_service.pipeline import monitor
 from worker_service.services import Services
@@ -40,42 +36,6 @@ from worker_service.services import Services
 BUCKET = "bench-monitor"
 NOW = datetime.now(UTC)
 WRAPPED = WrappedKey(version="x25519-xsalsa20-poly1305", nonce="bm9uY2U=", ephemPublicKey="ZXBo", ciphertext="Y3Q=")
-
-
-class RequestCounter:
-    """Counts every HTTP request the S3 client sends, by kind (LIST, GET, HEAD, PUT, DELETE, POST)."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
-
-    def __call__(self, request: Any, **_: Any) -> None:
-        kind = request.method
-        if kind == "GET" and "list-type=2" in request.url:
-            kind = "LIST"
-        self.counts[kind] += 1
-
-    def take(self) -> Counter[str]:
-        taken, self.counts = self.counts, Counter()
-        return taken
-
-
-def _services(seaweed: SeaweedServer, valkey: ValkeyServer) -> Services:
-    settings = Settings.from_env(
-        {
-            "REDIS_URL": valkey.url,
-            "STRONGROOM_S3_ENDPOINT_URL": seaweed.endpoint_url,
-            "STRONGROOM_S3_BUCKET": BUCKET,
-            "STRONGROOM_S3_ADDRESSING_STYLE": "path",
-            "AWS_REGION": seaweed.region,
-            "AWS_ACCESS_KEY_ID": seaweed.credentials.access_key,
-            "AWS_SECRET_ACCESS_KEY": seaweed.credentials.secret_key,
-        }
-    )
-    store = S3ObjectStore.from_settings(settings)
-    store.ensure_bucket()
-    client = redis.Redis.from_url(valkey.url)
-    keyring = Keyring.from_json(Keyring.generate_json("bench"))
-    return Services(settings, client, store, keyring, OperationStore(store, keyring, client))
 
 
 def _record(status: str = "succeeded") -> OperationRecord:
@@ -144,7 +104,7 @@ def main() -> None:
         seaweed.start()
         valkey.start()
         try:
-            services = _services(seaweed, valkey)
+            services = _services(seaweed, valkey, BUCKET)
             counter = RequestCounter()
             services.store.client.meta.events.register("before-send.s3", counter)  # type: ignore[attr-defined]
             stored, rows, counted = 0, [], []
