@@ -27,7 +27,7 @@ from shared.errors import WorkerDiskFull
 from shared.events import new_event, publish
 from worker_service.celery_app import app, services
 from worker_service.pipeline.audit import persist_audit_events
-from worker_service.pipeline.monitor import monitor_resources
+from worker_service.pipeline.monitor import monitor_idle, monitor_resources
 from worker_service.pipeline.retention import cleanup_expired, sweep_orphans
 from worker_service.pipeline.rotation import rotate_keys_step
 from worker_service.pipeline.run import TRANSIENT_ERRORS, fail_operation, run_operation
@@ -155,15 +155,6 @@ Idle = Callable[[Any], bool]
 def nothing_done(result: Any) -> bool:
     """The default test of an idle run: the job returned a count of zero (or nothing)."""
     return not result
-
-
-def monitor_idle(report: Any) -> bool:
-    """A monitoring pass that found nothing to act on or to alert about."""
-    noteworthy = (
-        "failed_dead_runs", "overdue_pending", "redelivered", "operations_over_quota", "grantees_over_quota",
-        "unreadable_records",
-    )  # fmt: skip
-    return isinstance(report, dict) and not any(report.get(key) for key in noteworthy)
 
 
 def rotation_idle(report: Any) -> bool:

@@ -39,6 +39,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from shared import layout
+from shared.cancel import CANCELLED_SUMMARY
 from shared.contracts import RunOperation
 from shared.errors import NotFound, StrongroomError
 from shared.events import new_event, publish
@@ -57,6 +58,17 @@ DISK_FULL_WINDOW = 600  # seconds: a full disk reported this recently is alerted
 STALE_DISK_FULL = 24 * 3600  # entries older than this are dropped
 SNAPSHOT_TTL_INTERVALS = 3  # the snapshot outlives a few missed runs, then disappears (stale figures lie)
 
+# What a pass acted on or alerted about (each with its ``alert=`` log line), as the report names it: the ids
+# involved, or a count. A pass with none of them is idle (``monitor_idle``); the report starts from these.
+FOUND_IDS = ("failed_dead_runs", "overdue_pending", "redelivered", "operations_over_quota", "grantees_over_quota")
+FOUND_COUNTS = ("unreadable_records", "workers_disk_full")
+FINDINGS = FOUND_IDS + FOUND_COUNTS
+
+
+def monitor_idle(report: Any) -> bool:
+    """A monitoring pass that found nothing to act on or to alert about (its ``job.done`` is logged at DEBUG)."""
+    return isinstance(report, dict) and not any(report.get(key) for key in FINDINGS)
+
 
 def monitor_resources(services: Services, now: datetime | None = None, *, grace: int = STUCK_GRACE) -> dict[str, Any]:
     """One monitoring pass; returns (and stores for metrics) what it found.
@@ -73,12 +85,8 @@ def monitor_resources(services: Services, now: datetime | None = None, *, grace:
     report: dict[str, Any] = {
         "time": format_time(now),
         "stored_bytes": 0,
-        "failed_dead_runs": [],
-        "overdue_pending": [],
-        "redelivered": [],
-        "operations_over_quota": [],
-        "grantees_over_quota": [],
-        "unreadable_records": 0,
+        **{key: [] for key in FOUND_IDS},
+        **{key: 0 for key in FOUND_COUNTS},
     }
     if ledger.built():
         report["unreadable_records"] += ledger.apply_changes() + ledger.reconcile()
@@ -364,7 +372,7 @@ def _fail_dead_run(services: Services, operation_id: str, now: datetime, deadlin
         if record.status != "running" or (now - started).total_seconds() <= deadline or services.redis.exists(lease):
             return record
         if record.cancel_requested:
-            status, summary = "cancelled", "cancelled by grantee (the worker stopped before confirming)"
+            status, summary = "cancelled", f"{CANCELLED_SUMMARY} (the worker stopped before confirming)"
         else:
             status = "failed"
             summary = (

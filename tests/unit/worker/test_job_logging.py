@@ -10,6 +10,7 @@ import pytest
 from shared import contracts
 from worker_service import tasks
 from worker_service.celery_app import RoutineTaskLines, app
+from worker_service.pipeline import monitor
 
 pytestmark = pytest.mark.unit
 
@@ -64,7 +65,8 @@ IDLE = {
     contracts.SWEEP_ORPHANS: 0,
     contracts.MONITOR_RESOURCES: {
         "stored_bytes": 10, "failed_dead_runs": [], "overdue_pending": [], "redelivered": [],
-        "operations_over_quota": [], "grantees_over_quota": [], "unreadable_records": 0, "operations": {"succeeded": 1},
+        "operations_over_quota": [], "grantees_over_quota": [], "unreadable_records": 0, "workers_disk_full": 0,
+        "workers_alive": 2, "operations": {"succeeded": 1},
     },
     contracts.ROTATE_KEYS: {
         "primary": "k2", "scanned": 4, "current": 4, "rotated": {}, "remaining": {}, "unreadable": 0, "complete": True,
@@ -90,6 +92,16 @@ def test_a_run_that_did_something_logs_at_info(name: str, recorder: Recorder, mo
     run(monkeypatch, name, BUSY[name])
     assert [(level, event) for level, event, _ in recorder.lines] == [("info", "job.done")]
     assert recorder.lines[0][2]["result"] == BUSY[name]
+
+
+@pytest.mark.parametrize("finding", monitor.FINDINGS)
+def test_a_monitor_pass_with_any_finding_logs_at_info(
+    finding: str, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each thing the monitor acts on or alerts about (a worker's full disk too) makes its pass worth a line."""
+    value = ["op"] if finding in monitor.FOUND_IDS else 1
+    run(monkeypatch, contracts.MONITOR_RESOURCES, {**IDLE[contracts.MONITOR_RESOURCES], finding: value})
+    assert recorder.lines[0][0] == "info"
 
 
 def test_an_incomplete_rotation_is_not_idle(recorder: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import timedelta
 
@@ -12,6 +13,7 @@ from pipeline_support import NOW, artifact, make_record, make_services, redis_cl
 from prometheus_client import generate_latest
 
 from shared import events, layout
+from shared.cancel import CANCELLED_SUMMARY
 from worker_service.pipeline import monitor
 from worker_service.services import Services
 
@@ -51,6 +53,8 @@ def test_only_overdue_runs_without_a_lease_are_failed(services: Services, client
     assert failed.result is not None and failed.result.status == "error"
     assert "worker died" in failed.result.summary and "600 s" in failed.result.summary
     assert services.records.get(cancelled).status == "cancelled"
+    ended = services.records.get(cancelled).result
+    assert ended is not None and ended.summary.startswith(CANCELLED_SUMMARY)  # cancel's words, from shared.cancel
     assert services.records.get(leased).status == "running"
     assert services.records.get(recent).status == "running"
     assert report["operations"] == {"running": 2, "failed": 1, "cancelled": 1}
@@ -129,3 +133,48 @@ def test_lost_run_messages_are_sent_again_once_per_interval(services: Services, 
     assert sorted(kwargs["operation_id"] for _, kwargs in sent) == sorted([lost.id, orphaned])  # type: ignore[type-var]
     assert {name for name, _ in sent} == {"strongroom.v1.run_operation"}
     assert monitor.monitor_resources(services, NOW)["redelivered"] == []  # not again within the interval
+
+
+class Alerts:
+    """Stands in for the monitor's logger: the ``alert=`` kinds it logged."""
+
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    def __getattr__(self, level: str) -> object:
+        return lambda event, **fields: self.kinds.extend([fields["alert"]] if "alert" in fields else [])
+
+
+def _disk_full(services: Services, client: redis.Redis) -> None:
+    client.zadd(layout.REDIS_WORKER_DISK_FULL, {"w1": time.time()})
+
+
+def _dead_run(services: Services, client: redis.Redis) -> None:
+    _running(services, MAX + 400)
+
+
+def _overdue(services: Services, client: redis.Redis) -> None:
+    store_operation(services, make_record(status="pending", created=NOW - timedelta(hours=1)))
+
+
+def _over_quota(services: Services, client: redis.Redis) -> None:
+    store_operation(services, make_record(artifacts=[artifact("a.bin")]), payload=b"x" * 2000)
+    services.settings = replace(services.settings, quota_per_operation=1000)
+
+
+@pytest.mark.parametrize("situation", [_disk_full, _dead_run, _overdue, _over_quota])
+def test_a_pass_that_alerted_is_not_idle(
+    situation: Callable[[Services, redis.Redis], None],
+    services: Services,
+    client: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``monitor_idle`` (a pass logged at DEBUG) knows every finding: a full worker disk was once left out."""
+    alerts = Alerts()
+    monkeypatch.setattr(monitor, "log", alerts)
+    assert monitor.monitor_idle(monitor.monitor_resources(services, NOW))
+    assert alerts.kinds == []
+    situation(services, client)
+    report = monitor.monitor_resources(services, NOW)
+    assert alerts.kinds, "the situation raised no alert"
+    assert not monitor.monitor_idle(report)
