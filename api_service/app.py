@@ -18,6 +18,7 @@ from api_service.metrics import ApiMetrics
 from api_service.middleware import BodyLimitMiddleware, HeaderLimitMiddleware, RequestContextMiddleware
 from api_service.routes import metrics_route, routes
 from api_service.services import ApiServices
+from shared.grants import GrantSource
 from shared.runtime_limits import pin_recursion_limit
 from shared.settings import Settings
 
@@ -38,8 +39,12 @@ EXPOSED_HEADERS = [
 ]
 
 
-def create_app(settings: Settings | None = None, *, services: ApiServices | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None, *, services: ApiServices | None = None, grants: GrantSource | None = None
+) -> Starlette:
     """Build the app. ``services`` (tests) is used as is and not closed; otherwise the lifespan owns the clients.
+    ``grants``: the grant source ``strongroom api`` loaded (and checked) before serving; without it the lifespan
+    loads its own.
 
     The interpreter's recursion limit is restored here and again at start-up, once the services (and whatever
     they import lazily) exist: see ``shared.runtime_limits``.
@@ -52,7 +57,7 @@ def create_app(settings: Settings | None = None, *, services: ApiServices | None
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         owned = services is None
-        svc = ApiServices.from_settings(settings) if services is None else services
+        svc = ApiServices.from_settings(settings, grants=grants) if services is None else services
         pin_recursion_limit()
         _expose(app, svc)
         try:

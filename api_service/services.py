@@ -81,7 +81,8 @@ class ApiServices:
         self.waits.close()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ApiServices:
+    def from_settings(cls, settings: Settings, *, grants: GrantSource | None = None) -> ApiServices:
+        """The clients of ``settings``; ``grants`` as loaded at start, else loaded (and checked) here."""
         from shared.storage.s3 import S3ObjectStore
 
         keyring = Keyring.from_settings(settings)
@@ -104,7 +105,7 @@ class ApiServices:
             verifier=Verifier(settings, async_redis),
             producer=producer,
             sync_redis=sync_redis,
-            grants=grant_source_at_start(settings, process="api"),
+            grants=grants if grants is not None else grant_source_at_start(settings, process="api"),
             quotas=QuotaBook(sync_redis, records.grantee_records, max_execution_time=settings.max_execution_time),
             _closers=[producer.close, sync_redis.close],
         )

@@ -326,22 +326,14 @@ class Settings:
                 "is required when STRONGROOM_ENV=production (the host[:port] clients sign as @authority): "
                 "without it a request signed for another deployment would be accepted here",
             )
-        self.validate_grants()
-
-    def validate_grants(self) -> None:
-        """Production has no default grant source: who may run the agents is a decision, not an accident. A static
-        source's file must load: a missing or invalid one is a start-up error, not a first-request one.
-
-        Checked where a process that enforces grants starts (the API in ``validate_api``, the worker at
-        ``worker_init``), not in ``from_env``, so tools that never look at grants still load these settings.
-        """
-        self.require_grants_source()
-        if self.grants_source == "static":
-            from shared.grants import build_grant_source
-
-            build_grant_source("static", self.grants_file)
 
     def require_grants_source(self) -> None:
+        """Production has no default grant source: who may run the agents is a decision, not an accident.
+
+        Checked where a process that enforces grants starts (``grants.grant_source_at_start``, which then loads a
+        static source's file, once: a missing or invalid one is a start-up error), not in ``from_env``, so tools
+        that never look at grants still load these settings.
+        """
         if self.env == "production" and not self.grants_source:
             raise ConfigError(
                 "STRONGROOM_GRANTS_SOURCE",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import inspect
 import os
 import sys
 import tempfile
@@ -97,9 +96,12 @@ def run_api(args: argparse.Namespace) -> int:
     settings.validate_api()
     from api_service.app import create_app
     from api_service.serve import serve
+    from shared.grants import grant_source_at_start
     from shared.logging import get_logger
 
-    app = create_app(settings) if inspect.signature(create_app).parameters else create_app()
+    # Loaded once, here: a missing or invalid grants file stops the start with one line, before anything listens,
+    # and the app serves with this very source.
+    app = create_app(settings, grants=grant_source_at_start(settings, process="api"))
     get_logger(__name__).info(
         "api starting", host=settings.api_host, port=settings.api_port, metrics_port=settings.api_metrics_port
     )

@@ -8,6 +8,7 @@ anyone with a key can run every agent; ``strongroom dev`` and the test stack nee
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import subprocess
 import sys
@@ -55,15 +56,10 @@ def _refusal(action: object) -> ConfigError:
 
 def test_production_without_a_grant_source_is_a_configuration_error_naming_the_choices() -> None:
     settings = Settings.from_env(PRODUCTION)  # loading alone is fine: tools that never look at grants still work
-    for action in (
-        settings.validate_api,
-        settings.validate_grants,
-        lambda: grant_source_at_start(settings, process="api"),
-    ):
-        error = _refusal(action)
-        assert error.variable == "STRONGROOM_GRANTS_SOURCE"
-        assert "STRONGROOM_ENV=production" in error.detail
-        assert "`static`" in error.detail and "`open`" in error.detail
+    error = _refusal(lambda: grant_source_at_start(settings, process="api"))
+    assert error.variable == "STRONGROOM_GRANTS_SOURCE"
+    assert "STRONGROOM_ENV=production" in error.detail
+    assert "`static`" in error.detail and "`open`" in error.detail
 
 
 def test_admin_tools_that_authorise_nothing_run_in_production_without_a_grant_source() -> None:
@@ -108,6 +104,37 @@ def test_development_and_strongroom_dev_default_to_open_without_a_warning(tmp_pa
         assert settings.resolved_grants_source == "open"
         assert isinstance(grant_source_at_start(settings, process="api"), OpenGrants)
     assert logged.lines == []
+
+
+def test_strongroom_api_loads_a_static_grants_file_once_and_serves_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up check and the app's grant source are one load (they were two reads of the file, and two
+    parses, that could disagree if the file changed in between)."""
+    from shared.crypto.keyring import Keyring
+    from strongroom.cli import server
+
+    path = tmp_path / "grants.yaml"
+    path.write_text("grants:\n  - {address: '*', agents: [privacy-audit]}\n")
+    env = {**BASE, "STRONGROOM_GRANTS_SOURCE": "static", "STRONGROOM_GRANTS_FILE": str(path)}
+    for name, value in {**env, "STRONGROOM_KEYRING": Keyring.generate_json()}.items():
+        monkeypatch.setenv(name, value)
+    parsed: list[str] = []
+    parse = grants.parse_grants
+    monkeypatch.setattr(grants, "parse_grants", lambda text, **kw: parsed.append(text) or parse(text, **kw))
+    served: list[object] = []
+
+    def serve(app: Any, settings: Settings) -> None:
+        async def start_and_stop() -> None:
+            async with app.router.lifespan_context(app):
+                served.append(app.state.services.grants)
+
+        asyncio.run(start_and_stop())
+
+    monkeypatch.setattr("api_service.serve.serve", serve)
+    assert server.run_api(argparse.Namespace(command="api", host=None, port=None)) == 0
+    assert len(parsed) == 1
+    assert len(served) == 1 and isinstance(served[0], StaticGrants)
 
 
 def _run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -163,4 +190,4 @@ def test_compose_sets_the_grant_source_for_every_strongroom_process() -> None:
                 deploy / src / inside[len(dst) :].lstrip("/") for src, dst, *_ in mounts if inside.startswith(dst)
             ]
             env["STRONGROOM_GRANTS_FILE"] = str(host)
-        Settings.from_env({**env, **BASE}).validate_grants()
+        grant_source_at_start(Settings.from_env({**env, **BASE}), process=name)
