@@ -38,6 +38,9 @@ class StrongroomError(Exception):
             self.code = code
 
 
+CONFIG_EXIT = 2  # the exit status of a process (``strongroom``, the worker) stopped by a ConfigError at start
+
+
 class ConfigError(StrongroomError):
     code = "config_invalid"
     title = "Invalid configuration"

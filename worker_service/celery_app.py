@@ -24,7 +24,7 @@ import structlog
 from celery import Celery, signals
 
 from shared import contracts
-from shared.errors import ConfigError
+from shared.errors import CONFIG_EXIT, ConfigError
 from shared.grants import grant_source_at_start
 from shared.logging import configure as configure_logging
 from shared.runtime_limits import pin_recursion_limit
@@ -36,7 +36,6 @@ from worker_service.schedule import beat_schedule
 from worker_service.services import Services
 
 app = Celery("strongroom", include=["worker_service.tasks"])
-CONFIG_EXIT = 2  # as `strongroom` exits on a configuration error
 log = structlog.get_logger(__name__)
 
 

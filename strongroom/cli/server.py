@@ -19,12 +19,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import ConfigError, StrongroomError
+from shared.errors import CONFIG_EXIT, ConfigError, StrongroomError
 
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-CONFIG_EXIT = 2
 OWN_PACKAGES = frozenset({"shared", "strongroom", "api_service", "worker_service"})
 
 Handler = Callable[[argparse.Namespace], int]
