@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 import redis
@@ -16,50 +15,11 @@ from shared import layout
 from shared.grants import OPEN_GRANT, Grant
 from shared.models import OperationRecord
 from shared.records import RecordCache
-from shared.storage import ObjectInfo
-from shared.storage.memory import MemoryObjectStore
+from tests.helpers.counting_store import CountingStore
 from worker_service.pipeline import retention
 from worker_service.services import Services
 
 pytestmark = pytest.mark.unit
-
-PAGE = 1000  # objects per LIST request, as S3 pages them
-
-
-class CountingStore:
-    """An ObjectStore that counts the S3 requests each call would make (a LIST costs one per page consumed)."""
-
-    def __init__(self, inner: MemoryObjectStore) -> None:
-        self.inner = inner
-        self.requests: Counter[str] = Counter()
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self.inner, name)
-        if not callable(attribute):
-            return attribute
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.requests[name] += 1
-            return attribute(*args, **kwargs)
-
-        return counted
-
-    def list(self, prefix: str, **kwargs: Any) -> Iterator[ObjectInfo]:
-        return self._paged("list", self.inner.list(prefix, **kwargs))
-
-    def list_prefixes(self, prefix: str) -> Iterator[str]:
-        return self._paged("list_prefixes", self.inner.list_prefixes(prefix))
-
-    def _paged(self, name: str, items: Iterator[Any]) -> Iterator[Any]:
-        self.requests[name] += 1
-        for seen, item in enumerate(items, start=1):
-            if seen % PAGE == 0:
-                self.requests[name] += 1
-            yield item
-
-    @property
-    def total(self) -> int:
-        return sum(self.requests.values())
 
 
 class Revocable:
@@ -80,7 +40,7 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def _services(client: redis.Redis) -> tuple[Services, CountingStore]:
-    store = CountingStore(MemoryObjectStore())
+    store = CountingStore()
     return make_services(client, store=store), store
 
 

@@ -15,45 +15,11 @@ from pipeline_support import NOW, artifact, make_record, make_services, redis_cl
 
 from shared import layout
 from shared.models import OperationRecord
-from shared.storage import ObjectInfo
-from shared.storage.memory import MemoryObjectStore
+from tests.helpers.counting_store import CountingStore
 from worker_service.pipeline import monitor, retention
 from worker_service.services import Services
 
 pytestmark = pytest.mark.unit
-
-PAGE = 1000  # objects per LIST request, as S3 pages them
-
-
-class CountingStore:
-    """An ObjectStore that counts the S3 requests each call would make (a LIST costs one per page consumed)."""
-
-    def __init__(self, inner: MemoryObjectStore) -> None:
-        self.inner = inner
-        self.requests: Counter[str] = Counter()
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self.inner, name)
-        if not callable(attribute):
-            return attribute
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.requests[name] += 1
-            return attribute(*args, **kwargs)
-
-        return counted
-
-    def list(self, prefix: str, **kwargs: Any) -> Iterator[ObjectInfo]:
-        self.requests["list"] += 1
-        for seen, item in enumerate(self.inner.list(prefix, **kwargs), start=1):
-            if seen % PAGE == 0:
-                self.requests["list"] += 1
-            yield item
-
-    def take(self) -> int:
-        total = sum(self.requests.values())
-        self.requests.clear()
-        return total
 
 
 @pytest.fixture
@@ -63,7 +29,7 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def counting() -> CountingStore:
-    return CountingStore(MemoryObjectStore())
+    return CountingStore()
 
 
 @pytest.fixture
