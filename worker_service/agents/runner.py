@@ -200,23 +200,10 @@ def final_report(lines: list[str]) -> dict[str, Any] | None:
     return None
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def kill_group(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE) -> None:
-    """SIGTERM the whole group, SIGKILL it after ``grace``: an agent ignoring SIGTERM still dies."""
-    pgid = proc.pid  # start_new_session makes the child a group leader
-    if not _signal_group(pgid, signal.SIGTERM):
-        return
-    with suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
-    _signal_group(pgid, signal.SIGKILL)  # also reaps members that outlived the leader
-    proc.wait()
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Signal the agent's whole process group (``start_new_session`` makes the agent its leader); gone is fine."""
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
 
 
 # --- the agent's process, sandboxed or not
@@ -233,12 +220,10 @@ class _Unsandboxed:
         return disk_usage(self._root)
 
     def terminate(self) -> None:
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        _signal_group(self.proc, signal.SIGTERM)
 
     def kill(self) -> None:
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # start_new_session: the agent leads its group
+        _signal_group(self.proc, signal.SIGKILL)  # also members that outlived the leader
         self.proc.wait()
 
     def finish(self) -> None:
