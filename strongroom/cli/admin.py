@@ -1,7 +1,7 @@
 """`strongroom audit verify` and `strongroom keys usage|check-remove|reencrypt`: operator commands on stored data.
 
 They run against the configured Redis, S3 and keyring, or those a running `strongroom dev` recorded in its data
-dir (``--data-dir``, or ``./.strongroom`` when nothing is configured: ``strongroom.dev.connection``). They print
+dir (``--data-dir``, or ``./.strongroom`` when nothing is configured: ``strongroom.connection``). They print
 JSON on stdout, and exit 0 when all is well, 1 when a check fails (a broken chain, a key still in use, an
 incomplete rotation), 2 on a configuration error. Worker code is imported lazily, inside the commands that need
 it. Nothing secret is printed: key ids only.
@@ -21,7 +21,7 @@ from strongroom.cli.server import add_data_dir_option, fails_cleanly, load_setti
 
 def _services(args: argparse.Namespace) -> Any:
     """The Redis, S3 and keyring of the environment, completed from a running `strongroom dev` when one applies."""
-    from strongroom.dev.connection import admin_environ
+    from strongroom.connection import admin_environ
     from worker_service.services import Services
 
     environ = admin_environ(args.data_dir, os.environ, Path.cwd())

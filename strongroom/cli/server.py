@@ -224,7 +224,7 @@ def _keyring_file(args: argparse.Namespace) -> Path:
     """``FILE`` if given, else STRONGROOM_KEYRING_FILE, else the keyring of the dev stack (``--data-dir``)."""
     if args.file:
         return Path(args.file)
-    from strongroom.dev.connection import admin_environ
+    from strongroom.connection import admin_environ
 
     environ = admin_environ(args.data_dir, os.environ, Path.cwd(), require_running=False)
     if environ.get("STRONGROOM_KEYRING_FILE"):

@@ -2,7 +2,7 @@
 
 State lives under ``--data-dir``: Valkey's append-only file, SeaweedFS's volumes, a generated keyring and
 generated S3 credentials (both 0600), so stopping and starting again finds every operation and artifact. Once its
-servers run it records the connection settings it chose in ``connection.json`` there (``strongroom.dev.connection``:
+servers run it records the connection settings it chose in ``connection.json`` there (``strongroom.connection``:
 what lets ``strongroom audit verify`` and the other admin commands reach this stack with nothing exported). Each
 child runs in its own process group with a parent-death signal; SIGINT/SIGTERM stop them all within 10 seconds.
 A child that exits once the stack is ready is restarted alone, with backoff (``strongroom.dev.supervisor``).
@@ -29,7 +29,7 @@ from shared.auth.base import normalize_authority
 from shared.errors import ConfigError
 from shared.logging import configure, get_logger
 from shared.settings import Settings
-from strongroom.dev import connection
+from strongroom import connection
 from strongroom.dev.servers import (
     EmbeddedServerError,
     ManagedProcess,

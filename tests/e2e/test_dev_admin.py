@@ -1,5 +1,5 @@
 """The admin commands against a running `strongroom dev`, with nothing exported: they read the connection
-settings dev wrote into its data dir (strongroom.dev.connection)."""
+settings dev wrote into its data dir (strongroom.connection)."""
 
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from strongroom import connection
 from strongroom.cli import build_parser
-from strongroom.dev import connection
 from tests.e2e.devstack import DevStack, clean_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

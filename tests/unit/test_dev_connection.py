@@ -1,4 +1,4 @@
-"""The connection file `strongroom dev` writes, and how the admin commands use it (strongroom.dev.connection).
+"""The connection file `strongroom dev` writes, and how the admin commands use it (strongroom.connection).
 
 End to end against a running dev stack: tests/e2e/test_dev_admin.py.
 """
@@ -16,8 +16,8 @@ import pytest
 
 from shared.crypto.keyring import Keyring
 from shared.errors import ConfigError
+from strongroom import connection
 from strongroom.cli import main
-from strongroom.dev import connection
 
 pytestmark = pytest.mark.unit
 
@@ -47,7 +47,7 @@ def dev_dir(root: Path, *, running: bool = True) -> Path:
         RUNNING.append(connection.write(data, env, api_url="http://127.0.0.1:8080", credentials_file=credentials))
         return data
     crashed = (
-        "import json, sys; from pathlib import Path; from strongroom.dev import connection; "
+        "import json, sys; from pathlib import Path; from strongroom import connection; "
         "connection.write(Path(sys.argv[1]), json.loads(sys.argv[2]), api_url='http://127.0.0.1:8080', "
         "credentials_file=Path(sys.argv[3]))"
     )

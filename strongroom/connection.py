@@ -18,7 +18,9 @@ variables dev writes are read from it, and the credentials and keyring files it 
 Dev holds an exclusive ``flock`` on it while it runs and deletes it when it stops: a running stack is one whose
 file is locked (a pid can be reused or forged; a lock dies with its holder).
 
-This module imports nothing heavy: the admin commands load it before any server code.
+This module imports nothing heavy: the admin commands load it before any server code. They load it in production
+too (where a configured environment passes through ``admin_environ`` unchanged), so it lives outside
+``strongroom.dev``, as ``strongroom.files`` does.
 """
 
 from __future__ import annotations
