@@ -25,7 +25,7 @@ from celery import Celery, signals
 
 from shared import contracts
 from shared.errors import CONFIG_EXIT, ConfigError
-from shared.grants import grant_source_at_start
+from shared.grants import GrantSource, grant_source_at_start
 from shared.logging import configure as configure_logging
 from shared.runtime_limits import pin_recursion_limit
 from shared.settings import Settings
@@ -52,6 +52,7 @@ class WorkerProcess:
         self._services: Services | None = None
         self.heartbeat: Heartbeat | None = None
         self.sweeper: threading.Event | None = None
+        self.grants: GrantSource | None = None  # checked at worker_init; pool processes inherit it with the fork
 
     def settings(self) -> Settings:
         with self._lock:
@@ -64,7 +65,7 @@ class WorkerProcess:
         current = self.settings()
         with self._lock:
             if self._services is None:
-                self._services = Services.from_settings(current)
+                self._services = Services.from_settings(current, grants=self.grants)
                 self._services.send_task = _send_task
             return self._services
 
@@ -169,7 +170,7 @@ def _check_grant_source(**_: Any) -> None:
     that loads), and ``open`` in production is logged as a warning. Celery logs and ignores an exception raised by a
     signal handler, so a configuration error stops the worker here itself, the way ``strongroom`` reports one."""
     try:
-        grant_source_at_start(settings(), process="worker")
+        process.grants = grant_source_at_start(settings(), process="worker")  # the one load: tasks use it
     except ConfigError as exc:
         print(f"strongroom worker: configuration error: {exc.detail}", file=sys.stderr, flush=True)
         raise SystemExit(CONFIG_EXIT) from None

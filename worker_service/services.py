@@ -33,7 +33,8 @@ class Services:
     quotas: QuotaBook | None = None  # None: no quota counted (unit tests with open grants)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Services:
+    def from_settings(cls, settings: Settings, *, grants: GrantSource | None = None) -> Services:
+        """The clients of ``settings``; ``grants`` as the worker checked it at start, else built here."""
         from shared.storage.s3 import S3ObjectStore
 
         keyring = Keyring.from_settings(settings)
@@ -46,6 +47,8 @@ class Services:
             store,
             keyring,
             records,
-            grants=build_grant_source(settings.resolved_grants_source, settings.grants_file),
+            grants=grants
+            if grants is not None
+            else build_grant_source(settings.resolved_grants_source, settings.grants_file),
             quotas=QuotaBook(client, records.grantee_records, max_execution_time=settings.max_execution_time),
         )

@@ -106,22 +106,29 @@ def test_development_and_strongroom_dev_default_to_open_without_a_warning(tmp_pa
     assert logged.lines == []
 
 
-def test_strongroom_api_loads_a_static_grants_file_once_and_serves_with_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The start-up check and the app's grant source are one load (they were two reads of the file, and two
-    parses, that could disagree if the file changed in between)."""
+@pytest.fixture
+def parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A process environment with a static grants file (and a keyring); every parse of a grants file, listed."""
     from shared.crypto.keyring import Keyring
-    from strongroom.cli import server
 
     path = tmp_path / "grants.yaml"
     path.write_text("grants:\n  - {address: '*', agents: [privacy-audit]}\n")
     env = {**BASE, "STRONGROOM_GRANTS_SOURCE": "static", "STRONGROOM_GRANTS_FILE": str(path)}
     for name, value in {**env, "STRONGROOM_KEYRING": Keyring.generate_json()}.items():
         monkeypatch.setenv(name, value)
-    parsed: list[str] = []
+    texts: list[str] = []
     parse = grants.parse_grants
-    monkeypatch.setattr(grants, "parse_grants", lambda text, **kw: parsed.append(text) or parse(text, **kw))
+    monkeypatch.setattr(grants, "parse_grants", lambda text, **kw: texts.append(text) or parse(text, **kw))
+    return texts
+
+
+def test_strongroom_api_loads_a_static_grants_file_once_and_serves_with_it(
+    parsed: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start-up check and the app's grant source are one load (they were two reads of the file, and two
+    parses, that could disagree if the file changed in between)."""
+    from strongroom.cli import server
+
     served: list[object] = []
 
     def serve(app: Any, settings: Settings) -> None:
@@ -135,6 +142,20 @@ def test_strongroom_api_loads_a_static_grants_file_once_and_serves_with_it(
     assert server.run_api(argparse.Namespace(command="api", host=None, port=None)) == 0
     assert len(parsed) == 1
     assert len(served) == 1 and isinstance(served[0], StaticGrants)
+
+
+def test_the_worker_runs_with_the_grants_file_it_checked_at_start(
+    parsed: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """worker_init's check loads the file; the tasks' services use that source (a pool process inherits it)."""
+    from worker_service import celery_app
+
+    fresh = celery_app.WorkerProcess()
+    monkeypatch.setattr(celery_app, "process", fresh)
+    celery_app._check_grant_source()
+    source = fresh.services().grants
+    assert isinstance(source, StaticGrants) and source is fresh.grants
+    assert len(parsed) == 1
 
 
 def _run(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
