@@ -58,6 +58,41 @@ class ArtifactUrlResponse(_Doc):
     encryption: Encryption
 
 
+class AccessLogHead(_Doc):
+    """A log's newest batch as recorded: ``head.json`` in S3, or the anchor (the head kept in Redis)."""
+
+    sequence: int = Field(ge=1)
+    digest: str = Field(pattern="^[0-9a-f]{64}$", description="SHA-256 hex of that batch's plaintext")
+
+
+class AccessLogBatch(_Doc):
+    """One batch of the page as stored: the bytes its digest covers, so a client can recompute the chain."""
+
+    sequence: int = Field(ge=1, description="the batch's number (its S3 key); equals the `sequence` inside")
+    prev: str = Field(
+        pattern="^[0-9a-f]{64}$", description="the previous batch's digest as written inside (64 zeros for batch 1)"
+    )
+    digest: str = Field(pattern="^[0-9a-f]{64}$", description="SHA-256 hex of the decoded `plaintext`")
+    plaintext: str = Field(
+        description="standard base64 of the batch's plaintext: the UTF-8 JSON "
+        '`{"v":1,"sequence":n,"prev":"...","events":[...]}` the digest covers (docs/audit-log.md)'
+    )
+
+
+class AccessLogChain(_Doc):
+    """What a client needs to verify the page's chain without trusting ``chain_valid``."""
+
+    batches: list[AccessLogBatch] = Field(
+        description="this page's batches, oldest first; a batch that does not open on the server is absent (a gap)"
+    )
+    head: AccessLogHead | None = Field(
+        description="head.json as read before the batches were listed; null if missing or unreadable"
+    )
+    anchor: AccessLogHead | None = Field(
+        description="the head kept outside S3 (Redis), read before head.json; null if Redis has none"
+    )
+
+
 class AccessLogResponse(_Doc):
     """One page of an access log; follow ``next_cursor`` (as ``?after=``) until it is null."""
 
@@ -72,6 +107,10 @@ class AccessLogResponse(_Doc):
     )
     batches: int = Field(description="batches on this page")
     next_cursor: str | None = Field(description="pass as ?after= for the next page; null at the end")
+    chain: AccessLogChain = Field(
+        description="the page's batches as stored (plaintext bytes, sequence, prev, digest) and the head, to "
+        "recompute the chain on the client: the events decoded from these bytes are the page's events"
+    )
 
 
 class Problem(BaseModel):

@@ -53,6 +53,7 @@ class Batch:
     prev: str
     events: tuple[AuditEvent, ...]
     digest: str  # SHA-256 hex of the stored plaintext: the next batch's ``prev``
+    plaintext: bytes = field(default=b"", repr=False, compare=False)  # the bytes ``digest`` covers
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def decode_batch(plaintext: bytes) -> Batch:
         events = tuple(AuditEvent.model_validate(e) for e in raw_events)
     except (ValueError, KeyError, TypeError, ValidationError):
         raise IntegrityError("access log batch is malformed") from None
-    return Batch(sequence, prev, events, digest(plaintext))
+    return Batch(sequence, prev, events, digest(plaintext), plaintext)
 
 
 def _read_head(records: OperationStore, operation_id: str | None) -> Head | None:
@@ -313,7 +314,7 @@ def append_batch(
     sequence = tail.sequence + 1
     plaintext = encode_batch(sequence, tail.digest, fresh)
     records.put_sealed(batch_key(operation_id, sequence), plaintext, if_absent=True)
-    batch = Batch(sequence, tail.digest, tuple(fresh), digest(plaintext))
+    batch = Batch(sequence, tail.digest, tuple(fresh), digest(plaintext), plaintext)
     head = json.dumps({"v": FORMAT_VERSION, "sequence": sequence, "sha256": batch.digest}).encode()
     records.put_sealed(head_key(operation_id), head)
     return batch
@@ -348,12 +349,19 @@ def read_page(
 @dataclass(frozen=True)
 class Page:
     """One page of a log as the API serves it: the events of whole batches, the cursor of the next page (a batch
-    sequence, ``None`` at the end), and the chain problems found in what this page covered."""
+    sequence, ``None`` at the end), and the chain problems found in what this page covered.
+
+    ``chain`` holds the page's batches that opened, with the plaintext their digests cover, and ``head`` the log's
+    ``head.json`` as read before the listing (``None`` if missing or unreadable): what a client needs to recompute
+    the chain itself (the browser page does, see docs/audit-log.md).
+    """
 
     events: list[AuditEvent]
     next_after: int | None
     batches: int
     problems: list[str]
+    chain: list[Batch] = field(default_factory=list)
+    head: Head | None = None
 
     @property
     def chain_valid(self) -> bool:
@@ -366,10 +374,12 @@ def read_verified_page(
     *,
     after: int = 0,
     max_events: int = 500,
+    max_bytes: int = 1 << 20,
     anchor: Head | None = None,
 ) -> Page:
     """Like ``read_page``, and verifies the chain as it goes, so a reader never reads a batch twice or holds more
-    than one page.
+    than one page. A page ends before the batch that would take it over ``max_events`` events or ``max_bytes``
+    bytes of batch plaintext (it always holds at least one batch).
 
     The page's batches must be contiguous after ``after`` and each must chain to the one before it, starting from
     batch ``after`` itself (read once more; genesis for the first page); a batch holding an ``access_log.gap``
@@ -384,6 +394,8 @@ def read_verified_page(
     prev = _cursor_digest(records, operation_id, after, problems, head, anchor)
     digests: dict[int, str] = {after: prev} if prev else {}
     events: list[AuditEvent] = []
+    chain: list[Batch] = []
+    size = 0
     expected, last, next_after, batches = after + 1, after, None, 0
     for sequence, _key in _batch_keys(records, operation_id, after):
         try:
@@ -391,7 +403,11 @@ def read_verified_page(
         except StrongroomError as exc:
             batch = None
             problems.append(f"batch {sequence} does not verify ({exc.detail})")
-        if batch is not None and events and len(events) + len(batch.events) > max_events:
+        if (
+            batch is not None
+            and chain
+            and (len(events) + len(batch.events) > max_events or size + len(batch.plaintext) > max_bytes)
+        ):
             next_after = last
             break
         if sequence != expected:
@@ -404,6 +420,8 @@ def read_verified_page(
             problems.append(f"batch {sequence} does not chain to batch {sequence - 1} (edited or inserted)")
         problems += _recorded_gaps(batch)
         events.extend(batch.events)
+        chain.append(batch)
+        size += len(batch.plaintext)
         batches += 1
         digests[sequence] = batch.digest
         expected, last, prev = sequence + 1, sequence, batch.digest
@@ -411,7 +429,7 @@ def read_verified_page(
         report = ChainReport(log=log_name(operation_id))
         _check_head(report, last, digests, head, head_error, anchor)
         problems += report.problems
-    return Page(events, next_after, batches, problems)
+    return Page(events, next_after, batches, problems, chain, head)
 
 
 def _cursor_digest(

@@ -7,6 +7,7 @@ gets 503, so no operation waits forever for a worker that was never told.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any, Literal
 
@@ -42,6 +43,7 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 DEFAULT_LOG_PAGE = 500  # events; a page is whole batches, at least one
 MAX_LOG_PAGE = 1000
+MAX_LOG_PAGE_BYTES = 1 << 20  # batch plaintext per page (served twice: as events and as base64 bytes)
 _LIMIT_RE = re.compile(r"[0-9]{1,6}")
 LOG_CURSOR_PATTERN = r"^[1-9][0-9]{0,11}$"  # a batch sequence (access-log page cursor); the OpenAPI document too
 CURSOR_PATTERN = r"^[0-9]{12}_[a-z0-9][a-z0-9-]{0,47}_[a-z2-7]{26}$"  # an operation list cursor
@@ -279,24 +281,48 @@ async def access_log(request: Request) -> Response:
 
     The chain is verified as the page is read (``audit_log.read_verified_page``): ``chain_valid`` covers this
     page's batches, their link to the batch before them and, on the last page, the head. A client that sees it
-    true on every page from the first has verified the whole log.
+    true on every page from the first has verified the whole log. ``chain`` carries each batch's plaintext (the
+    bytes its digest covers), the head and the anchor, so a client can recompute the chain itself instead of
+    trusting ``chain_valid`` (the browser page does).
     """
     operation_id = record(request).id
     after, limit = _log_params(request)
     svc = services(request)
     anchor = await _log_anchor(request, operation_id)  # before the listing: it is written last
     page = await blocking(
-        lambda: audit_log.read_verified_page(svc.records, operation_id, after=after, max_events=limit, anchor=anchor)
+        lambda: audit_log.read_verified_page(
+            svc.records, operation_id, after=after, max_events=limit, max_bytes=MAX_LOG_PAGE_BYTES, anchor=anchor
+        )
     )
-    return json_response(
-        {
-            "events": [e.model_dump(mode="json") for e in page.events],
-            "chain_valid": page.chain_valid,
-            "problems": page.problems,
-            "batches": page.batches,
-            "next_cursor": None if page.next_after is None else str(page.next_after),
-        }
-    )
+    return json_response(access_log_body(page, anchor))
+
+
+def access_log_body(page: audit_log.Page, anchor: audit_log.Head | None) -> dict[str, Any]:
+    """The JSON of one access-log page (``AccessLogResponse``); tests/helpers/auditchain_vectors.py uses it too."""
+    return {
+        "events": [e.model_dump(mode="json") for e in page.events],
+        "chain_valid": page.chain_valid,
+        "problems": page.problems,
+        "batches": page.batches,
+        "next_cursor": None if page.next_after is None else str(page.next_after),
+        "chain": {
+            "batches": [
+                {
+                    "sequence": b.sequence,
+                    "prev": b.prev,
+                    "digest": b.digest,
+                    "plaintext": base64.b64encode(b.plaintext).decode("ascii"),
+                }
+                for b in page.chain
+            ],
+            "head": _head_view(page.head),
+            "anchor": _head_view(anchor),
+        },
+    }
+
+
+def _head_view(head: audit_log.Head | None) -> dict[str, Any] | None:
+    return None if head is None else {"sequence": head.sequence, "digest": head.digest}
 
 
 async def _log_anchor(request: Request, operation_id: str) -> audit_log.Head | None:

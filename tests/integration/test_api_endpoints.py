@@ -6,6 +6,8 @@ the server stored afterwards.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import threading
 import time
@@ -429,6 +431,32 @@ def test_access_log_returns_events_and_chain_state(api: ApiHarness, client: Test
     body = api.signed(client, "GET", f"{OPS}/{record.id}/access-log").json()
     assert body["chain_valid"] is True and body["batches"] == 1 and body["next_cursor"] is None
     assert [e["id"] for e in body["events"]] == [events[0].id]
+
+
+def test_access_log_serves_the_bytes_the_chain_covers(api: ApiHarness, client: TestClient) -> None:
+    """Issue 13: each batch's plaintext (base64), sequence, prev and digest, and the head and anchor, so a client
+    recomputes the chain without trusting ``chain_valid``; the events decoded from the bytes are the page's."""
+    record = api.make_record()
+    for _ in range(2):
+        event = new_event(action="operation.read", result="allowed", operation_id=record.id)
+        batch = audit_log.append_batch(api.records, record.id, [event])
+        assert batch is not None
+    audit_log.write_anchor(api.sync_redis, record.id, audit_log.Head(batch.sequence, batch.digest), ttl=600)
+    body = api.signed(client, "GET", f"{OPS}/{record.id}/access-log").json()
+    chain = body["chain"]
+    prev, decoded = audit_log.GENESIS, []
+    for number, served in enumerate(chain["batches"], start=1):
+        plaintext = base64.b64decode(served["plaintext"], validate=True)
+        assert hashlib.sha256(plaintext).hexdigest() == served["digest"]
+        assert (served["sequence"], served["prev"]) == (number, prev)
+        doc = json.loads(plaintext)
+        assert (doc["sequence"], doc["prev"]) == (number, prev)
+        decoded += doc["events"]
+        prev = served["digest"]
+    assert decoded == body["events"] and len(decoded) == 2
+    assert chain["head"] == chain["anchor"] == {"sequence": 2, "digest": batch.digest}
+    schema = {**DOCUMENT["components"]["schemas"]["AccessLogResponse"], "components": DOCUMENT["components"]}
+    assert not [e.message for e in Draft202012Validator(schema).iter_errors(body)]
 
 
 def test_access_log_shows_the_grantee_a_deleted_tail_and_the_gap_the_next_append_records(

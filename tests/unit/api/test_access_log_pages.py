@@ -137,3 +137,34 @@ def test_a_cursor_past_the_log_is_refused(records: OperationStore) -> None:
     assert info.value.code == "cursor_invalid"
     last = audit_log.read_verified_page(records, OP, after=2)
     assert (last.events, last.next_after, last.chain_valid) == ([], None, True)
+
+
+def test_a_page_carries_the_bytes_each_digest_covers_and_the_head(records: OperationStore) -> None:
+    """What a client needs to recompute the chain itself (the browser page does): each batch's plaintext, whose
+    SHA-256 is its digest and the next batch's ``prev``, and the head."""
+    ids = write(records, 3)
+    page = audit_log.read_verified_page(records, OP)
+    assert [b.sequence for b in page.chain] == [1, 2, 3]
+    prev = audit_log.GENESIS
+    for batch in page.chain:
+        assert audit_log.digest(batch.plaintext) == batch.digest and batch.prev == prev
+        assert audit_log.decode_batch(batch.plaintext) == batch
+        prev = batch.digest
+    assert [e.id for b in page.chain for e in audit_log.decode_batch(b.plaintext).events] == ids
+    assert page.head == audit_log.Head(3, prev)
+
+
+def test_a_page_is_bounded_by_plaintext_bytes_too(records: OperationStore) -> None:
+    ids = write(records, 4)
+    one = len(audit_log.read_verified_page(records, OP, max_events=1).chain[0].plaintext)
+    pages, after = [], 0
+    while True:
+        page = audit_log.read_verified_page(records, OP, after=after, max_bytes=one * 2 + 10)
+        pages.append(page)
+        if page.next_after is None:
+            break
+        after = page.next_after
+    assert [len(p.chain) for p in pages] == [2, 2]
+    assert [e.id for p in pages for e in p.events] == ids and all(p.chain_valid for p in pages)
+    tiny = audit_log.read_verified_page(records, OP, max_bytes=1)  # at least one batch, however small the bound
+    assert (len(tiny.chain), tiny.next_after) == (1, 1)
