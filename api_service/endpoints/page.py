@@ -31,6 +31,7 @@ _JS = "text/javascript; charset=utf-8"
 _TEXT = "text/plain; charset=utf-8"
 STATIC_FILES: Mapping[str, str] = {
     "app.js": _JS,
+    "auditchain.js": _JS,
     "cobblestone.js": _JS,
     "erc8128.js": _JS,
     "format.js": _JS,

@@ -49,7 +49,7 @@ let identity = null; // {address, label, signMessage(text), openWrap(wrap) -> pa
 let pageConfig = { storage_origins: [], delivery_mode: 'presigned' };
 let agents = null; // GET /agents answer
 let grant = null; // GET /grant answer
-const logSeen = new Map(); // operation id -> event ids this page showed (a log that shrinks later is caught)
+const logSeen = new Map(); // operation id -> newest batch verified here {sequence, digest}: a cut or rewrite is caught
 let current = null; // the operation on screen
 let pollTimer = null;
 let pollAbort = null; // the long poll in flight, aborted when another operation is opened
@@ -852,6 +852,10 @@ async function deleteArtifact(operationId, name) {
 
 // --- access log ---
 
+// The chain is recomputed here from the batches' bytes (auditchain.js): the table shows the events decoded from
+// the verified bytes, never the server's `events` list, and the verdict does not rest on its `chain_valid`.
+import { verifyAccessLog } from './auditchain.js';
+
 async function loadAccessLog(operationId) {
   const pages = [];
   let cursor = null;
@@ -869,9 +873,12 @@ async function loadAccessLog(operationId) {
   }
   if (current?.id !== operationId) return; // another operation was opened meanwhile
   if (cursor) throw new Error('the access log is too long to check in the page; use `strongroom client log`');
-  const events = pages.flatMap((page) => page.events);
-  const problems = checkLogPages(pages, operationId, logSeen.get(operationId) ?? []);
-  if (!problems.length) logSeen.set(operationId, events.map((event) => event.id));
+  const remembered = logSeen.get(operationId);
+  const chain = verifyAccessLog(pages, { operationId, remembered });
+  // Also shown: what the server itself reported, and whether its cursors move forward (its events are not used).
+  const problems = [...chain.problems, ...checkLogPages(pages.map((page) => ({ ...page, events: [] })), operationId)];
+  if (!problems.length && chain.newest) logSeen.set(operationId, chain.newest);
+  const { events, batches } = chain;
   const table = $('log-table');
   table.tBodies[0].replaceChildren(...events.map((event) => {
     const time = el('time', localTime(event.time));
@@ -884,16 +891,15 @@ async function loadAccessLog(operationId) {
       cell('Reason', event.reason ?? '—'));
   }));
   table.hidden = events.length === 0;
-  const batches = pages.reduce((sum, page) => sum + (page.batches ?? 0), 0);
   const verdict = $('log-verdict');
   verdict.textContent = problems.length
-    ? 'The access log does NOT verify: it was changed or cut. Tell the operator. What failed:'
-    : `${events.length} event${events.length === 1 ? '' : 's'} in ${batches} batch${batches === 1 ? '' : 'es'}, oldest first: hash chain verified by the server on every page; checked here that the pages join up, every event is this operation's and none this page showed before is missing.`;
+    ? 'The access log does NOT verify on this device: it was changed or cut. Tell the operator. What failed:'
+    : `${events.length} event${events.length === 1 ? '' : 's'} in ${batches} batch${batches === 1 ? '' : 'es'}, oldest first: hash chain verified on this device (every batch's SHA-256 recomputed here from its bytes, each linked to the one before it, the newest one the head${remembered ? ', nothing this device verified before gone or changed' : ''}).${chain.warnings.length ? ` Note: ${chain.warnings.join('; ')}.` : ''}`;
   verdict.className = problems.length ? 'error' : 'status';
   verdict.hidden = false;
   $('log-problems').replaceChildren(...problems.map((problem) => el('li', problem)));
   $('log-problems').hidden = problems.length === 0;
-  announce(problems.length ? 'The access log does not verify.' : 'Access log verified.');
+  announce(problems.length ? 'The access log does not verify.' : 'Access log verified on this device.');
   $('log-load').textContent = 'Reload access log';
 }
 

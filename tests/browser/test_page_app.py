@@ -9,6 +9,7 @@ docs/browser.md shows are written to docs/img/ instead (``make`` never sets it: 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -38,6 +39,7 @@ DOC_SHOTS = {
     "page-desktop-operation",
     "page-phone-downloading",
     "page-desktop-access-log",
+    "page-desktop-access-log-rewritten",
     "page-phone-grant",
     "page-phone-dark-error",
 }
@@ -337,7 +339,8 @@ def test_access_log_verifies_and_shows_a_tampered_log(
     identity, identity_file = grantee
     done = finished(page_api, identity, SMALL_INPUT)
     with StrongroomClient(page_api, identity) as client:
-        client.download(done.id, "recommendations.json", tmp_path / "r.json")
+        persist_audit_until(settings, client, done.id, "operation.read")
+        client.download(done.id, "recommendations.json", tmp_path / "r.json")  # in a later batch: >= 2 batches
         persist_audit_until(settings, client, done.id, "artifact.url")
 
     page = app
@@ -345,13 +348,70 @@ def test_access_log_verifies_and_shows_a_tampered_log(
     open_operation(page, done.id)
     page.click("#log-load")
     verdict = page.locator("#log-verdict")
-    expect(verdict).to_contain_text("hash chain verified", timeout=SLOW)
+    expect(verdict).to_contain_text("hash chain verified on this device", timeout=SLOW)
     expect(verdict).not_to_have_class(re.compile("error"))
     expect(page.locator("#log-table tbody tr").first).to_be_visible()
     expect(page.locator("#log-table tbody")).to_contain_text("artifact.url")
     expect(page.locator("#log-table tbody")).to_contain_text("recommendations.json")
     assert_no_horizontal_scroll(page, "access log open")
     screenshot(page, tmp_path, f"page-{viewport}-access-log", "#access-log")
+
+    # Answers rewritten on the way (a proxy, or a server that lies): the batches' bytes are changed, dropped or
+    # reordered while ``chain_valid`` stays true and ``problems`` empty. The page recomputes the chain itself.
+    served: list[dict[str, Any]] = []
+
+    def rewritten(edit: Any) -> Any:
+        def handler(route: Any) -> None:
+            response = route.fetch()
+            body = response.json()
+            assert body["chain_valid"] is True and len(body["chain"]["batches"]) >= 2
+            edit(body)
+            served.append(body)
+            route.fulfill(response=response, body=json.dumps(body))
+
+        return handler
+
+    def flip_byte(body: dict[str, Any]) -> None:
+        first = body["chain"]["batches"][0]
+        plaintext = bytearray(base64.b64decode(first["plaintext"]))
+        plaintext[plaintext.index(b'"action":"') + 10] ^= 0x01  # one letter of an action
+        first["plaintext"] = base64.b64encode(bytes(plaintext)).decode()
+
+    def drop(body: dict[str, Any]) -> None:
+        del body["chain"]["batches"][0]
+
+    def reorder(body: dict[str, Any]) -> None:
+        batches = body["chain"]["batches"]
+        batches[0], batches[1] = batches[1], batches[0]
+
+    def forged_events(body: dict[str, Any]) -> None:  # the bytes untouched: the server's own list is not shown
+        body["events"] = [{**body["events"][0], "action": "artifact.delete", "artifact": "forged-by-the-server.txt"}]
+
+    log_api = re.compile(r".*/access-log(\?.*)?$")
+    cases = [
+        (flip_byte, "batch 1 was changed: its bytes do not hash to its digest"),
+        (drop, "batch 1 is missing (the next one served is batch 2)"),
+        (reorder, "batch 1 is out of order"),
+    ]
+    for edit, failure in cases:
+        page.route(log_api, rewritten(edit))
+        page.click("#log-load")
+        expect(verdict).to_contain_text("does NOT verify on this device", timeout=SLOW)
+        expect(verdict).to_have_class(re.compile("error"))
+        expect(page.locator("#log-problems")).to_contain_text(failure)
+        expect(page.locator("#log-problems")).not_to_contain_text("server:")  # the server said all was well
+        assert_no_horizontal_scroll(page, f"rewritten access log ({edit.__name__})")
+        if edit is flip_byte:
+            assert run_axe(page) == [], "rewritten access log shown"
+            screenshot(page, tmp_path, f"page-{viewport}-access-log-rewritten", "#access-log")
+        page.unroute(log_api)
+    page.route(log_api, rewritten(forged_events))
+    page.click("#log-load")
+    expect(verdict).to_contain_text("hash chain verified on this device", timeout=SLOW)
+    expect(page.locator("#log-table tbody")).to_contain_text("artifact.url")
+    expect(page.locator("#log-table tbody")).not_to_contain_text("forged-by-the-server.txt")
+    page.unroute(log_api)
+    assert len(served) == len(cases) + 1
 
     # Someone with S3 write access removes the newest batch and head.json: the head kept in Redis still names it.
     newest = max(
@@ -415,8 +475,9 @@ def test_axe_finds_no_violations_and_nothing_scrolls_sideways(
 def test_the_page_catches_a_log_that_shrank_even_when_the_server_says_it_verifies(
     page_api: str, celery_worker: Any, settings: Any, app: Any, viewport: str, grantee: tuple[Identity, Path]
 ) -> None:
-    """The grantee's device remembers the events it showed: a server (or a proxy in front of it) that later
-    drops the newest ones and still answers ``chain_valid: true`` is caught by the page itself."""
+    """The grantee's device remembers the newest batch it verified: a server (or a proxy in front of it) that later
+    drops the newest batch, names the one before it as the head and still answers ``chain_valid: true`` serves a
+    chain that is whole on its own, and is caught by the page itself."""
     identity, identity_file = grantee
     done = finished(page_api, identity, SMALL_INPUT)
     with StrongroomClient(page_api, identity) as client:
@@ -424,21 +485,36 @@ def test_the_page_catches_a_log_that_shrank_even_when_the_server_says_it_verifie
     page = app
     sign_in(page, page_api, identity_file, identity)
     open_operation(page, done.id)
+    log_api = re.compile(r".*/access-log(\?.*)?$")
+    verified: list[int] = []  # the newest batch the page verified (the log may grow meanwhile: the page reads it)
+
+    def honest(route: Any) -> None:
+        response = route.fetch()
+        verified.append(max(b["sequence"] for b in response.json()["chain"]["batches"]))
+        route.fulfill(response=response)
+
+    page.route(log_api, honest)
     page.click("#log-load")
-    expect(page.locator("#log-verdict")).to_contain_text("hash chain verified", timeout=SLOW)
-    shown = page.locator("#log-table tbody tr").count()
-    assert shown >= 2
+    expect(page.locator("#log-verdict")).to_contain_text("hash chain verified on this device", timeout=SLOW)
+    assert page.locator("#log-table tbody tr").count() >= 2
+    page.unroute(log_api)
 
     def lying(route: Any) -> None:
         response = route.fetch()
         body = response.json()
-        body["events"] = body["events"][:-1]  # the newest event cut, the verdict left as it was
+        chain = body["chain"]
+        # From the newest batch the page verified on: cut, and the head moved back to the batch before it.
+        chain["batches"] = [b for b in chain["batches"] if b["sequence"] < verified[-1]]
+        kept = chain["batches"][-1] if chain["batches"] else None
+        chain["head"] = chain["anchor"] = kept and {"sequence": kept["sequence"], "digest": kept["digest"]}
+        body["events"] = [e for b in chain["batches"] for e in json.loads(base64.b64decode(b["plaintext"]))["events"]]
         route.fulfill(response=response, body=json.dumps(body))
 
-    page.route(re.compile(r".*/access-log(\?.*)?$"), lying)
+    page.route(log_api, lying)
     page.click("#log-load")
     expect(page.locator("#log-verdict")).to_contain_text("does NOT verify", timeout=SLOW)
-    expect(page.locator("#log-problems")).to_contain_text("showed earlier")
+    expect(page.locator("#log-problems")).to_contain_text(f"this device verified batch {verified[-1]} before")
+    expect(page.locator("#log-problems")).to_contain_text("the log was cut")
     expect(page.locator("#log-problems")).not_to_contain_text("server:")
     assert_no_horizontal_scroll(page, "log that shrank")
 
