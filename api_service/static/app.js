@@ -6,6 +6,9 @@
 //   -> open the key wrap (identity file: tweetnacl; wallet: eth_decrypt), bound to this op id and name
 //   -> stream the ciphertext (S3 over CORS, or the API in proxy mode), hashing it and decrypting Cobblestone-256
 //      chunk by chunk as it arrives -> both SHA-256 checksums must match -> only then offer the file.
+// Where the browser has the File System Access API (showSaveFilePicker), the file is chosen at the click and
+// each authenticated plaintext chunk is written to it as it streams; the file is committed (close) only after
+// both checksums match, and aborted otherwise. Elsewhere the plaintext is assembled in memory (capped).
 // A dropped connection resumes with a fresh link and a Range request. Any mismatch shows an error in the
 // artifact's row and offers nothing. Secrets live only in this module's closure; nothing is logged.
 
@@ -30,8 +33,10 @@ import { b64decode, openWrap, parseWrapPayload } from './keywrap.js';
 import { Sha256 } from './sha256.js';
 import { WalletKeyError, deriveFromProvider } from './walletkey.js';
 
-// The page assembles a download in memory before offering it; above this, `strongroom client get` streams.
+// Without the File System Access API the page assembles a download in memory before offering it; above this,
+// `strongroom client get` streams. config.json may lower it (`max_browser_bytes`), never raise it.
 const MAX_BROWSER_BYTES = 512 * 1024 * 1024;
+const WRITE_BATCH_BYTES = 256 * 1024; // verified plaintext is written to disk in pieces of about this size
 const MAX_PREVIEW_TEXT = 256 * 1024;
 const CHAIN_ID = 1;
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
@@ -628,19 +633,39 @@ function rowBusy(name, busy) {
 async function runDownload(operationId, artifact, mode) {
   const { name } = artifact;
   if (downloads.has(name)) return;
+  const picking = chooseDestination(name, mode); // first, before any await: the picker needs the click's gesture
   const controller = new AbortController();
   downloads.set(name, { controller });
   rowBusy(name, true);
-  rowStatus(name, 'Requesting a download link…', { percent: 0 });
+  let disk = null; // {handle, writable}: the file this download streams into, until it is committed
   try {
-    const { plaintext, ticket } = await fetchAndDecrypt(operationId, name, controller.signal);
-    if (mode === 'preview') {
+    if (picking) {
+      rowStatus(name, 'Choose where to save it…');
+      let handle;
+      try {
+        handle = await picking;
+      } catch {
+        rowStatus(name, 'Not saved: no file was chosen.');
+        return;
+      }
+      if (handle) disk = await openDestination(handle, name);
+      controller.signal.throwIfAborted();
+    }
+    rowStatus(name, 'Requesting a download link…', { percent: 0 });
+    const { plaintext, ticket } = await fetchAndDecrypt(operationId, name, controller.signal, disk?.writable);
+    if (disk) {
+      await committed(disk, name);
+      rowStatus(name, `Saved to ${disk.handle.name}: ${formatSize(ticket.size)}, checksums verified, decrypted.`, { tone: 'ok' });
+      announce(`${name} saved: checksums verified.`);
+      disk = null;
+    } else if (mode === 'preview') {
       rowStatus(name, `Verified and decrypted (${formatSize(plaintext.size)}); shown below.`, { tone: 'ok' });
       await showPreview(name, ticket.content_type ?? artifact.content_type, plaintext);
     } else {
       offer(name, plaintext);
     }
   } catch (error) {
+    if (disk) await discard(disk); // unverified or cancelled: no file, not even a partial one, is kept
     if (controller.signal.aborted) {
       rowStatus(name, 'Cancelled. Nothing was saved.');
       announce(`Download of ${name} cancelled.`);
@@ -652,6 +677,65 @@ async function runDownload(operationId, artifact, mode) {
     downloads.delete(name);
     rowBusy(name, false);
   }
+}
+
+/**
+ * Where the browser can write a file as it streams (the File System Access API), ask where to save `name`.
+ * Called inside the click, before anything is awaited: the picker needs the user gesture. Returns null when
+ * the page will assemble in memory instead (no picker, or Preview), else a promise of the FileSystemFileHandle
+ * (null when the browser refused the picker, e.g. a blocked file name: memory again), which rejects when the
+ * user closed the dialog.
+ */
+function chooseDestination(name, mode) {
+  if (mode !== 'download' || typeof globalThis.showSaveFilePicker !== 'function') return null;
+  let picking;
+  try {
+    picking = globalThis.showSaveFilePicker({ suggestedName: name, startIn: 'downloads' });
+  } catch {
+    return null;
+  }
+  return Promise.resolve(picking).catch((error) => {
+    if (error?.name === 'AbortError') throw error;
+    return null;
+  });
+}
+
+async function openDestination(handle, name) {
+  try {
+    return { handle, writable: await handle.createWritable() };
+  } catch (error) {
+    await discard({ handle, writable: null });
+    throw new Error(`cannot write ${name} to ${handle.name}: ${error?.message || error}`);
+  }
+}
+
+/** Commit a streamed file: only now does it appear under its name (until then the browser writes a swap file). */
+async function committed(disk, name) {
+  try {
+    await disk.writable.close();
+  } catch (error) {
+    throw new Error(`${name} could not be saved to ${disk.handle.name}: ${error?.message || error}`);
+  }
+}
+
+/** Throw a streamed file away: abort the writable (its swap file goes), then remove the empty file the picker made. */
+async function discard(disk) {
+  try {
+    await disk.writable?.abort();
+  } catch {
+    /* already closed or failed */
+  }
+  try {
+    await disk.handle.remove?.();
+  } catch {
+    /* the browser keeps the empty file it created when the destination was chosen */
+  }
+}
+
+/** The in-memory cap: MAX_BROWSER_BYTES, or less when config.json says so. */
+function memoryCap() {
+  const configured = pageConfig.max_browser_bytes;
+  return Number.isSafeInteger(configured) && configured >= 0 ? Math.min(configured, MAX_BROWSER_BYTES) : MAX_BROWSER_BYTES;
 }
 
 async function requestTicket(operationId, name, signal) {
@@ -694,10 +778,16 @@ async function openCiphertext(ticket, offset, signal) {
   return response;
 }
 
-async function fetchAndDecrypt(operationId, name, signal) {
+/**
+ * Stream, hash and decrypt one artifact. With `writable` (a FileSystemWritableFileStream) each authenticated
+ * plaintext chunk is written to it as it streams and no size cap applies; the caller commits it only when this
+ * returns (both checksums matched) and aborts it otherwise. Without, the plaintext is returned as a Blob.
+ */
+async function fetchAndDecrypt(operationId, name, signal, writable = null) {
   let ticket = await requestTicket(operationId, name, signal);
-  if (ticket.size > MAX_BROWSER_BYTES) {
-    throw new ApiError(`${name} is too large to decrypt in a browser; use \`strongroom client get\``);
+  if (!writable && ticket.size > memoryCap()) {
+    const hint = typeof globalThis.showSaveFilePicker === 'function' ? '' : ' (a browser that can write files as they stream, such as Chrome or Edge, can)';
+    throw new ApiError(`${name} is too large to decrypt in this browser's memory${hint}; use \`strongroom client get\``);
   }
   const { dataKey, sha256 } = parseWrapPayload(await identity.openWrap(ticket.encryption.wrapped_key), operationId, name);
   if (!sameHex(sha256, ticket.checksum)) {
@@ -712,10 +802,23 @@ async function fetchAndDecrypt(operationId, name, signal) {
   let received = 0;
   let streaming = false; // the current response's body is being read (a failure now is a dropped connection)
   let shown = 0;
-  const take = (chunks) => {
+  let unwritten = 0; // bytes at the end of `parts` not yet written to `writable`
+  // Only chunks that passed their AES-GCM tag get here; with a file they are written in batches, in order.
+  const take = async (chunks, last = false) => {
     for (const chunk of chunks) {
       plainHash.update(chunk);
       parts.push(chunk);
+      unwritten += chunk.length;
+    }
+    if (writable && unwritten > 0 && (last || unwritten >= WRITE_BATCH_BYTES)) {
+      const batch = new Blob(parts);
+      parts.length = 0;
+      unwritten = 0;
+      try {
+        await writable.write(batch);
+      } catch (error) {
+        throw new Error(`cannot write ${name} to the chosen file: ${error?.message || error}`);
+      }
     }
   };
   try {
@@ -736,7 +839,7 @@ async function fetchAndDecrypt(operationId, name, signal) {
           received += value.length;
           if (received > total) throw new IntegrityError(`the stored object for ${name} does not have the artifact's size`);
           cipherHash.update(value);
-          take(await decryptor.push(value));
+          await take(await decryptor.push(value));
           const now = performance.now();
           if (now - shown > 100 || received === total) {
             shown = now;
@@ -756,7 +859,7 @@ async function fetchAndDecrypt(operationId, name, signal) {
     }
     if (received !== total) throw new IntegrityError(`the stored object for ${name} does not have the artifact's size`);
     rowStatus(name, `Verifying ${name}…`, { percent: 100 });
-    take([await decryptor.finish()]);
+    await take([await decryptor.finish()], true);
   } finally {
     dataKey.fill(0);
   }
@@ -766,7 +869,7 @@ async function fetchAndDecrypt(operationId, name, signal) {
   if (!sameHex(plainHash.hexdigest(), ticket.checksum)) {
     throw new IntegrityError(`plaintext checksum mismatch for ${name}`);
   }
-  return { plaintext: new Blob(parts, { type: 'application/octet-stream' }), ticket };
+  return { plaintext: writable ? null : new Blob(parts, { type: 'application/octet-stream' }), ticket };
 }
 
 function offer(name, blob) {

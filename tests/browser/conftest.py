@@ -121,10 +121,18 @@ def chromium() -> Iterator[Any]:
             browser.close()
 
 
+# Headless Chromium has the File System Access API but no dialog: showSaveFilePicker always answers AbortError
+# ("the user closed it"). Pages start without it, as in Firefox and Safari, so downloads take the in-memory path;
+# tests/browser/test_page_savefile.py puts back a picker that answers with a real file.
+NO_SAVE_PICKER = "delete window.showSaveFilePicker;"
+
+
 @pytest.fixture
 def browser_page(chromium: Any) -> Iterator[Any]:
-    """A fresh context per test (no shared storage), downloads enabled; console output is collected."""
+    """A fresh context per test (no shared storage), downloads enabled, no save dialog (NO_SAVE_PICKER); console
+    output is collected."""
     context = chromium.new_context(accept_downloads=True)
+    context.add_init_script(NO_SAVE_PICKER)
     page = context.new_page()
     page.console_messages_seen = []
     page.on("console", lambda message: page.console_messages_seen.append(f"{message.type}: {message.text}"))
