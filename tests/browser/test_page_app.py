@@ -295,7 +295,6 @@ def test_download_shows_progress_on_a_throttled_network_cancel_and_restart(
     expect(page.locator(".error:visible")).to_have_count(0)
 
 
-@pytest.mark.parametrize("viewport", ["desktop"])  # the same code at both sizes; other tests cover the phone layout
 def test_delete_asks_for_a_confirmation_naming_the_artifact(
     page_api: str, celery_worker: Any, app: Any, viewport: str, grantee: tuple[Identity, Path]
 ) -> None:
@@ -471,7 +470,6 @@ def test_axe_finds_no_violations_and_nothing_scrolls_sideways(
         screenshot(page, tmp_path, f"page-{viewport}-dark-error")
 
 
-@pytest.mark.parametrize("viewport", ["phone"])
 def test_the_page_catches_a_log_that_shrank_even_when_the_server_says_it_verifies(
     page_api: str, celery_worker: Any, settings: Any, app: Any, viewport: str, grantee: tuple[Identity, Path]
 ) -> None:
@@ -579,7 +577,6 @@ def test_the_grant_panel_says_what_may_run_until_when_and_the_quota_usage(
     screenshot(page, tmp_path, f"page-{viewport}-grant", "#identity")
 
 
-@pytest.mark.parametrize("viewport", ["phone"])
 def test_an_identity_without_a_grant_is_told_in_plain_words(
     static_grants_api: tuple[str, Identity, Path, Identity, Path], app: Any, viewport: str
 ) -> None:
@@ -641,6 +638,8 @@ class CutShortStorage:
         self.server.server_close()
 
 
+# Desktop only: its pauses (1 + 2 + 4 s) make it the slowest test here; test_page_savefile.py resumes at both
+# sizes, and the download row it shows is the one the throttled-download test shows at both.
 @pytest.mark.parametrize("viewport", ["desktop"])
 def test_a_download_cut_mid_way_resumes_with_a_fresh_link_and_a_range_request(
     page_api: str,
@@ -699,7 +698,6 @@ def test_a_download_cut_mid_way_resumes_with_a_fresh_link_and_a_range_request(
     expect(page.locator(".error:visible")).to_have_count(0)
 
 
-@pytest.mark.parametrize("viewport", ["phone"])
 def test_preview_shows_text_as_text_and_json_pretty_printed(
     page_api: str,
     big_operation: GetOperationResponse,
@@ -753,7 +751,6 @@ class DerivedKeyOnlyWallet:
         return self.inner.request(method, params)
 
 
-@pytest.mark.parametrize("viewport", ["phone"])
 def test_a_wallet_user_starts_and_downloads_with_the_key_derived_from_a_signature(
     page_api: str, celery_worker: Any, app: Any, viewport: str, tmp_path: Path
 ) -> None:
@@ -789,7 +786,6 @@ def test_a_wallet_user_starts_and_downloads_with_the_key_derived_from_a_signatur
     assert Path(info.value.path()).read_bytes() == (tmp_path / "sdk.json").read_bytes()
 
 
-@pytest.mark.parametrize("viewport", ["desktop"])
 def test_the_page_is_usable_by_keyboard_alone_with_visible_focus(
     page_api: str,
     big_operation: GetOperationResponse,

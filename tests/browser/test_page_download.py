@@ -2,7 +2,7 @@
 
 Chromium fetches the presigned SeaweedFS URL cross-origin (bucket CORS), verifies and decrypts with WebCrypto and
 tweetnacl, and offers the file; the bytes must equal what the Python SDK decrypted. A ciphertext swapped in S3
-must show an error and offer nothing.
+must show an error and offer nothing. Every test runs at 1280x800 and at 390x844.
 """
 
 from __future__ import annotations
@@ -22,10 +22,18 @@ from shared.crypto import keywrap
 from shared.models import GetOperationResponse
 from strongroom.client.identity import Identity, create_identity
 from strongroom.client.sdk import StrongroomClient
+from tests.browser.test_page_app import VIEWPORTS, assert_no_horizontal_scroll
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
 AUDIT_INPUT = {"text": "Write to alice@example.com or call +1 415 555 0100.\nCard: 4111 1111 1111 1111\n"}
+
+
+@pytest.fixture(params=list(VIEWPORTS))
+def browser_page(browser_page: Any, request: pytest.FixtureRequest) -> Any:
+    """conftest's page, at each of the two sizes."""
+    browser_page.set_viewport_size(VIEWPORTS[request.param])
+    return browser_page
 
 
 @pytest.fixture
@@ -80,6 +88,7 @@ def test_browser_download_equals_sdk_plaintext(
         assert Path(download.path()).read_bytes() == (sdk_dir / name).read_bytes()
         expect(row_status(page, name)).to_contain_text("checksums verified")
     expect(page.locator(".error:visible")).to_have_count(0)
+    assert_no_horizontal_scroll(page, "downloads saved")
 
     page.click("#list-refresh")
     expect(page.locator(f"#op-table button[data-op='{done.id}']")).to_be_visible()
@@ -133,6 +142,7 @@ def test_tampered_ciphertext_shows_an_error_and_offers_nothing(
     expect(page.locator(f"#artifacts tr[data-artifact='{victim}'] button[data-action=download]")).to_be_enabled()
     assert downloads == []
     assert page.locator(".saved-link").count() == 0
+    assert_no_horizontal_scroll(page, "integrity error in the row")
     page.screenshot(path=str(tmp_path / f"tampered-{tamper}.png"), full_page=True)
 
 
