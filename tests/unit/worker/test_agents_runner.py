@@ -23,6 +23,7 @@ from worker_service.agents.runner import (
     LOG_LINES,
     Limits,
     agent_environment,
+    disk_usage,
     final_report,
 )
 from worker_service.agents.runner import run_agent as sandboxed_run
@@ -121,6 +122,27 @@ def test_disk_limit_kills_the_agent(workdir: Workdir) -> None:
     run = run_agent(misbehave("disk", str(40 << 20)), workdir, limits, poll_interval=0.1)
     assert run.outcome == "disk"  # the scratch tmpfs is full: the kernel stopped it at the limit
     assert run.disk_usage >= 3 << 20
+
+
+def test_disk_usage_counts_allocated_blocks_sparse_files_and_hard_links_honestly(tmp_path: Path) -> None:
+    """Issue 10 item 3: what the check after exit counts. Each inode once (a hard link adds nothing), at the
+    larger of its size (a sparse file could be uploaded at that size) and its allocated blocks (preallocated)."""
+    root = tmp_path / "out"
+    (root / "sub").mkdir(parents=True)
+    empty = disk_usage(root)
+    dense = root / "sub" / "dense.bin"
+    dense.write_bytes(b"x" * (1 << 20))
+    assert disk_usage(root) - empty >= 1 << 20
+    os.link(dense, root / "again.bin")
+    assert disk_usage(root) - empty < 2 << 20  # the second name is not a second MiB
+    with (root / "sparse.bin").open("wb") as sparse:
+        sparse.truncate(64 << 20)  # no blocks allocated
+    assert disk_usage(root) - empty >= 65 << 20
+    preallocated = root / "prealloc.bin"
+    preallocated.touch()
+    subprocess.run(["fallocate", "--keep-size", "-l", str(8 << 20), str(preallocated)], check=True)
+    assert preallocated.stat().st_size == 0 and preallocated.stat().st_blocks * 512 >= 8 << 20
+    assert disk_usage(root) - empty >= 73 << 20
 
 
 def test_cancel_kills_the_whole_group_even_when_sigterm_is_ignored(workdir: Workdir) -> None:

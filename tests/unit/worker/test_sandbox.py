@@ -264,8 +264,11 @@ def test_scratch_is_bounded_by_the_kernel(wd: Workdir) -> None:
 
 
 def test_writing_twice_the_limit_into_out_and_exiting_fails(wd: Workdir) -> None:
-    """Issue 10 item 3: fast writes then exit used to end ``succeeded``; the check after exit catches them."""
-    result = run(wd, "outfill", str(2 * LIMITS.max_disk_usage), policy=SandboxPolicy())
+    """Issue 10 item 3: fast writes then exit used to end ``succeeded``; the check after exit catches them. The
+    watchdog's interval is longer than the run, so it never looks while the agent writes: only the check after
+    exit can see the excess."""
+    argv = misbehave("outfill", str(2 * LIMITS.max_disk_usage))
+    result = run_agent(argv, wd, LIMITS, policy=SandboxPolicy(), mounts=MOUNTS, poll_interval=LIMITS.max_execution_time)
     assert result.outcome == "disk"
     assert result.disk_usage > LIMITS.max_disk_usage
 
