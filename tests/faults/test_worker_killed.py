@@ -22,11 +22,14 @@ def test_worker_killed_mid_store_is_rerun_and_leaves_nothing_half(stack: FaultSt
     assert stack.worker is not None
     stack.worker.kill()  # SIGKILL to its whole process group, mid-store
     stack.worker = None
+    killed_runs = stack.run_dirs()
+    assert killed_runs != [], "the killed run left no run directory: nothing to prove about item 4"
 
     served = stack.get(operation_id)
     assert served.status == "running" and served.artifacts.count == 0  # uploads exist, none is visible
 
     stack.start_worker()
+    assert not set(killed_runs) & set(stack.run_dirs()), "the killed run's plaintext outlived the next start"
     lease = layout.redis_run_lease(operation_id)
     stack.wait_for(lambda: not stack.services.redis.exists(lease), "the dead run's lease to lapse", timeout=60)
     app = producer(stack.services.settings)

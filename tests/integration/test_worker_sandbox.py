@@ -79,18 +79,25 @@ def test_kill_9_leaves_plaintext_only_until_the_next_worker_start(
     doomed = worker_factory(**env)
     send_run(producer(settings), record.id)
     deadline = time.monotonic() + 60
-    while not (left := set(_run_dirs(settings)) - before):
+    # The directory exists before its input.json is written: wait for the plaintext itself, then kill.
+    while not (left := {path for path in set(_run_dirs(settings)) - before if _holds_plaintext(path)}):
         assert time.monotonic() < deadline, "the run never started"
         time.sleep(0.1)
     doomed.kill()  # SIGKILL: no cleanup runs
-    assert all(path.exists() for path in left)
-    assert any(b"PLAINTEXT-INPUT" in (path / "input.json").read_bytes() for path in left)
+    assert all(_holds_plaintext(path) for path in left)
 
     again = worker_factory(**env)
     try:
         assert not any(path.exists() for path in left)  # removed at start, before the worker took a task
     finally:
         again.stop()
+
+
+def _holds_plaintext(run_dir: Path) -> bool:
+    try:
+        return b"PLAINTEXT-INPUT" in (run_dir / "input.json").read_bytes()
+    except OSError:
+        return False
 
 
 def _run_dirs(settings: Settings) -> list[Path]:

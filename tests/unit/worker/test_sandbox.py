@@ -339,6 +339,20 @@ def test_sweep_removes_dead_runs_directories_and_spares_live_ones(base: Path) ->
     assert not dead.exists() and unrelated.exists()
 
 
+def test_the_periodic_sweeper_removes_a_directory_left_after_start(base: Path) -> None:
+    """Issue 10 item 4, "and periodically": a run directory that went stale while the worker runs is removed too."""
+    stop = workdir.start_sweeper(base, interval=0.05)
+    try:
+        dead = base / "strongroom-agent-late"
+        (dead / "out").mkdir(parents=True)
+        deadline = time.monotonic() + 30
+        while dead.exists():
+            assert time.monotonic() < deadline, "the sweeper never removed it"
+            time.sleep(0.05)
+    finally:
+        stop.set()
+
+
 def test_an_agent_installed_under_the_host_tmp_still_runs(wd: Workdir, base: Path) -> None:
     """A regression: the scratch tmpfs at /tmp was mounted over the agent's own installation when that lived under
     the host's /tmp (a checkout cloned there), so the program vanished inside the sandbox."""
