@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import subprocess
 import threading
@@ -18,7 +19,7 @@ from shared import events, layout
 from shared.cancel import request_cancel
 from shared.crypto import cobblestone, keywrap
 from shared.crypto.keyring import Keyring
-from shared.errors import Conflict, StorageError
+from shared.errors import Conflict, StorageError, WorkerDiskFull
 from shared.models import OperationRecord, utcnow
 from shared.records import OperationStore
 from shared.settings import Settings
@@ -432,6 +433,37 @@ def test_on_failure_fails_an_abandoned_run(
     assert current.result.summary == tasks.STORAGE_GAVE_UP
     assert not client.exists(layout.redis_run_lease(record.id))
     assert services.store.exists(uploaded)  # an unnamed leftover: the age-gated orphan sweep's to remove
+
+
+def test_a_full_worker_disk_is_retried_alerted_and_named_when_retries_run_out(
+    client: redis.Redis, tmp_path: Path, keypair: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10 item 9: ENOSPC is not "internal error": the attempt raises ``WorkerDiskFull`` (a transient error,
+    so Celery retries it), leaves the operation running with its lease released and nothing stored, marks the
+    worker for the resource monitor, and only a run out of retries fails with ``worker_disk_full``."""
+    from worker_service import tasks
+
+    services = make_services(client, tmp_path)
+    monkeypatch.setattr(tasks, "services", lambda: services)
+    record = create(services, keypair[1], text="x")
+
+    def full(*_: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "write_input", full)
+    with pytest.raises(WorkerDiskFull) as raised:
+        pipeline.run_operation(services, record.id, token="t1")
+    assert isinstance(raised.value, pipeline.TRANSIENT_ERRORS)
+    current = services.records.get(record.id)
+    assert current.status == "running" and current.artifacts == []
+    assert not client.exists(layout.redis_run_lease(record.id))
+    assert client.zcard(layout.REDIS_WORKER_DISK_FULL) == 1
+    assert unnamed_objects(services, current) == []
+
+    tasks.run_operation_task.on_failure(raised.value, "t1", (), {"operation_id": record.id}, None)
+    current = services.records.get(record.id)
+    assert current.status == "failed" and current.result is not None
+    assert current.result.summary == tasks.DISK_FULL_GAVE_UP
 
 
 def test_an_unavailable_sandbox_fails_the_operation_with_its_reason(
