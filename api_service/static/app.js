@@ -29,6 +29,7 @@ import {
   relativeTime,
   suggestedPageUrl,
 } from './format.js';
+import { verifyAccessLog } from './auditchain.js';
 import { b64decode, openWrap, parseWrapPayload } from './keywrap.js';
 import { Sha256 } from './sha256.js';
 import { WalletKeyError, deriveFromProvider } from './walletkey.js';
@@ -54,7 +55,38 @@ let identity = null; // {address, label, signMessage(text), openWrap(wrap) -> pa
 let pageConfig = { storage_origins: [], delivery_mode: 'presigned' };
 let agents = null; // GET /agents answer
 let grant = null; // GET /grant answer
-const logSeen = new Map(); // operation id -> newest batch verified here {sequence, digest}: a cut or rewrite is caught
+// Newest access-log batch verified on this device, per operation ({sequence, digest}): a later cut or rewrite of
+// the log is caught even when it comes with a matching head. Kept in localStorage per address so a reload does not
+// forget it; "Forget identity" removes it with the rest.
+const logSeen = {
+  key: () => `strongroom.log-seen.${identity?.address ?? ''}`,
+  all() {
+    try {
+      const saved = JSON.parse(localStorage.getItem(this.key()) ?? '{}');
+      return saved && typeof saved === 'object' && !Array.isArray(saved) ? saved : {};
+    } catch {
+      return {}; // unreadable or storage disabled: start from nothing, as on a new device
+    }
+  },
+  get(operationId) {
+    const seen = this.all()[operationId];
+    return Number.isSafeInteger(seen?.sequence) && typeof seen?.digest === 'string' ? seen : undefined;
+  },
+  set(operationId, newest) {
+    try {
+      localStorage.setItem(this.key(), JSON.stringify({ ...this.all(), [operationId]: newest }));
+    } catch {
+      // storage full or disabled: the memory then lasts only as long as the check itself
+    }
+  },
+  clear(address) {
+    try {
+      localStorage.removeItem(`strongroom.log-seen.${address}`);
+    } catch {
+      // nothing stored
+    }
+  },
+};
 let current = null; // the operation on screen
 let pollTimer = null;
 let pollAbort = null; // the long poll in flight, aborted when another operation is opened
@@ -208,7 +240,6 @@ async function useIdentity(next) {
     $('op-table').tBodies[0].replaceChildren();
     $('grant').hidden = true;
     grant = null;
-    logSeen.clear();
     return;
   }
   announce(`Signed in as ${identity.address}.`);
@@ -957,7 +988,6 @@ async function deleteArtifact(operationId, name) {
 
 // The chain is recomputed here from the batches' bytes (auditchain.js): the table shows the events decoded from
 // the verified bytes, never the server's `events` list, and the verdict does not rest on its `chain_valid`.
-import { verifyAccessLog } from './auditchain.js';
 
 async function loadAccessLog(operationId) {
   const pages = [];
@@ -1083,6 +1113,7 @@ if (globalThis.ethereum?.request) {
 
 $('identity-forget').addEventListener('click', () => {
   stopPolling();
+  if (identity) logSeen.clear(identity.address);
   useIdentity(null);
   for (const url of savedUrls.values()) URL.revokeObjectURL(url); // decrypted files go with the identity
   savedUrls.clear();

@@ -473,9 +473,9 @@ def test_axe_finds_no_violations_and_nothing_scrolls_sideways(
 def test_the_page_catches_a_log_that_shrank_even_when_the_server_says_it_verifies(
     page_api: str, celery_worker: Any, settings: Any, app: Any, viewport: str, grantee: tuple[Identity, Path]
 ) -> None:
-    """The grantee's device remembers the newest batch it verified: a server (or a proxy in front of it) that later
-    drops the newest batch, names the one before it as the head and still answers ``chain_valid: true`` serves a
-    chain that is whole on its own, and is caught by the page itself."""
+    """The grantee's device remembers the newest batch it verified, across reloads: a server (or a proxy in front of
+    it) that later drops the newest batch, names the one before it as the head and still answers ``chain_valid:
+    true`` serves a chain that is whole on its own, and is caught by the page itself."""
     identity, identity_file = grantee
     done = finished(page_api, identity, SMALL_INPUT)
     with StrongroomClient(page_api, identity) as client:
@@ -496,6 +496,10 @@ def test_the_page_catches_a_log_that_shrank_even_when_the_server_says_it_verifie
     expect(page.locator("#log-verdict")).to_contain_text("hash chain verified on this device", timeout=SLOW)
     assert page.locator("#log-table tbody tr").count() >= 2
     page.unroute(log_api)
+    # The memory outlives a reload (localStorage, per address): the lie below comes to a freshly loaded page.
+    page.reload()
+    sign_in(page, page_api, identity_file, identity)
+    open_operation(page, done.id)
 
     def lying(route: Any) -> None:
         response = route.fetch()
@@ -515,6 +519,10 @@ def test_the_page_catches_a_log_that_shrank_even_when_the_server_says_it_verifie
     expect(page.locator("#log-problems")).to_contain_text("the log was cut")
     expect(page.locator("#log-problems")).not_to_contain_text("server:")
     assert_no_horizontal_scroll(page, "log that shrank")
+    remembered = f"strongroom.log-seen.{identity.address.lower()}"
+    assert page.evaluate("(key) => localStorage.getItem(key)", remembered)
+    page.click("#identity-forget")  # forgetting the identity forgets what this device verified for it
+    assert page.evaluate("(key) => localStorage.getItem(key)", remembered) is None
 
 
 @pytest.fixture(scope="module")
