@@ -38,6 +38,7 @@ from shared.errors import CryptoError, IntegrityError, ValidationFailed
 __all__ = [
     "CHUNK_SIZE",
     "HEADER_SIZE",
+    "Decryptor",
     "EncryptResult",
     "artifact_context",
     "authenticate_length",
@@ -165,9 +166,20 @@ class _Message:
         try:
             return self._aead.open(self._nonce(index), sealed)
         except IntegrityError:
-            raise IntegrityError(
-                f"chunk {index} failed authentication: the payload was modified, truncated, extended or reordered"
-            ) from None
+            raise _chunk_failed(index) from None
+
+    def open_into(self, index: int, sealed: memoryview, out: memoryview) -> None:
+        """Open a full-size (never final) sealed chunk into ``out`` (CHUNK_SIZE bytes)."""
+        try:
+            self._aead.open_into(self._nonce(index), sealed, out)
+        except IntegrityError:
+            raise _chunk_failed(index) from None
+
+
+def _chunk_failed(index: int) -> IntegrityError:
+    return IntegrityError(
+        f"chunk {index} failed authentication: the payload was modified, truncated, extended or reordered"
+    )
 
 
 def hkdf_expand_sha512(prk: bytes, info: bytes, length: int) -> bytes:
@@ -349,6 +361,97 @@ def decrypt_stream(
     The caller must treat plaintext already received as unverified until the iterator ends cleanly.
     """
     return _StreamDecryptor(key, ctx, chunks, backend)
+
+
+class Decryptor:
+    """Push-style streaming decryption for callers that receive the payload in pieces (a download): ``update``
+    takes the next piece and returns the plaintext of every sealed chunk it completed, each authenticated before
+    it is returned; ``finalize`` opens the short final chunk at the end of the payload.
+
+    What ``update`` returns is a view of a buffer the next ``update`` overwrites: hash or write it before calling
+    again. Full chunks are opened straight from the caller's piece into that buffer (``Aead.open_into``), so the
+    bytes are neither re-buffered nor copied out chunk by chunk. Failures are sticky, like decrypt_stream's: after
+    an IntegrityError every call raises it again. Nothing returned is proof of the payload's length or end
+    until ``finalize`` returned.
+    """
+
+    def __init__(self, key: bytes, ctx: bytes, *, backend: AeadFactory | None = None) -> None:
+        _check_key(key, IntegrityError)
+        self._key, self._ctx, self._backend = bytes(key), ctx, backend
+        self._message: _Message | None = None
+        self._index = 0
+        self._carry = bytearray()  # the start of a header or sealed chunk that straddles pieces
+        self._out = bytearray()
+        self._done = False
+        self._error: IntegrityError | None = None
+
+    def update(self, piece: bytes | bytearray | memoryview) -> memoryview:
+        self._check()
+        try:
+            return self._update(memoryview(piece))
+        except IntegrityError as exc:
+            self._fail(exc)
+            raise
+
+    def finalize(self) -> bytes:
+        """The final chunk's plaintext: the payload ended here, and its length is authenticated."""
+        self._check()
+        try:
+            if self._message is None:
+                self._message = _open_header(self._key, self._ctx, bytes(self._carry), self._backend)
+                self._carry.clear()
+            plaintext = self._message.open(self._index, bytes(self._carry), final=True)
+        except IntegrityError as exc:
+            self._fail(exc)
+            raise
+        self._carry.clear()
+        self._done = True
+        return plaintext
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise IntegrityError(self._error.detail)
+        if self._done:
+            raise IntegrityError("data after the end of the payload")
+
+    def _fail(self, exc: IntegrityError) -> None:
+        self._error = exc
+        self._key = b""
+        self._out[:] = bytes(len(self._out))  # plaintext of chunks opened before the failure is never handed out
+
+    def _update(self, view: memoryview) -> memoryview:
+        carry = self._carry
+        if self._message is None:
+            take = view[: HEADER_SIZE - len(carry)]
+            carry += take
+            view = view[len(take) :]
+            if len(carry) < HEADER_SIZE:
+                return memoryview(b"")
+            self._message = _open_header(self._key, self._ctx, bytes(carry), self._backend)
+            carry.clear()
+        chunks = (len(carry) + len(view)) // SEALED_CHUNK_SIZE
+        if not chunks:
+            carry += view
+            return memoryview(b"")
+        if len(self._out) < chunks * CHUNK_SIZE:
+            self._out = bytearray(chunks * CHUNK_SIZE)  # a new buffer: views of the old one may still be held
+        message, index, out, at = self._message, self._index, memoryview(self._out), 0
+        # A full-size sealed chunk is never the final one, so it can be opened as soon as it is complete.
+        if carry:
+            take = view[: SEALED_CHUNK_SIZE - len(carry)]
+            carry += take
+            view = view[len(take) :]
+            with memoryview(carry) as sealed:
+                message.open_into(index, sealed, out[:CHUNK_SIZE])
+            carry.clear()
+            index, at = index + 1, CHUNK_SIZE
+        while len(view) >= SEALED_CHUNK_SIZE:
+            message.open_into(index, view[:SEALED_CHUNK_SIZE], out[at : at + CHUNK_SIZE])
+            view = view[SEALED_CHUNK_SIZE:]
+            index, at = index + 1, at + CHUNK_SIZE
+        carry += view
+        self._index = index
+        return out[:at]
 
 
 class _ExactReader:

@@ -153,6 +153,21 @@ def _fails(ct: bytes, match: str, key: bytes = KEY, ctx: bytes = CTX) -> bytes:
         for piece in cs.decrypt_stream(key, ctx, [ct[i : i + 5000] for i in range(0, len(ct), 5000)]):
             produced += piece
     assert DATA.startswith(produced)  # only authenticated prefix bytes, never altered ones
+    pushed = _push_until_failure(cs.Decryptor(key, ctx), [ct[i : i + 5000] for i in range(0, len(ct), 5000)], match)
+    assert DATA.startswith(pushed)
+    return bytes(produced)
+
+
+def _push_until_failure(decryptor: cs.Decryptor, pieces: list[bytes], match: str) -> bytes:
+    """Push pieces until the Decryptor refuses (by ``finalize`` at the latest); what it returned before."""
+    produced = bytearray()
+    with pytest.raises(IntegrityError, match=match):
+        for piece in pieces:
+            produced += decryptor.update(piece)
+        produced += decryptor.finalize()
+    for again in (lambda: decryptor.update(b"x"), decryptor.finalize):  # sticky
+        with pytest.raises(IntegrityError, match=match):
+            again()
     return bytes(produced)
 
 
@@ -205,6 +220,47 @@ def test_swapped_wraps_are_refused() -> None:
     with pytest.raises(IntegrityError, match="another artifact"):
         keywrap.unwrap_data_key(secret, wrap_b, "op_1", "a.txt")
     assert keywrap.unwrap_data_key(secret, wrap_a, "op_1", "a.txt").data_key == KEY
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=sizes, cuts=st.lists(st.integers(0, 10**6), max_size=12))
+def test_decryptor_round_trip_with_any_pieces(size: int, cuts: list[int]) -> None:
+    """The push-style Decryptor gives back the plaintext whatever the pieces, in whole authenticated chunks,
+    and only ``finalize`` yields the short final chunk."""
+    data = _data(size, size)
+    ct = _encrypt(data)
+    decryptor, produced = cs.Decryptor(KEY, CTX), bytearray()
+    for piece in _split(ct, cuts):
+        plain = decryptor.update(piece)
+        assert len(plain) % CHUNK == 0
+        produced += plain
+    assert len(produced) == size // CHUNK * CHUNK
+    produced += decryptor.finalize()
+    assert produced == data
+    with pytest.raises(IntegrityError, match="after the end"):
+        decryptor.update(b"")
+
+
+def test_decryptor_output_is_reused_and_cleared_on_failure() -> None:
+    """``update`` returns a view of a buffer the next call overwrites; when a call fails, the plaintext of the
+    chunks it opened before the bad one is wiped, not left in memory for a stale view to read."""
+    data = _data(4 * CHUNK + 100, 3)
+    header, chunks = _chunks(_encrypt(data))
+    decryptor = cs.Decryptor(KEY, CTX)
+    first = decryptor.update(header + chunks[0] + chunks[1])
+    assert bytes(first) == data[: 2 * CHUNK]
+    broken = bytearray(chunks[3])
+    broken[5] ^= 1
+    with pytest.raises(IntegrityError, match="chunk 3 failed"):
+        decryptor.update(chunks[2] + bytes(broken))  # chunk 2 opens into the same buffer, then chunk 3 fails
+    assert bytes(first) == bytes(2 * CHUNK)
+
+
+def test_decryptor_needs_the_header_and_final_chunk() -> None:
+    assert _push_until_failure(cs.Decryptor(KEY, CTX), [HEADER[:40]], "header") == b""
+    assert _push_until_failure(cs.Decryptor(KEY, CTX), [HEADER + CHUNKS[0]], "truncated") == DATA[:CHUNK]
+    with pytest.raises(IntegrityError):
+        cs.Decryptor(KEY[:31], CTX)
 
 
 def test_failures_are_sticky() -> None:

@@ -71,6 +71,23 @@ def test_valid_streaming_decrypt(test: dict[str, Any], piece_size: Any, backend:
 
 
 @pytest.mark.parametrize("test", VALID, ids=ids(VALID))
+@pytest.mark.parametrize("piece_size", [len, lambda ct: 1000, lambda ct: 16400, lambda ct: 65536])
+def test_valid_push_decrypt(test: dict[str, Any], piece_size: Any, backend: AeadFactory) -> None:
+    """The Decryptor (the SDK download's path): the same plaintext, whatever the pieces."""
+    key, ctx, ct = _inputs(test)
+    decryptor = cobblestone.Decryptor(key, ctx, backend=backend)
+    digest, size = hashlib.sha512(), 0
+    for piece in _pieces(ct, max(piece_size(ct), 1)):
+        plaintext = decryptor.update(piece)
+        digest.update(plaintext)
+        size += len(plaintext)
+    final = decryptor.finalize()
+    digest.update(final)
+    assert size + len(final) == test["msgLength"]
+    assert digest.hexdigest() == test["msgSha512"]
+
+
+@pytest.mark.parametrize("test", VALID, ids=ids(VALID))
 def test_valid_random_access_and_length(test: dict[str, Any], backend: AeadFactory) -> None:
     key, ctx, ct = _inputs(test)
     assert cobblestone.authenticate_length(key, ctx, len(ct), _fetcher(ct), backend=backend) == test["msgLength"]
@@ -112,6 +129,31 @@ def test_invalid_streaming_decrypt_fails_and_keeps_failing(test: dict[str, Any],
 
 
 @pytest.mark.parametrize("test", INVALID, ids=ids(INVALID))
+@pytest.mark.parametrize("piece_size", [3000, 65536])
+def test_invalid_push_decrypt_fails_and_keeps_failing(
+    test: dict[str, Any], piece_size: int, backend: AeadFactory
+) -> None:
+    key, ctx, ct = _inputs(test)
+    if "InvalidKeySize" in test["flags"]:
+        with pytest.raises(IntegrityError):
+            cobblestone.Decryptor(key, ctx, backend=backend)
+        return
+    decryptor = cobblestone.Decryptor(key, ctx, backend=backend)
+    produced = bytearray()
+    with pytest.raises(IntegrityError):
+        for piece in _pieces(ct, piece_size):
+            produced += decryptor.update(piece)
+        decryptor.finalize()
+    prefix_length = test.get("msgLength", 0) if "PartialPlaintext" in test["flags"] else 0
+    assert len(produced) <= prefix_length
+    if produced and len(produced) == prefix_length:
+        assert hashlib.sha512(produced).hexdigest() == test["msgSha512"]
+    for _ in range(2):  # sticky: never a clean end of message after a failure
+        with pytest.raises(IntegrityError):
+            decryptor.finalize()
+
+
+@pytest.mark.parametrize("test", INVALID, ids=ids(INVALID))
 def test_invalid_random_access_whole_read_fails(test: dict[str, Any], backend: AeadFactory) -> None:
     key, ctx, ct = _inputs(test)
     with pytest.raises(IntegrityError):
@@ -146,3 +188,21 @@ def test_hkdf_sha512_expand(test: dict[str, Any]) -> None:
             cobblestone.hkdf_expand_sha512(prk, info, test["size"])
         return
     assert cobblestone.hkdf_expand_sha512(prk, info, test["size"]).hex() == test["okm"]
+
+
+def test_open_into_matches_open_and_wipes_on_failure(backend: AeadFactory) -> None:
+    """``Aead.open_into`` (the Decryptor's full chunks): the same bytes as ``open``; a bad tag raises
+    IntegrityError and leaves zeros, never unauthenticated plaintext; a wrongly sized buffer is refused."""
+    key, nonce = bytes(range(32)), bytes(12)
+    aead = backend(key)
+    sealed = aead.seal(nonce, b"attack at dawn" * 100)
+    out = bytearray(len(sealed) - 16)
+    aead.open_into(nonce, memoryview(sealed), memoryview(out))
+    assert bytes(out) == aead.open(nonce, sealed)
+    tampered = bytearray(sealed)
+    tampered[3] ^= 1
+    with pytest.raises(IntegrityError):
+        aead.open_into(nonce, memoryview(tampered), memoryview(out))
+    assert out == bytes(len(out))
+    with pytest.raises(ValueError):
+        aead.open_into(nonce, sealed, memoryview(out)[:-1])
