@@ -6,9 +6,11 @@ stored in the embedded SeaweedFS and fetched through one presigned URL, alternat
 * **raw**: the SDK's own HTTP client (``httpx``, same settings) streams the ciphertext into a file in the
   destination directory and fsyncs it: the floor any verified download has to pay;
 * **sdk**: ``strongroom.client.download.download_artifact`` with the SDK's presigned-URL source: ciphertext
-  checksum, key unwrap, decryption, plaintext checksum, fsync and the atomic rename onto ``dest``.
+  checksum, key unwrap, decryption, plaintext checksum, fsync and the atomic rename onto ``dest``;
+* **sdk-pynacl** (with ``--pynacl``): the same with libsodium's AES-GCM instead of the download's default
+  (``cryptography``), to show what the backend is worth.
 
-    .venv/bin/python bench/bench_download.py [--mib 100] [--rounds 3]
+    .venv/bin/python bench/bench_download.py [--mib 100] [--rounds 3] [--pynacl]
 
 Prints MiB/s of each (median of the rounds) and sdk / raw. Both write to the same temp directory, so the disk
 is the same; the output is deleted after every round so the page cache starts each one alike.
@@ -79,13 +81,13 @@ def raw_download(client: Any, url: str, dest: Path) -> None:
         os.fsync(out.fileno())
 
 
-def sdk_download(client: Any, ticket: Any, url: str, dest: Path) -> None:
+def sdk_download(client: Any, ticket: Any, url: str, dest: Path, backend: Any = None) -> None:
     from dataclasses import replace
 
     from strongroom.client.download import download_artifact
 
     located = replace(ticket, url=url)
-    download_artifact(located, client.identity.encryption_secret_key, dest, client._source(located))
+    download_artifact(located, client.identity.encryption_secret_key, dest, client._source(located), backend=backend)
 
 
 def main() -> None:
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="destination directory (default: a temp dir)")
+    parser.add_argument("--pynacl", action="store_true", help="also run the SDK with libsodium's AES-GCM")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="strongroom-bench-") as tmp:
@@ -119,36 +122,45 @@ def main() -> None:
                 "raw": lambda dest: raw_download(client, url, dest),
                 "sdk": lambda dest: sdk_download(client, ticket, url, dest),
             }
+            if args.pynacl:
+                from shared.crypto.aead import NaclAesGcm
+
+                variants["sdk-pynacl"] = lambda dest: sdk_download(client, ticket, url, dest, NaclAesGcm)
             for name, fetch in variants.items():  # warm-up: connections, imports, SeaweedFS caches
                 dest = out_dir / f"warm-{name}"
                 fetch(dest)
                 dest.unlink()
             figures: dict[str, list[float]] = {name: [] for name in variants}
             cpu: dict[str, list[float]] = {name: [] for name in variants}
-            for _ in range(args.rounds):
-                for name, fetch in variants.items():
+            for round_no in range(args.rounds):
+                order = list(variants.items())
+                for name, fetch in order if round_no % 2 == 0 else order[::-1]:  # alternate: drift cancels
                     dest = out_dir / f"{name}.bin"
                     start, start_cpu = time.perf_counter(), time.process_time()
                     fetch(dest)
                     elapsed = time.perf_counter() - start
                     cpu[name].append((time.process_time() - start_cpu) * 1000)
                     figures[name].append(size / elapsed / 2**20)
-                    if name == "sdk":
+                    if name != "raw":
                         digest = hashlib.sha256(dest.read_bytes()).hexdigest()
                         assert "sha256:" + digest == ticket.checksum, "the SDK wrote the wrong plaintext"
                     dest.unlink()
                     leftovers = sorted(p.name for p in out_dir.iterdir())
                     assert not leftovers, f"left behind: {leftovers}"
             client.close()
-    raw, sdk = statistics.median(figures["raw"]), statistics.median(figures["sdk"])
+    raw = statistics.median(figures["raw"])
     print(f"{args.mib} MiB, median of {args.rounds} rounds (MiB/s of ciphertext; client CPU ms, all threads)")
-    for name, label in (("raw", "raw download + fsync"), ("sdk", "SDK download + decrypt")):
+    labels = {"raw": "raw download + fsync", "sdk": "SDK download + decrypt", "sdk-pynacl": "SDK, pynacl AES-GCM"}
+    for name in figures:
         rounds = ", ".join(f"{f:.0f}" for f in figures[name])
         print(
-            f"{label:24} {statistics.median(figures[name]):8.1f} MiB/s  {statistics.median(cpu[name]):7.0f} ms CPU"
-            f"   rounds: {rounds}"
+            f"{labels[name]:24} {statistics.median(figures[name]):8.1f} MiB/s  "
+            f"{statistics.median(cpu[name]):7.0f} ms CPU   rounds: {rounds}"
         )
-    print(f"sdk / raw: {sdk / raw:.2f}")
+    for name in figures:
+        if name != "raw":
+            print(f"{name} / raw: {statistics.median(figures[name]) / raw:.2f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} ({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

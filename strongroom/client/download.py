@@ -10,7 +10,10 @@ advertised ``checksum``), then the ciphertext streams from the source through
 3. the SHA-256 of the plaintext (it must equal ``checksum`` again),
 
 into a temp file beside ``dest``, which is fsynced and moved onto ``dest`` with ``os.replace`` only once all
-three checks passed at the end of the stream.
+three checks passed at the end of the stream. The calling thread only receives; a worker thread hashes,
+decrypts and writes (hashlib, OpenSSL and file writes release the GIL), fed about 1 MiB at a time through a
+queue a few batches deep, so the socket keeps draining while earlier bytes are processed and memory stays a few
+MiB. AES-GCM runs in ``cryptography`` (``aead.stream_backend``): on AES-NI hardware about 3x libsodium's speed.
 
 Resume: a download cut off midway leaves the ciphertext received so far in ``.<dest>.<checksum prefix>.part``
 (rebuilt from the authenticated plaintext by re-sealing it under the payload's own salt and nonces, which gives
@@ -24,9 +27,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import io
 import itertools
 import os
+import queue
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -35,11 +41,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from shared.crypto import cobblestone, keywrap
+from shared.crypto.aead import AeadFactory, stream_backend
 from shared.errors import IntegrityError, Unavailable
 from strongroom.client.errors import ProtocolError
 
 READ_SIZE = 1024 * 1024
-WRITE_BUFFER = 1024 * 1024  # plaintext leaves in 1 MiB writes, not one per 16 KiB chunk
+BATCH_SIZE = 1024 * 1024  # ciphertext handed to the worker thread at a time
+QUEUE_DEPTH = 4  # batches waiting for it at most: memory stays a few MiB whatever the artifact's size
 
 Progress = Callable[[int, int], None]
 
@@ -91,8 +99,11 @@ def download_artifact(
     source: RangeSource,
     *,
     progress: Progress | None = None,
+    backend: AeadFactory | None = None,
 ) -> DownloadResult:
-    """Fetch, verify, decrypt and atomically write one artifact to ``dest`` (see the module docstring)."""
+    """Fetch, verify, decrypt and atomically write one artifact to ``dest`` (see the module docstring).
+
+    ``backend``: the AES-GCM implementation; by default ``stream_backend()`` (OpenSSL through ``cryptography``)."""
     dest = Path(dest)
     part = partial_path(dest, ticket)
     try:
@@ -103,15 +114,13 @@ def download_artifact(
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb", buffering=WRITE_BUFFER) as out:
-            one_pass = _OnePass(ticket, data_key, out)
+        with os.fdopen(fd, "wb", buffering=0) as out:  # plaintext leaves in one write per received piece
+            one_pass = _OnePass(ticket, data_key, out, backend or stream_backend())
             try:
                 resumed_from = one_pass.run(part, source, progress)
             except _Interrupted as cut:
-                out.flush()
                 one_pass.keep_partial(part, tmp)  # what arrived, for the next attempt to resume from
                 raise Unavailable(cut.detail, code="download_incomplete") from None
-            out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dest)
     except IntegrityError:
@@ -158,8 +167,9 @@ class _OnePass:
     """Ciphertext pieces in, verified plaintext out: hashes both sides and decrypts as the bytes arrive, and
     remembers just enough (the header, the last few pieces) to rebuild the received ciphertext if it is cut."""
 
-    def __init__(self, ticket: DownloadTicket, data_key: bytes, out: BinaryIO) -> None:
+    def __init__(self, ticket: DownloadTicket, data_key: bytes, out: io.FileIO, backend: AeadFactory) -> None:
         self.ticket = ticket
+        self.backend = backend
         self.total = ticket.ciphertext_size
         self.data_key = data_key
         self.ctx = cobblestone.artifact_context(ticket.operation_id, ticket.name)
@@ -198,12 +208,44 @@ class _OnePass:
             progress(done, self.total)
 
     def _decrypt(self, pieces: Iterable[bytes]) -> None:
+        """Receive on this thread; hash, decrypt and write on a worker (SHA-256, OpenSSL's AES-GCM and file writes
+        release the GIL), so the socket keeps draining while earlier bytes are processed. The worker gets the
+        pieces in order, about 1 MiB at a time, with at most a few MiB waiting."""
         cipher_hash, plain_hash = hashlib.sha256(), hashlib.sha256()
-        write = self.out.write
-        for plain in cobblestone.decrypt_stream(self.data_key, self.ctx, self._received(pieces, cipher_hash)):
-            plain_hash.update(plain)
-            write(plain)
-            self.written += len(plain)
+        decryptor = cobblestone.Decryptor(self.data_key, self.ctx, backend=self.backend)
+
+        def process(batch: list[bytes]) -> None:
+            for piece in batch:
+                cipher_hash.update(piece)
+                plain = decryptor.update(piece)  # authenticated chunks only, in a buffer the next update reuses
+                if plain:
+                    plain_hash.update(plain)
+                    self._write(plain)
+
+        worker = _Worker(process)
+        batch: list[bytes] = []
+        size = 0
+        try:
+            for piece in self._received(pieces):
+                batch.append(piece)
+                size += len(piece)
+                if size >= BATCH_SIZE:
+                    worker.put(batch)
+                    batch, size = [], 0
+                    if worker.failed:
+                        break
+            worker.put(batch)
+        except _Interrupted:
+            worker.put(batch)
+            worker.close()  # everything that arrived is written before keep_partial; a bad chunk still wins
+            raise
+        except BaseException:
+            worker.stop()
+            raise
+        worker.close()
+        final = decryptor.finalize()  # the stream ended where the ciphertext does: the length is authenticated
+        plain_hash.update(final)
+        self._write(memoryview(final))
         if not hmac.compare_digest(cipher_hash.hexdigest(), _hex(self.ticket.ciphertext_checksum)):
             raise IntegrityError(
                 f"ciphertext checksum mismatch for {self.ticket.name!r}: the stored object is not this artifact"
@@ -211,9 +253,15 @@ class _OnePass:
         if not hmac.compare_digest(plain_hash.hexdigest(), _hex(self.ticket.checksum)):
             raise IntegrityError(f"plaintext checksum mismatch for {self.ticket.name!r}")
 
-    def _received(self, pieces: Iterable[bytes], cipher_hash: Any) -> Iterator[bytes]:
-        """The pieces, hashed and counted on their way into the decryptor, which must only see the stream end
-        where the ciphertext does: a short stream is an interruption, never a (truncated) end of message."""
+    def _write(self, plain: memoryview) -> None:
+        while plain:
+            done = self.out.write(plain) or 0
+            plain = plain[done:]
+            self.written += done
+
+    def _received(self, pieces: Iterable[bytes]) -> Iterator[bytes]:
+        """The pieces, counted on their way to the worker; the decryptor must only see the stream end where the
+        ciphertext does: a short stream is an interruption, never a (truncated) end of message."""
         total, recent, floor = self.total, self.recent, cobblestone.SEALED_CHUNK_SIZE + cobblestone.HEADER_SIZE
         try:
             for piece in pieces:
@@ -221,7 +269,6 @@ class _OnePass:
                     continue
                 if self.have + len(piece) > total:
                     raise IntegrityError("the stored artifact is longer than its metadata says")
-                cipher_hash.update(piece)
                 if len(self.head) < cobblestone.HEADER_SIZE:
                     self.head += piece[: cobblestone.HEADER_SIZE - len(self.head)]
                 recent.append(piece)
@@ -295,6 +342,43 @@ def _unwrap(ticket: DownloadTicket, secret_key: bytes) -> bytes:
 
 
 # --- helpers ---
+
+
+class _Worker:
+    """Runs ``process(batch)`` for every batch put, in order, on one thread. ``put`` blocks while QUEUE_DEPTH
+    batches wait. The worker's first exception is kept (later batches are then dropped) and raised by ``close``."""
+
+    def __init__(self, process: Callable[[list[bytes]], None]) -> None:
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=QUEUE_DEPTH)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(process,), name="strongroom-download", daemon=True)
+        self._thread.start()
+
+    @property
+    def failed(self) -> bool:
+        return self._failure is not None
+
+    def put(self, batch: list[bytes]) -> None:
+        if batch:
+            self._queue.put(batch)
+
+    def stop(self) -> None:
+        """Wait until every batch put so far was processed (or dropped after a failure)."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def close(self) -> None:
+        self.stop()
+        if self._failure is not None:
+            raise self._failure
+
+    def _run(self, process: Callable[[list[bytes]], None]) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self._failure is None:
+                try:
+                    process(batch)
+                except BaseException as exc:  # handed to the caller's thread by close()
+                    self._failure = exc
 
 
 def _hex(checksum: str) -> str:
