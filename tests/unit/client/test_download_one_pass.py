@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -274,3 +275,38 @@ def test_a_write_failure_on_the_worker_reaches_the_caller(
         download_artifact(ticket, identity.encryption_secret_key, tmp_path / "big.bin", piece_source(ciphertext))
     assert list(tmp_path.iterdir()) == []
     assert download_threads() == []
+
+
+def test_memory_stays_bounded_when_receiving_outpaces_the_worker(identity: Identity, tmp_path: Path) -> None:
+    """A 48 MiB artifact from a source far faster than decryption (fresh 64 KiB pieces copied from memory): the
+    queue to the worker is bounded, so the download's peak allocations stay a few MiB (the batches waiting and
+    the one being filled), not the artifact's size."""
+    op_id, name, total = "privacy-audit_" + "c" * 26, "huge.bin", 48 * 1024 * 1024
+    data_key, block = os.urandom(32), os.urandom(1024 * 1024)
+    ctx = cobblestone.artifact_context(op_id, name)
+    ciphertext = b"".join(cobblestone.encrypt_stream(data_key, ctx, (block for _ in range(48))))
+    plain_digest = hashlib.sha256(block * 48).hexdigest()
+    ticket = DownloadTicket(
+        operation_id=op_id,
+        name=name,
+        size=total,
+        content_type="application/octet-stream",
+        checksum="sha256:" + plain_digest,
+        ciphertext_checksum="sha256:" + hashlib.sha256(ciphertext).hexdigest(),
+        wrapped_key=keywrap.wrap_data_key(identity.encryption_public_key, op_id, name, data_key, plain_digest),
+    )
+
+    @contextmanager
+    def source(first: int, last: int | None) -> Iterator[RangeAnswer]:
+        view = memoryview(ciphertext)
+        pieces = (bytes(view[at : at + 65536]) for at in range(first, len(ciphertext), 65536))
+        yield RangeAnswer(first, len(ciphertext), pieces)
+
+    tracemalloc.start()
+    try:
+        download_artifact(ticket, identity.encryption_secret_key, tmp_path / name, source)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (tmp_path / name).stat().st_size == total
+    assert peak < 12 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB"
