@@ -130,6 +130,6 @@ def default_backend() -> AeadFactory:
 
 def stream_backend() -> AeadFactory:
     """For bulk decryption where the CPU decides the speed (the SDK's downloads, issue 14 goal 5): ``cryptography``,
-    whose OpenSSL AES-GCM opens 16 KiB chunks about 3x faster than libsodium on AES-NI/VAES hardware (and releases
-    the GIL while it runs); it exists on every CPU. Both give identical bytes; tests run the vectors through each."""
+    whose OpenSSL AES-GCM opens 16 KiB chunks about 3x faster than libsodium on AES-NI/VAES hardware; it exists
+    on every CPU. Both give identical bytes; tests run the vectors through each."""
     return CryptographyAesGcm

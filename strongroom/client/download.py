@@ -11,9 +11,10 @@ advertised ``checksum``), then the ciphertext streams from the source through
 
 into a temp file beside ``dest``, which is fsynced and moved onto ``dest`` with ``os.replace`` only once all
 three checks passed at the end of the stream. The calling thread only receives; a worker thread hashes,
-decrypts and writes (hashlib, OpenSSL and file writes release the GIL), fed about 1 MiB at a time through a
-queue a few batches deep, so the socket keeps draining while earlier bytes are processed and memory stays a few
-MiB. AES-GCM runs in ``cryptography`` (``aead.stream_backend``): on AES-NI hardware about 3x libsodium's speed.
+decrypts and writes (SHA-256 and file writes, most of its time, release the GIL), fed about 1 MiB at a time
+through a queue a few batches deep, so the socket keeps draining while earlier bytes are processed and memory
+stays a few MiB. AES-GCM runs in ``cryptography`` (``aead.stream_backend``): on AES-NI hardware about 3x
+libsodium's speed.
 
 Resume: a download cut off midway leaves the ciphertext received so far in ``.<dest>.<checksum prefix>.part``
 (rebuilt from the authenticated plaintext by re-sealing it under the payload's own salt and nonces, which gives
@@ -208,9 +209,9 @@ class _OnePass:
             progress(done, self.total)
 
     def _decrypt(self, pieces: Iterable[bytes]) -> None:
-        """Receive on this thread; hash, decrypt and write on a worker (SHA-256, OpenSSL's AES-GCM and file writes
-        release the GIL), so the socket keeps draining while earlier bytes are processed. The worker gets the
-        pieces in order, about 1 MiB at a time, with at most a few MiB waiting."""
+        """Receive on this thread; hash, decrypt and write on a worker (SHA-256 and file writes release the GIL),
+        so the socket keeps draining while earlier bytes are processed. The worker gets the pieces in order, about
+        1 MiB at a time, with at most a few MiB waiting."""
         cipher_hash, plain_hash = hashlib.sha256(), hashlib.sha256()
         decryptor = cobblestone.Decryptor(self.data_key, self.ctx, backend=self.backend)
 
