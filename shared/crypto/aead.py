@@ -2,7 +2,6 @@
 
 libsodium only ships a constant-time AES-GCM on hardware with AES instructions and refuses it elsewhere, so
 the choice is made at run time. Both backends produce identical bytes; tests run the vectors through each.
-Bulk streaming decryption (the SDK's downloads) uses ``stream_backend()``, OpenSSL's faster AES-GCM, instead.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from nacl.exceptions import CryptoError as NaclCryptoError
 
 from shared.errors import IntegrityError
 
-__all__ = ["BACKENDS", "Aead", "AeadFactory", "default_backend", "nacl_aes_gcm_available", "stream_backend"]
+__all__ = ["BACKENDS", "Aead", "AeadFactory", "default_backend", "nacl_aes_gcm_available"]
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
@@ -126,10 +125,3 @@ BACKENDS: dict[str, AeadFactory] = {"pynacl": NaclAesGcm, "cryptography": Crypto
 def default_backend() -> AeadFactory:
     """pynacl where the hardware allows it, else cryptography."""
     return NaclAesGcm if nacl_aes_gcm_available() else CryptographyAesGcm
-
-
-def stream_backend() -> AeadFactory:
-    """For bulk decryption where the CPU decides the speed (the SDK's downloads, issue 14 goal 5): ``cryptography``,
-    whose OpenSSL AES-GCM opens 16 KiB chunks about 3x faster than libsodium on AES-NI/VAES hardware; it exists
-    on every CPU. Both give identical bytes; tests run the vectors through each."""
-    return CryptographyAesGcm
