@@ -9,7 +9,13 @@ its request count is the "before" figure. Then, for each size in ``--sizes``, mo
 run at that hour is counted. Requests are counted at the HTTP layer (botocore's ``before-send``), so pagination
 and retries are included.
 
+At each size the orphan sweep is counted too: ``--strays`` unnamed artifact objects are put into random stored
+operations, then one ``sweep_orphans`` run from the start of its cursor (what an hourly run costs) and the rest
+of its cycle (until the cursor wraps: what the old sweep did in every run, LIST pages of the whole bucket, plus the
+one record read per operation the old sweep made). The cycle must delete exactly the strays, nothing live.
+
     .venv/bin/python bench/bench_cleanup.py [--sizes 10000 30000] [--due 100] [--grantees 1000] [--threads 32]
+        [--strays 10]
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 class RequestCounter:
-    """Counts every HTTP request the S3 client sends, by kind (LIST, GET, HEAD, PUT, DELETE, POST)."""
+    """Counts every HTTP request the S3 client sends, by kind (LIST, LISTUPLOADS, GET, HEAD, PUT, DELETE, POST)."""
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
@@ -52,6 +58,8 @@ class RequestCounter:
         kind = request.method
         if kind == "GET" and "list-type=2" in request.url:
             kind = "LIST"
+        elif kind == "GET" and "?uploads" in request.url:
+            kind = "LISTUPLOADS"  # ListMultipartUploads
         self.counts[kind] += 1
 
     def take(self) -> Counter[str]:
@@ -129,6 +137,32 @@ def _due(count: int, grantees: list[str], hour: datetime) -> list[OperationRecor
     ]
 
 
+def _sweep_rows(services: Services, counter: RequestCounter, stored: int, strays: int) -> list[str]:
+    """Count one orphan sweep run from the cursor's start and the rest of its cycle, with ``strays`` orphans."""
+    ids = [prefix[len(layout.OPERATIONS) : -1] for prefix in services.store.list_prefixes(layout.OPERATIONS)]
+    for operation_id in secrets.SystemRandom().sample(ids, min(strays, len(ids))):
+        services.store.put_bytes(layout.artifact_key(operation_id, "stray.bin", layout.new_run_id()), b"x")
+    services.redis.delete(retention.SWEEP_CURSOR)
+    services.records = OperationStore(services.store, services.keyring, services.redis)  # nothing cached
+    later = datetime.now(UTC) + timedelta(hours=2)  # past the age gate for every object stored so far
+    counter.take()
+    deleted = retention.sweep_orphans(services, now=later)
+    first = counter.take()
+    runs, cycle = 1, Counter(first)
+    while services.redis.exists(retention.SWEEP_CURSOR):
+        deleted += retention.sweep_orphans(services, now=later)
+        runs += 1
+    cycle += counter.take()
+    assert deleted == min(strays, len(ids)), (deleted, strays)
+    old = cycle["LIST"] + stored  # the old sweep listed everything and read every record, in every run
+    return [
+        _show(f"sweep run (of {runs}), {stored:,} stored", first),
+        _show(f"  whole sweep cycle, {runs} runs, {deleted} strays found", cycle),
+        f"  old sweep per run at this size ~{old:,} (LIST {cycle['LIST']:,} + an uncached record GET per operation);"
+        f" x{old / sum(first.values()):,.0f} the new run",
+    ]
+
+
 def _show(label: str, counts: Counter[str]) -> str:
     kinds = " ".join(f"{kind}={counts[kind]}" for kind in sorted(counts))
     return f"{label:<44} {sum(counts.values()):>9,}   ({kinds})"
@@ -140,6 +174,7 @@ def main() -> None:
     parser.add_argument("--due", type=int, default=100, help="operations due in each counted run")
     parser.add_argument("--grantees", type=int, default=1000, help="distinct grantee addresses")
     parser.add_argument("--threads", type=int, default=32, help="concurrent writers while filling")
+    parser.add_argument("--strays", type=int, default=10, help="orphans placed before each counted sweep")
     args = parser.parse_args()
     configure_logging("console", "WARNING")
     grantees = ["0x" + secrets.token_hex(20) for _ in range(args.grantees)]
@@ -157,6 +192,7 @@ def main() -> None:
             services.store.client.meta.events.register("before-send.s3", counter)  # type: ignore[attr-defined]
             stored = 0
             rows: list[str] = []
+            printed = 0
             for stage, size in enumerate(sorted(args.sizes)):
                 legacy = stage == 0
                 seconds = _fill(
@@ -192,6 +228,12 @@ def main() -> None:
                 old = sum(before.values()) * stored / sorted(args.sizes)[0]
                 gain = old / sum(counts.values())
                 rows.append(f"  per due operation {per_due:.1f}; old walk at this size ~{old:,.0f} (x{gain:,.0f})")
+                try:
+                    rows.extend(_sweep_rows(services, counter, stored, args.strays))
+                except Exception as exc:  # the cleanup figures are worth keeping
+                    rows.append(f"sweep count failed: {exc!r}")
+                print("\n".join(rows[printed:]), flush=True)
+                printed = len(rows)
         finally:
             valkey.stop()
             seaweed.stop()

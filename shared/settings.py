@@ -228,6 +228,13 @@ class Settings:
     cleanup_interval: int = _opt("STRONGROOM_CLEANUP_INTERVAL", "3600", "Seconds between expiry sweeps.")
     monitor_interval: int = _opt("STRONGROOM_MONITOR_INTERVAL", "300", "Seconds between resource checks.")
     rotation_interval: int = _opt("STRONGROOM_ROTATION_INTERVAL", "86400", "Seconds between key rotations.")
+    orphan_sweep_operations: int = _opt(
+        "STRONGROOM_ORPHAN_SWEEP_OPERATIONS",
+        "1000",
+        "Operations the orphan sweep checks per run (every STRONGROOM_CLEANUP_INTERVAL), continuing from a cursor: "
+        "a run reads at most this many records (plus its share of LIST pages) whatever is stored, and every "
+        "operation is checked once per (stored operations / this) runs.",
+    )
     quota_per_operation: int = _opt(
         "STRONGROOM_QUOTA_PER_OPERATION", "1073741824", "Stored bytes per operation before an alert."
     )
@@ -455,6 +462,7 @@ _POSITIVE_INTS = {
     "cleanup_interval",
     "monitor_interval",
     "rotation_interval",
+    "orphan_sweep_operations",
     "quota_per_operation",
     "quota_per_grantee",
     "audit_refusals_maxlen",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from shared import audit_log, layout
 from shared.errors import CryptoError, GrantDenied, NotFound, StrongroomError
@@ -192,19 +193,37 @@ def _run_alive(services: Services, record: OperationRecord) -> bool:
 # --- orphans ----------------------------------------------------------------------------------------------
 
 
-def sweep_orphans(services: Services, min_age: timedelta = timedelta(hours=1), now: datetime | None = None) -> int:
+def sweep_orphans(
+    services: Services,
+    min_age: timedelta = timedelta(hours=1),
+    now: datetime | None = None,
+    *,
+    operations: int | None = None,
+) -> int:
     """Delete objects no record names, once older than ``min_age``; return how many were deleted.
 
     Two kinds: artifact/embedded objects of an operation whose record does not name them (a run that crashed
     after uploading, an artifact deleted while a crash interrupted its removal), and every object of a prefix
     that has no record at all (a create or a cleanup that crashed half-way). ``min_age`` keeps in-flight uploads
-    and creates safe; an operation whose run lease is alive is skipped entirely. Then multipart uploads left
-    pending for ``UPLOAD_MIN_AGE`` are aborted (``abort_stale_uploads``); the count includes them.
+    and creates safe; an operation that has not ended (pending, or running under a lease) is left alone. Then
+    multipart uploads left pending for ``UPLOAD_MIN_AGE`` are aborted (``abort_stale_uploads``); the count
+    includes them.
+
+    One run costs a bounded number of S3 requests whatever the bucket holds: it checks the next ``operations``
+    operations (default ``Settings.orphan_sweep_operations``) in key order from a cursor kept in Redis, which
+    costs their share of LIST pages plus one record read per operation that has old artifact objects, and
+    saves the cursor; a run that reaches the end of ``operations/`` starts the next cycle from the beginning. So
+    every operation is checked once per cycle of (stored operations / ``operations``) runs. A lost cursor (Redis
+    flushed) only restarts the cycle; a run cut short is redone from the saved cursor.
     """
     now = now or datetime.now(UTC)
     cutoff = now - min_age
+    count = operations or services.settings.orphan_sweep_operations
+    raw = services.redis.get(SWEEP_CURSOR)
+    cursor = raw.decode() if isinstance(raw, bytes) else ""
+    groups, reached_end = operation_groups_after(services, cursor, count)
     deleted = 0
-    for operation_id, objects in objects_by_operation(services):
+    for operation_id, objects in groups:
         try:
             doomed = _orphans_of(services, operation_id, objects, cutoff)
         except StrongroomError as exc:
@@ -214,7 +233,14 @@ def sweep_orphans(services: Services, min_age: timedelta = timedelta(hours=1), n
             services.store.delete_many(doomed)
             deleted += len(doomed)
             log.info("orphans_deleted", operation_id=operation_id, count=len(doomed))
+    if reached_end or not groups:
+        services.redis.delete(SWEEP_CURSOR)
+    else:
+        services.redis.set(SWEEP_CURSOR, groups[-1][0])
     return deleted + abort_stale_uploads(services, now - max(min_age, UPLOAD_MIN_AGE))
+
+
+SWEEP_CURSOR = f"{layout.REDIS_PREFIX}orphans:cursor"  # the last operation id the orphan sweep checked
 
 
 # Longer than any upload takes (a part is 8 MiB; at 1 MiB/s a 10 GiB artifact needs under 3 hours), shorter than
@@ -260,6 +286,9 @@ def _orphans_of(services: Services, operation_id: str, objects: list[ObjectInfo]
     record_key = layout.record_key(operation_id)
     if not any(info.key == record_key for info in objects):
         return old
+    swept = (layout.artifacts_prefix(operation_id), layout.embedded_prefix(operation_id))
+    if not any(key.startswith(swept) for key in old):
+        return []  # nothing the record could fail to name: no need to read it
     with services.records.locked(operation_id):  # a delete-artifact in progress finishes first
         try:
             record = services.records.get(operation_id)
@@ -272,7 +301,6 @@ def _orphans_of(services: Services, operation_id: str, objects: list[ObjectInfo]
         named = {layout.record_key(operation_id), layout.input_key(operation_id)}
         for artifact in record.artifacts:
             named.update(artifact.object_keys(operation_id))  # the keys of the run that stored it
-    swept = (layout.artifacts_prefix(operation_id), layout.embedded_prefix(operation_id))
     return [key for key in old if key.startswith(swept) and key not in named]
 
 
@@ -289,3 +317,27 @@ def objects_by_operation(services: Services) -> Iterator[tuple[str, list[ObjectI
         group.append(info)
     if current is not None and layout.is_operation_id(current):
         yield current, group
+
+
+def operation_groups_after(
+    services: Services, cursor: str, count: int
+) -> tuple[list[tuple[str, list[ObjectInfo]]], bool]:
+    """The objects of the next ``count`` operations after the operation id ``cursor`` (whole operations, in key
+    order; from the first when ``cursor`` is empty), and whether the listing reached the end of ``operations/``."""
+    # "<id>0" sorts after every "<id>/..." key and before the next id (an id ends in 26 base32 letters after the
+    # agent's "_", and agent names hold no "_", so no id continues another).
+    start_after = f"{layout.OPERATIONS}{cursor}0" if cursor else None
+    groups: list[tuple[str, list[ObjectInfo]]] = []
+    current, objects = "", cast(list[ObjectInfo], [])
+    for info in services.store.list(layout.OPERATIONS, start_after=start_after):
+        operation_id = info.key[len(layout.OPERATIONS) :].split("/", 1)[0]
+        if operation_id != current:
+            if current and layout.is_operation_id(current):
+                groups.append((current, objects))
+                if len(groups) == count:
+                    return groups, False
+            current, objects = operation_id, []
+        objects.append(info)
+    if current and layout.is_operation_id(current):
+        groups.append((current, objects))
+    return groups, True

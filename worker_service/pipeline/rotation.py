@@ -27,7 +27,7 @@ from shared.events import new_event, publish
 from shared.logging import get_logger
 from shared.storage import ObjectInfo
 from worker_service.pipeline.audit import global_log_lock
-from worker_service.pipeline.retention import objects_by_operation
+from worker_service.pipeline.retention import objects_by_operation, operation_groups_after
 from worker_service.services import Services
 
 log = get_logger(__name__)
@@ -139,7 +139,7 @@ def rotate_keys_step(services: Services, *, operations: int | None = None, batch
     if state.get("primary") != primary:  # a new primary: start a cycle from the beginning
         state = {"primary": primary, "cursor": "", "left": "0"}
     cursor = state["cursor"]
-    groups, reached_end = _operation_groups_after(services, cursor, count)
+    groups, reached_end = operation_groups_after(services, cursor, count)
     for operation_id, objects in groups:
         sealed = [info for info in objects if is_sealed_key(info.key)]
         _rotate_group(services, operation_id, sealed, report, batch_size, None)
@@ -162,30 +162,6 @@ def rotate_keys_step(services: Services, *, operations: int | None = None, batch
 
 
 _CYCLE = f"{layout.REDIS_PREFIX}rotation:cycle"  # hash: primary, cursor, left (blobs left this cycle), done
-
-
-def _operation_groups_after(
-    services: Services, cursor: str, count: int
-) -> tuple[list[tuple[str, list[ObjectInfo]]], bool]:
-    """The objects of the next ``count`` operations after ``cursor`` (whole operations), and whether the listing
-    reached the end of ``operations/``."""
-    # "<id>0" sorts after every "<id>/..." key and before the next id (an id ends in 26 base32 letters after the
-    # agent's "_", and agent names hold no "_", so no id continues another).
-    start_after = f"{layout.OPERATIONS}{cursor}0" if cursor else None
-    groups: list[tuple[str, list[ObjectInfo]]] = []
-    current, objects = "", cast(list[ObjectInfo], [])
-    for info in services.store.list(layout.OPERATIONS, start_after=start_after):
-        operation_id = info.key[len(layout.OPERATIONS) :].split("/", 1)[0]
-        if operation_id != current:
-            if current and layout.is_operation_id(current):
-                groups.append((current, objects))
-                if len(groups) == count:
-                    return groups, False
-            current, objects = operation_id, []
-        objects.append(info)
-    if current and layout.is_operation_id(current):
-        groups.append((current, objects))
-    return groups, True
 
 
 def _rotate_group(
