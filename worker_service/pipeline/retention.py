@@ -229,10 +229,15 @@ def sweep_orphans(
         except StrongroomError as exc:
             log.warning("orphan_sweep_skipped", operation_id=operation_id, error=exc.code)
             continue
-        if doomed:
+        if not doomed:
+            continue
+        try:
             services.store.delete_many(doomed)
-            deleted += len(doomed)
-            log.info("orphans_deleted", operation_id=operation_id, count=len(doomed))
+        except StrongroomError as exc:  # the next cycle tries again; one stuck operation never stalls the cursor
+            log.warning("orphan_delete_failed", operation_id=operation_id, error=exc.code)
+            continue
+        deleted += len(doomed)
+        log.info("orphans_deleted", operation_id=operation_id, count=len(doomed))
     if reached_end or not groups:
         services.redis.delete(SWEEP_CURSOR)
     else:

@@ -16,6 +16,7 @@ import redis
 from pipeline_support import NOW, artifact, keys_of, make_record, make_services, redis_client, store_operation
 
 from shared import layout
+from shared.errors import StorageError
 from shared.models import OperationRecord
 from shared.storage import ObjectInfo
 from shared.storage.memory import MemoryObjectStore
@@ -208,3 +209,22 @@ def test_a_young_orphan_waits_for_a_later_cycle(client: redis.Redis) -> None:
     assert retention.sweep_orphans(services, min_age=timedelta(hours=1), operations=10) == 0  # too young
     assert services.store.exists(stray)
     assert retention.sweep_orphans(services, now=LATER, operations=10) == 1
+
+
+def test_a_failed_delete_does_not_stall_the_cursor(client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = make_services(client)
+    records = sorted((_finished(services) for _ in range(4)), key=lambda r: r.id)
+    strays = [_stray(services, r.id) for r in records]
+    real_delete_many = services.store.delete_many
+
+    def failing_for_the_first(keys: list[str]) -> None:
+        if any(key.startswith(layout.operation_prefix(records[0].id)) for key in keys):
+            raise StorageError("connection reset")
+        real_delete_many(keys)
+
+    monkeypatch.setattr(services.store, "delete_many", failing_for_the_first)
+    assert retention.sweep_orphans(services, now=LATER, operations=2) == 1  # the second one still goes
+    assert retention.sweep_orphans(services, now=LATER, operations=2) == 2  # and the cursor moved on
+    assert [services.store.exists(key) for key in strays] == [True, False, False, False]
+    monkeypatch.undo()
+    assert _cycle(services, 2)[1] == 1  # the next cycle retries it
