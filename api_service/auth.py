@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -36,7 +37,12 @@ _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also passes '²', w
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-async def authenticate(request: Request, *, operation_id: str | None = None) -> VerifiedSigner:
+async def authenticate(
+    request: Request,
+    *,
+    operation_id: str | None = None,
+    prejudge: Callable[[VerifiedSigner], tuple[bytes, AuditEvent] | None] | None = None,
+) -> VerifiedSigner:
     """Verify the request's signature and return the signer; raise the typed error otherwise.
 
     Every decision is published as an ``auth`` audit event, except refusals past the client's failure budget
@@ -48,7 +54,8 @@ async def authenticate(request: Request, *, operation_id: str | None = None) -> 
     which runs after the signature verified, names its signer. An accepted request's event is written by the
     verifier in the same atomic Redis step that consumes its nonce (one round trip), so no access is granted
     unrecorded: if Redis cannot take it, the answer is 503. The proven signer is also left on
-    ``request.state.signer`` for later middleware or logging.
+    ``request.state.signer`` for later middleware or logging. ``operation_id`` and ``prejudge``: see
+    ``Verifier.verify`` (``api_service.access`` uses them to write its own event in that same step).
     """
     settings: Settings = _state(request, "settings")
     verifier: Verifier = _state(request, "verifier")
@@ -69,7 +76,7 @@ async def authenticate(request: Request, *, operation_id: str | None = None) -> 
 
     try:
         signed = await signed_request(request, settings, headers, client=client)
-        signer = await verifier.verify(signed, audit=allowed, operation_id=operation_id)
+        signer = await verifier.verify(signed, audit=allowed, operation_id=operation_id, prejudge=prejudge)
     except FailureLimited:
         raise
     except (AuthError, RateLimited, PayloadTooLarge) as exc:  # the client's doing: charged to its budget

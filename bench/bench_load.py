@@ -221,6 +221,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="rounds (paths alternated); medians are printed")
     parser.add_argument("--artifacts", type=int, default=50)
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="also record the API process with py-spy during the measured rounds (collapsed stacks to FILE; "
+        "costs some CPU on the client's core, so figures of a profiled run are not comparable)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="strongroom-bench-") as tmp:
@@ -262,6 +268,16 @@ def main() -> None:
                     process.wait(timeout=10)
 
 
+def _profiler(path: str, pid: int) -> subprocess.Popen[bytes]:
+    """py-spy sampling the API (100 Hz, without pausing it) until interrupted; on the client's core."""
+    spy = Path(sys.executable).with_name("py-spy")
+    argv = [str(spy), "record", "--nonblocking", "--pid", str(pid), "--rate", "100", "--format", "raw", "-o", path]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.sched_setaffinity(process.pid, {CLIENT_CPU})
+    time.sleep(1)  # attached before the first measured request
+    return process
+
+
 def _keyring() -> str:
     from shared.crypto.keyring import Keyring
 
@@ -286,6 +302,7 @@ def run(args: argparse.Namespace, servers: dict[str, tuple[int, int]], operation
     for name, build in paths.items():  # warm-up: imports, connections, caches
         port, pid = servers["bare" if name.startswith("bare") else "api"]
         replay(port, pid, build()[: max(100, args.requests // 10)], args.connections)
+    spy = _profiler(args.profile, servers["api"][1]) if args.profile else None
     for _ in range(args.rounds):
         for name, build in paths.items():
             port, pid = servers["bare" if name.startswith("bare") else "api"]
@@ -293,6 +310,9 @@ def run(args: argparse.Namespace, servers: dict[str, tuple[int, int]], operation
             if set(statuses) != {200}:
                 raise SystemExit(f"{name}: unexpected statuses {statuses}")
             figures[name].append((rate, p50, p99, cpu))
+    if spy is not None:
+        spy.send_signal(2)  # py-spy writes its file on SIGINT
+        spy.wait(timeout=60)
     bare = figures["bare recover+presign"]
     floor, floor_cpu = statistics.median(f[0] for f in bare), statistics.median(f[3] for f in bare)
     print(f"median of {args.rounds} rounds, {args.requests} requests each, {args.connections} connections")

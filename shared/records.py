@@ -77,6 +77,12 @@ class RecordCache:
             self._entries.move_to_end(operation_id)
             return entry[1]
 
+    def peek(self, operation_id: str) -> tuple[bytes, OperationRecord] | None:
+        """The cached record and the token it was read under, whether or not that token still stands: only for a
+        decision that is confirmed against the current token atomically (``shared.auth.replay.admit``'s ``then``)."""
+        with self._lock:
+            return self._entries.get(operation_id)
+
     def put(self, operation_id: str, token: bytes, record: OperationRecord) -> None:
         with self._lock:
             self._entries[operation_id] = (token, record)

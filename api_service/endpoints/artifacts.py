@@ -38,7 +38,11 @@ from shared.storage.base import PresignedUrl
 from shared.storage.s3 import content_disposition
 
 
-@signed("artifact.list", operation=True)
+def _always(request: Request, found: OperationRecord) -> bool:
+    return True
+
+
+@signed("artifact.list", operation=True, at_once=_always)
 async def list_artifacts(request: Request) -> Response:
     return json_response(collection_json(record(request)))
 
@@ -53,7 +57,13 @@ def _action(request: Request) -> AuditAction:
     return "artifact.download"
 
 
-@signed(_action, operation=True, artifact=True)
+def _url_at_once(request: Request, found: OperationRecord) -> bool:
+    """A URL or ticket is minted without I/O (a proxied download or HEAD reads S3, and may fail)."""
+    svc = services(request)
+    return _action(request) == "artifact.url" and (svc.settings.delivery_mode == "proxy" or svc.store.presign_is_local)
+
+
+@signed(_action, operation=True, artifact=True, at_once=_url_at_once)
 async def get_artifact(request: Request) -> Response:
     current, stored = record(request), artifact(request)
     action = _action(request)

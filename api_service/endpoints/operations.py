@@ -220,7 +220,23 @@ async def _fetch_many(get: Any, ids: list[str]) -> list[OperationRecord | None]:
 # --- read and cancel --------------------------------------------------------------------------------------
 
 
-@signed("operation.read", operation=True, audited={"expired": "denied", "operation_not_found": "denied"})
+def _read_at_once(request: Request, found: OperationRecord) -> bool:
+    """Answered from the record alone: no embedded copies to read, no valid ``?wait=`` left to wait."""
+    if services(request).settings.embedded_artifacts != "off":
+        return False
+    try:
+        wait = wait_param(request.query_params.get("wait"))
+    except ValidationFailed:
+        return False
+    return not wait or found.finished
+
+
+@signed(
+    "operation.read",
+    operation=True,
+    audited={"expired": "denied", "operation_not_found": "denied"},
+    at_once=_read_at_once,
+)
 async def get_operation(request: Request) -> Response:
     """The operation; with ``?wait=<seconds>`` a long poll (see ``wait_param`` and docs/api.md).
 
@@ -240,7 +256,10 @@ async def get_operation(request: Request) -> Response:
             )
             if found.is_expired():  # it expired while the request waited
                 raise Expired("this operation has expired")
-    view = await blocking(operation_view, found, svc.settings, svc.records)
+    if svc.settings.embedded_artifacts == "off":  # the record alone: rendered once per version, no thread hop
+        view = operation_view(found, svc.settings, svc.records)
+    else:
+        view = await blocking(operation_view, found, svc.settings, svc.records)
     return json_response(view.body, 200, {**view.headers, **headers})
 
 

@@ -35,10 +35,13 @@ NONCE_GRACE_SECONDS = 60  # kept past ``expires`` so clock skew cannot reopen th
 RATE_WINDOW_SECONDS = 60
 
 # KEYS: nonce, rate counter, audit stream[, a record version token]. ARGV: nonce ttl, rate limit (0: off), rate ttl,
-# stream maxlen, a fresh token and its ttl (used only with the fourth key), then the audit entry's field/value
-# pairs (none: no entry). Returns {-1} for a replay, else {the window's count (0: off)[, the version token]}.
-# The steps and their order are consume_nonce, enforce_rate_limit, shared.events.publish and, for an admitted
-# request naming an operation, shared.records.aversion (read the token, creating one if none stands), atomically.
+# stream maxlen, a fresh token and its ttl (used only with the fourth key), n, then n strings: the audit entry's
+# field/value pairs (none: no entry), then optionally an expected version token and a second entry's pairs (the
+# endpoint's event, decided beforehand from the record at that version). Returns {-1} for a replay, else {the
+# window's count (0: off)[, the version token, 1 if the second entry was written else 0]}.
+# The steps and their order are consume_nonce, enforce_rate_limit, shared.events.publish, for an admitted request
+# naming an operation shared.records.aversion (read the token, creating one if none stands) and, only if that token
+# is the expected one, shared.events.publish of the second entry, atomically.
 _ADMIT_LUA = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return {-1} end
 local limit, count = tonumber(ARGV[2]), 0
@@ -47,8 +50,9 @@ if limit > 0 then
   redis.call('EXPIRE', KEYS[2], ARGV[3])
   if count > limit then return {count} end
 end
-if #ARGV > 6 then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 7))
+local n = tonumber(ARGV[7])
+if n > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 8, 7 + n))
 end
 if #KEYS > 3 then
   local token = redis.call('GET', KEYS[4])
@@ -56,7 +60,12 @@ if #KEYS > 3 then
     redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[6])
     token = ARGV[5]
   end
-  return {count, token}
+  local written = 0
+  if #ARGV > 8 + n and token == ARGV[8 + n] then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 9 + n))
+    written = 1
+  end
+  return {count, token, written}
 end
 return {count}
 """
@@ -106,12 +115,18 @@ async def admit(
     now: float,
     audit_entry: Mapping[str, str] | None = None,
     operation_id: str | None = None,
+    then: tuple[bytes, Mapping[str, str]] | None = None,
 ) -> bytes | None:
     """For a verified signature: consume its nonce, count it against ``address``'s rate limit, and append
     ``audit_entry`` (a ``shared.events.encode`` entry) to the audit stream, atomically and in one round trip.
     With ``operation_id`` (a request about one operation) the same call returns that record's version token, as
     ``shared.records.aversion`` would (``None`` while a write is in flight), so the API's record cache is checked
     without a round trip of its own.
+
+    ``then`` (with ``operation_id``): ``(version, entry)``, the endpoint's own audit entry, decided from the record
+    at ``version`` (the API's cached copy) before this call. It is appended after ``audit_entry``, in the same
+    atomic step, only if the record's token is still ``version``: it was written exactly when the returned token
+    equals ``version``. Otherwise nothing of it is written and the caller decides on the current record.
 
     Outcomes are those of ``consume_nonce`` then ``enforce_rate_limit``: ``nonce_replayed`` without counting,
     ``RateLimited`` (nonce consumed, no entry), ``Unavailable`` on any Redis error. The entry is written only for
@@ -128,8 +143,13 @@ async def admit(
     ]  # fmt: skip
     if operation_id is not None:
         keys.append(redis_record_version(operation_id))
-    for field, value in (audit_entry or {}).items():
-        args += (field, value)
+    elif then is not None:
+        raise ValueError("an entry that depends on a record version needs the operation_id")
+    entry = [text for pair in (audit_entry or {}).items() for text in pair]
+    args += (len(entry), *entry)
+    if then is not None:
+        args.append(then[0])
+        args += [text for pair in then[1].items() for text in pair]
     try:
         try:
             reply = await redis.evalsha(_ADMIT_SHA, len(keys), *keys, *args)

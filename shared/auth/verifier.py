@@ -70,6 +70,8 @@ class VerifiedSigner:
     expires: int
     # The version token of the operation the caller named in ``verify`` (read in the admission's round trip).
     record_version: bytes | None = None
+    # The event ``verify``'s ``prejudge`` returned was written in the admission's step (the record was unchanged).
+    prejudged: bool = False
 
 
 class Verifier:
@@ -102,6 +104,7 @@ class Verifier:
         *,
         audit: Callable[[VerifiedSigner], AuditEvent] | None = None,
         operation_id: str | None = None,
+        prejudge: Callable[[VerifiedSigner], tuple[bytes, AuditEvent] | None] | None = None,
     ) -> VerifiedSigner:
         """Return the proven signer, or raise ``AuthError`` (401, with ``code``), ``RateLimited`` or ``Unavailable``.
 
@@ -110,6 +113,11 @@ class Verifier:
         accepted request without its event). Refusals are not recorded here: the caller knows whom to tell.
         ``operation_id``: the request is about that operation; its record version token comes back on the signer
         (``record_version``), read in that same step.
+
+        ``prejudge`` (with ``operation_id``), called once the signature is proven and before the admission: the
+        caller's own outcome decided from a copy of the record, as ``(its version token, the event)``, or
+        ``None``. The event is written in the admission's step only if the record is still at that version; then
+        the signer says ``prejudged`` and the caller must act on exactly that decision, else on the current record.
         """
         headers = {name.lower(): value for name, value in request.headers.items()}
         parsed = parse_signature(headers)
@@ -131,6 +139,7 @@ class Verifier:
             created=parsed.created,
             expires=parsed.expires,
         )
+        decided = prejudge(signer) if prejudge is not None and operation_id is not None else None
         version = await admit(
             self._redis,
             keyid=parsed.keyid,
@@ -141,8 +150,12 @@ class Verifier:
             now=now,
             audit_entry=encode(audit(signer)) if audit is not None else None,
             operation_id=operation_id,
+            then=None if decided is None else (decided[0], encode(decided[1])),
         )
-        return signer if operation_id is None else dataclasses.replace(signer, record_version=version)
+        if operation_id is None:
+            return signer
+        prejudged = decided is not None and version is not None and hmac.compare_digest(version, decided[0])
+        return dataclasses.replace(signer, record_version=version, prejudged=prejudged)
 
     def _check_policy(self, parsed: ParsedSignature, request: SignedRequest, now: float) -> None:
         settings = self._settings
