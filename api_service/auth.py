@@ -32,7 +32,7 @@ from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-_OPERATION_IN_PATH = re.compile(r"/operations/([^/?]+)")
+_OPERATION_IN_PATH = re.compile(r"/operations/([^/]+)")
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also passes '²', which int() rejects
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -100,10 +100,12 @@ def client_id(request: Request, proxies: tuple[str, ...]) -> str:
     IPv6 clients are grouped by /64, the smallest block a subscriber usually gets.
     """
     raw = request.client.host if request.client is not None else ""
+    if not proxies:
+        return _peer_id(raw)
     peer = _ip(raw)
     if peer is None:
         return raw or "unknown"
-    if proxies and _is_trusted(peer, proxies):
+    if _is_trusted(peer, proxies):
         forwarded = ",".join(v for k, v in request.headers.items() if k == "x-forwarded-for")
         for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
             address = _ip(hop)
@@ -112,6 +114,17 @@ def client_id(request: Request, proxies: tuple[str, ...]) -> str:
             peer = address
             if not _is_trusted(address, proxies):
                 break
+    return _grouped(peer)
+
+
+@lru_cache(maxsize=4096)
+def _peer_id(raw: str) -> str:
+    """``client_id`` without trusted proxies: a function of the peer address alone, so parsed once per peer."""
+    peer = _ip(raw)
+    return (raw or "unknown") if peer is None else _grouped(peer)
+
+
+def _grouped(peer: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     if isinstance(peer, ipaddress.IPv6Address):
         if peer.ipv4_mapped is not None:
             return str(peer.ipv4_mapped)
@@ -141,7 +154,7 @@ async def signed_request(
     if _DIGITS.fullmatch(declared) and (len(declared) > 18 or int(declared) > settings.max_input_bytes):
         raise PayloadTooLarge("the request body is larger than the input limit")
     trusted = _from_trusted_proxy(request, settings.trusted_proxies)
-    scheme = request.url.scheme
+    scheme = request.scope.get("scheme", "http")  # what request.url.scheme says, without building the URL
     host = headers.get("host", "")
     prefix = settings.public_path_prefix
     if trusted:
@@ -198,7 +211,8 @@ def _networks(proxies: tuple[str, ...]) -> tuple[_Network, ...]:
 
 
 def _operation_in(request: Request) -> str | None:
-    match = _OPERATION_IN_PATH.search(request.url.path)
+    """The operation id in the path, if any (the decoded path: an id has no character that would be escaped)."""
+    match = _OPERATION_IN_PATH.search(request.scope["path"])
     return match.group(1) if match and is_operation_id(match.group(1)) else None
 
 
