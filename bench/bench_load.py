@@ -271,6 +271,8 @@ def main() -> None:
 def _profiler(path: str, pid: int) -> subprocess.Popen[bytes]:
     """py-spy sampling the API (100 Hz, without pausing it) until interrupted; on the client's core."""
     spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        raise SystemExit(f"--profile needs py-spy beside {sys.executable}: pip install py-spy (not a dependency)")
     argv = [str(spy), "record", "--nonblocking", "--pid", str(pid), "--rate", "100", "--format", "raw", "-o", path]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.sched_setaffinity(process.pid, {CLIENT_CPU})
