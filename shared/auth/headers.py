@@ -7,8 +7,6 @@ ASCII limits, the mandatory parameters, the ``keyid`` format and the nonce forma
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,19 +30,6 @@ _KEYID_RE = re.compile(r"^erc8128:(?P<chain>[1-9][0-9]{0,19}):(?P<address>0x[0-9
 _NONCE_RE = re.compile(r"^[ -~]{1,128}$")
 _FIELD_NAME_RE = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 _VISIBLE_ASCII_RE = re.compile(r"[ -~]*")  # SP to "~": one C-level scan instead of a Python loop per character
-
-# The one-member shapes every ERC-8128 client sends, read by regular expressions instead of ``http_sf`` (most of
-# the parsing cost of a request). Each accepts a strict subset of RFC 9651 (single spaces, strings without escapes,
-# integers, canonical padded base64) and yields exactly what ``http_sf`` yields for it; anything else, including
-# a repeated parameter, takes the full parser. Values are already visible ASCII (``check_header_value``).
-_KEY = r"[a-z*][a-z0-9_.*-]*"
-_STRING = r'"[^"\\]*"'
-_SIMPLE_INPUT_RE = re.compile(
-    rf"(?P<label>{_KEY})=\((?P<items>{_STRING}(?: {_STRING})*)?\)(?P<params>(?:;{_KEY}=(?:-?[0-9]{{1,15}}|{_STRING}))*)"
-)
-_SIMPLE_ITEM_RE = re.compile(r'"([^"\\]*)"')
-_SIMPLE_PARAM_RE = re.compile(rf';({_KEY})=(?:(-?[0-9]+)|"([^"\\]*)")')
-_SIMPLE_SIGNATURE_RE = re.compile(rf"(?P<label>{_KEY})=:(?P<value>[A-Za-z0-9+/]*={{0,2}}):")
 
 
 @dataclass(frozen=True)
@@ -90,32 +75,6 @@ def parse_dictionary(name: str, value: str) -> dict[str, Any]:
     return parsed
 
 
-def _simple_input(value: str) -> dict[str, Any] | None:
-    """``label=("c1" "c2" ...);name=<integer or string>...``, as ``http_sf`` parses it, or ``None``."""
-    match = _SIMPLE_INPUT_RE.fullmatch(value)
-    if match is None:
-        return None
-    items = match["items"]
-    covered: list[tuple[str, dict[str, Any]]] = [(name, {}) for name in _SIMPLE_ITEM_RE.findall(items or "")]
-    params: dict[str, Any] = {}
-    for key, integer, string in _SIMPLE_PARAM_RE.findall(match["params"]):
-        if key in params:
-            return None  # RFC 9651 keeps the last one; the full parser decides
-        params[key] = int(integer) if integer else string
-    return {match["label"]: (covered, params)}
-
-
-def _simple_signature(value: str) -> dict[str, Any] | None:
-    """``label=:<padded base64>:``, as ``http_sf`` parses it, or ``None``."""
-    match = _SIMPLE_SIGNATURE_RE.fullmatch(value)
-    if match is None or len(match["value"]) % 4:
-        return None
-    try:
-        return {match["label"]: (base64.b64decode(match["value"], validate=True), {})}
-    except binascii.Error:
-        return None
-
-
 @lru_cache(maxsize=4096)
 def parse_keyid(keyid: str) -> tuple[int, str]:
     """``erc8128:<chain id>:<address>`` -> (chain id, lowercase address).
@@ -134,10 +93,8 @@ def parse_signature(headers: Mapping[str, str]) -> ParsedSignature:
         raise AuthError("the request is not signed", code="signature_missing")
     if raw_input is None or raw_signature is None:
         raise AuthError("Signature-Input and Signature must both be present", code="signature_missing")
-    check_header_value("Signature-Input", raw_input)
-    check_header_value("Signature", raw_signature)
-    inputs = _simple_input(raw_input) or parse_dictionary("Signature-Input", raw_input)
-    signatures = _simple_signature(raw_signature) or parse_dictionary("Signature", raw_signature)
+    inputs = parse_dictionary("Signature-Input", raw_input)
+    signatures = parse_dictionary("Signature", raw_signature)
     label = _select_label(inputs)
     if label not in signatures:
         raise malformed("Signature has no member for the Signature-Input label")
