@@ -19,6 +19,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
+_WEED_TMP = Path("/tmp")  # noqa: S108 - weed mini's fixed place for its Unix sockets (not $TMPDIR)
+_SOCKET_PATH_MAX = 104  # sun_path: 108 bytes on Linux, 104 on macOS, with the terminating NUL
 _PR_SET_PDEATHSIG = 1
 
 
@@ -532,7 +535,8 @@ class SeaweedServer(_EmbeddedServer):
             f"-admin.port.grpc={p['admin_grpc']}",
             f"-s3.config={config}",
             f"-s3.allowedOrigins={','.join(self.cors_origins)}",
-            f"-s3.localSocket={self.data_dir / 's3.sock'}",
+            f"-s3.localSocket={self._local_socket('s3')}",
+            f"-filer.localSocket={self._local_socket('filer')}",
             "-webdav=false",
             "-admin.ui=false",
             "-s3.port.iceberg=0",
@@ -542,9 +546,40 @@ class SeaweedServer(_EmbeddedServer):
 
     name = "SeaweedFS S3"
 
+    def _local_socket(self, service: str) -> Path:
+        """Where weed puts ``service``'s Unix socket: in ``data_dir`` when the path fits a socket address, else
+        weed's own default in /tmp (which ``stop`` removes)."""
+        path = self.data_dir.absolute() / f"{service}.sock"
+        if len(os.fsencode(path)) < _SOCKET_PATH_MAX:
+            return path
+        return _WEED_TMP / f"seaweedfs-{service}-{self.ports[service]}.sock"
+
+    def tmp_sockets(self) -> list[Path]:
+        """The Unix sockets of this server's ports that weed mini may leave in /tmp: the gRPC ones have no option
+        (weed hard-codes ``/tmp/seaweedfs-<service>-grpc-<port>.sock``); weed removes some at a graceful exit, not
+        all (admin's and s3's stay), and none when killed."""
+        services = ("master", "volume", "filer", "s3", "admin")
+        paths = [_WEED_TMP / f"seaweedfs-{s}-grpc-{self.ports[f'{s}_grpc']}.sock" for s in services]
+        paths += [_WEED_TMP / f"seaweedfs-{s}-{self.ports[s]}.sock" for s in ("filer", "s3")]
+        return paths
+
+    def _remove_tmp_sockets(self) -> None:
+        for path in self.tmp_sockets():
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(path.lstat().st_mode):  # ours by name and port; never a file of another kind
+                    path.unlink()
+
     def _spawn(self) -> ManagedProcess:
         config = self._write_config()
         return ManagedProcess(self.argv(config), log_path=self.log_path, cwd=self.data_dir, name="seaweedfs")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
+        self._remove_tmp_sockets()
+
+    def kill(self) -> None:
+        super().kill()
+        self._remove_tmp_sockets()
 
     def start(self, timeout: float = 60.0) -> Self:
         return super().start(timeout)

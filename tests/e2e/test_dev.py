@@ -1,5 +1,6 @@
 """`strongroom dev` end to end: ready with nothing configured, a real operation round trip, Ctrl-C leaves no
-orphans, and a restart on the same data dir finds every operation, artifact and object stored before."""
+orphans (nor SeaweedFS sockets in /tmp), and a restart on the same data dir finds every operation, artifact and
+object stored before."""
 
 from __future__ import annotations
 
@@ -76,6 +77,9 @@ def test_dev_round_trip_restart_and_clean_stop(dev_dir: Path, tmp_path: Path) ->
         survivors = [pid for pid in children if alive(pid)]
         assert survivors == [], f"orphans after Ctrl-C: {survivors}"
         assert not (dev_dir / "connection.json").exists()  # admin commands must not find a stopped stack
+        ports = set(json.loads((dev_dir / "seaweedfs" / "ports.json").read_text()).values())
+        left = [p for p in Path("/tmp").glob("seaweedfs-*.sock") if int(p.stem.rsplit("-", 1)[1]) in ports]
+        assert left == [], f"SeaweedFS sockets left in /tmp: {left}"
     finally:
         dev.process.stop()
 
