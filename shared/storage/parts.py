@@ -18,7 +18,7 @@ import io
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -159,39 +159,69 @@ def send_parts(
     the source) is raised once every part already in flight has finished, and no further part is started; so when
     this returns or raises, no request of this upload is still running and the caller may complete or abort it.
     """
-    if concurrency < 1 or part_size < 1:
-        raise ValueError("concurrency and part_size must be positive")
+    sends = _Sends(part_size, concurrency)
     whole = hashlib.sha256()
-    sent: dict[int, SentPart] = {}
-    in_flight: set[Future[SentPart]] = set()
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="strongroom-part")
     try:
-        for number, start in enumerate(range(0, size, part_size), start=1):
-            length = min(part_size, size - start)
+        for number, start, length in _spans(size, part_size):
             digest = source.digest(start, length, whole)  # in order: this thread alone feeds ``whole``
-            _collect(in_flight, sent, FIRST_COMPLETED if len(in_flight) >= concurrency else None)
-            in_flight.add(pool.submit(_send_one, send, number, source.window(start, length), digest))
-        while in_flight:
-            _collect(in_flight, sent, FIRST_EXCEPTION)
+            sends.make_room()
+            sends.submit(_send_one, send, number, source.window(start, length), digest)
+        parts = sends.drain()
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return [sent[n] for n in sorted(sent)], whole.digest()
+        sends.pool.shutdown(wait=True, cancel_futures=True)
+    return parts, whole.digest()
 
 
 def _send_one(send: SendPart, number: int, body: SourceWindow, digest: bytes) -> SentPart:
     return SentPart(number=number, sha256=digest, etag=send(number, body, digest))
 
 
-def _collect(in_flight: set[Future[SentPart]], sent: dict[int, SentPart], return_when: str | None) -> None:
-    """Move finished sends into ``sent`` (waiting first when ``return_when`` is given); re-raise a failed one."""
-    if return_when is None:
-        finished = {f for f in in_flight if f.done()}
-    else:
-        finished, _ = wait(in_flight, return_when=return_when)
-    for future in finished:
-        in_flight.discard(future)
-        part = future.result()
-        sent[part.number] = part
+def _spans(size: int, part_size: int) -> Iterator[tuple[int, int, int]]:
+    """``(part number, start, length)`` of each part of ``[0, size)``, numbered from 1."""
+    for number, start in enumerate(range(0, size, part_size), start=1):
+        yield number, start, min(part_size, size - start)
+
+
+class _Sends:
+    """The part sends of one upload on a pool of ``concurrency`` threads, at most that many in flight.
+
+    What ``send_parts`` and ``send_stream`` share: a failed send is re-raised by ``make_room`` or ``drain``, so
+    nothing more is submitted after it, and ``drain`` returns the parts in order. The caller shuts ``pool`` down
+    with ``wait=True`` in a ``finally``, so no send outlives the call (whether queued ones may be cancelled is its
+    decision: a streamed part must run to release its buffer).
+    """
+
+    def __init__(self, part_size: int, concurrency: int) -> None:
+        if concurrency < 1 or part_size < 1:
+            raise ValueError("concurrency and part_size must be positive")
+        self.concurrency = concurrency
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="strongroom-part")
+        self._sent: dict[int, SentPart] = {}
+        self._in_flight: set[Future[SentPart]] = set()
+
+    def make_room(self) -> None:
+        """Collect finished sends, waiting for one when ``concurrency`` are in flight."""
+        self._collect(FIRST_COMPLETED if len(self._in_flight) >= self.concurrency else None)
+
+    def submit(self, fn: Callable[..., SentPart], *args: Any) -> None:
+        self._in_flight.add(self.pool.submit(fn, *args))
+
+    def drain(self) -> list[SentPart]:
+        """Wait for every send; the parts in order."""
+        while self._in_flight:
+            self._collect(FIRST_EXCEPTION)
+        return [self._sent[n] for n in sorted(self._sent)]
+
+    def _collect(self, return_when: str | None) -> None:
+        """Move finished sends into ``_sent`` (waiting first when ``return_when`` is given); re-raise a failed one."""
+        if return_when is None:
+            finished = {f for f in self._in_flight if f.done()}
+        else:
+            finished, _ = wait(self._in_flight, return_when=return_when)
+        for future in finished:
+            self._in_flight.discard(future)
+            part = future.result()
+            self._sent[part.number] = part
 
 
 # --- parts produced on the fly (an encrypting generator), held in memory only while in flight --------------------
@@ -274,16 +304,11 @@ def send_stream(
     As with ``send_parts``, a failure (a send, or the source raising) is raised only once no send is running, and
     nothing more is started, so the caller may abort the upload at once.
     """
-    if concurrency < 1 or part_size < 1:
-        raise ValueError("concurrency and part_size must be positive")
+    sends = _Sends(part_size, concurrency)
     whole = hashlib.sha256()
-    sent: dict[int, SentPart] = {}
-    in_flight: set[Future[SentPart]] = set()
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="strongroom-part")
     try:
-        for number, start in enumerate(range(0, size, part_size), start=1):
-            length = min(part_size, size - start)
-            _collect(in_flight, sent, FIRST_COMPLETED if len(in_flight) >= concurrency else None)
+        for number, start, length in _spans(size, part_size):
+            sends.make_room()
             budget.acquire(length)
             try:
                 body = reader.read_exact(length)
@@ -291,16 +316,15 @@ def send_stream(
                     reader.expect_end()  # before the last part leaves: a source that ran long sends nothing more
                 digest = hashlib.sha256(body).digest()
                 whole.update(body)
-                in_flight.add(pool.submit(_send_buffer, send, number, body, digest, budget))
+                sends.submit(_send_buffer, send, number, body, digest, budget)
             except BaseException:
                 budget.release(length)
                 raise
-        while in_flight:
-            _collect(in_flight, sent, FIRST_EXCEPTION)
+        parts = sends.drain()
     finally:
         # Never more sends submitted than workers, so none waits in a queue: each one runs and frees its buffer.
-        pool.shutdown(wait=True)
-    return [sent[n] for n in sorted(sent)], whole.digest()
+        sends.pool.shutdown(wait=True)
+    return parts, whole.digest()
 
 
 def _send_buffer(send: SendBuffer, number: int, body: bytes, digest: bytes, budget: BufferBudget) -> SentPart:
