@@ -137,7 +137,7 @@ def run_worker(args: argparse.Namespace) -> int:
     ]
     if args.hostname:
         argv += ["--hostname", args.hostname]
-    _celery_app().worker_main(argv=argv)
+    _celery_app().worker_main(argv=_quiet(args) + argv)
     return 0
 
 
@@ -147,8 +147,13 @@ def run_beat(args: argparse.Namespace) -> int:
     # Default: a private directory of this run (a fixed name in the shared temp dir could be planted by another
     # user); losing it on restart only means the periodic jobs may run once early, which their locks make safe.
     schedule = args.schedule or str(Path(tempfile.mkdtemp(prefix="strongroom-beat-")) / "celerybeat-schedule")
-    _celery_app().start(argv=["beat", "--loglevel", settings.log_level, "--schedule", schedule])
+    _celery_app().start(argv=[*_quiet(args), "beat", "--loglevel", settings.log_level, "--schedule", schedule])
     return 0
+
+
+def _quiet(args: argparse.Namespace) -> list[str]:
+    """Celery's global ``--quiet``: no start-up banner. It prints nothing else; logs and errors are unchanged."""
+    return ["--quiet"] if args.quiet else []
 
 
 # --- init --------------------------------------------------------------------------------------------------------
@@ -267,10 +272,12 @@ def register(sub: Any) -> None:
     worker.add_argument("--pool", default="prefork", choices=("prefork", "threads", "solo"))
     worker.add_argument("--concurrency", type=int, default=2)
     worker.add_argument("--hostname", help="Celery node name, e.g. worker1@%%h")
+    worker.add_argument("--quiet", action="store_true", help="no Celery start-up banner (logs are unchanged)")
     worker.set_defaults(handler=run_worker)
 
     beat = sub.add_parser("beat", help="run Celery beat (exactly one per deployment)")
     beat.add_argument("--schedule", help="beat state file (default: a private temporary directory per run)")
+    beat.add_argument("--quiet", action="store_true", help="no Celery start-up banner (logs are unchanged)")
     beat.set_defaults(handler=run_beat)
 
     init = sub.add_parser("init", help="create the bucket and apply its configuration (idempotent)")

@@ -151,10 +151,12 @@ class DevStack:
 
     def start_children(self) -> None:
         python = [sys.executable, "-m", "strongroom"]
+        concurrency = str(self.args.concurrency)
+        # --quiet: no Celery banners; the console keeps one line a service (errors and logs still come through).
         commands = {
             "api": [*python, "api"],
-            "worker": [*python, "worker", "--pool", "threads", "--concurrency", str(self.args.concurrency)],
-            "beat": [*python, "beat", "--schedule", str(self.data_dir / "celerybeat-schedule")],
+            "worker": [*python, "worker", "--quiet", "--pool", "threads", "--concurrency", concurrency],
+            "beat": [*python, "beat", "--quiet", "--schedule", str(self.data_dir / "celerybeat-schedule")],
         }
         envs = {"worker": worker_env(self.env)}
         for name, argv in commands.items():

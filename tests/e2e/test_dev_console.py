@@ -1,5 +1,6 @@
 """`strongroom dev`'s console while idle: periodic jobs that did nothing say nothing (DEBUG), each line names its
-own process (beat's say beat), and Celery's superuser warning is not printed (dev says once why instead)."""
+own process (beat's say beat), Celery's superuser warning is not printed (dev says once why instead), and neither
+are the worker's and beat's start-up banners (one line a service)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from tests.helpers.ports import free_port
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 IDLE_WINDOW = 12.0  # seconds: two runs of the audit job at least (every 5 s)
+# Fragments of Celery's banners: the worker's (config box, task list) and beat's ("is starting", configuration).
+BANNERS = ("-------------- celery@", "[tasks]", ".> transport:", "celery beat v", "Configuration ->", ". scheduler ->")
 ROUTINE = re.compile(r"persist_audit_events|job\.done|job\.skipped|Sending due task|received|succeeded in")
 
 
@@ -41,6 +44,8 @@ def test_an_idle_dev_console_is_quiet_and_names_each_process(tmp_path: Path) -> 
         assert "process=worker" in line
 
         console = dev.process.logs()
+        assert [b for b in BANNERS if b in console] == [], console
+        assert re.search(r"celery@\S+ ready\.", console)  # the worker's own log line still says it is up
         assert "SecurityWarning" not in console and "superuser privileges" not in console
         if os.geteuid() == 0:
             assert "superuser warning is silenced" in console  # said once, by dev
