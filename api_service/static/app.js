@@ -243,6 +243,7 @@ async function useIdentity(next) {
     return;
   }
   announce(`Signed in as ${identity.address}.`);
+  $('start-submit').disabled = true; // until the agents and the grant are known (describeAgent decides)
   const tasks = [
     action('start-error', async () => {
       await Promise.all([loadAgents(), action('grant-error', loadGrant)()]);
@@ -833,6 +834,17 @@ async function fetchAndDecrypt(operationId, name, signal, writable = null) {
   let received = 0;
   let streaming = false; // the current response's body is being read (a failure now is a dropped connection)
   let shown = 0;
+  let trailing = null; // a timer: a read that came too soon after the last figures is shown when it is due
+  const showProgress = () => {
+    trailing = null;
+    shown = performance.now();
+    const speed = received / Math.max(0.001, (shown - started) / 1000);
+    rowStatus(name, formatProgress(received, total, speed), { percent: Math.floor((received / total) * 100) });
+  };
+  const cancelProgress = () => {
+    clearTimeout(trailing);
+    trailing = null;
+  };
   let unwritten = 0; // bytes at the end of `parts` not yet written to `writable`
   // Only chunks that passed their AES-GCM tag get here; with a file they are written in batches, in order.
   const take = async (chunks, last = false) => {
@@ -871,11 +883,13 @@ async function fetchAndDecrypt(operationId, name, signal, writable = null) {
           if (received > total) throw new IntegrityError(`the stored object for ${name} does not have the artifact's size`);
           cipherHash.update(value);
           await take(await decryptor.push(value));
-          const now = performance.now();
-          if (now - shown > 100 || received === total) {
-            shown = now;
-            const speed = received / Math.max(0.001, (now - started) / 1000);
-            rowStatus(name, formatProgress(received, total, speed), { percent: Math.floor((received / total) * 100) });
+          // At most ten updates a second, but never stale: when the stream stalls, the last bytes still show.
+          const early = 100 - (performance.now() - shown);
+          if (early <= 0 || received === total) {
+            cancelProgress();
+            showProgress();
+          } else if (trailing === null) {
+            trailing = setTimeout(showProgress, early);
           }
         }
         break;
@@ -883,6 +897,7 @@ async function fetchAndDecrypt(operationId, name, signal, writable = null) {
         // Once the body started, a dropped connection, an unreachable API or storage, or an expired link is worth
         // a pause and a fresh link, then a Range from here. Before that, the error is shown as it is.
         const dropped = error instanceof TypeError || ['unreachable', 'link_refused'].includes(error?.code);
+        cancelProgress();
         if (signal.aborted || (received === 0 && !streaming) || !dropped || attempt + 1 >= RESUME_TRIES) throw error;
         rowStatus(name, `Connection lost at ${formatSize(received)}; resuming…`, { percent: Math.floor((received / total) * 100) });
         await pause(RESUME_PAUSE_MS * 2 ** attempt, signal);
@@ -892,6 +907,7 @@ async function fetchAndDecrypt(operationId, name, signal, writable = null) {
     rowStatus(name, `Verifying ${name}…`, { percent: 100 });
     await take([await decryptor.finish()], true);
   } finally {
+    cancelProgress();
     dataKey.fill(0);
   }
   if (!sameHex(cipherHash.hexdigest(), ticket.ciphertext_checksum)) {

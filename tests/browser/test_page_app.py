@@ -612,9 +612,10 @@ class CutShortStorage:
     after ``cut`` bytes: what a dropped mobile connection looks like to the page. It closes only once ``release``
     is set (the test sets it when the page shows progress), so the page has surely read those bytes."""
 
-    def __init__(self, body: bytes, origin: str, cut: int) -> None:
+    def __init__(self, body: bytes, origin: str, cut: int, first: int = 0) -> None:
         import http.server
         import threading
+        import time
 
         outer = self
 
@@ -625,8 +626,13 @@ class CutShortStorage:
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Access-Control-Allow-Origin", origin)
                 self.end_headers()
-                self.wfile.write(body[:cut])
-                self.wfile.flush()
+                # With ``first``: a small piece, a pause the page surely redraws in, another small piece, and 20 ms
+                # later the rest up to ``cut`` (too soon for a redraw of its own). Without: up to ``cut`` at once.
+                first = outer.first
+                for piece, pause in ((body[:first], 0.3), (body[first : 2 * first], 0.02), (body[2 * first : cut], 0)):
+                    self.wfile.write(piece)
+                    self.wfile.flush()
+                    time.sleep(pause if first else 0)
                 outer.release.wait(timeout=300)
                 self.close_connection = True
                 outer.served += 1
@@ -635,6 +641,7 @@ class CutShortStorage:
                 pass
 
         self.served = 0
+        self.first = first
         self.release = threading.Event()
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/cut"
@@ -644,6 +651,54 @@ class CutShortStorage:
         self.release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def test_start_waits_for_the_agent_list(app: Any, page_api: str, viewport: str, grantee: tuple[Identity, Path]) -> None:
+    """Start is disabled until the agent list has arrived, so a quick click never reaches "choose an agent"."""
+    identity, identity_file = grantee
+    page = app
+    held: list[Any] = []  # the agent list's request, answered only once the page was checked without it
+    page.route(re.compile(r".*/api/v1/agents$"), lambda route: held.append(route))
+    sign_in(page, page_api, identity_file, identity)
+    expect(page.locator("#start")).to_be_visible()
+    page.wait_for_function("() => true")  # one round trip to the page: the held request has surely been routed
+    assert len(held) == 1
+    expect(page.locator("#start-submit")).to_be_disabled()
+    held[0].continue_()
+    expect(page.locator("#start-submit")).to_be_enabled(timeout=SLOW)
+    expect(page.locator("#start-error")).to_be_hidden()
+
+
+def test_progress_shows_the_last_bytes_received_when_the_stream_stalls(
+    page_api: str,
+    big_operation: GetOperationResponse,
+    object_store: Any,
+    app: Any,
+    viewport: str,
+    grantee: tuple[Identity, Path],
+) -> None:
+    """Progress is redrawn at most ten times a second, but the bytes that came just after a redraw are still shown
+    when the connection then stalls: storage sends 1 KiB, then another, 20 ms later the rest up to 90 %, then
+    nothing."""
+    from tests.browser.test_page_download import stored_key
+
+    identity, identity_file = grantee
+    name = "privacy_audit.md"
+    ciphertext = object_store.get_bytes(stored_key(object_store, big_operation.id, name))
+    cut = len(ciphertext) * 9 // 10
+    held = CutShortStorage(ciphertext, page_api, cut=cut, first=1024)
+    page = app
+    try:
+        sign_in(page, page_api, identity_file, identity)
+        open_operation(page, big_operation.id)
+        page.route(re.compile(r".*\.enc\?.*X-Amz-Signature=.*"), lambda route: route.continue_(url=held.url))
+        row(page, name).locator("button[data-action=download]").click()
+        progress = row(page, name).locator("progress")
+        expect(progress).to_have_attribute("value", str(cut * 100 // len(ciphertext)), timeout=SLOW)
+        expect(row(page, name).locator(".row-status .text")).to_contain_text(f"({cut * 100 // len(ciphertext)}%)")
+        row(page, name).locator("button[data-action=cancel]").click()
+    finally:
+        held.close()
 
 
 # Desktop only: its pauses (1 + 2 + 4 s) make it the slowest test here; test_page_savefile.py resumes at both
