@@ -1,5 +1,5 @@
 """An object store that counts the S3 requests each call would make: what the "work follows change" tests
-(the monitor's ledger, cleanup's expiry index) measure instead of time."""
+(the monitor's ledger, cleanup's expiry index, the orphan sweep) measure instead of time."""
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ import random
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
 
 import pytest
 import redis
@@ -18,45 +17,14 @@ from pipeline_support import NOW, artifact, keys_of, make_record, make_services,
 from shared import layout
 from shared.errors import StorageError
 from shared.models import OperationRecord
-from shared.storage import ObjectInfo
 from shared.storage.memory import MemoryObjectStore
+from tests.helpers.counting_store import CountingStore
 from worker_service.pipeline import retention
 from worker_service.services import Services
 
 pytestmark = pytest.mark.unit
 
-PAGE = 1000  # objects per LIST request, as S3 pages them
 LATER = NOW.replace(year=2100)  # past every age gate
-
-
-class CountingStore:
-    """An ObjectStore that counts the S3 requests each call would make (a LIST costs one per page consumed)."""
-
-    def __init__(self, inner: MemoryObjectStore) -> None:
-        self.inner = inner
-        self.requests: Counter[str] = Counter()
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self.inner, name)
-        if not callable(attribute):
-            return attribute
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            self.requests[name] += 1
-            return attribute(*args, **kwargs)
-
-        return counted
-
-    def list(self, prefix: str, **kwargs: Any) -> Iterator[ObjectInfo]:
-        self.requests["list"] += 1
-        for seen, item in enumerate(self.inner.list(prefix, **kwargs), start=1):
-            if seen % PAGE == 0:
-                self.requests["list"] += 1
-            yield item
-
-    def take(self) -> Counter[str]:
-        taken, self.requests = self.requests, Counter()
-        return taken
 
 
 @pytest.fixture
@@ -80,9 +48,9 @@ def _one_run(services: Services, store: CountingStore, operations: int) -> Count
     """The requests of one sweep run from the cursor's start, on a fresh record cache (as a new worker has)."""
     services.redis.delete(retention.SWEEP_CURSOR)
     services = make_services(services.redis, keyring=services.keyring, store=store)
-    store.take()
+    store.requests.clear()
     retention.sweep_orphans(services, now=LATER, operations=operations)
-    return store.take()
+    return Counter(store.requests)
 
 
 def test_a_sweep_run_costs_the_same_whatever_is_stored(client: redis.Redis) -> None:
