@@ -166,9 +166,11 @@ def test_a_redelivered_copy_during_the_uploads_does_not_take_over(
     copy_result: list[OperationRecord | None] = []
     lease_during: list[bytes | str | None] = []
 
+    first_upload = threading.Lock()  # artifacts upload concurrently: only the first one sends the copy in
+
     class UploadsWhileTheCopyArrives(MemoryObjectStore):
         def put_file(self, key: str, src: Any, **kwargs: Any) -> None:
-            if not lease_during:
+            if first_upload.acquire(blocking=False):
                 lease_key = layout.redis_run_lease(operation_id)
                 lease_during.append(client.get(lease_key))
                 copy = threading.Thread(
